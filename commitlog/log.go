@@ -1,0 +1,355 @@
+package commitlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/internal/vfs"
+)
+
+// Directory layout:
+//
+//	<dir>/FERRY                    marker: identifies a ferry data directory
+//	<dir>/LOCK                     flock'ed by the owning process; holds its PID
+//	<dir>/wal/<segment id>.seg     the write-ahead log, 20-digit zero-padded IDs
+//	<dir>/checkpoints/<seg>-<pos>.ckpt  state as of log position (seg, pos)
+const (
+	markerFile    = "FERRY"
+	markerText    = "ferry data directory, format 1\n"
+	lockFile      = "LOCK"
+	walDir        = "wal"
+	checkpointDir = "checkpoints"
+	segSuffix     = ".seg"
+	ckptSuffix    = ".ckpt"
+)
+
+// Log is an embedded, durable, partitioned log: one write-ahead log per
+// data directory shared by every topic and partition, written by one
+// goroutine that group-commits all waiting appends with a single fsync.
+//
+// Lock order: Log.mu, then partition.mu. segment reference counts need no
+// lock. The writer goroutine owns every field marked "writer".
+type Log struct {
+	cfg  cfg
+	dir  string
+	lock io.Closer
+
+	mu          sync.RWMutex
+	topics      map[string]*topic
+	byID        map[uint32]*topic
+	groups      map[string]map[groupKey]uint64
+	nextTopicID uint32
+	segs        map[uint32]*segment
+
+	reqs    chan *request
+	stop    chan struct{}
+	stopped chan struct{}
+	closed  atomic.Bool
+	failed  atomic.Pointer[error]
+
+	active     *segment // writer
+	activeSize int64    // writer
+	dirty      bool     // writer: written since the last fsync
+	wbuf       []byte   // writer
+	scratch    writerScratch
+
+	recovery Recovery
+	cleanMu  sync.Mutex // serializes cleaner runs
+}
+
+// Recovery reports what Open found and did.
+type Recovery struct {
+	// Checkpoint is the checkpoint file recovery started from ("" if none).
+	Checkpoint string
+	// SegmentsScanned and BytesScanned measure the log tail replayed.
+	SegmentsScanned int
+	BytesScanned    int64
+	// TornFile and TornBytes describe an incomplete final batch that was
+	// cut off (an append that was never acknowledged).
+	TornFile  string
+	TornBytes int64
+	// Repaired lists what WithRepair cut from a corrupt log.
+	Repaired []string
+}
+
+type segment struct {
+	id   uint32
+	path string
+	f    vfs.File
+	refs atomic.Int32 // readers plus one for the log itself
+}
+
+func (s *segment) release() {
+	if s.refs.Add(-1) == 0 {
+		s.f.Close()
+	}
+}
+
+func segName(id uint32) string { return fmt.Sprintf("%020d%s", id, segSuffix) }
+
+func (l *Log) segPath(id uint32) string { return filepath.Join(l.dir, walDir, segName(id)) }
+
+// Open opens (creating if needed) the log in dir. It takes the directory
+// lock, loads the newest valid checkpoint and replays the log after it,
+// cutting off a torn final batch. Corruption anywhere else stops it with
+// an error naming the file and offset (see WithRepair).
+func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
+	c := defaultCfg()
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	l := &Log{
+		cfg:    c,
+		dir:    dir,
+		topics: map[string]*topic{},
+		byID:   map[uint32]*topic{},
+		groups: map[string]map[groupKey]uint64{},
+		segs:   map[uint32]*segment{},
+		// Topic IDs start at 1: 0 is the control topic.
+		nextTopicID: 1,
+	}
+	if err := l.prepareDir(); err != nil {
+		return nil, err
+	}
+	if err := l.recover(ctx); err != nil {
+		l.closeFiles()
+		return nil, err
+	}
+	if c.readOnly {
+		return l, nil
+	}
+	l.reqs = make(chan *request, c.queueDepth)
+	l.stop = make(chan struct{})
+	l.stopped = make(chan struct{})
+	go l.run()
+	return l, nil
+}
+
+func (l *Log) prepareDir() error {
+	fsys := l.cfg.fs
+	marker := filepath.Join(l.dir, markerFile)
+	_, err := fsys.Stat(marker)
+	fresh := errors.Is(err, fs.ErrNotExist)
+	switch {
+	case err == nil:
+	case fresh && l.cfg.readOnly:
+		return fmt.Errorf("commitlog: %s is not a ferry data directory (no %s file): %w", l.dir, markerFile, ferry.ErrInvalidArgument)
+	case fresh:
+		names, _ := fsys.List(l.dir)
+		for _, n := range names {
+			// A directory whose initialization was interrupted holds only
+			// these; anything else is somebody else's data.
+			if n != lockFile && n != walDir && n != checkpointDir {
+				return fmt.Errorf("commitlog: %s is not empty and is not a ferry data directory (no %s file; found %q): %w", l.dir, markerFile, n, ferry.ErrInvalidArgument)
+			}
+		}
+	default:
+		return fmt.Errorf("commitlog: open %s: %w", l.dir, err)
+	}
+	if l.cfg.readOnly {
+		return nil
+	}
+	if err := fsys.MkdirAll(l.dir); err != nil {
+		return fmt.Errorf("commitlog: create %s: %w", l.dir, err)
+	}
+	lk, err := fsys.Lock(filepath.Join(l.dir, lockFile))
+	if err != nil {
+		if errors.Is(err, vfs.ErrLockHeld) {
+			return fmt.Errorf("commitlog: %s is in use by process %s (open it read-only to inspect it): %w", l.dir, l.lockHolder(), ferry.ErrLocked)
+		}
+		return fmt.Errorf("commitlog: lock %s: %w", l.dir, err)
+	}
+	l.lock = lk
+	if err := l.initDir(fresh); err != nil {
+		lk.Close()
+		l.lock = nil
+		return err
+	}
+	return nil
+}
+
+// initDir records the owner's PID and creates the layout. The marker is
+// written last, so a directory without it was never fully initialized.
+func (l *Log) initDir(fresh bool) error {
+	fsys := l.cfg.fs
+	if err := l.writeFileSynced(filepath.Join(l.dir, lockFile), []byte(strconv.Itoa(os.Getpid())+"\n"), false); err != nil {
+		return err
+	}
+	for _, d := range []string{walDir, checkpointDir} {
+		if err := fsys.MkdirAll(filepath.Join(l.dir, d)); err != nil {
+			return fmt.Errorf("commitlog: create %s: %w", d, err)
+		}
+	}
+	if fresh {
+		return l.writeFileSynced(filepath.Join(l.dir, markerFile), []byte(markerText), true)
+	}
+	return nil
+}
+
+// lockHolder returns the PID written in the lock file, or "unknown".
+func (l *Log) lockHolder() string {
+	f, err := l.cfg.fs.Open(filepath.Join(l.dir, lockFile))
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	if pid := strings.TrimSpace(string(b[:n])); pid != "" {
+		return pid
+	}
+	return "unknown"
+}
+
+// writeFileSynced writes a whole file and fsyncs it (and, with syncDir,
+// its directory, so that the file's existence is durable too).
+func (l *Log) writeFileSynced(path string, data []byte, syncDir bool) error {
+	fsys := l.cfg.fs
+	f, err := fsys.Create(path)
+	if err != nil {
+		return fmt.Errorf("commitlog: create %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("commitlog: write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("commitlog: fsync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("commitlog: close %s: %w", path, err)
+	}
+	if syncDir {
+		if err := fsys.SyncDir(filepath.Dir(path)); err != nil {
+			return fmt.Errorf("commitlog: fsync directory of %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// listSegments returns the segment IDs in the wal directory, ascending.
+func (l *Log) listSegments() ([]uint32, error) {
+	names, err := l.cfg.fs.List(filepath.Join(l.dir, walDir))
+	if err != nil {
+		return nil, fmt.Errorf("commitlog: list segments: %w", err)
+	}
+	var ids []uint32
+	for _, n := range names {
+		if !strings.HasSuffix(n, segSuffix) {
+			continue
+		}
+		id, err := strconv.ParseUint(strings.TrimSuffix(n, segSuffix), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("commitlog: unexpected file %s in %s: %w", n, walDir, ferry.ErrCorrupt)
+		}
+		ids = append(ids, uint32(id))
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids, nil
+}
+
+func (l *Log) openSegment(id uint32) (*segment, error) {
+	path := l.segPath(id)
+	var f vfs.File
+	var err error
+	if l.cfg.readOnly {
+		f, err = l.cfg.fs.Open(path)
+	} else {
+		f, err = l.cfg.fs.OpenRW(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("commitlog: open segment: %w", err)
+	}
+	s := &segment{id: id, path: path, f: f}
+	s.refs.Store(1)
+	return s, nil
+}
+
+// acquireSegment returns the segment with a reference the caller must
+// release, or nil if it was deleted.
+func (l *Log) acquireSegment(id uint32) *segment {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	s := l.segs[id]
+	if s == nil {
+		return nil
+	}
+	s.refs.Add(1)
+	return s
+}
+
+// Recovery returns what Open found and did.
+func (l *Log) Recovery() Recovery { return l.recovery }
+
+// Dir returns the data directory.
+func (l *Log) Dir() string { return l.dir }
+
+func (l *Log) closeFiles() {
+	l.mu.Lock()
+	for id, s := range l.segs {
+		delete(l.segs, id)
+		s.release()
+	}
+	l.mu.Unlock()
+	if l.lock != nil {
+		l.lock.Close()
+		l.lock = nil
+	}
+}
+
+// Close stops accepting appends, writes everything already queued, fsyncs,
+// writes a checkpoint and releases the directory. Appends that arrive
+// during or after Close fail with ferry.ErrClosed.
+func (l *Log) Close() error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return ferry.ErrClosed
+	}
+	var err error
+	if !l.cfg.readOnly {
+		close(l.stop)
+		<-l.stopped
+		if l.failedErr() == nil {
+			err = l.syncActive()
+			if err == nil {
+				if cerr := l.writeCheckpoint(l.active.id, uint64(l.activeSize)); cerr != nil {
+					l.cfg.logger.Warn("checkpoint on close failed", "err", cerr)
+				}
+			}
+		} else {
+			err = l.failedErr()
+		}
+	}
+	l.closeFiles()
+	return err
+}
+
+func (l *Log) failedErr() error {
+	if p := l.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fail stops the log after a write or fsync error: nothing is acknowledged
+// on top of a state that may not be on disk.
+func (l *Log) fail(err error) error {
+	err = fmt.Errorf("%w: %w", ferry.ErrLogFailed, err)
+	l.failed.CompareAndSwap(nil, &err)
+	l.cfg.logger.Error("log failed; reopen it to recover", "dir", l.dir, "err", err)
+	return l.failedErr()
+}

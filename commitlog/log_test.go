@@ -1,0 +1,400 @@
+package commitlog
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/internal/vfs"
+)
+
+const testDir = "/data"
+
+func openTest(t testing.TB, fs vfs.FS, opts ...Opt) *Log {
+	t.Helper()
+	l, err := Open(context.Background(), testDir, append([]Opt{WithFS(fs)}, opts...)...)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return l
+}
+
+func mustCreate(t testing.TB, l *Log, name string, c TopicConfig) {
+	t.Helper()
+	if err := l.CreateTopic(context.Background(), name, c); err != nil {
+		t.Fatalf("create topic %s: %v", name, err)
+	}
+}
+
+func msg(topic, key, payload string) *ferry.Message {
+	m := &ferry.Message{Topic: topic, Payload: []byte(payload)}
+	if key != "" {
+		m.Key = []byte(key)
+	}
+	return m
+}
+
+// readAll reads a whole partition.
+func readAll(t testing.TB, l *Log, topic string, part int32) []*ferry.Message {
+	t.Helper()
+	start, _, err := l.Bounds(topic, part)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*ferry.Message
+	for off := start; ; {
+		res, err := l.Read(topic, part, off, ReadOpts{})
+		if err != nil {
+			t.Fatalf("read %s/%d@%d: %v", topic, part, off, err)
+		}
+		out = append(out, res.Messages...)
+		if len(res.Messages) == 0 || res.Next >= res.HighWatermark {
+			return out
+		}
+		off = res.Next
+	}
+}
+
+func TestAppendReadReopen(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs)
+	mustCreate(t, l, "orders", TopicConfig{Partitions: 4})
+	var sent []*ferry.Message
+	for i := 0; i < 100; i++ {
+		m := msg("orders", fmt.Sprintf("k%d", i%7), fmt.Sprintf("v%d", i))
+		m.Headers = []ferry.Header{{Key: ferry.HeaderType, Value: []byte("order.placed")}}
+		if err := l.Append(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, m)
+	}
+	check := func(l *Log) {
+		t.Helper()
+		got := map[ferry.ID]*ferry.Message{}
+		for p := int32(0); p < 4; p++ {
+			prev := int64(-1)
+			for _, m := range readAll(t, l, "orders", p) {
+				if int64(m.Offset) != prev+1 {
+					t.Fatalf("partition %d: offset %d after %d", p, m.Offset, prev)
+				}
+				prev = int64(m.Offset)
+				got[m.ID] = m
+			}
+		}
+		if len(got) != len(sent) {
+			t.Fatalf("read %d messages, sent %d", len(got), len(sent))
+		}
+		for _, s := range sent {
+			g := got[s.ID]
+			if g == nil || g.Partition != s.Partition || g.Offset != s.Offset || !bytes.Equal(g.Payload, s.Payload) || !bytes.Equal(g.Key, s.Key) || !g.Time.Equal(s.Time) {
+				t.Fatalf("message %s: got %+v, sent %+v", s.ID, g, s)
+			}
+			if v, _ := g.Header(ferry.HeaderType); string(v) != "order.placed" {
+				t.Fatalf("header lost: %+v", g.Headers)
+			}
+			if g.Partition != PartitionForKey(s.Key, 4) {
+				t.Fatalf("key %s in partition %d, want %d", s.Key, g.Partition, PartitionForKey(s.Key, 4))
+			}
+		}
+	}
+	check(l)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openTest(t, fs)
+	defer l.Close()
+	if l.Recovery().Checkpoint == "" {
+		t.Errorf("clean reopen did not use the checkpoint written on close")
+	}
+	check(l)
+	// Appends continue after the recovered offsets.
+	m := msg("orders", "k0", "after")
+	if err := l.Append(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	_, end, _ := l.Bounds("orders", m.Partition)
+	if m.Offset != end-1 {
+		t.Fatalf("offset %d, end %d", m.Offset, end)
+	}
+}
+
+func TestReopenWithoutCheckpointReplaysWholeLog(t *testing.T) {
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs, WithSegmentBytes(64<<10), WithMaxBatchBytes(16<<10), WithMaxGroupBytes(16<<10), WithMaxMessageBytes(8<<10))
+	mustCreate(t, l, "t", TopicConfig{Partitions: 2})
+	for i := 0; i < 2000; i++ {
+		if err := l.Append(context.Background(), msg("t", fmt.Sprint(i), strings.Repeat("x", 100))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	names, _ := fs.List(testDir + "/checkpoints")
+	for _, n := range names {
+		fs.Remove(testDir + "/checkpoints/" + n)
+	}
+	segs, _ := fs.List(testDir + "/wal")
+	if len(segs) < 3 {
+		t.Fatalf("expected several segments, got %v", segs)
+	}
+	l = openTest(t, fs, WithSegmentBytes(64<<10), WithMaxBatchBytes(16<<10), WithMaxGroupBytes(16<<10), WithMaxMessageBytes(8<<10))
+	defer l.Close()
+	if l.Recovery().SegmentsScanned != len(segs) {
+		t.Fatalf("scanned %d segments, have %d", l.Recovery().SegmentsScanned, len(segs))
+	}
+	n := len(readAll(t, l, "t", 0)) + len(readAll(t, l, "t", 1))
+	if n != 2000 {
+		t.Fatalf("read %d, want 2000", n)
+	}
+}
+
+func TestDedupAcrossReopen(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	l := openTest(t, fs, WithClock(clock))
+	mustCreate(t, l, "t", TopicConfig{Partitions: 3, DedupWindow: time.Minute})
+	orig := msg("t", "a", "one")
+	if err := l.Append(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	again := msg("t", "a", "one")
+	again.ID = orig.ID
+	b := &Batch{Messages: []*ferry.Message{again}}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 1 || again.Offset != orig.Offset || again.Partition != orig.Partition {
+		t.Fatalf("duplicate not suppressed: err=%v dups=%d offset=%d/%d", err, b.Duplicates, again.Offset, orig.Offset)
+	}
+	l.Close()
+	l = openTest(t, fs, WithClock(clock))
+	third := msg("t", "a", "one")
+	third.ID = orig.ID
+	b = &Batch{Messages: []*ferry.Message{third}}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 1 || third.Offset != orig.Offset {
+		t.Fatalf("duplicate after reopen not suppressed: err=%v dups=%d", err, b.Duplicates)
+	}
+	// Past the window the ID is forgotten (by the injected clock, not by sleeping).
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	fourth := msg("t", "a", "one")
+	fourth.ID = orig.ID
+	b = &Batch{Messages: []*ferry.Message{fourth}}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 0 {
+		t.Fatalf("after the window: err=%v dups=%d", err, b.Duplicates)
+	}
+	l.Close()
+}
+
+func TestAtomicBatchWithOffsets(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs)
+	mustCreate(t, l, "in", TopicConfig{})
+	mustCreate(t, l, "out", TopicConfig{Partitions: 2})
+	b := &Batch{
+		Messages: []*ferry.Message{msg("out", "x", "1"), msg("out", "y", "2"), msg("in", "", "3")},
+		Group:    "g",
+		Offsets:  []Offset{{Topic: "in", Partition: 0, Offset: 42}},
+	}
+	if err := l.Commit(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if off, ok := l.CommittedOffset("g", "in", 0); !ok || off != 42 {
+		t.Fatalf("committed offset %d %v", off, ok)
+	}
+	// A batch naming a missing topic is rejected whole.
+	bad := &Batch{Messages: []*ferry.Message{msg("out", "x", "ok"), msg("nope", "x", "bad")}}
+	if err := l.Commit(ctx, bad); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("want ErrTopicNotFound, got %v", err)
+	}
+	l.Close()
+	l = openTest(t, fs)
+	defer l.Close()
+	if off, ok := l.CommittedOffset("g", "in", 0); !ok || off != 42 {
+		t.Fatalf("after reopen committed offset %d %v", off, ok)
+	}
+	n := len(readAll(t, l, "out", 0)) + len(readAll(t, l, "out", 1))
+	if n != 2 {
+		t.Fatalf("out has %d messages, want 2 (the rejected batch must add none)", n)
+	}
+}
+
+func TestDelayedDelivery(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	l := openTest(t, vfs.NewMemFS(), WithClock(clock))
+	defer l.Close()
+	mustCreate(t, l, "d", TopicConfig{})
+	m1 := msg("d", "", "now")
+	m2 := msg("d", "", "later")
+	m2.NotBefore = now.Add(time.Hour)
+	if err := l.Append(ctx, m1, m2); err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.Read("d", 0, 0, ReadOpts{})
+	if err != nil || len(res.Messages) != 1 || !res.WaitUntil.Equal(m2.NotBefore) || res.Next != 1 {
+		t.Fatalf("before due: %d messages, wait %v, next %d, err %v", len(res.Messages), res.WaitUntil, res.Next, err)
+	}
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	res, err = l.Read("d", 0, 1, ReadOpts{})
+	if err != nil || len(res.Messages) != 1 || string(res.Messages[0].Payload) != "later" {
+		t.Fatalf("after due: %+v %v", res, err)
+	}
+}
+
+func TestFetchWaitsForData(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, vfs.NewMemFS())
+	defer l.Close()
+	mustCreate(t, l, "t", TopicConfig{})
+	got := make(chan ReadResult, 1)
+	go func() {
+		res, err := l.Fetch(ctx, "t", 0, 0, ReadOpts{})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- res
+	}()
+	if err := l.Append(ctx, msg("t", "", "hello")); err != nil {
+		t.Fatal(err)
+	}
+	res := <-got
+	if len(res.Messages) != 1 || string(res.Messages[0].Payload) != "hello" {
+		t.Fatalf("fetch got %+v", res)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := l.Fetch(cctx, "t", 0, 1, ReadOpts{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled fetch: %v", err)
+	}
+}
+
+func TestOffsetForTime(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, vfs.NewMemFS())
+	defer l.Close()
+	mustCreate(t, l, "t", TopicConfig{})
+	base := time.Unix(1_700_000_000, 0)
+	for i := 0; i < 50; i++ {
+		m := msg("t", "", fmt.Sprint(i))
+		m.Time = base.Add(time.Duration(i) * time.Second)
+		if err := l.Append(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		at   time.Time
+		want uint64
+	}{{base.Add(-time.Hour), 0}, {base, 0}, {base.Add(10 * time.Second), 10}, {base.Add(10500 * time.Millisecond), 11}, {base.Add(time.Hour), 50}} {
+		got, err := l.OffsetForTime("t", 0, c.at)
+		if err != nil || got != c.want {
+			t.Errorf("OffsetForTime(%v) = %d, %v; want %d", c.at.Sub(base), got, err, c.want)
+		}
+	}
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, vfs.NewMemFS(), WithMaxMessageBytes(1024))
+	defer l.Close()
+	mustCreate(t, l, "t", TopicConfig{Partitions: 2})
+	cases := []struct {
+		name string
+		do   func() error
+		want error
+		text string
+	}{
+		{"oversize", func() error { return l.Append(ctx, msg("t", "", strings.Repeat("x", 2000))) }, ferry.ErrInvalidArgument, "limit is 1024"},
+		{"bad topic name", func() error { return l.Append(ctx, msg("bad topic", "", "x")) }, ferry.ErrInvalidArgument, "allowed are letters"},
+		{"reserved name", func() error { return l.CreateTopic(ctx, "__x", TopicConfig{}) }, ferry.ErrInvalidArgument, "reserved"},
+		{"empty name", func() error { return l.CreateTopic(ctx, "", TopicConfig{}) }, ferry.ErrInvalidArgument, "empty topic name"},
+		{"too many partitions", func() error { return l.CreateTopic(ctx, "big", TopicConfig{Partitions: 5000}) }, ferry.ErrInvalidArgument, "5000 partitions"},
+		{"exists", func() error { return l.CreateTopic(ctx, "t", TopicConfig{}) }, ferry.ErrTopicExists, `"t"`},
+		{"unknown topic", func() error { return l.Append(ctx, msg("nope", "", "x")) }, ferry.ErrTopicNotFound, `"nope"`},
+		{"pinned partition out of range", func() error {
+			m := msg("t", "", "x")
+			m.Partition, m.PinPartition = 7, true
+			return l.Append(ctx, m)
+		}, ferry.ErrInvalidArgument, "partitions 0 to 1"},
+		{"offsets without group", func() error {
+			return l.Commit(ctx, &Batch{Offsets: []Offset{{Topic: "t"}}})
+		}, ferry.ErrInvalidArgument, "group name"},
+		{"empty batch", func() error { return l.Append(ctx) }, ferry.ErrInvalidArgument, "empty batch"},
+		{"read bad partition", func() error { _, err := l.Read("t", 9, 0, ReadOpts{}); return err }, ferry.ErrInvalidArgument, "partition 9"},
+		{"read past end", func() error { _, err := l.Read("t", 0, 5, ReadOpts{}); return err }, ferry.ErrOffsetOutOfRange, "past the end"},
+	}
+	for _, c := range cases {
+		err := c.do()
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.text) {
+			t.Errorf("%s: got %v, want %v containing %q", c.name, err, c.want, c.text)
+		}
+	}
+	for p := int32(0); p < 2; p++ {
+		if _, end, _ := l.Bounds("t", p); end != 0 {
+			t.Errorf("partition %d has %d messages after only bad input", p, end)
+		}
+	}
+	if len(l.Topics()) != 1 {
+		t.Errorf("topics: %+v", l.Topics())
+	}
+}
+
+func TestDirectoryLockAndMarker(t *testing.T) {
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs)
+	_, err := Open(context.Background(), testDir, WithFS(fs))
+	if !errors.Is(err, ferry.ErrLocked) || !strings.Contains(err.Error(), "in use by process") {
+		t.Fatalf("second open: %v", err)
+	}
+	// Read-only opens work while the owner runs.
+	ro, err := Open(context.Background(), testDir, WithFS(fs), WithReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ro.Append(context.Background(), msg("t", "", "x")); !errors.Is(err, ferry.ErrInvalidArgument) {
+		t.Fatalf("append to read-only log: %v", err)
+	}
+	ro.Close()
+	l.Close()
+	fs.MkdirAll("/other")
+	f, _ := fs.Create("/other/notes.txt")
+	f.Close()
+	if _, err := Open(context.Background(), "/other", WithFS(fs)); err == nil || !strings.Contains(err.Error(), "not a ferry data directory") {
+		t.Fatalf("foreign directory: %v", err)
+	}
+}
+
+func TestDeleteTopic(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs)
+	mustCreate(t, l, "a", TopicConfig{})
+	if err := l.Append(ctx, msg("a", "", "x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.DeleteTopic(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := l.Bounds("a", 0); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("bounds of deleted topic: %v", err)
+	}
+	mustCreate(t, l, "a", TopicConfig{})
+	l.Close()
+	l = openTest(t, fs)
+	defer l.Close()
+	if _, end, err := l.Bounds("a", 0); err != nil || end != 0 {
+		t.Fatalf("recreated topic: end %d err %v", end, err)
+	}
+}

@@ -1,0 +1,603 @@
+package commitlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ferrymq/ferry"
+)
+
+// recover rebuilds the in-memory state: newest valid checkpoint, then the
+// log after it.
+func (l *Log) recover(ctx context.Context) error {
+	ids, err := l.listSegments()
+	if err != nil {
+		return err
+	}
+	ck, ckName := l.loadCheckpoint(ids)
+	startSeg, startPos := uint32(0), uint64(0)
+	if ck != nil {
+		l.applyCheckpoint(ck)
+		startSeg, startPos = ck.seg, ck.pos
+		l.recovery.Checkpoint = ckName
+	} else if len(ids) > 0 && ids[0] != 0 {
+		return fmt.Errorf("commitlog: %s: segments before %s were deleted by the cleaner but no valid checkpoint remains to describe them: %w", l.dir, segName(ids[0]), ferry.ErrCorrupt)
+	}
+	for i, id := range ids {
+		if id < startSeg {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		seg, err := l.openSegment(id)
+		if err != nil {
+			return err
+		}
+		l.segs[id] = seg
+		from := int64(0)
+		if id == startSeg {
+			from = int64(startPos)
+		}
+		last := i == len(ids)-1
+		if err := l.scanSegment(seg, from, last); err != nil {
+			if !l.cfg.repair || !errors.Is(err, ferry.ErrCorrupt) {
+				return err
+			}
+			if err := l.repairAfter(seg, ids[i+1:], err); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	// Segments wholly before the checkpoint stay open for reads.
+	for _, id := range ids {
+		if id < startSeg && l.segs[id] == nil {
+			seg, err := l.openSegment(id)
+			if err != nil {
+				return err
+			}
+			l.segs[id] = seg
+		}
+	}
+	if l.cfg.readOnly {
+		return l.rebuildDedup()
+	}
+	if err := l.rebuildDedup(); err != nil {
+		return err
+	}
+	return l.openActive(ids, startSeg)
+}
+
+// openActive positions the writer at the end of the last segment, creating
+// the first one if the log is empty.
+func (l *Log) openActive(ids []uint32, minID uint32) error {
+	if len(ids) > 0 && ids[len(ids)-1] >= minID {
+		if s := l.segs[ids[len(ids)-1]]; s != nil {
+			size, err := s.f.Size()
+			if err != nil {
+				return fmt.Errorf("commitlog: size of %s: %w", s.path, err)
+			}
+			if _, err := s.f.Seek(size, io.SeekStart); err != nil {
+				return fmt.Errorf("commitlog: seek %s: %w", s.path, err)
+			}
+			l.active, l.activeSize = s, size
+			return nil
+		}
+	}
+	id := minID
+	if len(ids) > 0 && ids[len(ids)-1]+1 > id {
+		id = ids[len(ids)-1] + 1
+	}
+	return l.createSegment(id)
+}
+
+func (l *Log) createSegment(id uint32) error {
+	path := l.segPath(id)
+	f, err := l.cfg.fs.Create(path)
+	if err != nil {
+		return fmt.Errorf("commitlog: create segment %s: %w", path, err)
+	}
+	// The new file's directory entry must be durable before any batch in it
+	// is acknowledged.
+	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
+		f.Close()
+		return fmt.Errorf("commitlog: fsync %s after creating %s: %w", walDir, segName(id), err)
+	}
+	s := &segment{id: id, path: path, f: f}
+	s.refs.Store(1)
+	l.mu.Lock()
+	l.segs[id] = s
+	l.mu.Unlock()
+	l.active, l.activeSize = s, 0
+	return nil
+}
+
+// scanSegment replays the batches of seg from position from. A batch that
+// is incomplete or fails its checksum at the end of the last segment is a
+// torn write (never acknowledged) and is cut off; anywhere else it is
+// corruption.
+func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
+	size, err := seg.f.Size()
+	if err != nil {
+		return fmt.Errorf("commitlog: size of %s: %w", seg.path, err)
+	}
+	l.recovery.SegmentsScanned++
+	r := newBatchReader(seg.f, from, size)
+	for {
+		pos := r.pos
+		b, err := r.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err == nil {
+			var h batchHeader
+			if h, err = decodeBatchHeader(b); err == nil {
+				if err = l.applyBatch(seg.id, uint32(pos), h, b); err == nil {
+					l.recovery.BytesScanned += int64(len(b))
+					continue
+				}
+			}
+		}
+		if errors.Is(err, errTorn) || errors.Is(err, ferry.ErrCorrupt) {
+			if last && !validBatchAfter(seg.f, pos+1, size) {
+				return l.truncateTorn(seg, pos, size)
+			}
+			return &CorruptionError{File: seg.path, Offset: pos, Err: err}
+		}
+		return fmt.Errorf("commitlog: read %s at %d: %w", seg.path, pos, err)
+	}
+}
+
+// CorruptionError reports damage in the middle of the log: the file, the
+// byte offset of the bad batch, and what was wrong. It matches
+// ferry.ErrCorrupt with errors.Is.
+type CorruptionError struct {
+	File   string
+	Offset int64
+	Err    error
+}
+
+func (e *CorruptionError) Error() string {
+	return fmt.Sprintf("commitlog: corrupt batch in %s at offset %d: %v (open with repair to truncate the log there)", e.File, e.Offset, e.Err)
+}
+
+// Unwrap lets errors.Is match ferry.ErrCorrupt.
+func (e *CorruptionError) Unwrap() []error { return []error{ferry.ErrCorrupt, e.Err} }
+
+func (l *Log) truncateTorn(seg *segment, pos, size int64) error {
+	l.recovery.TornFile, l.recovery.TornBytes = seg.path, size-pos
+	l.cfg.logger.Warn("truncating torn tail (an unacknowledged append)", "file", seg.path, "offset", pos, "bytes", size-pos)
+	if l.cfg.readOnly {
+		return nil
+	}
+	if err := seg.f.Truncate(pos); err != nil {
+		return fmt.Errorf("commitlog: truncate torn tail of %s at %d: %w", seg.path, pos, err)
+	}
+	if err := seg.f.Sync(); err != nil {
+		return fmt.Errorf("commitlog: fsync %s after truncating: %w", seg.path, err)
+	}
+	return nil
+}
+
+// repairAfter cuts the log at the corrupt batch: truncates seg there and
+// deletes every later segment, reporting what was cut.
+func (l *Log) repairAfter(seg *segment, later []uint32, cause error) error {
+	var ce *CorruptionError
+	if !errors.As(cause, &ce) {
+		return cause
+	}
+	size, _ := seg.f.Size()
+	l.recovery.Repaired = append(l.recovery.Repaired, fmt.Sprintf("%s: cut %d bytes from offset %d (%v)", seg.path, size-ce.Offset, ce.Offset, ce.Err))
+	if l.cfg.readOnly {
+		return nil
+	}
+	if err := seg.f.Truncate(ce.Offset); err != nil {
+		return fmt.Errorf("commitlog: repair: truncate %s: %w", seg.path, err)
+	}
+	if err := seg.f.Sync(); err != nil {
+		return fmt.Errorf("commitlog: repair: fsync %s: %w", seg.path, err)
+	}
+	for _, id := range later {
+		p := l.segPath(id)
+		if s := l.segs[id]; s != nil {
+			delete(l.segs, id)
+			s.release()
+		}
+		if err := l.cfg.fs.Remove(p); err != nil {
+			return fmt.Errorf("commitlog: repair: remove %s: %w", p, err)
+		}
+		l.recovery.Repaired = append(l.recovery.Repaired, "removed "+p)
+	}
+	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
+		return fmt.Errorf("commitlog: repair: fsync %s: %w", walDir, err)
+	}
+	l.cfg.logger.Warn("repaired corrupt log", "cut", l.recovery.Repaired)
+	return nil
+}
+
+// validBatchAfter reports whether a complete, checksummed batch starts
+// anywhere in f at or after from. It tells a torn tail (nothing valid
+// follows) from damage in the middle of the log.
+func validBatchAfter(f interface {
+	ReadAt([]byte, int64) (int, error)
+}, from, size int64) bool {
+	if from >= size {
+		return false
+	}
+	buf := make([]byte, size-from)
+	n, _ := f.ReadAt(buf, from)
+	buf = buf[:n]
+	for i := 0; i+batchHeaderSize <= len(buf); i++ {
+		if buf[i] != byte(batchMagic&0xff) {
+			continue
+		}
+		n, err := peekBatchLength(buf[i:])
+		if err != nil || int64(n) > int64(len(buf)-i) {
+			continue
+		}
+		if _, err := decodeBatchHeader(buf[i : i+int(n)]); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// batchReader reads consecutive batches from a segment through a buffer.
+type batchReader struct {
+	f    interface{ ReadAt([]byte, int64) (int, error) }
+	pos  int64
+	size int64
+	buf  []byte
+	bpos int64 // file position of buf[0]
+}
+
+func newBatchReader(f interface{ ReadAt([]byte, int64) (int, error) }, from, size int64) *batchReader {
+	return &batchReader{f: f, pos: from, size: size, bpos: from}
+}
+
+// next returns the bytes of the batch at r.pos (not yet checksummed), or
+// io.EOF at the clean end of the segment. errTorn means an incomplete batch.
+func (r *batchReader) next() ([]byte, error) {
+	if r.pos >= r.size {
+		return nil, io.EOF
+	}
+	hdr, err := r.window(r.pos, batchHeaderSize)
+	if err != nil {
+		return nil, err
+	}
+	n, err := peekBatchLength(hdr)
+	if err != nil {
+		return nil, err
+	}
+	b, err := r.window(r.pos, int(n))
+	if err != nil {
+		return nil, err
+	}
+	r.pos += int64(n)
+	return b, nil
+}
+
+// window returns n bytes at file position off, refilling the buffer.
+func (r *batchReader) window(off int64, n int) ([]byte, error) {
+	if off+int64(n) > r.size {
+		return nil, errTorn
+	}
+	if off < r.bpos || off+int64(n) > r.bpos+int64(len(r.buf)) {
+		want := max(n, 1<<20)
+		want = int(min(int64(want), r.size-off))
+		if cap(r.buf) < want {
+			r.buf = make([]byte, want)
+		}
+		r.buf = r.buf[:want]
+		m, err := r.f.ReadAt(r.buf, off)
+		if m < n {
+			if err == nil || err == io.EOF {
+				err = errTorn
+			}
+			return nil, err
+		}
+		r.buf, r.bpos = r.buf[:m], off
+	}
+	return r.buf[off-r.bpos : off-r.bpos+int64(n)], nil
+}
+
+// applyBatch makes a batch's effects visible: index entries for message
+// sections, state changes for control records. Recovery calls it for every
+// batch it replays and the writer for every batch it has made durable, so
+// both build the same state. Callers hold no locks.
+func (l *Log) applyBatch(seg, pos uint32, h batchHeader, b []byte) error {
+	relocated := h.flags&flagRelocated != 0
+	return forEachSection(b, h, func(sh sectionHeader, body []byte) error {
+		if sh.topic == controlTopicID {
+			return l.applyControlSection(sh, body, h.appendTime)
+		}
+		l.mu.RLock()
+		t := l.byID[sh.topic]
+		nextID := l.nextTopicID
+		l.mu.RUnlock()
+		if t == nil {
+			if sh.topic < nextID {
+				return nil // a deleted topic
+			}
+			return fmt.Errorf("%w: section for unknown topic ID %d", ferry.ErrCorrupt, sh.topic)
+		}
+		if int(sh.partition) >= len(t.parts) {
+			return fmt.Errorf("%w: section for partition %d of topic %q, which has %d", ferry.ErrCorrupt, sh.partition, t.name, len(t.parts))
+		}
+		if sh.count == 0 {
+			return nil
+		}
+		p := t.parts[sh.partition]
+		p.mu.Lock()
+		p.addLocked(indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}, relocated)
+		p.mu.Unlock()
+		return nil
+	})
+}
+
+func (l *Log) applyControlSection(sh sectionHeader, body []byte, appendTime int64) error {
+	d := newRecordDecoder(sh, body, appendTime)
+	var m ferry.Message
+	for {
+		ok, err := d.next(&m)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		op, err := decodeControl(m.Payload)
+		if err != nil {
+			return err
+		}
+		if err := l.applyControl(op); err != nil {
+			return err
+		}
+	}
+}
+
+func (l *Log) applyControl(op controlOp) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch op.op {
+	case opCreateTopic:
+		if op.topicID == controlTopicID || op.topicID < l.nextTopicID || l.topics[op.name] != nil {
+			return fmt.Errorf("%w: topic %q created twice or with reused ID %d", ferry.ErrCorrupt, op.name, op.topicID)
+		}
+		t := newTopic(op.topicID, op.name, op.config)
+		l.topics[op.name], l.byID[op.topicID] = t, t
+		l.nextTopicID = op.topicID + 1
+	case opDeleteTopic:
+		t := l.byID[op.topicID]
+		if t == nil {
+			return nil
+		}
+		delete(l.topics, t.name)
+		delete(l.byID, t.id)
+		for _, offs := range l.groups {
+			for k := range offs {
+				if k.topic == t.id {
+					delete(offs, k)
+				}
+			}
+		}
+		for _, p := range t.parts {
+			p.mu.Lock()
+			p.entries = nil
+			close(p.changed) // wake readers; they will find the topic gone
+			p.changed = make(chan struct{})
+			p.mu.Unlock()
+		}
+	case opCommitOffset:
+		if l.byID[op.topicID] == nil {
+			return nil // committed for a topic deleted since
+		}
+		offs := l.groups[op.group]
+		if offs == nil {
+			offs = map[groupKey]uint64{}
+			l.groups[op.group] = offs
+		}
+		offs[groupKey{op.topicID, op.partition}] = op.offset
+	}
+	return nil
+}
+
+// rebuildDedup refills each topic's deduplication window from the batches
+// whose records may still be inside it.
+func (l *Log) rebuildDedup() error {
+	now := l.cfg.now().UnixNano()
+	for _, t := range l.topics {
+		if t.dedup == nil {
+			continue
+		}
+		cutoff := now - int64(t.config.DedupWindow)
+		type hit struct {
+			id   ferry.ID
+			h    dedupHit
+			time int64
+		}
+		var hits []hit
+		for pi, p := range t.parts {
+			p.mu.RLock()
+			i := len(p.entries)
+			budget := t.config.DedupMaxIDs
+			for i > 0 && p.entries[i-1].maxTime >= cutoff && budget > 0 {
+				i--
+				budget -= int(p.entries[i].count)
+			}
+			entries := append([]indexEntry(nil), p.entries[i:]...)
+			p.mu.RUnlock()
+			for _, e := range entries {
+				err := l.readEntry(t, int32(pi), e, func(m *ferry.Message) bool {
+					if m.Time.UnixNano() >= cutoff {
+						hits = append(hits, hit{m.ID, dedupHit{int32(pi), m.Offset}, m.Time.UnixNano()})
+					}
+					return true
+				})
+				if err != nil {
+					return err
+				}
+			}
+		}
+		sort.SliceStable(hits, func(i, j int) bool { return hits[i].time < hits[j].time })
+		for _, h := range hits {
+			t.dedup.insert(h.id, h.h, h.time)
+		}
+	}
+	return nil
+}
+
+// loadCheckpoint returns the newest checkpoint that decodes and that fits
+// the segments on disk.
+func (l *Log) loadCheckpoint(ids []uint32) (*checkpoint, string) {
+	dir := filepath.Join(l.dir, checkpointDir)
+	names, err := l.cfg.fs.List(dir)
+	if err != nil {
+		return nil, ""
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	for _, n := range names {
+		if !strings.HasSuffix(n, ckptSuffix) {
+			continue
+		}
+		b, err := l.readFile(filepath.Join(dir, n))
+		if err != nil {
+			l.cfg.logger.Warn("skipping unreadable checkpoint", "file", n, "err", err)
+			continue
+		}
+		ck, err := decodeCheckpoint(b)
+		if err != nil {
+			l.cfg.logger.Warn("skipping corrupt checkpoint", "file", n, "err", err)
+			continue
+		}
+		if !l.checkpointFits(ck, ids) {
+			l.cfg.logger.Warn("skipping checkpoint ahead of the log", "file", n)
+			continue
+		}
+		return ck, n
+	}
+	return nil, ""
+}
+
+// checkpointFits reports whether the log on disk reaches the checkpoint's
+// position (a checkpoint must never describe data the log lost).
+func (l *Log) checkpointFits(ck *checkpoint, ids []uint32) bool {
+	for _, id := range ids {
+		if id == ck.seg {
+			fi, err := l.cfg.fs.Stat(l.segPath(id))
+			return err == nil && uint64(fi.Size()) >= ck.pos
+		}
+	}
+	// A checkpoint written at a roll, before the new segment was created.
+	return ck.pos == 0 && (len(ids) == 0 || ck.seg > ids[len(ids)-1])
+}
+
+func (l *Log) readFile(path string) ([]byte, error) {
+	f, err := l.cfg.fs.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, size)
+	if n, err := f.ReadAt(b, 0); n < len(b) {
+		return nil, fmt.Errorf("short read of %s: %w", path, err)
+	}
+	return b, nil
+}
+
+func (l *Log) applyCheckpoint(ck *checkpoint) {
+	l.nextTopicID = ck.nextTopicID
+	for _, ct := range ck.topics {
+		t := newTopic(ct.id, ct.name, ct.config)
+		for i, cp := range ct.parts {
+			p := t.parts[i]
+			p.start, p.next, p.end = cp.start, cp.next, cp.next
+			p.entries = cp.entries
+			for _, e := range cp.entries {
+				p.bytes += int64(e.size)
+			}
+		}
+		l.topics[t.name], l.byID[t.id] = t, t
+	}
+	l.groups = ck.groups
+}
+
+// snapshot captures the state as a checkpoint at log position (seg, pos).
+// Only the writer (or Close after it stopped) calls it, so no batch is
+// applied concurrently.
+func (l *Log) snapshot(seg uint32, pos uint64) *checkpoint {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	ck := &checkpoint{seg: seg, pos: pos, nextTopicID: l.nextTopicID, groups: map[string]map[groupKey]uint64{}}
+	for _, t := range l.topics {
+		ct := checkpointTopic{id: t.id, name: t.name, config: t.config}
+		for _, p := range t.parts {
+			p.mu.RLock()
+			ct.parts = append(ct.parts, checkpointPartition{start: p.start, next: p.next, entries: append([]indexEntry(nil), p.entries...)})
+			p.mu.RUnlock()
+		}
+		ck.topics = append(ck.topics, ct)
+	}
+	sort.Slice(ck.topics, func(i, j int) bool { return ck.topics[i].id < ck.topics[j].id })
+	for g, offs := range l.groups {
+		c := make(map[groupKey]uint64, len(offs))
+		for k, v := range offs {
+			c[k] = v
+		}
+		ck.groups[g] = c
+	}
+	return ck
+}
+
+func checkpointName(seg uint32, pos uint64) string {
+	return fmt.Sprintf("%020d-%020d%s", seg, pos, ckptSuffix)
+}
+
+// writeCheckpoint writes and fsyncs a checkpoint of the current state at
+// (seg, pos), then removes older ones. The log up to (seg, pos) must
+// already be durable.
+func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
+	dir := filepath.Join(l.dir, checkpointDir)
+	name := checkpointName(seg, pos)
+	if err := l.writeFileSynced(filepath.Join(dir, name), encodeCheckpoint(l.snapshot(seg, pos)), true); err != nil {
+		return err
+	}
+	names, err := l.cfg.fs.List(dir)
+	if err != nil {
+		return nil
+	}
+	for _, n := range names {
+		if strings.HasSuffix(n, ckptSuffix) && n < name {
+			if err := l.cfg.fs.Remove(filepath.Join(dir, n)); err != nil {
+				l.cfg.logger.Warn("removing old checkpoint failed", "file", n, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// parseCheckpointName is the inverse of checkpointName.
+func parseCheckpointName(n string) (uint32, uint64, bool) {
+	base, ok := strings.CutSuffix(n, ckptSuffix)
+	if !ok {
+		return 0, 0, false
+	}
+	a, b, ok := strings.Cut(base, "-")
+	if !ok {
+		return 0, 0, false
+	}
+	seg, err1 := strconv.ParseUint(a, 10, 32)
+	pos, err2 := strconv.ParseUint(b, 10, 64)
+	return uint32(seg), pos, err1 == nil && err2 == nil
+}

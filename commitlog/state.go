@@ -1,0 +1,186 @@
+package commitlog
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry"
+)
+
+// indexEntry locates a run of batches holding records of one partition.
+// Consecutive batches of a partition that lie back to back in a segment
+// share one entry, so a single-producer stream costs one entry per
+// maxEntrySpan bytes rather than one per batch.
+type indexEntry struct {
+	first, last uint64 // offsets covered (records may be sparse inside)
+	maxTime     int64  // max record time of this and every earlier entry
+	seg         uint32 // segment ID
+	pos         uint32 // byte position of the first batch in the segment
+	size        uint32 // bytes from pos to the end of the last batch
+	count       uint32 // records of this partition in the run
+}
+
+const maxEntrySpan = 256 << 10
+
+// partition is one partition's index and tail.
+//
+// Lock order: Log.mu before partition.mu. Fields marked "writer" are only
+// touched by the writer goroutine (or by Open before it starts).
+type partition struct {
+	mu      sync.RWMutex
+	entries []indexEntry // sorted by first, non-overlapping
+	start   uint64       // first retained offset
+	end     uint64       // one past the last readable offset (high watermark)
+	bytes   int64        // bytes of the batches in entries (for size retention)
+	changed chan struct{}
+
+	next uint64 // writer: next offset to assign
+}
+
+func newPartition() *partition { return &partition{changed: make(chan struct{})} }
+
+// addLocked records a batch (or a batch relocated by the cleaner) holding
+// records [first, last] of this partition.
+func (p *partition) addLocked(e indexEntry, relocated bool) {
+	if n := len(p.entries); n > 0 {
+		prev := &p.entries[n-1]
+		e.maxTime = max(e.maxTime, prev.maxTime)
+		if !relocated && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first {
+			prev.last, prev.size, prev.count, prev.maxTime = e.last, prev.size+e.size, prev.count+e.count, e.maxTime
+			p.bytes += int64(e.size)
+			p.advanceLocked(e.last + 1)
+			return
+		}
+	}
+	if relocated {
+		p.replaceLocked(e)
+		return
+	}
+	p.entries = append(p.entries, e)
+	p.bytes += int64(e.size)
+	p.advanceLocked(e.last + 1)
+}
+
+// replaceLocked swaps the entries lying inside [e.first, e.last] for e.
+func (p *partition) replaceLocked(e indexEntry) {
+	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].first >= e.first })
+	j := i
+	for j < len(p.entries) && p.entries[j].last <= e.last {
+		p.bytes -= int64(p.entries[j].size)
+		j++
+	}
+	if i > 0 {
+		e.maxTime = max(e.maxTime, p.entries[i-1].maxTime)
+	}
+	p.entries = append(p.entries[:i], append([]indexEntry{e}, p.entries[j:]...)...)
+	p.bytes += int64(e.size)
+	p.advanceLocked(e.last + 1)
+}
+
+func (p *partition) advanceLocked(end uint64) {
+	if end > p.end {
+		p.end = end
+	}
+	if end > p.next {
+		p.next = end
+	}
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// find returns the index of the first entry that holds offsets >= off.
+func (p *partition) findLocked(off uint64) int {
+	return sort.Search(len(p.entries), func(i int) bool { return p.entries[i].last >= off })
+}
+
+type topic struct {
+	id     uint32
+	name   string
+	config TopicConfig
+	parts  []*partition
+	dedup  *dedupWindow // writer
+	rr     uint32       // writer: round-robin cursor for keyless messages
+}
+
+func newTopic(id uint32, name string, c TopicConfig) *topic {
+	t := &topic{id: id, name: name, config: c, parts: make([]*partition, c.Partitions)}
+	for i := range t.parts {
+		t.parts[i] = newPartition()
+	}
+	if c.DedupWindow > 0 && c.DedupMaxIDs > 0 {
+		t.dedup = newDedupWindow(c.DedupWindow, c.DedupMaxIDs)
+	}
+	return t
+}
+
+// dedupWindow remembers recently appended message IDs of a topic, bounded
+// by age and count (oldest evicted first). It is rebuilt from the log on
+// recovery, so there is no separate state to lose.
+type dedupWindow struct {
+	window time.Duration
+	max    int
+	ids    map[ferry.ID]dedupHit
+	ring   []dedupSlot // FIFO of insertions, ring[head] oldest
+	head   int
+	n      int
+}
+
+type dedupHit struct {
+	partition int32
+	offset    uint64
+}
+
+type dedupSlot struct {
+	id   ferry.ID
+	time int64
+}
+
+func newDedupWindow(window time.Duration, maxIDs int) *dedupWindow {
+	return &dedupWindow{window: window, max: maxIDs, ids: make(map[ferry.ID]dedupHit, min(maxIDs, 1024)), ring: make([]dedupSlot, min(maxIDs, 1024))}
+}
+
+func (w *dedupWindow) lookup(id ferry.ID, now int64) (dedupHit, bool) {
+	w.expire(now)
+	h, ok := w.ids[id]
+	return h, ok
+}
+
+func (w *dedupWindow) expire(now int64) {
+	cutoff := now - int64(w.window)
+	for w.n > 0 && w.ring[w.head].time < cutoff {
+		w.evictOldest()
+	}
+}
+
+func (w *dedupWindow) evictOldest() {
+	s := w.ring[w.head]
+	delete(w.ids, s.id)
+	w.head = (w.head + 1) % len(w.ring)
+	w.n--
+}
+
+func (w *dedupWindow) insert(id ferry.ID, h dedupHit, t int64) {
+	if _, ok := w.ids[id]; ok {
+		return
+	}
+	if w.n == w.max {
+		w.evictOldest()
+	}
+	if w.n == len(w.ring) {
+		grown := make([]dedupSlot, min(2*len(w.ring), w.max))
+		for i := 0; i < w.n; i++ {
+			grown[i] = w.ring[(w.head+i)%len(w.ring)]
+		}
+		w.ring, w.head = grown, 0
+	}
+	w.ring[(w.head+w.n)%len(w.ring)] = dedupSlot{id: id, time: t}
+	w.n++
+	w.ids[id] = h
+}
+
+// groupKey names one partition's committed offset within a consumer group.
+type groupKey struct {
+	topic     uint32
+	partition uint32
+}

@@ -1,0 +1,550 @@
+package commitlog
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"github.com/ferrymq/ferry"
+)
+
+// Offset is a consumer group's committed position in one partition: the
+// next offset the group will read.
+type Offset struct {
+	Topic     string
+	Partition int32
+	Offset    uint64
+}
+
+// Batch is an atomic unit of writing: either all of its messages and
+// offsets are in the log after a crash, or none.
+type Batch struct {
+	// Messages to append (set by the caller). The log sets each message's
+	// ID (if zero), Time (if zero), Partition (unless PinPartition) and
+	// Offset.
+	Messages []*ferry.Message
+	// Group and Offsets (set by the caller) commit consumer offsets in the
+	// same batch, which is how consume-transform-produce becomes atomic.
+	Group   string
+	Offsets []Offset
+	// Duplicates is set by the log: how many Messages had an ID already in
+	// their topic's deduplication window. They were not written again; their
+	// Partition and Offset are those of the original.
+	Duplicates int
+}
+
+type request struct {
+	batch *Batch
+	ctrl  *controlOp // topic creation or deletion, written alone
+	reloc []byte     // a batch prepared by the cleaner, written as is
+	sync  bool       // only fsync what was written so far
+	size  int        // upper bound of the encoded size of batch
+	err   error
+	done  chan struct{}
+}
+
+// writerScratch is reused by the writer across groups so that the steady
+// state allocates nothing per message.
+type writerScratch struct {
+	group   []*request
+	buckets []*bucket
+	byPart  map[*partition]*bucket
+	free    []*bucket
+	carry   *request
+}
+
+type bucket struct {
+	t    *topic
+	idx  int32
+	p    *partition
+	msgs []*ferry.Message
+}
+
+// Append writes messages atomically (see Commit).
+func (l *Log) Append(ctx context.Context, msgs ...*ferry.Message) error {
+	return l.Commit(ctx, &Batch{Messages: msgs})
+}
+
+// Commit writes b atomically and returns once it is durable as the log's
+// durability mode promises. ctx bounds only the wait for room in the
+// queue: once queued, the batch is written whatever happens to ctx, so a
+// canceled Commit may still appear in the log.
+//
+// Errors: ferry.ErrInvalidArgument (oversize message, bad topic name,
+// batch too large), ferry.ErrTopicNotFound, ferry.ErrClosed,
+// ferry.ErrLogFailed (a write or fsync failed; nothing more is accepted
+// until the log is reopened).
+func (l *Log) Commit(ctx context.Context, b *Batch) error {
+	r, err := l.prepare(b)
+	if err != nil {
+		return err
+	}
+	select {
+	case l.reqs <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.stop:
+		return ferry.ErrClosed
+	}
+	<-r.done
+	return r.err
+}
+
+// TryCommit is Commit that never waits for room: when the queue is full it
+// returns ferry.ErrBackpressure at once and writes nothing.
+func (l *Log) TryCommit(b *Batch) error {
+	r, err := l.prepare(b)
+	if err != nil {
+		return err
+	}
+	select {
+	case l.reqs <- r:
+	default:
+		return fmt.Errorf("commitlog: %d appends already queued: %w", cap(l.reqs), ferry.ErrBackpressure)
+	}
+	<-r.done
+	return r.err
+}
+
+// prepare checks what can be checked without the writer's state, and
+// fills in IDs.
+func (l *Log) prepare(b *Batch) (*request, error) {
+	if err := l.writable(); err != nil {
+		return nil, err
+	}
+	if len(b.Messages) == 0 && len(b.Offsets) == 0 {
+		return nil, fmt.Errorf("commitlog: empty batch: %w", ferry.ErrInvalidArgument)
+	}
+	total := 0
+	for i, m := range b.Messages {
+		if m == nil {
+			return nil, fmt.Errorf("commitlog: message %d is nil: %w", i, ferry.ErrInvalidArgument)
+		}
+		if err := ValidateTopicName(m.Topic); err != nil {
+			return nil, fmt.Errorf("commitlog: message %d: %w", i, err)
+		}
+		n := len(m.Key) + len(m.Payload)
+		for _, h := range m.Headers {
+			n += len(h.Key) + len(h.Value)
+		}
+		if n > l.cfg.maxMessageBytes {
+			return nil, fmt.Errorf("commitlog: message %d to %q is %d bytes (key, payload and headers): the limit is %d: %w", i, m.Topic, n, l.cfg.maxMessageBytes, ferry.ErrInvalidArgument)
+		}
+		total += recordSize(m)
+		if m.ID.IsZero() {
+			m.ID = ferry.NewID()
+		}
+	}
+	if total > l.cfg.maxBatchBytes {
+		return nil, fmt.Errorf("commitlog: batch of %d messages encodes to about %d bytes: the limit is %d: %w", len(b.Messages), total, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
+	}
+	if len(b.Offsets) > 0 && (b.Group == "" || len(b.Group) > 255) {
+		return nil, fmt.Errorf("commitlog: offsets need a consumer group name of 1 to 255 bytes, got %q: %w", b.Group, ferry.ErrInvalidArgument)
+	}
+	b.Duplicates = 0
+	return &request{batch: b, size: total + sectionHeaderSize*len(b.Offsets) + 64*len(b.Offsets), done: make(chan struct{})}, nil
+}
+
+func (l *Log) writable() error {
+	if l.cfg.readOnly {
+		return fmt.Errorf("commitlog: log opened read-only: %w", ferry.ErrInvalidArgument)
+	}
+	if l.closed.Load() {
+		return ferry.ErrClosed
+	}
+	return l.failedErr()
+}
+
+// submit queues a control or cleaner request and waits for it.
+func (l *Log) submit(ctx context.Context, r *request) error {
+	if err := l.writable(); err != nil {
+		return err
+	}
+	r.done = make(chan struct{})
+	select {
+	case l.reqs <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.stop:
+		return ferry.ErrClosed
+	}
+	<-r.done
+	return r.err
+}
+
+// run is the writer goroutine.
+func (l *Log) run() {
+	defer close(l.stopped)
+	var tick <-chan time.Time
+	if l.cfg.durability == DurabilityInterval {
+		t := time.NewTicker(l.cfg.syncInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	l.scratch.byPart = map[*partition]*bucket{}
+	for {
+		var first *request
+		if l.scratch.carry != nil {
+			first, l.scratch.carry = l.scratch.carry, nil
+		} else {
+			select {
+			case first = <-l.reqs:
+			case <-tick:
+				if l.dirty && l.failedErr() == nil {
+					if err := l.syncActive(); err != nil {
+						l.fail(err)
+					}
+				}
+				continue
+			case <-l.stop:
+				// Write what was queued before Close.
+				for {
+					select {
+					case r := <-l.reqs:
+						l.process(l.collect(r))
+					default:
+						return
+					}
+				}
+			}
+		}
+		l.process(l.collect(first))
+	}
+}
+
+// collect gathers first and whatever else is queued, up to the group size
+// limit. Control and cleaner requests are written alone.
+func (l *Log) collect(first *request) []*request {
+	g := append(l.scratch.group[:0], first)
+	if first.batch == nil {
+		return g
+	}
+	size := first.size
+	for size < l.cfg.maxGroupBytes {
+		select {
+		case r := <-l.reqs:
+			if r.batch == nil {
+				l.scratch.carry = r
+				return g
+			}
+			g = append(g, r)
+			size += r.size
+		default:
+			return g
+		}
+	}
+	return g
+}
+
+func (l *Log) process(g []*request) {
+	l.scratch.group = g
+	if err := l.failedErr(); err != nil {
+		respond(g, err)
+		return
+	}
+	switch {
+	case g[0].ctrl != nil:
+		l.processControl(g[0])
+	case g[0].sync:
+		if err := l.syncActive(); err != nil {
+			g[0].err = l.fail(err)
+		}
+		close(g[0].done)
+	case g[0].reloc != nil:
+		g[0].err = l.writeBatch(g[0].reloc)
+		close(g[0].done)
+	default:
+		l.processGroup(g)
+	}
+}
+
+func respond(g []*request, err error) {
+	for _, r := range g {
+		if r.err == nil {
+			r.err = err
+		}
+		close(r.done)
+	}
+}
+
+// processGroup encodes every batch of the group into one log batch, writes
+// it, fsyncs once, makes it visible and acknowledges every waiter.
+func (l *Log) processGroup(g []*request) {
+	now := l.cfg.now().UnixNano()
+	sc := &l.scratch
+	sc.buckets = sc.buckets[:0]
+	clear(sc.byPart)
+	var offsets []controlOp
+	live := 0
+	for _, r := range g {
+		if r.err = l.route(r.batch); r.err != nil {
+			continue
+		}
+		live++
+		for _, o := range r.batch.Offsets {
+			t := l.topics[o.Topic]
+			offsets = append(offsets, controlOp{op: opCommitOffset, group: r.batch.Group, topicID: t.id, partition: uint32(o.Partition), offset: o.Offset})
+		}
+		for _, m := range r.batch.Messages {
+			t := l.topics[m.Topic]
+			if t.dedup != nil {
+				if h, dup := t.dedup.lookup(m.ID, now); dup {
+					m.Partition, m.Offset = h.partition, h.offset
+					r.batch.Duplicates++
+					continue
+				}
+			}
+			p := t.parts[m.Partition]
+			m.Offset = p.next
+			p.next++
+			if m.Time.IsZero() {
+				m.Time = time.Unix(0, now)
+			}
+			if t.dedup != nil {
+				t.dedup.insert(m.ID, dedupHit{m.Partition, m.Offset}, m.Time.UnixNano())
+			}
+			bk := sc.byPart[p]
+			if bk == nil {
+				bk = l.newBucket(t, m.Partition, p)
+			}
+			bk.msgs = append(bk.msgs, m)
+		}
+	}
+	if live == 0 {
+		respond(g, nil)
+		return
+	}
+	if len(sc.buckets) == 0 && len(offsets) == 0 {
+		respond(g, nil) // every message was a duplicate
+		return
+	}
+	buf := l.wbuf[:0]
+	buf = append(buf, make([]byte, batchHeaderSize)...)
+	nsect := 0
+	for _, bk := range sc.buckets {
+		buf = encodeSection(buf, bk.t.id, uint32(bk.idx), bk.msgs, now)
+		nsect++
+	}
+	if len(offsets) > 0 {
+		buf = encodeControlSection(buf, offsets, now)
+		nsect++
+	}
+	putBatchHeader(buf, 0, nsect, now)
+	l.wbuf = buf
+	respond(g, l.writeBatch(buf))
+	for _, bk := range sc.buckets {
+		bk.msgs = bk.msgs[:0]
+		sc.free = append(sc.free, bk)
+	}
+	if cap(l.wbuf) > 2*l.cfg.maxGroupBytes {
+		l.wbuf = nil // do not pin a buffer grown by one huge batch
+	}
+}
+
+func (l *Log) newBucket(t *topic, idx int32, p *partition) *bucket {
+	sc := &l.scratch
+	var bk *bucket
+	if n := len(sc.free); n > 0 {
+		bk, sc.free = sc.free[n-1], sc.free[:n-1]
+	} else {
+		bk = &bucket{}
+	}
+	bk.t, bk.idx, bk.p = t, idx, p
+	sc.byPart[p] = bk
+	sc.buckets = append(sc.buckets, bk)
+	return bk
+}
+
+// route checks a batch against the current topics and sets each message's
+// partition. It changes nothing if it fails.
+func (l *Log) route(b *Batch) error {
+	for i, m := range b.Messages {
+		t := l.topics[m.Topic]
+		if t == nil {
+			return fmt.Errorf("commitlog: message %d: topic %q: %w", i, m.Topic, ferry.ErrTopicNotFound)
+		}
+		if m.PinPartition && (m.Partition < 0 || int(m.Partition) >= len(t.parts)) {
+			return fmt.Errorf("commitlog: message %d: partition %d of topic %q, which has partitions 0 to %d: %w", i, m.Partition, m.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)
+		}
+	}
+	for i, o := range b.Offsets {
+		t := l.topics[o.Topic]
+		if t == nil {
+			return fmt.Errorf("commitlog: offset %d: topic %q: %w", i, o.Topic, ferry.ErrTopicNotFound)
+		}
+		if o.Partition < 0 || int(o.Partition) >= len(t.parts) {
+			return fmt.Errorf("commitlog: offset %d: partition %d of topic %q, which has partitions 0 to %d: %w", i, o.Partition, o.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)
+		}
+	}
+	for _, m := range b.Messages {
+		if m.PinPartition {
+			continue
+		}
+		t := l.topics[m.Topic]
+		if m.Key != nil {
+			m.Partition = PartitionForKey(m.Key, len(t.parts))
+		} else {
+			m.Partition = int32(t.rr % uint32(len(t.parts)))
+			t.rr++
+		}
+	}
+	return nil
+}
+
+// encodeSection appends a section holding msgs (offsets already assigned,
+// ascending) to buf.
+func encodeSection(buf []byte, topicID, part uint32, msgs []*ferry.Message, appendTime int64) []byte {
+	start := len(buf)
+	buf = append(buf, make([]byte, sectionHeaderSize)...)
+	first := msgs[0].Offset
+	maxTime := int64(0)
+	for _, m := range msgs {
+		buf = appendRecord(buf, m, m.Offset-first, appendTime)
+		maxTime = max(maxTime, m.Time.UnixNano())
+	}
+	putSectionHeader(buf[start:], sectionHeader{
+		topic: topicID, partition: part, first: first, last: msgs[len(msgs)-1].Offset,
+		count: uint32(len(msgs)), bodyLen: uint32(len(buf) - start - sectionHeaderSize), maxTime: maxTime,
+	})
+	return buf
+}
+
+func encodeControlSection(buf []byte, ops []controlOp, now int64) []byte {
+	msgs := make([]*ferry.Message, len(ops))
+	for i, op := range ops {
+		msgs[i] = &ferry.Message{Offset: uint64(i), Time: time.Unix(0, now), Payload: op.encode(nil)}
+	}
+	return encodeSection(buf, controlTopicID, 0, msgs, now)
+}
+
+// writeBatch writes one encoded batch to the active segment (rolling first
+// if it would not fit), fsyncs as the durability mode says, and applies it.
+// Any write or fsync error fails the log.
+func (l *Log) writeBatch(buf []byte) error {
+	if int64(len(buf)) > l.cfg.segmentBytes-batchHeaderSize {
+		// Limits are validated so that this cannot happen; refuse rather
+		// than write a batch no segment can hold.
+		return fmt.Errorf("commitlog: batch of %d bytes exceeds the segment size %d: %w", len(buf), l.cfg.segmentBytes, ferry.ErrInvalidArgument)
+	}
+	if l.activeSize > 0 && l.activeSize+int64(len(buf)) > l.cfg.segmentBytes {
+		if err := l.roll(); err != nil {
+			return l.fail(err)
+		}
+	}
+	pos := l.activeSize
+	if _, err := l.active.f.Write(buf); err != nil {
+		return l.fail(fmt.Errorf("write %s at %d: %w", l.active.path, pos, err))
+	}
+	l.activeSize += int64(len(buf))
+	l.dirty = true
+	if l.cfg.durability == DurabilityAlways {
+		if err := l.syncActive(); err != nil {
+			return l.fail(err)
+		}
+	}
+	h, err := decodeBatchHeaderUnchecked(buf)
+	if err == nil {
+		err = l.applyBatch(l.active.id, uint32(pos), h, buf)
+	}
+	if err != nil {
+		// The bytes are durable but could not be applied: a bug. Stop
+		// rather than acknowledge something readers cannot see.
+		return l.fail(fmt.Errorf("apply batch at %s:%d: %w", l.active.path, pos, err))
+	}
+	return nil
+}
+
+func decodeBatchHeaderUnchecked(b []byte) (batchHeader, error) {
+	n, err := peekBatchLength(b)
+	if err != nil {
+		return batchHeader{}, err
+	}
+	return batchHeader{length: n, version: b[12], flags: b[13], sections: uint16(b[14]) | uint16(b[15])<<8, appendTime: int64(binary.LittleEndian.Uint64(b[16:]))}, nil
+}
+
+func (l *Log) syncActive() error {
+	if !l.dirty {
+		return nil
+	}
+	if err := l.active.f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", l.active.path, err)
+	}
+	l.dirty = false
+	return nil
+}
+
+// roll makes the active segment durable, checkpoints the state as of its
+// end, and starts the next segment.
+func (l *Log) roll() error {
+	if err := l.syncActive(); err != nil {
+		return err
+	}
+	next := l.active.id + 1
+	if err := l.writeCheckpoint(next, 0); err != nil {
+		l.cfg.logger.Warn("checkpoint at segment roll failed; recovery will scan more", "err", err)
+	}
+	return l.createSegment(next)
+}
+
+// processControl writes a topic creation or deletion in a batch of its own.
+func (l *Log) processControl(r *request) {
+	defer close(r.done)
+	op := *r.ctrl
+	switch op.op {
+	case opCreateTopic:
+		if l.topics[op.name] != nil {
+			r.err = fmt.Errorf("commitlog: create topic %q: %w", op.name, ferry.ErrTopicExists)
+			return
+		}
+		op.topicID = l.nextTopicID
+	case opDeleteTopic:
+		t := l.topics[op.name]
+		if t == nil {
+			r.err = fmt.Errorf("commitlog: delete topic %q: %w", op.name, ferry.ErrTopicNotFound)
+			return
+		}
+		op.topicID = t.id
+	}
+	now := l.cfg.now().UnixNano()
+	buf := encodeControlSection(make([]byte, batchHeaderSize), []controlOp{op}, now)
+	putBatchHeader(buf, 0, 1, now)
+	r.err = l.writeBatch(buf)
+}
+
+// CreateTopic creates a topic. Errors: ferry.ErrTopicExists,
+// ferry.ErrInvalidArgument for a bad name or config.
+func (l *Log) CreateTopic(ctx context.Context, name string, c TopicConfig) error {
+	if err := ValidateTopicName(name); err != nil {
+		return fmt.Errorf("commitlog: create topic: %w", err)
+	}
+	return l.createTopic(ctx, name, c)
+}
+
+// createTopic creates a topic without the name rules that reserve "__"
+// names, for ferry's own topics.
+func (l *Log) createTopic(ctx context.Context, name string, c TopicConfig) error {
+	c = c.withDefaults()
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("commitlog: create topic %q: %w", name, err)
+	}
+	return l.submit(ctx, &request{ctrl: &controlOp{op: opCreateTopic, name: name, config: c}})
+}
+
+// DeleteTopic deletes a topic and its consumer offsets. Its data is
+// reclaimed by the cleaner.
+func (l *Log) DeleteTopic(ctx context.Context, name string) error {
+	return l.submit(ctx, &request{ctrl: &controlOp{op: opDeleteTopic, name: name}})
+}
+
+// CommitOffsets records a consumer group's positions durably.
+func (l *Log) CommitOffsets(ctx context.Context, group string, offsets ...Offset) error {
+	return l.Commit(ctx, &Batch{Group: group, Offsets: offsets})
+}
+
+// Sync makes everything acknowledged so far durable. With
+// DurabilityAlways it has nothing to do; with the other modes it is a
+// durability point on demand.
+func (l *Log) Sync(ctx context.Context) error {
+	return l.submit(ctx, &request{sync: true})
+}

@@ -1,0 +1,111 @@
+package ferry
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Standard header names. They follow CloudEvents attribute names (with the
+// "ce-" prefix used by the CloudEvents binary content mode) so a message can
+// cross into other systems without mapping.
+const (
+	HeaderType          = "ce-type"            // kind of event, e.g. "order.placed"
+	HeaderSchemaVersion = "ce-dataschema"      // schema (version) the payload follows
+	HeaderContentType   = "ce-datacontenttype" // media type of the payload, e.g. "application/json"
+	HeaderSource        = "ce-source"          // producer that emitted the event
+	HeaderCorrelationID = "ce-correlationid"   // ID shared by every message of one flow
+	HeaderCausationID   = "ce-causationid"     // ID of the message that caused this one
+)
+
+// ID is a message's immutable identity: a UUIDv7, so IDs sort by creation
+// time, which keeps deduplication windows and indexes cache-friendly.
+type ID [16]byte
+
+// NewID returns a fresh UUIDv7. It panics only if the operating system's
+// random source fails, which the uuid package treats as fatal as well.
+func NewID() ID {
+	return ID(uuid.Must(uuid.NewV7()))
+}
+
+// ParseID parses the canonical textual form of an ID.
+func ParseID(s string) (ID, error) {
+	u, err := uuid.Parse(s)
+	if err != nil {
+		return ID{}, fmt.Errorf("ferry: parse message ID %q: %w", s, err)
+	}
+	return ID(u), nil
+}
+
+// IsZero reports whether the ID is unset.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// String returns the canonical textual form of the ID.
+func (id ID) String() string { return uuid.UUID(id).String() }
+
+// Header is one message header. Headers are an ordered list, not a map, so
+// that their order and any repeated names survive a round trip through a log.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Message is the envelope every ferry component passes around. The comment on
+// each field says who sets it.
+type Message struct {
+	// ID is set by the producer (NewID if left zero when published) and never
+	// changes afterwards: redeliveries, retries and DLQ redrives keep it, which
+	// is what producer deduplication and idempotency stores key on.
+	ID ID
+	// Topic is set by the producer.
+	Topic string
+	// Key is set by the producer. Messages with the same key go to the same
+	// partition and are processed in order. A nil key spreads messages
+	// round-robin over partitions.
+	Key []byte
+	// Partition is set by the log on publish (from the key unless the
+	// producer pinned it by setting PinPartition).
+	Partition int32
+	// PinPartition, when true, makes the log use Partition as given instead
+	// of deriving it from the key.
+	PinPartition bool
+	// Offset is set by the log: the message's position in its partition.
+	Offset uint64
+	// Time is set by the log on append when zero; a producer may set it.
+	Time time.Time
+	// NotBefore, if set by the producer, delays delivery: consumers do not
+	// see the message before this time.
+	NotBefore time.Time
+	// Headers are set by the producer; see the Header* constants.
+	Headers []Header
+	// Payload is set by the producer. A nil payload is a tombstone: on a
+	// compacted topic it deletes the key.
+	Payload []byte
+}
+
+// Header returns the value of the first header named key, and whether it
+// was present.
+func (m *Message) Header(key string) ([]byte, bool) {
+	for _, h := range m.Headers {
+		if h.Key == key {
+			return h.Value, true
+		}
+	}
+	return nil, false
+}
+
+// SetHeader replaces the first header named key, or appends it.
+func (m *Message) SetHeader(key string, value []byte) {
+	for i := range m.Headers {
+		if m.Headers[i].Key == key {
+			m.Headers[i].Value = value
+			return
+		}
+	}
+	m.Headers = append(m.Headers, Header{Key: key, Value: value})
+}
+
+// IsTombstone reports whether the message deletes its key on a compacted
+// topic (its payload is nil).
+func (m *Message) IsTombstone() bool { return m.Payload == nil }
