@@ -135,10 +135,7 @@ func TestReopenWithoutCheckpointReplaysWholeLog(t *testing.T) {
 		}
 	}
 	l.Close()
-	names, _ := fs.List(testDir + "/checkpoints")
-	for _, n := range names {
-		fs.Remove(testDir + "/checkpoints/" + n)
-	}
+	removeCheckpoints(t, fs)
 	segs, _ := fs.List(testDir + "/wal")
 	if len(segs) < 3 {
 		t.Fatalf("expected several segments, got %v", segs)
