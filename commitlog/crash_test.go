@@ -382,8 +382,6 @@ func TestRepairCutsAtCorruption(t *testing.T) {
 	l.Close()
 }
 
-
-
 // TestErrorInjectionEveryOp fails the n-th mutating filesystem operation
 // (write, fsync, create, rename, directory sync...) with EIO or ENOSPC,
 // tearing failed writes, for every n. After the failure no append may

@@ -251,14 +251,18 @@ func validBatchAfter(f interface {
 
 // batchReader reads consecutive batches from a segment through a buffer.
 type batchReader struct {
-	f    interface{ ReadAt([]byte, int64) (int, error) }
+	f interface {
+		ReadAt([]byte, int64) (int, error)
+	}
 	pos  int64
 	size int64
 	buf  []byte
 	bpos int64 // file position of buf[0]
 }
 
-func newBatchReader(f interface{ ReadAt([]byte, int64) (int, error) }, from, size int64) *batchReader {
+func newBatchReader(f interface {
+	ReadAt([]byte, int64) (int, error)
+}, from, size int64) *batchReader {
 	return &batchReader{f: f, pos: from, size: size, bpos: from}
 }
 
