@@ -1,0 +1,84 @@
+// Command ferry is the command line for ferry's embedded durable log.
+//
+// Exit codes: 0 success; 1 a guarantee was violated or an operation failed;
+// 2 bad usage or bad input (nothing was changed).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrymq/ferry"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitBadInput = 2
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:]))
+}
+
+func run(ctx context.Context, args []string) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(os.Stderr, "ferry:", err)
+	var ue usageError
+	// cobra reports unknown commands and wrong arguments as plain errors.
+	unknown := strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)")
+	if unknown || errors.As(err, &ue) || errors.Is(err, ferry.ErrInvalidArgument) {
+		return exitBadInput
+	}
+	return exitFailure
+}
+
+// usageError marks errors in how the command was called.
+type usageError struct{ error }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ferry",
+		Short: "Durable messaging and correct processing, embedded in your process",
+		Long: `ferry is a durable, partitioned log embedded in your process, plus the tools
+to inspect it.
+
+Exit codes:
+  0  success
+  1  a guarantee was violated, or an operation failed
+  2  bad usage or bad input (nothing was changed)`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd())
+	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the ferry version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "ferry", version)
+			return nil
+		},
+	}
+}
