@@ -395,3 +395,70 @@ func TestDeleteTopic(t *testing.T) {
 		t.Fatalf("recreated topic: end %d err %v", end, err)
 	}
 }
+
+func TestAppendAsyncPromisesInOrder(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, vfs.NewMemFS())
+	defer l.Close()
+	mustCreate(t, l, "t", TopicConfig{})
+	var mu sync.Mutex
+	var offsets []uint64
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		l.AppendAsync(ctx, func(b *Batch, err error) {
+			defer wg.Done()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			offsets = append(offsets, b.Messages[0].Offset)
+			mu.Unlock()
+		}, msg("t", "", fmt.Sprint(i)))
+	}
+	wg.Wait()
+	for i, o := range offsets {
+		if o != uint64(i) {
+			t.Fatalf("promise %d reported offset %d: promises must come in append order", i, o)
+		}
+	}
+	// Bad input is reported through the promise, and writes nothing.
+	var bad error
+	l.AppendAsync(ctx, func(_ *Batch, err error) { bad = err }, msg("t", "", strings.Repeat("x", 2<<20)))
+	if !errors.Is(bad, ferry.ErrInvalidArgument) {
+		t.Fatalf("oversize async append: %v", bad)
+	}
+	if _, end, _ := l.Bounds("t", 0); end != 200 {
+		t.Fatalf("end %d", end)
+	}
+}
+
+// TestFailedLogRefusesWrites: after an fsync failure nothing more is
+// acknowledged, even when the disk recovers, until the log is reopened.
+func TestFailedLogRefusesWrites(t *testing.T) {
+	ctx := context.Background()
+	mem := vfs.NewMemFS()
+	ffs := vfs.NewFaultFS(mem)
+	l := openTest(t, ffs)
+	mustCreate(t, l, "t", TopicConfig{})
+	ffs.SetInjector(func(op vfs.Op, _ string, _ int64) error {
+		if op == vfs.OpSync {
+			return vfs.EIO
+		}
+		return nil
+	})
+	if err := l.Append(ctx, msg("t", "", "a")); !errors.Is(err, ferry.ErrLogFailed) || !errors.Is(err, vfs.EIO) {
+		t.Fatalf("append with failing fsync: %v", err)
+	}
+	ffs.SetInjector(nil) // the disk "recovers"; the log must not trust it
+	if err := l.Append(ctx, msg("t", "", "b")); !errors.Is(err, ferry.ErrLogFailed) {
+		t.Fatalf("append after a failed fsync: %v", err)
+	}
+	l.Close()
+	l = openTest(t, mem)
+	defer l.Close()
+	if err := l.Append(ctx, msg("t", "", "c")); err != nil {
+		t.Fatalf("append after reopen: %v", err)
+	}
+}

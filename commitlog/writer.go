@@ -35,13 +35,23 @@ type Batch struct {
 }
 
 type request struct {
-	batch *Batch
-	ctrl  *controlOp // topic creation or deletion, written alone
-	reloc []byte     // a batch prepared by the cleaner, written as is
-	sync  bool       // only fsync what was written so far
-	size  int        // upper bound of the encoded size of batch
-	err   error
-	done  chan struct{}
+	batch   *Batch
+	ctrl    *controlOp // topic creation or deletion, written alone
+	reloc   []byte     // a batch prepared by the cleaner, written as is
+	sync    bool       // only fsync what was written so far
+	size    int        // upper bound of the encoded size of batch
+	err     error
+	done    chan struct{}       // closed when finished (synchronous callers)
+	promise func(*Batch, error) // called when finished (AppendAsync)
+}
+
+// finish reports a request's outcome to its caller.
+func (r *request) finish() {
+	if r.promise != nil {
+		r.promise(r.batch, r.err)
+		return
+	}
+	close(r.done)
 }
 
 // writerScratch is reused by the writer across groups so that the steady
@@ -105,6 +115,30 @@ func (l *Log) TryCommit(b *Batch) error {
 	}
 	<-r.done
 	return r.err
+}
+
+// AppendAsync queues a batch of messages without waiting for it to be
+// written: promise is called once with the batch and the outcome, after the
+// batch is as durable as the durability mode promises (or failed). Keeping
+// many appends in flight is how a single publisher reaches group-commit
+// throughput. Promises are called in append order from the log's writer
+// goroutine, so they must be quick and must not call back into the log
+// synchronously. ctx bounds only the wait for room in the queue.
+func (l *Log) AppendAsync(ctx context.Context, promise func(*Batch, error), msgs ...*ferry.Message) {
+	b := &Batch{Messages: msgs}
+	r, err := l.prepare(b)
+	if err != nil {
+		promise(b, err)
+		return
+	}
+	r.done, r.promise = nil, promise
+	select {
+	case l.reqs <- r:
+	case <-ctx.Done():
+		promise(b, ctx.Err())
+	case <-l.stop:
+		promise(b, ferry.ErrClosed)
+	}
 }
 
 // prepare checks what can be checked without the writer's state, and
@@ -250,10 +284,10 @@ func (l *Log) process(g []*request) {
 		if err := l.syncActive(); err != nil {
 			g[0].err = l.fail(err)
 		}
-		close(g[0].done)
+		g[0].finish()
 	case g[0].reloc != nil:
 		g[0].err = l.writeBatch(g[0].reloc)
-		close(g[0].done)
+		g[0].finish()
 	default:
 		l.processGroup(g)
 	}
@@ -264,7 +298,7 @@ func respond(g []*request, err error) {
 		if r.err == nil {
 			r.err = err
 		}
-		close(r.done)
+		r.finish()
 	}
 }
 
@@ -489,7 +523,7 @@ func (l *Log) roll() error {
 
 // processControl writes a topic creation or deletion in a batch of its own.
 func (l *Log) processControl(r *request) {
-	defer close(r.done)
+	defer r.finish()
 	op := *r.ctrl
 	switch op.op {
 	case opCreateTopic:

@@ -527,4 +527,3 @@ func copyLogWithoutCheckpoints(from, to string) (lastSeg string, err error) {
 	}
 	return lastSeg, nil
 }
-
