@@ -52,11 +52,12 @@ type Log struct {
 	nextTopicID uint32
 	segs        map[uint32]*segment
 
-	reqs    chan *request
-	stop    chan struct{}
-	stopped chan struct{}
-	closed  atomic.Bool
-	failed  atomic.Pointer[error]
+	reqs        chan *request
+	stop        chan struct{}
+	stopped     chan struct{}
+	closed      atomic.Bool
+	cleanerDone chan struct{}
+	failed      atomic.Pointer[error]
 
 	active     *segment // writer
 	activeSize int64    // writer
@@ -135,7 +136,9 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 	l.reqs = make(chan *request, c.queueDepth)
 	l.stop = make(chan struct{})
 	l.stopped = make(chan struct{})
+	l.cleanerDone = make(chan struct{})
 	go l.run()
+	go l.runCleaner()
 	return l, nil
 }
 
@@ -322,6 +325,7 @@ func (l *Log) Close() error {
 	var err error
 	if !l.cfg.readOnly {
 		close(l.stop)
+		<-l.cleanerDone
 		<-l.stopped
 		if l.failedErr() == nil {
 			err = l.syncActive()

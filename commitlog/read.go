@@ -121,31 +121,43 @@ func (l *Log) read(t *topic, part int32, p *partition, offset uint64, o ReadOpts
 // record of the partition, until fn returns false. Every batch is
 // checksummed before any of it is used.
 func (l *Log) readEntry(t *topic, part int32, e indexEntry, fn func(*ferry.Message) bool) error {
-	seg := l.acquireSegment(e.seg)
+	return l.readSpan(e.seg, e.pos, e.size,
+		func(sh sectionHeader) bool { return sh.topic == t.id && sh.partition == uint32(part) },
+		func(_ sectionHeader, m *ferry.Message) bool {
+			m.Topic, m.Partition = t.name, part
+			return fn(m)
+		})
+}
+
+// readSpan reads the batches in [pos, pos+size) of a segment, checksums
+// each, and calls fn for every record of the sections want accepts, until
+// fn returns false. The message passed to fn is reused between calls.
+func (l *Log) readSpan(segID, pos, size uint32, want func(sectionHeader) bool, fn func(sectionHeader, *ferry.Message) bool) error {
+	seg := l.acquireSegment(segID)
 	if seg == nil {
-		return fmt.Errorf("commitlog: %s/%d: segment %d was removed while reading: %w", t.name, part, e.seg, ferry.ErrOffsetOutOfRange)
+		return fmt.Errorf("commitlog: segment %d was removed while reading: %w", segID, ferry.ErrOffsetOutOfRange)
 	}
 	defer seg.release()
-	buf := make([]byte, e.size)
-	if n, err := seg.f.ReadAt(buf, int64(e.pos)); n < len(buf) {
-		return fmt.Errorf("commitlog: read %s at %d (%d of %d bytes): %w", seg.path, e.pos, n, len(buf), err)
+	buf := make([]byte, size)
+	if n, err := seg.f.ReadAt(buf, int64(pos)); n < len(buf) {
+		return fmt.Errorf("commitlog: read %s at %d (%d of %d bytes): %w", seg.path, pos, n, len(buf), err)
 	}
 	var m ferry.Message
-	for pos := 0; pos < len(buf); {
-		n, err := peekBatchLength(buf[pos:])
-		if err == nil && int(n) > len(buf)-pos {
+	for at := 0; at < len(buf); {
+		n, err := peekBatchLength(buf[at:])
+		if err == nil && int(n) > len(buf)-at {
 			err = fmt.Errorf("%w: batch overruns its index entry", ferry.ErrCorrupt)
 		}
 		var h batchHeader
 		if err == nil {
-			h, err = decodeBatchHeader(buf[pos : pos+int(n)])
+			h, err = decodeBatchHeader(buf[at : at+int(n)])
 		}
 		if err != nil {
-			return &CorruptionError{File: seg.path, Offset: int64(e.pos) + int64(pos), Err: err}
+			return &CorruptionError{File: seg.path, Offset: int64(pos) + int64(at), Err: err}
 		}
 		stop := false
-		err = forEachSection(buf[pos:pos+int(n)], h, func(sh sectionHeader, body []byte) error {
-			if stop || sh.topic != t.id || sh.partition != uint32(part) {
+		err = forEachSection(buf[at:at+int(n)], h, func(sh sectionHeader, body []byte) error {
+			if stop || !want(sh) {
 				return nil
 			}
 			d := newRecordDecoder(sh, body, h.appendTime)
@@ -154,20 +166,19 @@ func (l *Log) readEntry(t *topic, part int32, e indexEntry, fn func(*ferry.Messa
 				if err != nil || !ok {
 					return err
 				}
-				m.Topic, m.Partition = t.name, part
-				if !fn(&m) {
+				if !fn(sh, &m) {
 					stop = true
 					return nil
 				}
 			}
 		})
 		if err != nil {
-			return &CorruptionError{File: seg.path, Offset: int64(e.pos) + int64(pos), Err: err}
+			return &CorruptionError{File: seg.path, Offset: int64(pos) + int64(at), Err: err}
 		}
 		if stop {
 			return nil
 		}
-		pos += int(n)
+		at += int(n)
 	}
 	return nil
 }

@@ -413,46 +413,64 @@ func (l *Log) applyControl(op controlOp) error {
 	return nil
 }
 
-// rebuildDedup refills each topic's deduplication window from the batches
-// whose records may still be inside it.
+// rebuildDedup refills each topic's deduplication window from the most
+// recent batches that may still hold IDs inside it: per topic, the newest
+// index entries (by time) up to DedupMaxIDs records. Batches are shared by
+// partitions, so each is read once, whatever number of entries point at it.
 func (l *Log) rebuildDedup() error {
 	now := l.cfg.now().UnixNano()
+	type span struct{ seg, pos, size uint32 }
+	spans := map[span]bool{}
+	cutoffs := map[uint32]int64{}
 	for _, t := range l.topics {
 		if t.dedup == nil {
 			continue
 		}
 		cutoff := now - int64(t.config.DedupWindow)
-		type hit struct {
-			id   ferry.ID
-			h    dedupHit
-			time int64
-		}
-		var hits []hit
-		for pi, p := range t.parts {
+		cutoffs[t.id] = cutoff
+		var cands []indexEntry
+		for _, p := range t.parts {
 			p.mu.RLock()
-			i := len(p.entries)
-			budget := t.config.DedupMaxIDs
-			for i > 0 && p.entries[i-1].maxTime >= cutoff && budget > 0 {
-				i--
-				budget -= int(p.entries[i].count)
+			n := 0
+			for i := len(p.entries) - 1; i >= 0 && p.entries[i].maxTime >= cutoff && n < t.config.DedupMaxIDs; i-- {
+				cands = append(cands, p.entries[i])
+				n += int(p.entries[i].count)
 			}
-			entries := append([]indexEntry(nil), p.entries[i:]...)
 			p.mu.RUnlock()
-			for _, e := range entries {
-				err := l.readEntry(t, int32(pi), e, func(m *ferry.Message) bool {
-					if m.Time.UnixNano() >= cutoff {
-						hits = append(hits, hit{m.ID, dedupHit{int32(pi), m.Offset}, m.Time.UnixNano()})
-					}
-					return true
-				})
-				if err != nil {
-					return err
-				}
-			}
 		}
-		sort.SliceStable(hits, func(i, j int) bool { return hits[i].time < hits[j].time })
-		for _, h := range hits {
-			t.dedup.insert(h.id, h.h, h.time)
+		sort.Slice(cands, func(i, j int) bool { return cands[i].maxTime > cands[j].maxTime })
+		budget := t.config.DedupMaxIDs
+		for _, e := range cands {
+			if budget <= 0 {
+				break
+			}
+			spans[span{e.seg, e.pos, e.size}] = true
+			budget -= int(e.count)
+		}
+	}
+	if len(spans) == 0 {
+		return nil
+	}
+	ordered := make([]span, 0, len(spans))
+	for s := range spans {
+		ordered = append(ordered, s)
+	}
+	sort.Slice(ordered, func(i, j int) bool {
+		return ordered[i].seg < ordered[j].seg || ordered[i].seg == ordered[j].seg && ordered[i].pos < ordered[j].pos
+	})
+	// Log order is append order, so inserting in it keeps each window's
+	// FIFO eviction oldest-first.
+	for _, s := range ordered {
+		err := l.readSpan(s.seg, s.pos, s.size,
+			func(sh sectionHeader) bool { _, ok := cutoffs[sh.topic]; return ok },
+			func(sh sectionHeader, m *ferry.Message) bool {
+				if ts := m.Time.UnixNano(); ts >= cutoffs[sh.topic] {
+					l.byID[sh.topic].dedup.insert(m.ID, dedupHit{int32(sh.partition), m.Offset}, ts)
+				}
+				return true
+			})
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -493,6 +511,20 @@ func (l *Log) loadCheckpoint(ids []uint32) (*checkpoint, string) {
 // checkpointFits reports whether the log on disk reaches the checkpoint's
 // position (a checkpoint must never describe data the log lost).
 func (l *Log) checkpointFits(ck *checkpoint, ids []uint32) bool {
+	// Every segment its index points into must still exist.
+	have := make(map[uint32]bool, len(ids))
+	for _, id := range ids {
+		have[id] = true
+	}
+	for _, t := range ck.topics {
+		for _, p := range t.parts {
+			for _, e := range p.entries {
+				if !have[e.seg] {
+					return false
+				}
+			}
+		}
+	}
 	for _, id := range ids {
 		if id == ck.seg {
 			fi, err := l.cfg.fs.Stat(l.segPath(id))

@@ -35,14 +35,15 @@ type Batch struct {
 }
 
 type request struct {
-	batch   *Batch
-	ctrl    *controlOp // topic creation or deletion, written alone
-	reloc   []byte     // a batch prepared by the cleaner, written as is
-	sync    bool       // only fsync what was written so far
-	size    int        // upper bound of the encoded size of batch
-	err     error
-	done    chan struct{}       // closed when finished (synchronous callers)
-	promise func(*Batch, error) // called when finished (AppendAsync)
+	batch      *Batch
+	ctrl       *controlOp // topic creation or deletion, written alone
+	reloc      []byte     // a batch prepared by the cleaner, written as is
+	sync       bool       // only fsync what was written so far
+	checkpoint bool       // fsync and write a checkpoint (the cleaner, before deleting)
+	size       int        // upper bound of the encoded size of batch
+	err        error
+	done       chan struct{}       // closed when finished (synchronous callers)
+	promise    func(*Batch, error) // called when finished (AppendAsync)
 }
 
 // finish reports a request's outcome to its caller.
@@ -287,6 +288,13 @@ func (l *Log) process(g []*request) {
 		g[0].finish()
 	case g[0].reloc != nil:
 		g[0].err = l.writeBatch(g[0].reloc)
+		g[0].finish()
+	case g[0].checkpoint:
+		if err := l.syncActive(); err != nil {
+			g[0].err = l.fail(err)
+		} else {
+			g[0].err = l.writeCheckpoint(l.active.id, uint64(l.activeSize))
+		}
 		g[0].finish()
 	default:
 		l.processGroup(g)

@@ -1,0 +1,271 @@
+package commitlog
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/ferrymq/ferry"
+)
+
+// The cleaner enforces retention and compaction with one mechanism: it
+// decides which records are live, drops index entries that hold none,
+// rewrites ("relocates") the few live records of mostly-dead batches in
+// sealed segments, and deletes a sealed segment once no index entry points
+// into it. Before deleting, it has the writer fsync and checkpoint the
+// state, because after that the state that lived in the deleted segment
+// (topic creations, consumer offsets) exists only in the checkpoint.
+
+// CleanStats reports what one cleaner run did.
+type CleanStats struct {
+	EntriesDropped    int   // index entries whose records all expired or were compacted away
+	RecordsRelocated  int   // live records rewritten out of mostly-dead batches
+	SegmentsDeleted   int   // segment files removed
+	BytesReclaimed    int64 // bytes of the removed segments
+	RecordsCompacted  int   // records dropped by key compaction
+	TombstonesExpired int   // tombstones dropped after TombstoneRetention
+}
+
+// Clean runs the cleaner once. It also runs every WithCleanInterval in the
+// background.
+func (l *Log) Clean(ctx context.Context) (CleanStats, error) {
+	if err := l.writable(); err != nil {
+		return CleanStats{}, err
+	}
+	l.cleanMu.Lock()
+	defer l.cleanMu.Unlock()
+	var st CleanStats
+	now := l.cfg.now().UnixNano()
+	activeID := l.activeSegmentID()
+	l.mu.RLock()
+	topics := make([]*topic, 0, len(l.topics))
+	for _, t := range l.topics {
+		topics = append(topics, t)
+	}
+	l.mu.RUnlock()
+	for _, t := range topics {
+		for pi, p := range t.parts {
+			st.EntriesDropped += applyRetention(t.config, p, now)
+			if t.config.Compact {
+				if err := l.compact(ctx, t, int32(pi), p, activeID, now, &st); err != nil {
+					return st, err
+				}
+			}
+		}
+	}
+	return st, l.deleteUnreferencedSegments(ctx, activeID, &st)
+}
+
+func (l *Log) activeSegmentID() uint32 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	var id uint32
+	for sid := range l.segs {
+		id = max(id, sid)
+	}
+	return id
+}
+
+// applyRetention drops the oldest index entries past the topic's age or
+// size limit and advances the partition's start offset.
+func applyRetention(c TopicConfig, p *partition, now int64) (dropped int) {
+	if c.RetentionAge <= 0 && c.RetentionBytes <= 0 {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cutoff := now - int64(c.RetentionAge)
+	n := 0
+	bytes := p.bytes
+	for n < len(p.entries) {
+		e := p.entries[n]
+		// maxTime is a running maximum, so every entry before one that is
+		// young enough is young enough too... and entries after an old one
+		// may still be old: stop at the first entry to keep.
+		expired := c.RetentionAge > 0 && e.maxTime < cutoff
+		oversize := c.RetentionBytes > 0 && bytes > c.RetentionBytes
+		if !expired && !oversize {
+			break
+		}
+		bytes -= int64(e.size)
+		n++
+	}
+	if n == 0 {
+		return 0
+	}
+	if n == len(p.entries) {
+		p.start = p.end
+	} else {
+		p.start = max(p.start, p.entries[n].first)
+	}
+	p.entries = append(p.entries[:0], p.entries[n:]...)
+	p.bytes = bytes
+	return n
+}
+
+// compact keeps only the latest record of each key (and drops tombstones
+// older than TombstoneRetention) in the batches of sealed segments.
+func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, activeID uint32, now int64, st *CleanStats) error {
+	p.mu.RLock()
+	entries := append([]indexEntry(nil), p.entries...)
+	p.mu.RUnlock()
+	// Latest offset of every key across the whole partition.
+	latest := map[string]uint64{}
+	for _, e := range entries {
+		if err := l.readEntry(t, part, e, func(m *ferry.Message) bool {
+			latest[string(m.Key)] = m.Offset
+			return true
+		}); err != nil {
+			return err
+		}
+	}
+	tombCutoff := now - int64(t.config.TombstoneRetention)
+	for _, e := range entries {
+		if e.seg >= activeID {
+			break // only sealed segments are compacted
+		}
+		var live []*ferry.Message
+		dead := 0
+		if err := l.readEntry(t, part, e, func(m *ferry.Message) bool {
+			switch {
+			case latest[string(m.Key)] != m.Offset:
+				dead++
+				st.RecordsCompacted++
+			case m.IsTombstone() && m.Time.UnixNano() < tombCutoff:
+				dead++
+				st.TombstonesExpired++
+			default:
+				c := *m
+				live = append(live, &c)
+			}
+			return true
+		}); err != nil {
+			return err
+		}
+		if dead == 0 {
+			continue
+		}
+		if len(live) == 0 {
+			p.mu.Lock()
+			p.dropLocked(e)
+			p.mu.Unlock()
+			st.EntriesDropped++
+			continue
+		}
+		if err := l.relocate(ctx, t, part, e, live); err != nil {
+			return err
+		}
+		st.RecordsRelocated += len(live)
+	}
+	return nil
+}
+
+// dropLocked removes entry e (matched by its offsets) from the index.
+func (p *partition) dropLocked(e indexEntry) {
+	for i, x := range p.entries {
+		if x.first == e.first && x.last == e.last && x.seg == e.seg && x.pos == e.pos {
+			p.bytes -= int64(x.size)
+			p.entries = append(p.entries[:i], p.entries[i+1:]...)
+			if i == 0 {
+				if len(p.entries) > 0 {
+					p.start = max(p.start, p.entries[0].first)
+				} else {
+					p.start = max(p.start, e.last+1)
+				}
+			}
+			return
+		}
+	}
+}
+
+// relocate writes the live records of entry e as one relocated batch whose
+// section spans e's offsets, so that applying it replaces e in the index
+// (and recovery, replaying it, does the same).
+func (l *Log) relocate(ctx context.Context, t *topic, part int32, e indexEntry, live []*ferry.Message) error {
+	now := l.cfg.now().UnixNano()
+	buf := make([]byte, batchHeaderSize, batchHeaderSize+sectionHeaderSize+4096)
+	start := len(buf)
+	buf = append(buf, make([]byte, sectionHeaderSize)...)
+	maxTime := int64(0)
+	for _, m := range live {
+		buf = appendRecord(buf, m, m.Offset-e.first, now)
+		maxTime = max(maxTime, m.Time.UnixNano())
+	}
+	putSectionHeader(buf[start:], sectionHeader{topic: t.id, partition: uint32(part), first: e.first, last: e.last,
+		count: uint32(len(live)), bodyLen: uint32(len(buf) - start - sectionHeaderSize), maxTime: maxTime})
+	putBatchHeader(buf, flagRelocated, 1, now)
+	return l.submit(ctx, &request{reloc: buf})
+}
+
+// deleteUnreferencedSegments removes sealed segments that no index entry
+// points into, after a durable checkpoint that no longer needs them.
+func (l *Log) deleteUnreferencedSegments(ctx context.Context, activeID uint32, st *CleanStats) error {
+	used := map[uint32]bool{}
+	l.mu.RLock()
+	for _, t := range l.topics {
+		for _, p := range t.parts {
+			p.mu.RLock()
+			for _, e := range p.entries {
+				used[e.seg] = true
+			}
+			p.mu.RUnlock()
+		}
+	}
+	var victims []*segment
+	for id, s := range l.segs {
+		if id < activeID && !used[id] {
+			victims = append(victims, s)
+		}
+	}
+	l.mu.RUnlock()
+	if len(victims) == 0 {
+		return nil
+	}
+	if err := l.submit(ctx, &request{checkpoint: true}); err != nil {
+		return fmt.Errorf("commitlog: checkpoint before deleting segments: %w", err)
+	}
+	for _, s := range victims {
+		size, _ := s.f.Size()
+		l.mu.Lock()
+		delete(l.segs, s.id)
+		l.mu.Unlock()
+		s.release()
+		if err := l.cfg.fs.Remove(s.path); err != nil {
+			return fmt.Errorf("commitlog: remove segment %s: %w", s.path, err)
+		}
+		st.SegmentsDeleted++
+		st.BytesReclaimed += size
+	}
+	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
+		return fmt.Errorf("commitlog: fsync %s after deleting segments: %w", walDir, err)
+	}
+	l.cfg.logger.Info("cleaner deleted segments", "count", st.SegmentsDeleted, "bytes", st.BytesReclaimed)
+	return nil
+}
+
+// runCleaner runs Clean every clean interval until the log closes.
+func (l *Log) runCleaner() {
+	defer close(l.cleanerDone)
+	t := time.NewTicker(l.cfg.cleanInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-l.stop:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			if _, err := l.Clean(ctx); err != nil {
+				l.cfg.logger.Warn("cleaner run failed", "err", err)
+			}
+			cancel()
+		}
+	}
+}
