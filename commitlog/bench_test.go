@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/internal/vfs"
 )
 
 // benchDir returns a directory on the real disk (FERRY_BENCH_DIR to choose
@@ -45,16 +44,22 @@ func BenchmarkAppendBatched(b *testing.B) {
 	benchAppend(b, DurabilityAlways, 64, 100)
 }
 
-func benchAppend(b *testing.B, mode Durability, producers, batch int) {
-	ctx := context.Background()
-	l, err := Open(ctx, benchDir(b), WithDurability(mode))
+// openBench opens a log on the real disk with an 8-partition topic "bench".
+func openBench(b *testing.B, opts ...Opt) *Log {
+	l, err := Open(context.Background(), benchDir(b), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
-	if err := l.CreateTopic(ctx, "bench", TopicConfig{Partitions: 8}); err != nil {
+	b.Cleanup(func() { l.Close() })
+	if err := l.CreateTopic(context.Background(), "bench", TopicConfig{Partitions: 8}); err != nil {
 		b.Fatal(err)
 	}
+	return l
+}
+
+func benchAppend(b *testing.B, mode Durability, producers, batch int) {
+	ctx := context.Background()
+	l := openBench(b, WithDurability(mode))
 	payload := make([]byte, 256)
 	var next atomic.Int64
 	b.SetBytes(int64(len(payload) * batch))
@@ -91,14 +96,7 @@ func benchAppend(b *testing.B, mode Durability, producers, batch int) {
 func BenchmarkAppendAsync(b *testing.B) {
 	const publishers, window = 64, 64
 	ctx := context.Background()
-	l, err := Open(ctx, benchDir(b))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	if err := l.CreateTopic(ctx, "bench", TopicConfig{Partitions: 8}); err != nil {
-		b.Fatal(err)
-	}
+	l := openBench(b)
 	payload := make([]byte, 256)
 	var next atomic.Int64
 	b.SetBytes(int64(len(payload)))
@@ -215,5 +213,3 @@ func BenchmarkReopenAfterCrash(b *testing.B) {
 	}
 	b.ReportMetric(float64(mb), "MiB-log")
 }
-
-var _ = vfs.Default

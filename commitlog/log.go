@@ -304,6 +304,15 @@ func (l *Log) Dir() string { return l.dir }
 
 func (l *Log) closeFiles() {
 	l.mu.Lock()
+	// Wake every Fetch; it will see the log closed.
+	for _, t := range l.topics {
+		for _, p := range t.parts {
+			p.mu.Lock()
+			close(p.changed)
+			p.changed = make(chan struct{})
+			p.mu.Unlock()
+		}
+	}
 	for id, s := range l.segs {
 		delete(l.segs, id)
 		s.release()

@@ -278,6 +278,24 @@ func TestFetchWaitsForData(t *testing.T) {
 	}
 }
 
+func TestCloseWakesFetch(t *testing.T) {
+	l := openTest(t, vfs.NewMemFS())
+	mustCreate(t, l, "t", TopicConfig{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := l.Fetch(context.Background(), "t", 0, 0, ReadOpts{})
+		errc <- err
+	}()
+	// Whether Fetch is already waiting or not, it must end with ErrClosed.
+	l.Close()
+	if err := <-errc; !errors.Is(err, ferry.ErrClosed) {
+		t.Fatalf("fetch across close: %v", err)
+	}
+	if _, err := l.Read("t", 0, 0, ReadOpts{}); !errors.Is(err, ferry.ErrClosed) {
+		t.Fatalf("read after close: %v", err)
+	}
+}
+
 func TestOffsetForTime(t *testing.T) {
 	ctx := context.Background()
 	l := openTest(t, vfs.NewMemFS())

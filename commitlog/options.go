@@ -27,6 +27,7 @@ const (
 	DurabilityNone
 )
 
+// String returns the mode's name as ParseDurability accepts it.
 func (d Durability) String() string {
 	switch d {
 	case DurabilityAlways:

@@ -65,6 +65,9 @@ func (l *Log) Read(topicName string, part int32, offset uint64, o ReadOpts) (Rea
 }
 
 func (l *Log) read(t *topic, part int32, p *partition, offset uint64, o ReadOpts) (ReadResult, error) {
+	if l.closed.Load() {
+		return ReadResult{}, ferry.ErrClosed
+	}
 	p.mu.RLock()
 	start, end := p.start, p.end
 	i := p.findLocked(offset)
@@ -188,6 +191,9 @@ func (l *Log) readSpan(segID, pos, size uint32, want func(sectionHeader) bool, f
 func (l *Log) Fetch(ctx context.Context, topicName string, part int32, offset uint64, o ReadOpts) (ReadResult, error) {
 	o = o.withDefaults()
 	for {
+		if l.closed.Load() {
+			return ReadResult{}, ferry.ErrClosed
+		}
 		t, p, err := l.partition(topicName, part)
 		if err != nil {
 			return ReadResult{}, err
@@ -199,22 +205,28 @@ func (l *Log) Fetch(ctx context.Context, topicName string, part int32, offset ui
 		if err != nil || len(res.Messages) > 0 {
 			return res, err
 		}
-		var timer <-chan time.Time
-		if !res.WaitUntil.IsZero() {
-			tm := time.NewTimer(res.WaitUntil.Sub(l.cfg.now()))
-			timer = tm.C
-			defer tm.Stop()
-		}
-		select {
-		case <-changed:
-		case <-timer:
-		case <-ctx.Done():
-			return res, ctx.Err()
-		}
-		if l.closed.Load() {
-			return res, ferry.ErrClosed
+		if err := l.waitForChange(ctx, changed, res.WaitUntil); err != nil {
+			return res, err
 		}
 	}
+}
+
+// waitForChange waits for the partition to change, for a delayed message
+// to become due (until, if set), or for ctx.
+func (l *Log) waitForChange(ctx context.Context, changed <-chan struct{}, until time.Time) error {
+	var due <-chan time.Time
+	if !until.IsZero() {
+		tm := time.NewTimer(until.Sub(l.cfg.now()))
+		defer tm.Stop()
+		due = tm.C
+	}
+	select {
+	case <-changed:
+	case <-due:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 // Bounds returns a partition's first retained offset and its end (one past

@@ -164,6 +164,7 @@ type CorruptionError struct {
 	Err    error
 }
 
+// Error says where the damage is and how to proceed.
 func (e *CorruptionError) Error() string {
 	return fmt.Sprintf("commitlog: corrupt batch in %s at offset %d: %v (open with repair to truncate the log there)", e.File, e.Offset, e.Err)
 }

@@ -91,15 +91,7 @@ func (l *Log) Commit(ctx context.Context, b *Batch) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case l.reqs <- r:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-l.stop:
-		return ferry.ErrClosed
-	}
-	<-r.done
-	return r.err
+	return l.submit(ctx, r)
 }
 
 // TryCommit is Commit that never waits for room: when the queue is full it
@@ -109,6 +101,7 @@ func (l *Log) TryCommit(b *Batch) error {
 	if err != nil {
 		return err
 	}
+	r.done = make(chan struct{})
 	select {
 	case l.reqs <- r:
 	default:
@@ -132,13 +125,9 @@ func (l *Log) AppendAsync(ctx context.Context, promise func(*Batch, error), msgs
 		promise(b, err)
 		return
 	}
-	r.done, r.promise = nil, promise
-	select {
-	case l.reqs <- r:
-	case <-ctx.Done():
-		promise(b, ctx.Err())
-	case <-l.stop:
-		promise(b, ferry.ErrClosed)
+	r.promise = promise
+	if err := l.enqueue(ctx, r); err != nil {
+		promise(b, err)
 	}
 }
 
@@ -178,7 +167,7 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 		return nil, fmt.Errorf("commitlog: offsets need a consumer group name of 1 to 255 bytes, got %q: %w", b.Group, ferry.ErrInvalidArgument)
 	}
 	b.Duplicates = 0
-	return &request{batch: b, size: total + sectionHeaderSize*len(b.Offsets) + 64*len(b.Offsets), done: make(chan struct{})}, nil
+	return &request{batch: b, size: total + sectionHeaderSize*len(b.Offsets) + 64*len(b.Offsets)}, nil
 }
 
 func (l *Log) writable() error {
@@ -191,21 +180,30 @@ func (l *Log) writable() error {
 	return l.failedErr()
 }
 
-// submit queues a control or cleaner request and waits for it.
+// submit queues a request and waits until the writer has finished it.
 func (l *Log) submit(ctx context.Context, r *request) error {
 	if err := l.writable(); err != nil {
 		return err
 	}
 	r.done = make(chan struct{})
+	if err := l.enqueue(ctx, r); err != nil {
+		return err
+	}
+	<-r.done
+	return r.err
+}
+
+// enqueue waits for room in the writer's queue. Once queued, a request is
+// always finished by the writer, whatever happens to ctx.
+func (l *Log) enqueue(ctx context.Context, r *request) error {
 	select {
 	case l.reqs <- r:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-l.stop:
 		return ferry.ErrClosed
 	}
-	<-r.done
-	return r.err
 }
 
 // run is the writer goroutine.

@@ -38,6 +38,7 @@ const (
 
 var opNames = [...]string{"create", "open", "remove", "rename", "mkdir", "list", "syncdir", "lock", "stat", "write", "read", "sync", "truncate", "close", "seek", "size"}
 
+// String returns the operation's name, e.g. "fsync".
 func (o Op) String() string {
 	if int(o) < len(opNames) {
 		return opNames[o]
