@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/internal/vfs"
 )
@@ -53,6 +55,7 @@ type Log struct {
 	segs        map[uint32]*segment
 
 	reqs        chan *request
+	queueBytes  *semaphore.Weighted // budget of bytes held by queued appends
 	stop        chan struct{}
 	stopped     chan struct{}
 	closed      atomic.Bool
@@ -134,6 +137,7 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 		return l, nil
 	}
 	l.reqs = make(chan *request, c.queueDepth)
+	l.queueBytes = semaphore.NewWeighted(c.queueBytes)
 	l.stop = make(chan struct{})
 	l.stopped = make(chan struct{})
 	l.cleanerDone = make(chan struct{})

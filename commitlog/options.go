@@ -61,6 +61,7 @@ type cfg struct {
 	maxMessageBytes int
 	maxBatchBytes   int
 	queueDepth      int
+	queueBytes      int64
 	maxGroupBytes   int
 	now             func() time.Time
 	logger          *slog.Logger
@@ -78,6 +79,7 @@ func defaultCfg() cfg {
 		maxMessageBytes: 1 << 20,
 		maxBatchBytes:   16 << 20,
 		queueDepth:      4096,
+		queueBytes:      64 << 20,
 		maxGroupBytes:   4 << 20,
 		now:             time.Now,
 		logger:          slog.New(slog.DiscardHandler),
@@ -100,6 +102,7 @@ func (c *cfg) validate() error {
 		{"max message size", int64(c.maxMessageBytes), 1, 64 << 20, "a message is held whole in memory by producers and consumers"},
 		{"max batch size", int64(c.maxBatchBytes), 1, 256 << 20, "a batch is written and checksummed as one buffer"},
 		{"queue depth", int64(c.queueDepth), 1, 1 << 20, "pending appends hold memory until written"},
+		{"max queue bytes", c.queueBytes, 64 << 10, 16 << 30, "queued appends are held in memory until written"},
 		{"max group size", int64(c.maxGroupBytes), 4 << 10, 256 << 20, "one group commit is one write buffer"},
 		{"sync interval", int64(c.syncInterval), int64(time.Millisecond), int64(time.Minute), "longer intervals risk more acknowledged data on power loss"},
 		{"clean interval", int64(c.cleanInterval), int64(time.Millisecond), int64(24 * time.Hour), "the cleaner must run to enforce retention"},
@@ -108,6 +111,9 @@ func (c *cfg) validate() error {
 		if b.val < b.min || b.val > b.max {
 			return fmt.Errorf("%w: %s %d outside [%d, %d]: %s", ferry.ErrInvalidArgument, b.name, b.val, b.min, b.max, b.why)
 		}
+	}
+	if int64(c.maxBatchBytes) > c.queueBytes {
+		return fmt.Errorf("%w: max batch size %d exceeds max queue bytes %d: such a batch could never be queued", ferry.ErrInvalidArgument, c.maxBatchBytes, c.queueBytes)
 	}
 	if c.maxMessageBytes > c.maxBatchBytes {
 		return fmt.Errorf("%w: max message size %d exceeds max batch size %d", ferry.ErrInvalidArgument, c.maxMessageBytes, c.maxBatchBytes)
@@ -156,6 +162,11 @@ func WithMaxBatchBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxBatchByte
 // (default 4096). When full, Append waits; TryAppend returns
 // ferry.ErrBackpressure.
 func WithQueueDepth(n int) Opt { return optFunc(func(c *cfg) { c.queueDepth = n }) }
+
+// WithMaxQueueBytes bounds the memory held by appends waiting for the
+// writer (default 64 MiB). When full, Commit waits (until its context
+// ends); TryCommit returns ferry.ErrBackpressure.
+func WithMaxQueueBytes(n int64) Opt { return optFunc(func(c *cfg) { c.queueBytes = n }) }
 
 // WithMaxGroupBytes bounds how many bytes one group commit writes before
 // it fsyncs (default 4 MiB).

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/ferrymq/ferry"
 )
 
@@ -44,10 +46,17 @@ type request struct {
 	err        error
 	done       chan struct{}       // closed when finished (synchronous callers)
 	promise    func(*Batch, error) // called when finished (AppendAsync)
+	sem        *semaphore.Weighted // holds reserved bytes of the queue budget until finished
+	reserved   int64
 }
 
-// finish reports a request's outcome to its caller.
+// finish reports a request's outcome to its caller and returns its bytes
+// to the queue budget.
 func (r *request) finish() {
+	if r.sem != nil {
+		r.sem.Release(r.reserved)
+		r.sem = nil
+	}
 	if r.promise != nil {
 		r.promise(r.batch, r.err)
 		return
@@ -102,9 +111,15 @@ func (l *Log) TryCommit(b *Batch) error {
 		return err
 	}
 	r.done = make(chan struct{})
+	r.reserved = min(int64(r.size), l.cfg.queueBytes)
+	if !l.queueBytes.TryAcquire(r.reserved) {
+		return fmt.Errorf("commitlog: %d bytes of appends already queued: %w", l.cfg.queueBytes, ferry.ErrBackpressure)
+	}
+	r.sem = l.queueBytes
 	select {
 	case l.reqs <- r:
 	default:
+		r.finish()
 		return fmt.Errorf("commitlog: %d appends already queued: %w", cap(l.reqs), ferry.ErrBackpressure)
 	}
 	<-r.done
@@ -126,7 +141,12 @@ func (l *Log) AppendAsync(ctx context.Context, promise func(*Batch, error), msgs
 		return
 	}
 	r.promise = promise
+	if err := l.reserve(ctx, r); err != nil {
+		promise(b, err)
+		return
+	}
 	if err := l.enqueue(ctx, r); err != nil {
+		r.finish()
 		promise(b, err)
 	}
 }
@@ -186,11 +206,30 @@ func (l *Log) submit(ctx context.Context, r *request) error {
 		return err
 	}
 	r.done = make(chan struct{})
+	if err := l.reserve(ctx, r); err != nil {
+		return err
+	}
 	if err := l.enqueue(ctx, r); err != nil {
+		r.finish()
 		return err
 	}
 	<-r.done
 	return r.err
+}
+
+// reserve takes the request's bytes from the queue budget, waiting for
+// room until ctx ends.
+func (l *Log) reserve(ctx context.Context, r *request) error {
+	if r.size == 0 {
+		return nil
+	}
+	// A batch larger than the whole budget waits for the queue to empty.
+	r.reserved = min(int64(r.size), l.cfg.queueBytes)
+	if err := l.queueBytes.Acquire(ctx, r.reserved); err != nil {
+		return fmt.Errorf("commitlog: waiting for room in the append queue: %w", err)
+	}
+	r.sem = l.queueBytes
+	return nil
 }
 
 // enqueue waits for room in the writer's queue. Once queued, a request is
