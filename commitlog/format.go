@@ -50,7 +50,11 @@ const (
 	attrNullValue      = 1 << 0
 	attrNotBefore      = 1 << 1
 	controlTopicID     = 0
-	maxSectionsInBatch = 1<<16 - 1
+	maxSectionsInBatch = 1<<16 - 1 // the header's section count is 16 bits
+	// maxMessagesInGroup bounds the messages of one batch and of one group
+	// commit, so that their sections (at most one per message, plus one
+	// for offsets) always fit in the header's count.
+	maxMessagesInGroup = maxSectionsInBatch - 1
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

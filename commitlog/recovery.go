@@ -7,7 +7,6 @@ import (
 	"io"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/ferrymq/ferry"
@@ -622,19 +621,4 @@ func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
 		}
 	}
 	return nil
-}
-
-// parseCheckpointName is the inverse of checkpointName.
-func parseCheckpointName(n string) (uint32, uint64, bool) {
-	base, ok := strings.CutSuffix(n, ckptSuffix)
-	if !ok {
-		return 0, 0, false
-	}
-	a, b, ok := strings.Cut(base, "-")
-	if !ok {
-		return 0, 0, false
-	}
-	seg, err1 := strconv.ParseUint(a, 10, 32)
-	pos, err2 := strconv.ParseUint(b, 10, 64)
-	return uint32(seg), pos, err1 == nil && err2 == nil
 }

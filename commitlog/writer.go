@@ -160,6 +160,9 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 	if len(b.Messages) == 0 && len(b.Offsets) == 0 {
 		return nil, fmt.Errorf("commitlog: empty batch: %w", ferry.ErrInvalidArgument)
 	}
+	if len(b.Messages) > maxMessagesInGroup {
+		return nil, fmt.Errorf("commitlog: batch of %d messages: at most %d allowed: %w", len(b.Messages), maxMessagesInGroup, ferry.ErrInvalidArgument)
+	}
 	total := 0
 	for i, m := range b.Messages {
 		if m == nil {
@@ -292,16 +295,17 @@ func (l *Log) collect(first *request) []*request {
 	if first.batch == nil {
 		return g
 	}
-	size := first.size
+	size, msgs := first.size, len(first.batch.Messages)
 	for size < l.cfg.maxGroupBytes {
 		select {
 		case r := <-l.reqs:
-			if r.batch == nil {
+			if r.batch == nil || msgs+len(r.batch.Messages) > maxMessagesInGroup {
 				l.scratch.carry = r
 				return g
 			}
 			g = append(g, r)
 			size += r.size
+			msgs += len(r.batch.Messages)
 		default:
 			return g
 		}
