@@ -1,0 +1,87 @@
+// Package backend defines what the processing runtime needs from a log:
+// publish, fetch, committed offsets, and consumer-group membership. The
+// embedded log implements it (backend/embedded); so will NATS JetStream and
+// Kafka, each passing the same conformance suite.
+package backend
+
+import (
+	"context"
+	"errors"
+
+	"github.com/ferrymq/ferry"
+)
+
+// TopicPartition names one partition.
+type TopicPartition struct {
+	Topic     string
+	Partition int32
+}
+
+// Offset is a group's position in a partition: the next offset to process.
+type Offset struct {
+	TopicPartition
+	Offset uint64
+}
+
+// Fetched is the result of one Fetch.
+type Fetched struct {
+	Messages []*ferry.Message
+	Next     uint64 // offset to fetch from next
+}
+
+// Backend is a partitioned log the runtime can consume and publish to.
+type Backend interface {
+	// EnsureTopic creates a topic with the given partitions if it does not
+	// exist; an existing topic is left as it is.
+	EnsureTopic(ctx context.Context, topic string, partitions int) error
+	// Partitions returns a topic's partition count.
+	Partitions(ctx context.Context, topic string) (int, error)
+	// Publish appends messages; when it returns nil they are durable as
+	// the backend promises. It sets Partition and Offset.
+	Publish(ctx context.Context, msgs ...*ferry.Message) error
+	// Fetch returns messages of a partition from offset, waiting until at
+	// least one is available or ctx ends.
+	Fetch(ctx context.Context, tp TopicPartition, offset uint64, max int) (Fetched, error)
+	// Committed returns a group's committed offset for a partition.
+	Committed(ctx context.Context, group string, tp TopicPartition) (offset uint64, ok bool, err error)
+	// Start returns the first retained offset of a partition.
+	Start(ctx context.Context, tp TopicPartition) (uint64, error)
+	// Commit records a group's offsets. Commits by a member whose session
+	// has lost the partition fail with ErrFenced.
+	Commit(ctx context.Context, s Session, offsets ...Offset) error
+	// Join makes member part of group, consuming topics.
+	Join(ctx context.Context, group, member string, topics []string) (Session, error)
+	// Close releases the backend.
+	Close() error
+}
+
+// Transactional backends can publish messages and commit a group's input
+// offsets atomically: the basis of exactly-once consume-transform-produce.
+type Transactional interface {
+	PublishAndCommit(ctx context.Context, s Session, msgs []*ferry.Message, offsets ...Offset) error
+}
+
+// Session is one member's membership of a group.
+type Session interface {
+	// Group and Member name the session.
+	Group() string
+	Member() string
+	// Assignments delivers the member's partitions whenever they change.
+	// Only the latest assignment is kept if the member lags.
+	Assignments() <-chan []TopicPartition
+	// Release hands a revoked partition back after the member stopped
+	// processing it and committed; only then is it given to its new owner.
+	Release(tp TopicPartition)
+	// Heartbeat keeps the session alive; a member that stops heartbeating
+	// for the session timeout loses its partitions.
+	Heartbeat() error
+	// Leave ends the session and frees its partitions.
+	Leave()
+}
+
+// ErrFenced: the member no longer owns the partition (its session expired
+// or it was revoked); its commit was refused.
+var ErrFenced = errors.New("backend: member fenced: partition not owned")
+
+// ErrSessionExpired: the session missed its heartbeats and was removed.
+var ErrSessionExpired = errors.New("backend: session expired")

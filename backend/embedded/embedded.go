@@ -1,0 +1,191 @@
+// Package embedded is the backend over ferry's embedded log (commitlog):
+// topics and offsets live in the log; consumer groups are coordinated in
+// process.
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/commitlog"
+)
+
+// Backend is a backend.Backend over a commitlog.Log.
+type Backend struct {
+	log            *commitlog.Log
+	sessionTimeout time.Duration
+	now            func() time.Time
+
+	mu     sync.Mutex
+	groups map[string]*group
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+var (
+	_ backend.Backend       = (*Backend)(nil)
+	_ backend.Transactional = (*Backend)(nil)
+)
+
+// Opt configures New.
+type Opt interface{ apply(*Backend) }
+
+type optFunc func(*Backend)
+
+func (f optFunc) apply(b *Backend) { f(b) }
+
+// WithSessionTimeout sets how long a member may go without a heartbeat
+// before its partitions are given to others (default 10s).
+func WithSessionTimeout(d time.Duration) Opt { return optFunc(func(b *Backend) { b.sessionTimeout = d }) }
+
+// WithClock sets the clock for session expiry (default time.Now).
+func WithClock(now func() time.Time) Opt { return optFunc(func(b *Backend) { b.now = now }) }
+
+// New returns a backend over l. The caller keeps ownership of l.
+func New(l *commitlog.Log, opts ...Opt) *Backend {
+	b := &Backend{log: l, sessionTimeout: 10 * time.Second, now: time.Now, groups: map[string]*group{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for _, o := range opts {
+		o.apply(b)
+	}
+	go b.expireSessions()
+	return b
+}
+
+// Log returns the underlying log.
+func (b *Backend) Log() *commitlog.Log { return b.log }
+
+// EnsureTopic implements backend.Backend.
+func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int) error {
+	err := b.log.CreateTopic(ctx, topic, commitlog.TopicConfig{Partitions: partitions})
+	if errors.Is(err, ferry.ErrTopicExists) {
+		return nil
+	}
+	return err
+}
+
+// Partitions implements backend.Backend.
+func (b *Backend) Partitions(_ context.Context, topic string) (int, error) {
+	info, err := b.log.Topic(topic)
+	if err != nil {
+		return 0, err
+	}
+	return len(info.Partitions), nil
+}
+
+// Publish implements backend.Backend.
+func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
+	return b.log.Append(ctx, msgs...)
+}
+
+// Fetch implements backend.Backend.
+func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	res, err := b.log.Fetch(ctx, tp.Topic, tp.Partition, offset, commitlog.ReadOpts{MaxMessages: max})
+	return backend.Fetched{Messages: res.Messages, Next: res.Next}, err
+}
+
+// Committed implements backend.Backend.
+func (b *Backend) Committed(_ context.Context, group string, tp backend.TopicPartition) (uint64, bool, error) {
+	off, ok := b.log.CommittedOffset(group, tp.Topic, tp.Partition)
+	return off, ok, nil
+}
+
+// Start implements backend.Backend.
+func (b *Backend) Start(_ context.Context, tp backend.TopicPartition) (uint64, error) {
+	start, _, err := b.log.Bounds(tp.Topic, tp.Partition)
+	return start, err
+}
+
+// Commit implements backend.Backend.
+func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...backend.Offset) error {
+	return b.PublishAndCommit(ctx, s, nil, offsets...)
+}
+
+// PublishAndCommit implements backend.Transactional: messages and offsets
+// go into the log in one atomic batch.
+func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs []*ferry.Message, offsets ...backend.Offset) error {
+	sess, ok := s.(*session)
+	if !ok {
+		return fmt.Errorf("embedded: session from another backend: %w", ferry.ErrInvalidArgument)
+	}
+	for _, o := range offsets {
+		if !sess.g.owns(sess, o.TopicPartition) {
+			return fmt.Errorf("embedded: commit %s/%d by %s: %w", o.Topic, o.Partition, sess.member, backend.ErrFenced)
+		}
+	}
+	batch := &commitlog.Batch{Messages: msgs, Group: sess.g.name}
+	for _, o := range offsets {
+		batch.Offsets = append(batch.Offsets, commitlog.Offset{Topic: o.Topic, Partition: o.Partition, Offset: o.Offset})
+	}
+	if len(batch.Messages) == 0 && len(batch.Offsets) == 0 {
+		return nil
+	}
+	return b.log.Commit(ctx, batch)
+}
+
+// Close stops session expiry. It does not close the log.
+func (b *Backend) Close() error {
+	select {
+	case <-b.stop:
+		return ferry.ErrClosed
+	default:
+	}
+	close(b.stop)
+	<-b.done
+	return nil
+}
+
+func (b *Backend) expireSessions() {
+	defer close(b.done)
+	t := time.NewTicker(max(b.sessionTimeout/10, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			b.mu.Lock()
+			groups := make([]*group, 0, len(b.groups))
+			for _, g := range b.groups {
+				groups = append(groups, g)
+			}
+			b.mu.Unlock()
+			for _, g := range groups {
+				g.expire(b.now().Add(-b.sessionTimeout))
+			}
+		}
+	}
+}
+
+// Join implements backend.Backend.
+func (b *Backend) Join(ctx context.Context, groupName, member string, topics []string) (backend.Session, error) {
+	if groupName == "" || member == "" || len(topics) == 0 {
+		return nil, fmt.Errorf("embedded: join needs a group, a member and topics: %w", ferry.ErrInvalidArgument)
+	}
+	var tps []backend.TopicPartition
+	for _, t := range topics {
+		n, err := b.Partitions(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		for p := 0; p < n; p++ {
+			tps = append(tps, backend.TopicPartition{Topic: t, Partition: int32(p)})
+		}
+	}
+	b.mu.Lock()
+	g := b.groups[groupName]
+	if g == nil {
+		g = &group{name: groupName, members: map[string]*session{}, owner: map[backend.TopicPartition]*session{}}
+		b.groups[groupName] = g
+	}
+	b.mu.Unlock()
+	s := &session{g: g, member: member, topics: tps, assign: make(chan []backend.TopicPartition, 1), now: b.now}
+	if err := g.join(s, b.now()); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
