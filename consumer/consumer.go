@@ -1,0 +1,304 @@
+// Package consumer is ferry's processing runtime: it turns a backend's log
+// into reliable work. A Consumer joins a group, takes the partitions it is
+// assigned, and runs a handler over their messages with:
+//
+//   - per-key lanes: messages of one key are processed one at a time and in
+//     order; different keys run in parallel up to the concurrency limit;
+//   - commits at each partition's contiguous-completion watermark, so a
+//     crash redelivers at most the uncommitted window;
+//   - retries with full-jitter backoff (package retry), a per-attempt
+//     timeout, and panics recovered as failures with their stack;
+//   - a dead-letter topic per group for what retries cannot fix, each entry
+//     the original message untouched plus why it failed;
+//   - bounded buffers: a partition stops fetching when its buffered
+//     messages reach the limit (backpressure all the way to fetch).
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// Handler processes one message. Returning nil marks it handled; an error
+// is retried or dead-lettered according to the retry policy and the
+// error's class (see ferry.Permanent, ferry.RetryAfter).
+type Handler func(ctx context.Context, m *ferry.Message) error
+
+// Middleware wraps a handler; the consumer's features compose this way
+// and users can add their own.
+type Middleware func(Handler) Handler
+
+// EventKind names a step in a message's life.
+type EventKind string
+
+// Lifecycle events.
+const (
+	EventStarted      EventKind = "started"       // a handler attempt begins
+	EventHandled      EventKind = "handled"       // the handler succeeded
+	EventRetried      EventKind = "retried"       // an attempt failed; another follows after Delay
+	EventDeadLettered EventKind = "dead-lettered" // written to the DLQ
+	EventAbandoned    EventKind = "abandoned"     // the partition was revoked or the consumer stopped mid-message; it will be redelivered
+)
+
+// Event describes one step of one message. Events are delivered
+// synchronously to the observer, in order per key.
+type Event struct {
+	Kind    EventKind
+	Member  string
+	Message *ferry.Message
+	Attempt int
+	Err     error
+	Class   retry.Class
+	Delay   time.Duration
+}
+
+type cfg struct {
+	member         string
+	concurrency    int
+	maxBuffered    int
+	fetchMax       int
+	policy         retry.Policy
+	dlqTopic       string
+	handlerName    string
+	commitInterval time.Duration
+	heartbeat      time.Duration
+	observer       func(Event)
+	middleware     []Middleware
+	logger         *slog.Logger
+	seed           uint64
+}
+
+// Opt configures a Consumer.
+type Opt interface{ apply(*cfg) }
+
+type optFunc func(*cfg)
+
+func (f optFunc) apply(c *cfg) { f(c) }
+
+// WithMember names this consumer within its group (default: a random ID).
+func WithMember(id string) Opt { return optFunc(func(c *cfg) { c.member = id }) }
+
+// WithConcurrency bounds how many messages are processed at once across
+// all partitions (default 16).
+func WithConcurrency(n int) Opt { return optFunc(func(c *cfg) { c.concurrency = n }) }
+
+// WithMaxBuffered bounds the messages each partition holds between fetch
+// and commit (default 1024). When full, fetching from it pauses.
+func WithMaxBuffered(n int) Opt { return optFunc(func(c *cfg) { c.maxBuffered = n }) }
+
+// WithRetryPolicy sets the retry policy (default retry.DefaultPolicy).
+func WithRetryPolicy(p retry.Policy) Opt { return optFunc(func(c *cfg) { c.policy = p }) }
+
+// WithDLQTopic sets the dead-letter topic (default "<group>.dlq").
+func WithDLQTopic(t string) Opt { return optFunc(func(c *cfg) { c.dlqTopic = t }) }
+
+// WithHandlerName names the handler in dead letters (default "handler").
+func WithHandlerName(n string) Opt { return optFunc(func(c *cfg) { c.handlerName = n }) }
+
+// WithCommitInterval sets how often offsets are committed (default 1s; they
+// are also committed when partitions are revoked and on shutdown).
+func WithCommitInterval(d time.Duration) Opt { return optFunc(func(c *cfg) { c.commitInterval = d }) }
+
+// WithHeartbeatInterval sets how often the group session is renewed
+// (default 1s; keep it well below the backend's session timeout).
+func WithHeartbeatInterval(d time.Duration) Opt { return optFunc(func(c *cfg) { c.heartbeat = d }) }
+
+// WithObserver receives every lifecycle event synchronously. It must be
+// quick.
+func WithObserver(fn func(Event)) Opt { return optFunc(func(c *cfg) { c.observer = fn }) }
+
+// WithMiddleware wraps the handler; the first middleware is the outermost.
+func WithMiddleware(m ...Middleware) Opt {
+	return optFunc(func(c *cfg) { c.middleware = append(c.middleware, m...) })
+}
+
+// WithLogger sets the structured logger (default: discard).
+func WithLogger(l *slog.Logger) Opt { return optFunc(func(c *cfg) { c.logger = l }) }
+
+// WithSeed makes the retry jitter deterministic (tests).
+func WithSeed(s uint64) Opt { return optFunc(func(c *cfg) { c.seed = s }) }
+
+func (c *cfg) validate() error {
+	switch {
+	case c.concurrency < 1 || c.concurrency > 1<<16:
+		return fmt.Errorf("%w: concurrency %d: want 1 to 65536", ferry.ErrInvalidArgument, c.concurrency)
+	case c.maxBuffered < 1 || c.maxBuffered > 1<<20:
+		return fmt.Errorf("%w: max buffered %d: want 1 to 1048576", ferry.ErrInvalidArgument, c.maxBuffered)
+	case c.commitInterval <= 0 || c.heartbeat <= 0:
+		return fmt.Errorf("%w: commit and heartbeat intervals must be positive", ferry.ErrInvalidArgument)
+	}
+	return c.policy.Validate()
+}
+
+// Consumer runs a handler over a group's share of some topics.
+type Consumer struct {
+	b       backend.Backend
+	group   string
+	topics  []string
+	handler Handler
+	cfg     cfg
+	slots   chan struct{} // one per message being processed (the concurrency bulkhead)
+
+	mu      sync.Mutex
+	workers map[backend.TopicPartition]*worker
+}
+
+// Stats is a snapshot of what a consumer holds.
+type Stats struct {
+	Partitions int // partitions assigned
+	Buffered   int // messages fetched and not yet finished
+	InFlight   int // handler calls running or waiting to retry
+	Waiting    int // messages waiting behind their key's message in flight
+	Keys       int // keys with a message in flight
+}
+
+// Stats returns a snapshot of the consumer's buffers.
+func (c *Consumer) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := Stats{Partitions: len(c.workers), InFlight: len(c.slots)}
+	for _, w := range c.workers {
+		w.mu.Lock()
+		st.Buffered += w.buffered
+		st.Keys += len(w.lanes)
+		for _, l := range w.lanes {
+			st.Waiting += len(l.waiting)
+		}
+		w.mu.Unlock()
+	}
+	return st
+}
+
+func (c *Consumer) setWorker(tp backend.TopicPartition, w *worker) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if w == nil {
+		delete(c.workers, tp)
+	} else {
+		c.workers[tp] = w
+	}
+}
+
+// New returns a consumer of topics as a member of group. Run starts it.
+func New(b backend.Backend, group string, topics []string, h Handler, opts ...Opt) (*Consumer, error) {
+	c := cfg{
+		member:         ferry.NewID().String(),
+		concurrency:    16,
+		maxBuffered:    1024,
+		fetchMax:       256,
+		policy:         retry.DefaultPolicy,
+		dlqTopic:       group + ".dlq",
+		handlerName:    "handler",
+		commitInterval: time.Second,
+		heartbeat:      time.Second,
+		logger:         slog.New(slog.DiscardHandler),
+		seed:           rand.Uint64(),
+	}
+	for _, o := range opts {
+		o.apply(&c)
+	}
+	c.policy = c.policy.WithDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if group == "" || len(topics) == 0 || h == nil {
+		return nil, fmt.Errorf("%w: a consumer needs a group, topics and a handler", ferry.ErrInvalidArgument)
+	}
+	for i := len(c.middleware) - 1; i >= 0; i-- {
+		h = c.middleware[i](h)
+	}
+	return &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, slots: make(chan struct{}, c.concurrency), workers: map[backend.TopicPartition]*worker{}}, nil
+}
+
+func (c *Consumer) emit(e Event) {
+	if c.cfg.observer != nil {
+		e.Member = c.cfg.member
+		c.cfg.observer(e)
+	}
+}
+
+// Run consumes until ctx ends, then drains: in-flight messages finish (or
+// are abandoned if their handler honours ctx) and offsets are committed.
+// It returns nil after a clean stop, or the error that ended it
+// (backend.ErrSessionExpired if the group dropped this member).
+func (c *Consumer) Run(ctx context.Context) error {
+	if err := c.b.EnsureTopic(ctx, c.cfg.dlqTopic, 1); err != nil {
+		return fmt.Errorf("consumer: dead-letter topic %q: %w", c.cfg.dlqTopic, err)
+	}
+	s, err := c.b.Join(ctx, c.group, c.cfg.member, c.topics)
+	if err != nil {
+		return fmt.Errorf("consumer: join group %q: %w", c.group, err)
+	}
+	defer s.Leave()
+	workers := map[backend.TopicPartition]*worker{}
+	stopAll := func() {
+		var wg sync.WaitGroup
+		for tp, w := range workers {
+			wg.Add(1)
+			go func() { defer wg.Done(); w.stop() }()
+			delete(workers, tp)
+			c.setWorker(tp, nil)
+		}
+		wg.Wait()
+	}
+	beat := time.NewTicker(c.cfg.heartbeat)
+	defer beat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			stopAll()
+			return nil
+		case <-beat.C:
+			if err := s.Heartbeat(); err != nil {
+				stopAll()
+				return err
+			}
+		case tps, ok := <-s.Assignments():
+			if !ok {
+				stopAll()
+				return fmt.Errorf("consumer: member %s of %q: %w", c.cfg.member, c.group, backend.ErrSessionExpired)
+			}
+			want := map[backend.TopicPartition]bool{}
+			for _, tp := range tps {
+				want[tp] = true
+			}
+			for tp, w := range workers {
+				if !want[tp] {
+					w.stop() // drains and commits before the partition moves
+					delete(workers, tp)
+					c.setWorker(tp, nil)
+					s.Release(tp)
+				}
+			}
+			for tp := range want {
+				if workers[tp] == nil {
+					w, err := c.startWorker(ctx, s, tp)
+					if err != nil {
+						stopAll()
+						return err
+					}
+					workers[tp] = w
+					c.setWorker(tp, w)
+				}
+			}
+		}
+	}
+}
+
+// deadLetterID derives the DLQ entry's ID from the group and the original
+// message ID, so that dead-lettering the same message again (after a
+// crash before the commit) is deduplicated by the log.
+func deadLetterID(group string, id ferry.ID) ferry.ID {
+	return derivedID("dlq", group, id)
+}
+
+var errAbandoned = errors.New("consumer: abandoned")

@@ -1,0 +1,317 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/retry"
+)
+
+func newBackend(t *testing.T) *embedded.Backend {
+	t.Helper()
+	l, err := commitlog.Open(context.Background(), "/data", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := embedded.New(l, embedded.WithSessionTimeout(2*time.Second))
+	t.Cleanup(func() { b.Close(); l.Close() })
+	return b
+}
+
+// produce writes n messages over keys, payload "key/seq" with seq
+// increasing per key.
+func produce(t *testing.T, b backend.Backend, topic string, partitions, keys, n int) []*ferry.Message {
+	t.Helper()
+	ctx := context.Background()
+	if err := b.EnsureTopic(ctx, topic, partitions); err != nil {
+		t.Fatal(err)
+	}
+	seq := map[string]int{}
+	var out []*ferry.Message
+	for i := 0; i < n; i++ {
+		k := fmt.Sprintf("k%02d", i%keys)
+		m := &ferry.Message{Topic: topic, Key: []byte(k), Payload: []byte(fmt.Sprintf("%s/%d", k, seq[k]))}
+		seq[k]++
+		if err := b.Publish(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func seqOf(m *ferry.Message) (string, int) {
+	k, s, _ := strings.Cut(string(m.Payload), "/")
+	n, _ := strconv.Atoi(s)
+	return k, n
+}
+
+// checker records every handler invocation and checks G2 and G3 as they
+// happen: a key never runs twice at once, and a key's message starts only
+// after every earlier message of that key was handled or dead-lettered.
+type checker struct {
+	mu         sync.Mutex
+	active     map[string]string      // key -> member running it
+	completed  map[string]map[int]bool // key -> seqs handled or dead-lettered
+	handled    map[ferry.ID]int
+	dead       map[ferry.ID]int
+	violations []string
+	events     int
+	notify     chan int
+}
+
+func newChecker() *checker {
+	return &checker{active: map[string]string{}, completed: map[string]map[int]bool{}, handled: map[ferry.ID]int{}, dead: map[ferry.ID]int{}, notify: make(chan int, 1<<16)}
+}
+
+func (c *checker) observe(e Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, seq := seqOf(e.Message)
+	switch e.Kind {
+	case EventStarted:
+		if who, busy := c.active[k]; busy {
+			c.violations = append(c.violations, fmt.Sprintf("key %s seq %d started on %s while running on %s", k, seq, e.Member, who))
+		}
+		for s := 0; s < seq; s++ {
+			if !c.completed[k][s] {
+				c.violations = append(c.violations, fmt.Sprintf("key %s seq %d started before seq %d finished", k, seq, s))
+				break
+			}
+		}
+		c.active[k] = e.Member
+	case EventHandled, EventDeadLettered:
+		delete(c.active, k)
+		if c.completed[k] == nil {
+			c.completed[k] = map[int]bool{}
+		}
+		c.completed[k][seq] = true
+		if e.Kind == EventHandled {
+			c.handled[e.Message.ID]++
+		} else {
+			c.dead[e.Message.ID]++
+		}
+		c.events++
+		select {
+		case c.notify <- c.events:
+		default:
+		}
+	case EventRetried, EventAbandoned:
+		delete(c.active, k)
+	}
+}
+
+func (c *checker) finished(msgs []*ferry.Message) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range msgs {
+		if c.handled[m.ID] == 0 && c.dead[m.ID] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// fate decides deterministically what the handler does with a message on
+// an attempt, so a redelivered message meets the same fate.
+func fate(m *ferry.Message, attempt int) int {
+	h := fnv.New32a()
+	h.Write(m.ID[:])
+	h.Write([]byte{byte(attempt)})
+	return int(h.Sum32() % 100)
+}
+
+func faultyHandler(ctx context.Context, m *ferry.Message) error {
+	switch f := fate(m, Attempt(ctx)); {
+	case f < 3:
+		return ferry.Permanent(errors.New("poison message"))
+	case f < 15:
+		return errors.New("dependency hiccup")
+	case f < 18:
+		panic("handler bug")
+	case f < 20:
+		<-ctx.Done() // hangs past the attempt timeout
+		return ctx.Err()
+	}
+	return nil
+}
+
+// TestCheckerUnderFaultsAndRebalances runs consumers that join and leave
+// while the handler fails at random (transient errors, panics, timeouts,
+// poison messages) and checks every invocation: no message lost, no key
+// processed concurrently, per-key order held through retries and the DLQ.
+func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
+	b := newBackend(t)
+	msgs := produce(t, b, "in", 4, 40, 1200)
+	chk := newChecker()
+	policy := retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxAttempts: 4, AttemptTimeout: 20 * time.Millisecond}
+	start := func(name string) (context.CancelFunc, chan error) {
+		c, err := New(b, "g", []string{"in"}, faultyHandler, WithMember(name), WithConcurrency(8), WithRetryPolicy(policy),
+			WithObserver(chk.observe), WithCommitInterval(10*time.Millisecond), WithHeartbeatInterval(50*time.Millisecond), WithSeed(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.Run(ctx) }()
+		return cancel, done
+	}
+	stopA, doneA := start("a")
+	stopB, doneB := start("b")
+	// Membership changes at fixed points of progress, not at fixed times.
+	stopC, doneC := func() (context.CancelFunc, chan error) { waitEvents(t, chk, 200); return start("c") }()
+	waitEvents(t, chk, 400)
+	stopA()
+	if err := <-doneA; err != nil {
+		t.Fatalf("consumer a: %v", err)
+	}
+	waitEvents(t, chk, 700)
+	stopD, doneD := start("d")
+	waitEvents(t, chk, 900)
+	stopB()
+	if err := <-doneB; err != nil {
+		t.Fatalf("consumer b: %v", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for !chk.finished(msgs) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not every message was handled or dead-lettered within a minute: %d events", chk.events)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopC()
+	stopD()
+	<-doneC
+	<-doneD
+
+	chk.mu.Lock()
+	defer chk.mu.Unlock()
+	for _, v := range chk.violations {
+		t.Error(v)
+	}
+	// G2: every message ended handled or dead-lettered, never both.
+	for _, m := range msgs {
+		if chk.handled[m.ID] > 0 && chk.dead[m.ID] > 0 {
+			t.Errorf("message %s both handled and dead-lettered", m.ID)
+		}
+	}
+	// The DLQ holds each dead letter once, with why it failed.
+	dlq := readTopic(t, b, "g.dlq")
+	seen := map[string]bool{}
+	for _, d := range dlq {
+		orig, _ := d.Header(HeaderDLQOriginalID)
+		if seen[string(orig)] {
+			t.Errorf("message %s dead-lettered twice", orig)
+		}
+		seen[string(orig)] = true
+		class, _ := d.Header(HeaderDLQClass)
+		attempts, _ := d.Header(HeaderDLQAttempts)
+		if _, ok := d.Header(HeaderDLQTopic); !ok || len(class) == 0 || len(attempts) == 0 {
+			t.Errorf("dead letter without metadata: %+v", d.Headers)
+		}
+		if string(class) == string(retry.ClassPanic) {
+			if stack, _ := d.Header(HeaderDLQStack); !strings.Contains(string(stack), "faultyHandler") {
+				t.Errorf("panic dead letter without the handler's stack")
+			}
+		}
+	}
+	if len(seen) != len(chk.dead) {
+		t.Errorf("DLQ holds %d entries, %d messages were dead-lettered", len(seen), len(chk.dead))
+	}
+	if len(chk.dead) == 0 || len(chk.handled) == 0 {
+		t.Errorf("test exercised nothing: %d handled, %d dead", len(chk.handled), len(chk.dead))
+	}
+	t.Logf("%d messages: %d handled, %d dead-lettered", len(msgs), len(chk.handled), len(chk.dead))
+}
+
+func waitEvents(t *testing.T, chk *checker, n int) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case got := <-chk.notify:
+			if got >= n {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("progress stalled before %d events", n)
+		}
+	}
+}
+
+func readTopic(t *testing.T, b *embedded.Backend, topic string) []*ferry.Message {
+	t.Helper()
+	info, err := b.Log().Topic(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*ferry.Message
+	for p, pi := range info.Partitions {
+		for off := pi.Start; off < pi.End; {
+			res, err := b.Log().Read(topic, int32(p), off, commitlog.ReadOpts{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, res.Messages...)
+			off = res.Next
+		}
+	}
+	return out
+}
+
+// TestBackpressureBoundsBuffers gives a slow handler a large backlog: the
+// messages the consumer holds stay within its limits (counted, not timed).
+func TestBackpressureBoundsBuffers(t *testing.T) {
+	b := newBackend(t)
+	produce(t, b, "in", 2, 1000, 5000)
+	release := make(chan struct{})
+	var handled sync.WaitGroup
+	handled.Add(5000)
+	c, err := New(b, "g", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		handled.Done()
+		return nil
+	}, WithConcurrency(4), WithMaxBuffered(50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	// Wait until every slot is busy: from then on the fetch loops stall on
+	// a slot, so the backlog stays in the log and not in memory.
+	for c.Stats().InFlight < 4 {
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 50; i++ {
+		if st := c.Stats(); st.Buffered > 2*50 || st.InFlight > 4 {
+			t.Fatalf("buffers exceed their limits: %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st := c.Stats(); st.Buffered == 0 || st.Partitions != 2 {
+		t.Fatalf("consumer holds nothing: %+v", st)
+	}
+	close(release)
+	handled.Wait()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

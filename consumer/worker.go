@@ -1,0 +1,300 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// worker runs one assigned partition: a fetch loop that dispatches messages
+// into per-key lanes, and a commit loop. Lock order: worker.mu only.
+type worker struct {
+	c      *Consumer
+	s      backend.Session
+	tp     backend.TopicPartition
+	ctx    context.Context // canceled on stop: fetch ends, handlers see it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // fetch loop, commit loop, message goroutines
+
+	mu        sync.Mutex
+	pending   []*entry         // dispatched, in offset order; head is the watermark
+	lanes     map[string]*lane // key -> lane; present while the key is busy
+	buffered  int              // dispatched and not finished
+	next      uint64           // fetch position
+	committed uint64           // last committed offset
+	room      chan struct{}    // signaled when buffered drops
+	fenced    bool
+}
+
+type entry struct {
+	m      *ferry.Message
+	offset uint64
+	done   bool
+}
+
+// lane holds the messages of one key waiting behind the one in flight.
+type lane struct{ waiting []*entry }
+
+func (c *Consumer) startWorker(ctx context.Context, s backend.Session, tp backend.TopicPartition) (*worker, error) {
+	off, ok, err := c.b.Committed(ctx, c.group, tp)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
+	}
+	if start, err := c.b.Start(ctx, tp); err != nil {
+		return nil, err
+	} else if !ok || off < start {
+		off = start
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, next: off, committed: off, room: make(chan struct{}, 1)}
+	w.wg.Add(2)
+	go w.fetchLoop()
+	go w.commitLoop()
+	return w, nil
+}
+
+// stop ends fetching, waits for in-flight messages (their handlers see a
+// canceled context; those that do not finish are abandoned and will be
+// redelivered) and commits the watermark.
+func (w *worker) stop() {
+	w.cancel()
+	w.wg.Wait()
+	w.commit(context.Background())
+}
+
+func (w *worker) fetchLoop() {
+	defer w.wg.Done()
+	for w.ctx.Err() == nil {
+		w.mu.Lock()
+		room := w.c.cfg.maxBuffered - w.buffered
+		next := w.next
+		w.mu.Unlock()
+		if room <= 0 {
+			select {
+			case <-w.room:
+				continue
+			case <-w.ctx.Done():
+				return
+			}
+		}
+		res, err := w.c.b.Fetch(w.ctx, w.tp, next, min(room, w.c.cfg.fetchMax))
+		if err != nil {
+			if w.ctx.Err() != nil {
+				return
+			}
+			w.c.cfg.logger.Warn("fetch failed", "topic", w.tp.Topic, "partition", w.tp.Partition, "err", err)
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-w.ctx.Done():
+				return
+			}
+			continue
+		}
+		for _, m := range res.Messages {
+			if !w.dispatch(m) {
+				return
+			}
+		}
+		w.mu.Lock()
+		w.next = max(w.next, res.Next)
+		w.mu.Unlock()
+	}
+}
+
+// laneKey is the key a message is ordered by. Messages without a key have
+// no order to keep, so each gets a lane of its own.
+func laneKey(m *ferry.Message) string {
+	if m.Key == nil {
+		return fmt.Sprintf("\x00%d", m.Offset)
+	}
+	return string(m.Key)
+}
+
+// dispatch queues m behind its key, or starts it if the key is idle. It
+// returns false if the worker stopped while waiting for a slot.
+func (w *worker) dispatch(m *ferry.Message) bool {
+	e := &entry{m: m, offset: m.Offset}
+	k := laneKey(m)
+	w.mu.Lock()
+	w.pending = append(w.pending, e)
+	w.buffered++
+	w.next = m.Offset + 1
+	if l := w.lanes[k]; l != nil {
+		l.waiting = append(l.waiting, e)
+		w.mu.Unlock()
+		return true
+	}
+	w.lanes[k] = &lane{}
+	w.mu.Unlock()
+	return w.start(e)
+}
+
+// start takes a concurrency slot (waiting for one: this is what stalls the
+// fetch loop when every slot is busy) and processes e in a goroutine.
+func (w *worker) start(e *entry) bool {
+	select {
+	case w.c.slots <- struct{}{}:
+	case <-w.ctx.Done():
+		return false
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		ok := w.process(e)
+		<-w.c.slots
+		if ok {
+			w.finish(e)
+		}
+	}()
+	return true
+}
+
+// finish marks e done, advances the watermark, and starts the next message
+// of its key.
+func (w *worker) finish(e *entry) {
+	k := laneKey(e.m)
+	w.mu.Lock()
+	e.done, e.m = true, nil
+	w.buffered--
+	n := 0
+	for n < len(w.pending) && w.pending[n].done {
+		n++
+	}
+	w.pending = w.pending[n:]
+	var next *entry
+	if l := w.lanes[k]; l != nil && len(l.waiting) > 0 {
+		next, l.waiting = l.waiting[0], l.waiting[1:]
+	} else {
+		delete(w.lanes, k)
+	}
+	w.mu.Unlock()
+	select {
+	case w.room <- struct{}{}:
+	default:
+	}
+	if next != nil && !w.start(next) {
+		return
+	}
+}
+
+// watermark is the offset up to which every message is finished.
+func (w *worker) watermarkLocked() uint64 {
+	if len(w.pending) > 0 {
+		return w.pending[0].offset
+	}
+	return w.next
+}
+
+func (w *worker) commitLoop() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.c.cfg.commitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-t.C:
+			w.commit(w.ctx)
+		}
+	}
+}
+
+func (w *worker) commit(ctx context.Context) {
+	w.mu.Lock()
+	wm, fenced := w.watermarkLocked(), w.fenced
+	w.mu.Unlock()
+	if fenced || wm <= w.committed {
+		return
+	}
+	err := w.c.b.Commit(ctx, w.s, backend.Offset{TopicPartition: w.tp, Offset: wm})
+	switch {
+	case err == nil:
+		w.mu.Lock()
+		w.committed = max(w.committed, wm)
+		w.mu.Unlock()
+	case errors.Is(err, backend.ErrFenced):
+		w.mu.Lock()
+		w.fenced = true
+		w.mu.Unlock()
+		w.cancel()
+	default:
+		w.c.cfg.logger.Warn("commit failed", "topic", w.tp.Topic, "partition", w.tp.Partition, "err", err)
+	}
+}
+
+// process runs the handler with retries until the message is handled or
+// dead-lettered (true), or the worker stops first (false: abandoned, it
+// will be redelivered).
+func (w *worker) process(e *entry) bool {
+	c := w.c
+	rng := rand.New(rand.NewPCG(c.cfg.seed, e.offset))
+	var first time.Time
+	for attempt := 1; ; attempt++ {
+		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
+		err := w.call(e.m, attempt)
+		if err == nil {
+			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt})
+			return true
+		}
+		if w.ctx.Err() != nil {
+			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
+			return false
+		}
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
+		if !d.Retry {
+			return w.deadLetter(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why})
+		}
+		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay})
+		select {
+		case <-time.After(d.Delay):
+		case <-w.ctx.Done():
+			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
+			return false
+		}
+	}
+}
+
+type attemptKey struct{}
+
+// Attempt returns which attempt of the current message a handler's call is
+// (1 for the first), or 0 outside a handler. Attempts restart at 1 when a
+// message is redelivered after a rebalance or restart.
+func Attempt(ctx context.Context) int {
+	a, _ := ctx.Value(attemptKey{}).(int)
+	return a
+}
+
+// call runs one attempt: with the per-attempt timeout, and with a panic
+// turned into a *retry.PanicError carrying the stack.
+func (w *worker) call(m *ferry.Message, attempt int) (err error) {
+	ctx := context.WithValue(w.ctx, attemptKey{}, attempt)
+	if t := w.c.cfg.policy.AttemptTimeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			err = &retry.PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	err = w.c.handler(ctx, m)
+	if err == nil && ctx.Err() != nil && w.ctx.Err() == nil {
+		// The handler ignored its deadline and returned late: its effect
+		// may be partial, so it counts as a timeout.
+		err = fmt.Errorf("handler returned after its %s timeout: %w", w.c.cfg.policy.AttemptTimeout, ctx.Err())
+	}
+	return err
+}
