@@ -63,7 +63,7 @@ func seqOf(m *ferry.Message) (string, int) {
 // after every earlier message of that key was handled or dead-lettered.
 type checker struct {
 	mu         sync.Mutex
-	active     map[string]string      // key -> member running it
+	active     map[string]string       // key -> member running it
 	completed  map[string]map[int]bool // key -> seqs handled or dead-lettered
 	handled    map[ferry.ID]int
 	dead       map[ferry.ID]int

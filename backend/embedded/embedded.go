@@ -41,7 +41,9 @@ func (f optFunc) apply(b *Backend) { f(b) }
 
 // WithSessionTimeout sets how long a member may go without a heartbeat
 // before its partitions are given to others (default 10s).
-func WithSessionTimeout(d time.Duration) Opt { return optFunc(func(b *Backend) { b.sessionTimeout = d }) }
+func WithSessionTimeout(d time.Duration) Opt {
+	return optFunc(func(b *Backend) { b.sessionTimeout = d })
+}
 
 // WithClock sets the clock for session expiry (default time.Now).
 func WithClock(now func() time.Time) Opt { return optFunc(func(b *Backend) { b.now = now }) }
