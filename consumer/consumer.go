@@ -75,6 +75,7 @@ type cfg struct {
 	middleware     []Middleware
 	logger         *slog.Logger
 	seed           uint64
+	breaker        *BreakerSettings
 }
 
 // Opt configures a Consumer.
@@ -148,17 +149,20 @@ type Consumer struct {
 	cfg     cfg
 	slots   chan struct{} // one per message being processed (the concurrency bulkhead)
 
+	breaker *breaker // nil without WithCircuitBreaker
+
 	mu      sync.Mutex
 	workers map[backend.TopicPartition]*worker
 }
 
 // Stats is a snapshot of what a consumer holds.
 type Stats struct {
-	Partitions int // partitions assigned
-	Buffered   int // messages fetched and not yet finished
-	InFlight   int // handler calls running or waiting to retry
-	Waiting    int // messages waiting behind their key's message in flight
-	Keys       int // keys with a message in flight
+	Partitions int    // partitions assigned
+	Buffered   int    // messages fetched and not yet finished
+	InFlight   int    // handler calls running or waiting to retry
+	Waiting    int    // messages waiting behind their key's message in flight
+	Keys       int    // keys with a message in flight
+	Breaker    string // "closed", "open", "half-open", or "" without a breaker
 }
 
 // Stats returns a snapshot of the consumer's buffers.
@@ -166,6 +170,9 @@ func (c *Consumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := Stats{Partitions: len(c.workers), InFlight: len(c.slots)}
+	if c.breaker != nil {
+		st.Breaker = c.breaker.State()
+	}
 	for _, w := range c.workers {
 		w.mu.Lock()
 		st.Buffered += w.buffered
@@ -216,7 +223,13 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	for i := len(c.middleware) - 1; i >= 0; i-- {
 		h = c.middleware[i](h)
 	}
-	return &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, slots: make(chan struct{}, c.concurrency), workers: map[backend.TopicPartition]*worker{}}, nil
+	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, slots: make(chan struct{}, c.concurrency), workers: map[backend.TopicPartition]*worker{}}
+	if c.breaker != nil {
+		cons.breaker = newBreaker(c.handlerName, c.breaker, func(from, to string) {
+			c.logger.Warn("circuit breaker changed state", "handler", c.handlerName, "from", from, "to", to)
+		})
+	}
+	return cons, nil
 }
 
 func (c *Consumer) emit(e Event) {

@@ -239,7 +239,7 @@ func (w *worker) process(e *entry) bool {
 	var first time.Time
 	for attempt := 1; ; attempt++ {
 		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
-		err := w.call(e.m, attempt)
+		err, counts := w.callGuarded(e.m, attempt)
 		if err == nil {
 			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt})
 			return true
@@ -251,6 +251,13 @@ func (w *worker) process(e *entry) bool {
 		now := time.Now()
 		if first.IsZero() {
 			first = now
+		}
+		if !counts {
+			// The breaker opened: the dependency is down. Try again when it
+			// lets calls through, without spending an attempt.
+			c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: retry.Classify(err)})
+			attempt--
+			continue
 		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
 		if !d.Retry {
@@ -264,6 +271,14 @@ func (w *worker) process(e *entry) bool {
 			return false
 		}
 	}
+}
+
+// callGuarded is call through the circuit breaker, if there is one.
+func (w *worker) callGuarded(m *ferry.Message, attempt int) (error, bool) {
+	if w.c.breaker == nil {
+		return w.call(m, attempt), true
+	}
+	return w.c.breaker.run(w.ctx, func() error { return w.call(m, attempt) })
 }
 
 type attemptKey struct{}
