@@ -25,6 +25,7 @@ import (
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/idempotency"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -76,6 +77,7 @@ type cfg struct {
 	logger         *slog.Logger
 	seed           uint64
 	breaker        *BreakerSettings
+	exactlyOnce    *idempotency.Log
 }
 
 // Opt configures a Consumer.
@@ -216,6 +218,9 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	c.policy = c.policy.WithDefaults()
 	if err := c.validate(); err != nil {
 		return nil, err
+	}
+	if _, ok := b.(backend.Transactional); c.exactlyOnce != nil && !ok {
+		return nil, fmt.Errorf("%w: exactly-once needs a backend that can publish and commit atomically", ferry.ErrInvalidArgument)
 	}
 	if group == "" || len(topics) == 0 || h == nil {
 		return nil, fmt.Errorf("%w: a consumer needs a group, topics and a handler", ferry.ErrInvalidArgument)

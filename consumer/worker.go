@@ -236,11 +236,25 @@ func (w *worker) commit(ctx context.Context) {
 func (w *worker) process(e *entry) bool {
 	c := w.c
 	rng := rand.New(rand.NewPCG(c.cfg.seed, e.offset))
+	if eo := c.cfg.exactlyOnce; eo != nil {
+		if seen, err := eo.Seen(w.ctx, e.m.ID); err == nil && seen {
+			// Processed before a crash or rebalance: its outputs are in the
+			// log already.
+			c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: 1})
+			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: 0})
+			return true
+		}
+	}
 	var first time.Time
 	for attempt := 1; ; attempt++ {
 		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
-		err, counts := w.callGuarded(e.m, attempt)
+		out := &outputs{}
+		err, counts := w.callGuarded(e.m, attempt, out)
 		if err == nil {
+			if !w.publishOutputs(e.m, out.msgs) {
+				c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt})
+				return false
+			}
 			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt})
 			return true
 		}
@@ -274,11 +288,11 @@ func (w *worker) process(e *entry) bool {
 }
 
 // callGuarded is call through the circuit breaker, if there is one.
-func (w *worker) callGuarded(m *ferry.Message, attempt int) (error, bool) {
+func (w *worker) callGuarded(m *ferry.Message, attempt int, out *outputs) (error, bool) {
 	if w.c.breaker == nil {
-		return w.call(m, attempt), true
+		return w.call(m, attempt, out), true
 	}
-	return w.c.breaker.run(w.ctx, func() error { return w.call(m, attempt) })
+	return w.c.breaker.run(w.ctx, func() error { return w.call(m, attempt, out) })
 }
 
 type attemptKey struct{}
@@ -293,8 +307,8 @@ func Attempt(ctx context.Context) int {
 
 // call runs one attempt: with the per-attempt timeout, and with a panic
 // turned into a *retry.PanicError carrying the stack.
-func (w *worker) call(m *ferry.Message, attempt int) (err error) {
-	ctx := context.WithValue(w.ctx, attemptKey{}, attempt)
+func (w *worker) call(m *ferry.Message, attempt int, out *outputs) (err error) {
+	ctx := context.WithValue(context.WithValue(w.ctx, attemptKey{}, attempt), outputsKey{}, out)
 	if t := w.c.cfg.policy.AttemptTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
