@@ -23,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/idempotency"
@@ -78,6 +80,7 @@ type cfg struct {
 	seed           uint64
 	breaker        *BreakerSettings
 	exactlyOnce    *idempotency.Log
+	limiter        *rate.Limiter
 }
 
 // Opt configures a Consumer.
@@ -126,6 +129,12 @@ func WithMiddleware(m ...Middleware) Opt {
 
 // WithLogger sets the structured logger (default: discard).
 func WithLogger(l *slog.Logger) Opt { return optFunc(func(c *cfg) { c.logger = l }) }
+
+// WithRateLimit bounds handler calls to r per second with bursts of burst,
+// across all partitions of this consumer (retries included).
+func WithRateLimit(r float64, burst int) Opt {
+	return optFunc(func(c *cfg) { c.limiter = rate.NewLimiter(rate.Limit(r), burst) })
+}
 
 // WithSeed makes the retry jitter deterministic (tests).
 func WithSeed(s uint64) Opt { return optFunc(func(c *cfg) { c.seed = s }) }

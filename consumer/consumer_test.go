@@ -394,3 +394,61 @@ func TestOutageWithoutBreakerDeadLetters(t *testing.T) {
 		t.Fatal("an outage without a breaker should have dead-lettered messages")
 	}
 }
+
+// TestTypedHandlerDeadLettersUndecodable: a payload that does not decode
+// goes to the DLQ once, as class "decode", and the others are handled.
+func TestTypedHandlerDeadLettersUndecodable(t *testing.T) {
+	b := newBackend(t)
+	ctx := context.Background()
+	b.EnsureTopic(ctx, "orders", 1)
+	type order struct {
+		Total int `json:"total"`
+	}
+	for _, p := range []string{`{"total":1}`, `not json`, `{"total":3}`} {
+		if err := b.Publish(ctx, &ferry.Message{Topic: "orders", Key: []byte("c"), Payload: []byte(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var totals []int
+	calls := 0
+	chk := make(chan Event, 16)
+	c, err := New(b, "g", []string{"orders"}, JSON(func(ctx context.Context, m *ferry.Message, o order) error {
+		mu.Lock()
+		defer mu.Unlock()
+		totals = append(totals, o.Total)
+		return nil
+	}), WithObserver(func(e Event) {
+		if e.Kind == EventStarted {
+			mu.Lock()
+			calls++
+			mu.Unlock()
+		}
+		if e.Kind == EventHandled || e.Kind == EventDeadLettered {
+			chk <- e
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(rctx) }()
+	var dead []Event
+	for i := 0; i < 3; i++ {
+		if e := <-chk; e.Kind == EventDeadLettered {
+			dead = append(dead, e)
+		}
+	}
+	cancel()
+	<-done
+	if len(dead) != 1 || dead[0].Class != retry.ClassDecode || string(dead[0].Message.Payload) != "not json" {
+		t.Fatalf("dead letters: %+v", dead)
+	}
+	if calls != 3 {
+		t.Fatalf("%d attempts for 3 messages: a decode failure must not be retried", calls)
+	}
+	if fmt.Sprint(totals) != "[1 3]" {
+		t.Fatalf("handled totals %v", totals)
+	}
+}

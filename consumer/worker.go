@@ -308,6 +308,11 @@ func Attempt(ctx context.Context) int {
 // call runs one attempt: with the per-attempt timeout, and with a panic
 // turned into a *retry.PanicError carrying the stack.
 func (w *worker) call(m *ferry.Message, attempt int, out *outputs) (err error) {
+	if l := w.c.cfg.limiter; l != nil {
+		if err := l.Wait(w.ctx); err != nil {
+			return err
+		}
+	}
 	ctx := context.WithValue(context.WithValue(w.ctx, attemptKey{}, attempt), outputsKey{}, out)
 	if t := w.c.cfg.policy.AttemptTimeout; t > 0 {
 		var cancel context.CancelFunc
