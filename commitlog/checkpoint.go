@@ -23,7 +23,7 @@ import (
 //	payload: seg u32 | pos u64 | next topic ID u32
 //	  | topics: count, then id u32 | name | config | partitions: count,
 //	      then start u64 | next u64 | entries: count, then
-//	      first u64 | last u64 | maxTime varint | seg u32 | pos u32 | size u32 | count u32
+//	      first u64 | last u64 | maxTime varint | seg u32 | pos u32 | size u32 | count u32 | section bool
 //	  | groups: count, then name | offsets: count, then topic u32 | partition u32 | offset u64
 const (
 	checkpointMagic   = 0x4b595246 // "FRYK"
@@ -74,6 +74,7 @@ func encodeCheckpoint(c *checkpoint) []byte {
 				e.u32(x.pos)
 				e.u32(x.size)
 				e.u32(x.count)
+				e.boolean(x.section)
 			}
 		}
 	}
@@ -150,10 +151,10 @@ func decodeCheckpoint(b []byte) (*checkpoint, error) {
 		seen[t.name] = true
 		for j := 0; j < np && d.err == nil; j++ {
 			p := checkpointPartition{start: d.u64(), next: d.u64()}
-			ne := d.count(41, "index entries")
+			ne := d.count(42, "index entries")
 			p.entries = make([]indexEntry, 0, ne)
 			for k := 0; k < ne && d.err == nil; k++ {
-				x := indexEntry{first: d.u64(), last: d.u64(), maxTime: d.varint(), seg: d.u32(), pos: d.u32(), size: d.u32(), count: d.u32()}
+				x := indexEntry{first: d.u64(), last: d.u64(), maxTime: d.varint(), seg: d.u32(), pos: d.u32(), size: d.u32(), count: d.u32(), section: d.boolean()}
 				if d.err == nil && (x.last < x.first || x.size == 0 || (k > 0 && x.first <= p.entries[k-1].last) || x.last >= p.next) {
 					d.fail(fmt.Sprintf("topic %q partition %d: index entry %d out of order", t.name, j, k))
 				}

@@ -187,10 +187,12 @@ func (l *Log) relocate(ctx context.Context, t *topic, part int32, e indexEntry, 
 	buf := make([]byte, batchHeaderSize, batchHeaderSize+sectionHeaderSize+4096)
 	start := len(buf)
 	buf = append(buf, make([]byte, sectionHeaderSize)...)
-	maxTime := int64(0)
-	for _, m := range live {
-		buf = appendRecord(buf, m, m.Offset-e.first, now)
+	maxTime := live[0].Time.UnixNano()
+	for _, m := range live[1:] {
 		maxTime = max(maxTime, m.Time.UnixNano())
+	}
+	for _, m := range live {
+		buf = appendRecord(buf, m, m.Offset-e.first, maxTime)
 	}
 	putSectionHeader(buf[start:], sectionHeader{topic: t.id, partition: uint32(part), first: e.first, last: e.last,
 		count: uint32(len(live)), bodyLen: uint32(len(buf) - start - sectionHeaderSize), maxTime: maxTime})

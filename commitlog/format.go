@@ -25,11 +25,14 @@ import (
 //	 length: bytes of the whole batch, header included.
 //	 crc32c: Castagnoli CRC of bytes [12, length).
 //
-//	section (40-byte header, then count records)
-//	 0        4        8              16             24       28       32
-//	 +--------+--------+--------------+--------------+--------+--------+------------+
-//	 | topic  | part.  | first offset | last offset  | count  | bodylen| max time ns|
-//	 +--------+--------+--------------+--------------+--------+--------+------------+
+//	section (44-byte header, then count records)
+//	 0        4        8              16             24       28       32           40       44
+//	 +--------+--------+--------------+--------------+--------+--------+------------+--------+
+//	 | topic  | part.  | first offset | last offset  | count  | bodylen| max time ns| crc32c |
+//	 +--------+--------+--------------+--------------+--------+--------+------------+--------+
+//	 crc32c: of header bytes [0, 40) and the body, so that a reader of one
+//	 partition can read and verify its own section without the rest of a
+//	 batch shared with other partitions.
 //	 topic 0 is the control topic: topic creation and deletion, consumer
 //	 offsets. Offsets of a section may be sparse (after compaction) but
 //	 every record's offset lies in [first, last].
@@ -40,12 +43,12 @@ import (
 //	 | value len uvarint | value | header count uvarint
 //	 | (name len uvarint | name | value len uvarint | value)*
 //	 offset delta: from the section's first offset; time delta: from the
-//	 batch's append time. attrs&attrNullValue marks a tombstone (nil payload).
+//	 section's max time (so it is zero or negative). attrs&attrNullValue marks a tombstone (nil payload).
 const (
 	batchMagic         = 0x31595246 // "FRY1"
 	batchVersion       = 1
 	batchHeaderSize    = 24
-	sectionHeaderSize  = 40
+	sectionHeaderSize  = 44
 	flagRelocated      = 1 << 0 // sections rewrite existing offsets (cleaner)
 	attrNullValue      = 1 << 0
 	attrNotBefore      = 1 << 1
@@ -80,6 +83,7 @@ type sectionHeader struct {
 	count     uint32
 	bodyLen   uint32
 	maxTime   int64
+	crc       uint32
 }
 
 // putBatchHeader fills in the header of the batch in b (b[:length]) and its
@@ -95,6 +99,8 @@ func putBatchHeader(b []byte, flags uint8, sections int, appendTime int64) {
 	le.PutUint32(b[8:], crc32.Checksum(b[12:], castagnoli))
 }
 
+// putSectionHeader fills in the header of the section in b, whose body
+// (s.bodyLen bytes) must already follow it, and the section's CRC.
 func putSectionHeader(b []byte, s sectionHeader) {
 	le := binary.LittleEndian
 	le.PutUint32(b[0:], s.topic)
@@ -104,6 +110,55 @@ func putSectionHeader(b []byte, s sectionHeader) {
 	le.PutUint32(b[24:], s.count)
 	le.PutUint32(b[28:], s.bodyLen)
 	le.PutUint64(b[32:], uint64(s.maxTime))
+	le.PutUint32(b[40:], sectionCRC(b[:sectionHeaderSize+int(s.bodyLen)]))
+}
+
+// sectionCRC is the CRC of a section (header and body), skipping the CRC
+// field itself.
+func sectionCRC(sec []byte) uint32 {
+	c := crc32.Checksum(sec[:40], castagnoli)
+	return crc32.Update(c, castagnoli, sec[sectionHeaderSize:])
+}
+
+// decodeSectionHeader parses a section header without checking its CRC.
+func decodeSectionHeader(s []byte) sectionHeader {
+	le := binary.LittleEndian
+	return sectionHeader{
+		topic:     le.Uint32(s[0:]),
+		partition: le.Uint32(s[4:]),
+		first:     le.Uint64(s[8:]),
+		last:      le.Uint64(s[16:]),
+		count:     le.Uint32(s[24:]),
+		bodyLen:   le.Uint32(s[28:]),
+		maxTime:   int64(le.Uint64(s[32:])),
+		crc:       le.Uint32(s[40:]),
+	}
+}
+
+// checkSection verifies a section read on its own (sec holds exactly its
+// header and body) and returns its header.
+func checkSection(sec []byte) (sectionHeader, error) {
+	if len(sec) < sectionHeaderSize {
+		return sectionHeader{}, fmt.Errorf("%w: section of %d bytes is shorter than its header", ferry.ErrCorrupt, len(sec))
+	}
+	sh := decodeSectionHeader(sec)
+	if int(sh.bodyLen) != len(sec)-sectionHeaderSize {
+		return sectionHeader{}, fmt.Errorf("%w: section body of %d bytes, have %d", ferry.ErrCorrupt, sh.bodyLen, len(sec)-sectionHeaderSize)
+	}
+	if got := sectionCRC(sec); got != sh.crc {
+		return sectionHeader{}, fmt.Errorf("%w: section checksum mismatch (stored %#08x, computed %#08x)", ferry.ErrCorrupt, sh.crc, got)
+	}
+	if err := checkSectionOffsets(sh); err != nil {
+		return sectionHeader{}, err
+	}
+	return sh, nil
+}
+
+func checkSectionOffsets(sh sectionHeader) error {
+	if sh.last < sh.first || (sh.count > 0 && sh.last-sh.first < uint64(sh.count)-1) {
+		return fmt.Errorf("%w: section offsets [%d, %d] cannot hold %d records", ferry.ErrCorrupt, sh.first, sh.last, sh.count)
+	}
+	return nil
 }
 
 // peekBatchLength reads the magic and length of a batch header. It returns
@@ -156,32 +211,24 @@ func decodeBatchHeader(b []byte) (batchHeader, error) {
 }
 
 // forEachSection walks the sections of a checksummed batch. fn gets the
-// section header and its record bytes.
-func forEachSection(b []byte, h batchHeader, fn func(sectionHeader, []byte) error) error {
-	le := binary.LittleEndian
+// section header, its record bytes and the section's offset in b. The
+// batch CRC covers the sections, so their own CRCs are not checked here.
+func forEachSection(b []byte, h batchHeader, fn func(sh sectionHeader, body []byte, at int) error) error {
 	pos := batchHeaderSize
 	for i := 0; i < int(h.sections); i++ {
 		if len(b)-pos < sectionHeaderSize {
 			return fmt.Errorf("%w: section %d header past end of batch", ferry.ErrCorrupt, i)
 		}
-		s := b[pos:]
-		sh := sectionHeader{
-			topic:     le.Uint32(s[0:]),
-			partition: le.Uint32(s[4:]),
-			first:     le.Uint64(s[8:]),
-			last:      le.Uint64(s[16:]),
-			count:     le.Uint32(s[24:]),
-			bodyLen:   le.Uint32(s[28:]),
-			maxTime:   int64(le.Uint64(s[32:])),
-		}
+		at := pos
+		sh := decodeSectionHeader(b[pos:])
 		pos += sectionHeaderSize
 		if uint64(sh.bodyLen) > uint64(len(b)-pos) {
 			return fmt.Errorf("%w: section %d body of %d bytes past end of batch", ferry.ErrCorrupt, i, sh.bodyLen)
 		}
-		if sh.last < sh.first || (sh.count > 0 && sh.last-sh.first < uint64(sh.count)-1) {
-			return fmt.Errorf("%w: section %d offsets [%d, %d] cannot hold %d records", ferry.ErrCorrupt, i, sh.first, sh.last, sh.count)
+		if err := checkSectionOffsets(sh); err != nil {
+			return err
 		}
-		if err := fn(sh, b[pos:pos+int(sh.bodyLen)]); err != nil {
+		if err := fn(sh, b[pos:pos+int(sh.bodyLen)], at); err != nil {
 			return err
 		}
 		pos += int(sh.bodyLen)
@@ -192,8 +239,9 @@ func forEachSection(b []byte, h batchHeader, fn func(sectionHeader, []byte) erro
 	return nil
 }
 
-// appendRecord encodes m (with offset first+delta) onto b.
-func appendRecord(b []byte, m *ferry.Message, delta uint64, appendTime int64) []byte {
+// appendRecord encodes m (with offset first+delta) onto b; baseTime is the
+// section's max time.
+func appendRecord(b []byte, m *ferry.Message, delta uint64, baseTime int64) []byte {
 	var attrs byte
 	if m.Payload == nil {
 		attrs |= attrNullValue
@@ -203,7 +251,7 @@ func appendRecord(b []byte, m *ferry.Message, delta uint64, appendTime int64) []
 	}
 	b = append(b, attrs)
 	b = binary.AppendUvarint(b, delta)
-	b = binary.AppendVarint(b, m.Time.UnixNano()-appendTime)
+	b = binary.AppendVarint(b, m.Time.UnixNano()-baseTime)
 	b = append(b, m.ID[:]...)
 	if attrs&attrNotBefore != 0 {
 		b = binary.AppendVarint(b, m.NotBefore.UnixNano())
@@ -234,15 +282,14 @@ func recordSize(m *ferry.Message) int {
 
 // recordDecoder walks the records of one section body.
 type recordDecoder struct {
-	body       []byte
-	pos        int
-	sh         sectionHeader
-	appendTime int64
-	left       uint32
+	body []byte
+	pos  int
+	sh   sectionHeader
+	left uint32
 }
 
-func newRecordDecoder(sh sectionHeader, body []byte, appendTime int64) recordDecoder {
-	return recordDecoder{body: body, sh: sh, appendTime: appendTime, left: sh.count}
+func newRecordDecoder(sh sectionHeader, body []byte) recordDecoder {
+	return recordDecoder{body: body, sh: sh, left: sh.count}
 }
 
 var errShortRecord = fmt.Errorf("%w: record truncated", ferry.ErrCorrupt)
@@ -309,7 +356,7 @@ func (d *recordDecoder) next(m *ferry.Message) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	m.Time = time.Unix(0, d.appendTime+td)
+	m.Time = time.Unix(0, d.sh.maxTime+td)
 	if len(d.body)-d.pos < 16 {
 		return false, errShortRecord
 	}

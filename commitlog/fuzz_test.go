@@ -50,8 +50,11 @@ func decodeAll(b []byte) error {
 	if err != nil {
 		return err
 	}
-	return forEachSection(b, h, func(sh sectionHeader, body []byte) error {
-		d := newRecordDecoder(sh, body, h.appendTime)
+	return forEachSection(b, h, func(sh sectionHeader, body []byte, at int) error {
+		if _, err := checkSection(b[at : at+sectionHeaderSize+len(body)]); err != nil {
+			return err
+		}
+		d := newRecordDecoder(sh, body)
 		var m ferry.Message
 		for {
 			ok, err := d.next(&m)

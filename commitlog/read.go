@@ -124,7 +124,7 @@ func (l *Log) read(t *topic, part int32, p *partition, offset uint64, o ReadOpts
 // record of the partition, until fn returns false. Every batch is
 // checksummed before any of it is used.
 func (l *Log) readEntry(t *topic, part int32, e indexEntry, fn func(*ferry.Message) bool) error {
-	return l.readSpan(e.seg, e.pos, e.size,
+	return l.readSpan(e,
 		func(sh sectionHeader) bool { return sh.topic == t.id && sh.partition == uint32(part) },
 		func(_ sectionHeader, m *ferry.Message) bool {
 			m.Topic, m.Partition = t.name, part
@@ -132,20 +132,43 @@ func (l *Log) readEntry(t *topic, part int32, e indexEntry, fn func(*ferry.Messa
 		})
 }
 
-// readSpan reads the batches in [pos, pos+size) of a segment, checksums
-// each, and calls fn for every record of the sections want accepts, until
-// fn returns false. The message passed to fn is reused between calls.
-func (l *Log) readSpan(segID, pos, size uint32, want func(sectionHeader) bool, fn func(sectionHeader, *ferry.Message) bool) error {
-	seg := l.acquireSegment(segID)
+// readSpan reads what e points at — whole batches, or one section — checks
+// their CRCs, and calls fn for every record of the sections want accepts,
+// until fn returns false. The message passed to fn is reused between calls.
+func (l *Log) readSpan(e indexEntry, want func(sectionHeader) bool, fn func(sectionHeader, *ferry.Message) bool) error {
+	seg := l.acquireSegment(e.seg)
 	if seg == nil {
-		return fmt.Errorf("commitlog: segment %d was removed while reading: %w", segID, ferry.ErrOffsetOutOfRange)
+		return fmt.Errorf("commitlog: segment %d was removed while reading: %w", e.seg, ferry.ErrOffsetOutOfRange)
 	}
 	defer seg.release()
-	buf := make([]byte, size)
+	pos := e.pos
+	buf := make([]byte, e.size)
 	if n, err := seg.f.ReadAt(buf, int64(pos)); n < len(buf) {
 		return fmt.Errorf("commitlog: read %s at %d (%d of %d bytes): %w", seg.path, pos, n, len(buf), err)
 	}
 	var m ferry.Message
+	decode := func(sh sectionHeader, body []byte) (stop bool, err error) {
+		d := newRecordDecoder(sh, body)
+		for {
+			ok, err := d.next(&m)
+			if err != nil || !ok {
+				return false, err
+			}
+			if !fn(sh, &m) {
+				return true, nil
+			}
+		}
+	}
+	if e.section {
+		sh, err := checkSection(buf)
+		if err == nil && want(sh) {
+			_, err = decode(sh, buf[sectionHeaderSize:])
+		}
+		if err != nil {
+			return &CorruptionError{File: seg.path, Offset: int64(pos), Err: err}
+		}
+		return nil
+	}
 	for at := 0; at < len(buf); {
 		n, err := peekBatchLength(buf[at:])
 		if err == nil && int(n) > len(buf)-at {
@@ -159,21 +182,13 @@ func (l *Log) readSpan(segID, pos, size uint32, want func(sectionHeader) bool, f
 			return &CorruptionError{File: seg.path, Offset: int64(pos) + int64(at), Err: err}
 		}
 		stop := false
-		err = forEachSection(buf[at:at+int(n)], h, func(sh sectionHeader, body []byte) error {
+		err = forEachSection(buf[at:at+int(n)], h, func(sh sectionHeader, body []byte, _ int) error {
 			if stop || !want(sh) {
 				return nil
 			}
-			d := newRecordDecoder(sh, body, h.appendTime)
-			for {
-				ok, err := d.next(&m)
-				if err != nil || !ok {
-					return err
-				}
-				if !fn(sh, &m) {
-					stop = true
-					return nil
-				}
-			}
+			var err error
+			stop, err = decode(sh, body)
+			return err
 		})
 		if err != nil {
 			return &CorruptionError{File: seg.path, Offset: int64(pos) + int64(at), Err: err}

@@ -318,9 +318,9 @@ func (r *batchReader) window(off int64, n int) ([]byte, error) {
 // both build the same state. Callers hold no locks.
 func (l *Log) applyBatch(seg, pos uint32, h batchHeader, b []byte) error {
 	relocated := h.flags&flagRelocated != 0
-	return forEachSection(b, h, func(sh sectionHeader, body []byte) error {
+	return forEachSection(b, h, func(sh sectionHeader, body []byte, at int) error {
 		if sh.topic == controlTopicID {
-			return l.applyControlSection(sh, body, h.appendTime)
+			return l.applyControlSection(sh, body)
 		}
 		l.mu.RLock()
 		t := l.byID[sh.topic]
@@ -338,16 +338,21 @@ func (l *Log) applyBatch(seg, pos uint32, h batchHeader, b []byte) error {
 		if sh.count == 0 {
 			return nil
 		}
+		e := indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}
+		if h.sections > 1 {
+			// The batch is shared: point at this partition's section only.
+			e.pos, e.size, e.section = pos+uint32(at), sectionHeaderSize+sh.bodyLen, true
+		}
 		p := t.parts[sh.partition]
 		p.mu.Lock()
-		p.addLocked(indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}, relocated)
+		p.addLocked(e, relocated)
 		p.mu.Unlock()
 		return nil
 	})
 }
 
-func (l *Log) applyControlSection(sh sectionHeader, body []byte, appendTime int64) error {
-	d := newRecordDecoder(sh, body, appendTime)
+func (l *Log) applyControlSection(sh sectionHeader, body []byte) error {
+	d := newRecordDecoder(sh, body)
 	var m ferry.Message
 	for {
 		ok, err := d.next(&m)
@@ -419,7 +424,10 @@ func (l *Log) applyControl(op controlOp) error {
 // partitions, so each is read once, whatever number of entries point at it.
 func (l *Log) rebuildDedup() error {
 	now := l.cfg.now().UnixNano()
-	type span struct{ seg, pos, size uint32 }
+	type span struct {
+		seg, pos, size uint32
+		section        bool
+	}
 	spans := map[span]bool{}
 	cutoffs := map[uint32]int64{}
 	for _, t := range l.topics {
@@ -444,7 +452,7 @@ func (l *Log) rebuildDedup() error {
 			if budget <= 0 {
 				break
 			}
-			spans[span{e.seg, e.pos, e.size}] = true
+			spans[span{e.seg, e.pos, e.size, e.section}] = true
 			budget -= int(e.count)
 		}
 	}
@@ -461,7 +469,7 @@ func (l *Log) rebuildDedup() error {
 	// Log order is append order, so inserting in it keeps each window's
 	// FIFO eviction oldest-first.
 	for _, s := range ordered {
-		err := l.readSpan(s.seg, s.pos, s.size,
+		err := l.readSpan(indexEntry{seg: s.seg, pos: s.pos, size: s.size, section: s.section},
 			func(sh sectionHeader) bool { _, ok := cutoffs[sh.topic]; return ok },
 			func(sh sectionHeader, m *ferry.Message) bool {
 				if ts := m.Time.UnixNano(); ts >= cutoffs[sh.topic] {

@@ -8,10 +8,12 @@ import (
 	"github.com/ferrymq/ferry"
 )
 
-// indexEntry locates a run of batches holding records of one partition.
-// Consecutive batches of a partition that lie back to back in a segment
-// share one entry, so a single-producer stream costs one entry per
-// maxEntrySpan bytes rather than one per batch.
+// indexEntry locates records of one partition. Either it is a run of
+// batches that hold only this partition (consecutive ones lying back to
+// back in a segment share one entry, so a single-producer stream costs one
+// entry per maxEntrySpan bytes rather than one per batch), or, when a
+// batch holds several partitions, it is this partition's section alone
+// (section true): a reader then reads and verifies just those bytes.
 type indexEntry struct {
 	first, last uint64 // offsets covered (records may be sparse inside)
 	maxTime     int64  // max record time of this and every earlier entry
@@ -19,6 +21,7 @@ type indexEntry struct {
 	pos         uint32 // byte position of the first batch in the segment
 	size        uint32 // bytes from pos to the end of the last batch
 	count       uint32 // records of this partition in the run
+	section     bool   // pos and size delimit one section, not whole batches
 }
 
 const maxEntrySpan = 256 << 10
@@ -46,7 +49,7 @@ func (p *partition) addLocked(e indexEntry, relocated bool) {
 	if n := len(p.entries); n > 0 {
 		prev := &p.entries[n-1]
 		e.maxTime = max(e.maxTime, prev.maxTime)
-		if !relocated && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first {
+		if !relocated && !prev.section && !e.section && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first {
 			prev.last, prev.size, prev.count, prev.maxTime = e.last, prev.size+e.size, prev.count+e.count, e.maxTime
 			p.bytes += int64(e.size)
 			p.advanceLocked(e.last + 1)

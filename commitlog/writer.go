@@ -481,10 +481,12 @@ func encodeSection(buf []byte, topicID, part uint32, msgs []*ferry.Message, appe
 	start := len(buf)
 	buf = append(buf, make([]byte, sectionHeaderSize)...)
 	first := msgs[0].Offset
-	maxTime := int64(0)
-	for _, m := range msgs {
-		buf = appendRecord(buf, m, m.Offset-first, appendTime)
+	maxTime := msgs[0].Time.UnixNano()
+	for _, m := range msgs[1:] {
 		maxTime = max(maxTime, m.Time.UnixNano())
+	}
+	for _, m := range msgs {
+		buf = appendRecord(buf, m, m.Offset-first, maxTime)
 	}
 	putSectionHeader(buf[start:], sectionHeader{
 		topic: topicID, partition: part, first: first, last: msgs[len(msgs)-1].Offset,

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -158,7 +159,8 @@ type Consumer struct {
 	topics  []string
 	handler Handler
 	cfg     cfg
-	slots   chan struct{} // one per message being processed (the concurrency bulkhead)
+	work    chan laneJob // handed to the pool of concurrency goroutines (the bulkhead)
+	busy    atomic.Int64 // pool goroutines running a lane
 
 	breaker *breaker // nil without WithCircuitBreaker
 
@@ -180,7 +182,7 @@ type Stats struct {
 func (c *Consumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := Stats{Partitions: len(c.workers), InFlight: len(c.slots)}
+	st := Stats{Partitions: len(c.workers), InFlight: int(c.busy.Load())}
 	if c.breaker != nil {
 		st.Breaker = c.breaker.State()
 	}
@@ -237,7 +239,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	for i := len(c.middleware) - 1; i >= 0; i-- {
 		h = c.middleware[i](h)
 	}
-	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, slots: make(chan struct{}, c.concurrency), workers: map[backend.TopicPartition]*worker{}}
+	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}}
 	if c.breaker != nil {
 		cons.breaker = newBreaker(c.handlerName, c.breaker, func(from, to string) {
 			c.logger.Warn("circuit breaker changed state", "handler", c.handlerName, "from", from, "to", to)
@@ -266,6 +268,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("consumer: join group %q: %w", c.group, err)
 	}
 	defer s.Leave()
+	pool := c.startPool()
+	defer pool()
 	workers := map[backend.TopicPartition]*worker{}
 	stopAll := func() {
 		var wg sync.WaitGroup
@@ -319,6 +323,36 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// laneJob asks a pool goroutine to process e and then the rest of its lane.
+type laneJob struct {
+	w *worker
+	e *entry
+}
+
+// startPool starts the concurrency goroutines that run handlers and
+// returns a function that stops them (after every worker has stopped).
+func (c *Consumer) startPool() func() {
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < c.cfg.concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case j := <-c.work:
+					c.busy.Add(1)
+					j.w.runLane(j.e)
+					c.busy.Add(-1)
+				case <-quit:
+					return
+				}
+			}
+		}()
+	}
+	return func() { close(quit); wg.Wait() }
 }
 
 // deadLetterID derives the DLQ entry's ID from the group and the original

@@ -43,8 +43,6 @@ func WithExactlyOnce(store *idempotency.Log) Opt {
 	return optFunc(func(c *cfg) { c.exactlyOnce = store })
 }
 
-type outputsKey struct{}
-
 type outputs struct {
 	mu   sync.Mutex
 	msgs []*ferry.Message
@@ -56,13 +54,13 @@ type outputs struct {
 // the same IDs and the log deduplicates them. It must be called from a
 // handler run by a Consumer.
 func Emit(ctx context.Context, msgs ...*ferry.Message) error {
-	o, _ := ctx.Value(outputsKey{}).(*outputs)
-	if o == nil {
+	ci, _ := ctx.Value(callKey{}).(*callInfo)
+	if ci == nil || ci.out == nil {
 		return fmt.Errorf("consumer.Emit called outside a handler: %w", ferry.ErrInvalidArgument)
 	}
-	o.mu.Lock()
-	o.msgs = append(o.msgs, msgs...)
-	o.mu.Unlock()
+	ci.out.mu.Lock()
+	ci.out.msgs = append(ci.out.msgs, msgs...)
+	ci.out.mu.Unlock()
 	return nil
 }
 

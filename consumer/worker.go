@@ -137,29 +137,35 @@ func (w *worker) dispatch(m *ferry.Message) bool {
 	return w.start(e)
 }
 
-// start takes a concurrency slot (waiting for one: this is what stalls the
-// fetch loop when every slot is busy) and processes e in a goroutine.
+// start hands e to the pool, waiting for a free goroutine (this is what
+// stalls the fetch loop when every one is busy). It returns false if the
+// worker stopped first.
 func (w *worker) start(e *entry) bool {
+	w.wg.Add(1)
 	select {
-	case w.c.slots <- struct{}{}:
+	case w.c.work <- laneJob{w, e}:
+		return true
 	case <-w.ctx.Done():
+		w.wg.Done()
 		return false
 	}
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		ok := w.process(e)
-		<-w.c.slots
-		if ok {
-			w.finish(e)
-		}
-	}()
-	return true
 }
 
-// finish marks e done, advances the watermark, and starts the next message
-// of its key.
-func (w *worker) finish(e *entry) {
+// runLane processes e, then each message that queued behind it on the
+// same key, in order, on the calling pool goroutine.
+func (w *worker) runLane(e *entry) {
+	defer w.wg.Done()
+	for e != nil {
+		if !w.process(e) {
+			return // abandoned: the lane stops; the partition is stopping
+		}
+		e = w.finish(e)
+	}
+}
+
+// finish marks e done, advances the watermark, and returns the next
+// message of its key, if one is waiting.
+func (w *worker) finish(e *entry) *entry {
 	k := laneKey(e.m)
 	w.mu.Lock()
 	e.done, e.m = true, nil
@@ -180,9 +186,10 @@ func (w *worker) finish(e *entry) {
 	case w.room <- struct{}{}:
 	default:
 	}
-	if next != nil && !w.start(next) {
-		return
+	if next != nil && w.ctx.Err() != nil {
+		return nil
 	}
+	return next
 }
 
 // watermark is the offset up to which every message is finished.
@@ -235,7 +242,7 @@ func (w *worker) commit(ctx context.Context) {
 // will be redelivered).
 func (w *worker) process(e *entry) bool {
 	c := w.c
-	rng := rand.New(rand.NewPCG(c.cfg.seed, e.offset))
+	var rng *rand.Rand // only failures need jitter
 	if eo := c.cfg.exactlyOnce; eo != nil {
 		if seen, err := eo.Seen(w.ctx, e.m.ID); err == nil && seen {
 			// Processed before a crash or rebalance: its outputs are in the
@@ -273,6 +280,9 @@ func (w *worker) process(e *entry) bool {
 			attempt--
 			continue
 		}
+		if rng == nil {
+			rng = rand.New(rand.NewPCG(c.cfg.seed, e.offset))
+		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
 		if !d.Retry {
 			return w.deadLetter(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why})
@@ -295,14 +305,22 @@ func (w *worker) callGuarded(m *ferry.Message, attempt int, out *outputs) (error
 	return w.c.breaker.run(w.ctx, func() error { return w.call(m, attempt, out) })
 }
 
-type attemptKey struct{}
+// callKey carries a handler call's attempt number and staged outputs.
+type callKey struct{}
+
+type callInfo struct {
+	attempt int
+	out     *outputs
+}
 
 // Attempt returns which attempt of the current message a handler's call is
 // (1 for the first), or 0 outside a handler. Attempts restart at 1 when a
 // message is redelivered after a rebalance or restart.
 func Attempt(ctx context.Context) int {
-	a, _ := ctx.Value(attemptKey{}).(int)
-	return a
+	if ci, ok := ctx.Value(callKey{}).(*callInfo); ok {
+		return ci.attempt
+	}
+	return 0
 }
 
 // call runs one attempt: with the per-attempt timeout, and with a panic
@@ -313,7 +331,7 @@ func (w *worker) call(m *ferry.Message, attempt int, out *outputs) (err error) {
 			return err
 		}
 	}
-	ctx := context.WithValue(context.WithValue(w.ctx, attemptKey{}, attempt), outputsKey{}, out)
+	ctx := context.WithValue(w.ctx, callKey{}, &callInfo{attempt: attempt, out: out})
 	if t := w.c.cfg.policy.AttemptTimeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
