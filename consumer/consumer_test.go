@@ -316,15 +316,16 @@ func TestBackpressureBoundsBuffers(t *testing.T) {
 	}
 }
 
-// TestBreakerPausesInsteadOfDeadLettering takes a dependency down for a
-// while: with the breaker, nothing is dead-lettered and every message is
-// handled once it comes back.
-func TestBreakerPausesInsteadOfDeadLettering(t *testing.T) {
+// runOutage consumes 300 messages while a dependency is down for the
+// first 200 calls, and returns the checker once every message finished.
+func runOutage(t *testing.T, opts ...Opt) *checker {
 	b := newBackend(t)
 	msgs := produce(t, b, "in", 2, 20, 300)
 	var mu sync.Mutex
 	failuresLeft := 200 // the outage: the next 200 calls fail
 	chk := newChecker()
+	opts = append([]Opt{WithConcurrency(8), WithObserver(chk.observe),
+		WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, MaxAttempts: 3})}, opts...)
 	c, err := New(b, "g", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
 		mu.Lock()
 		defer mu.Unlock()
@@ -333,9 +334,7 @@ func TestBreakerPausesInsteadOfDeadLettering(t *testing.T) {
 			return errors.New("payments API unavailable")
 		}
 		return nil
-	}, WithConcurrency(8), WithObserver(chk.observe),
-		WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, MaxAttempts: 3}),
-		WithCircuitBreaker(BreakerSettings{ConsecutiveFailures: 3, OpenFor: 5 * time.Millisecond}))
+	}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,19 +344,27 @@ func TestBreakerPausesInsteadOfDeadLettering(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for !chk.finished(msgs) {
 		if time.Now().After(deadline) {
-			t.Fatal("messages not handled after the outage")
+			t.Fatal("messages not finished after the outage")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancel()
 	<-done
+	if failuresLeft != 0 {
+		t.Fatalf("outage not exercised: %d failures left", failuresLeft)
+	}
+	return chk
+}
+
+// TestBreakerPausesInsteadOfDeadLettering takes a dependency down for a
+// while: with the breaker, nothing is dead-lettered and every message is
+// handled once it comes back.
+func TestBreakerPausesInsteadOfDeadLettering(t *testing.T) {
+	chk := runOutage(t, WithCircuitBreaker(BreakerSettings{ConsecutiveFailures: 3, OpenFor: 5 * time.Millisecond}))
 	chk.mu.Lock()
 	defer chk.mu.Unlock()
 	if len(chk.dead) != 0 {
 		t.Fatalf("%d messages dead-lettered during a dependency outage", len(chk.dead))
-	}
-	if failuresLeft != 0 {
-		t.Fatalf("outage not exercised: %d failures left", failuresLeft)
 	}
 	for _, v := range chk.violations {
 		t.Error(v)
@@ -367,29 +374,9 @@ func TestBreakerPausesInsteadOfDeadLettering(t *testing.T) {
 // Without the breaker, the same outage dead-letters messages: the test
 // above is not passing by accident.
 func TestOutageWithoutBreakerDeadLetters(t *testing.T) {
-	b := newBackend(t)
-	msgs := produce(t, b, "in", 2, 20, 300)
-	var mu sync.Mutex
-	failuresLeft := 200
-	chk := newChecker()
-	c, _ := New(b, "g", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if failuresLeft > 0 {
-			failuresLeft--
-			return errors.New("payments API unavailable")
-		}
-		return nil
-	}, WithConcurrency(8), WithObserver(chk.observe),
-		WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, MaxAttempts: 3}))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	for !chk.finished(msgs) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	<-done
+	chk := runOutage(t)
+	chk.mu.Lock()
+	defer chk.mu.Unlock()
 	if len(chk.dead) == 0 {
 		t.Fatal("an outage without a breaker should have dead-lettered messages")
 	}
