@@ -1,6 +1,7 @@
 package ferry
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"time"
 
@@ -109,3 +110,22 @@ func (m *Message) SetHeader(key string, value []byte) {
 // IsTombstone reports whether the message deletes its key on a compacted
 // topic (its payload is nil).
 func (m *Message) IsTombstone() bool { return m.Payload == nil }
+
+// DeriveID returns a deterministic ID for a message derived from message
+// id (a dead letter, a redrive, a handler's output): the same kind, scope
+// and id always give the same result, so producing the derived message
+// twice is deduplicated by the log. It is a UUID of version 8 (custom)
+// built from SHA-256.
+func DeriveID(kind, scope string, id ID) ID {
+	h := sha256.New()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	h.Write([]byte(scope))
+	h.Write([]byte{0})
+	h.Write(id[:])
+	var out ID
+	copy(out[:], h.Sum(nil))
+	out[6] = out[6]&0x0f | 0x80 // version 8
+	out[8] = out[8]&0x3f | 0x80 // RFC 4122 variant
+	return out
+}

@@ -44,8 +44,9 @@ type Backend interface {
 	Fetch(ctx context.Context, tp TopicPartition, offset uint64, max int) (Fetched, error)
 	// Committed returns a group's committed offset for a partition.
 	Committed(ctx context.Context, group string, tp TopicPartition) (offset uint64, ok bool, err error)
-	// Start returns the first retained offset of a partition.
-	Start(ctx context.Context, tp TopicPartition) (uint64, error)
+	// Bounds returns a partition's first retained offset and its end (one
+	// past the last readable offset).
+	Bounds(ctx context.Context, tp TopicPartition) (start, end uint64, err error)
 	// Commit records a group's offsets. Commits by a member whose session
 	// has lost the partition fail with ErrFenced.
 	Commit(ctx context.Context, s Session, offsets ...Offset) error

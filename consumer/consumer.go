@@ -355,11 +355,4 @@ func (c *Consumer) startPool() func() {
 	return func() { close(quit); wg.Wait() }
 }
 
-// deadLetterID derives the DLQ entry's ID from the group and the original
-// message ID, so that dead-lettering the same message again (after a
-// crash before the commit) is deduplicated by the log.
-func deadLetterID(group string, id ferry.ID) ferry.ID {
-	return derivedID("dlq", group, id)
-}
-
 var errAbandoned = errors.New("consumer: abandoned")

@@ -15,6 +15,7 @@ import (
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/internal/vfs"
 	"github.com/ferrymq/ferry/retry"
 )
@@ -208,21 +209,21 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 		}
 	}
 	// The DLQ holds each dead letter once, with why it failed.
-	dlq := readTopic(t, b, "g.dlq")
+	deadLetters := readTopic(t, b, "g.dlq")
 	seen := map[string]bool{}
-	for _, d := range dlq {
-		orig, _ := d.Header(HeaderDLQOriginalID)
+	for _, d := range deadLetters {
+		orig, _ := d.Header(dlq.HeaderOriginalID)
 		if seen[string(orig)] {
 			t.Errorf("message %s dead-lettered twice", orig)
 		}
 		seen[string(orig)] = true
-		class, _ := d.Header(HeaderDLQClass)
-		attempts, _ := d.Header(HeaderDLQAttempts)
-		if _, ok := d.Header(HeaderDLQTopic); !ok || len(class) == 0 || len(attempts) == 0 {
+		class, _ := d.Header(dlq.HeaderClass)
+		attempts, _ := d.Header(dlq.HeaderAttempts)
+		if _, ok := d.Header(dlq.HeaderTopic); !ok || len(class) == 0 || len(attempts) == 0 {
 			t.Errorf("dead letter without metadata: %+v", d.Headers)
 		}
 		if string(class) == string(retry.ClassPanic) {
-			if stack, _ := d.Header(HeaderDLQStack); !strings.Contains(string(stack), "faultyHandler") {
+			if stack, _ := d.Header(dlq.HeaderStack); !strings.Contains(string(stack), "faultyHandler") {
 				t.Errorf("panic dead letter without the handler's stack")
 			}
 		}

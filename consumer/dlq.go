@@ -1,33 +1,11 @@
 package consumer
 
 import (
-	"crypto/sha256"
-	"errors"
-	"strconv"
 	"time"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/retry"
-)
-
-// Dead-letter metadata headers. A DLQ entry is the original message (key,
-// payload and headers untouched) plus these.
-const (
-	HeaderDLQOriginalID   = "ferry-dlq-original-id"
-	HeaderDLQTopic        = "ferry-dlq-topic"
-	HeaderDLQPartition    = "ferry-dlq-partition"
-	HeaderDLQOffset       = "ferry-dlq-offset"
-	HeaderDLQOriginalTime = "ferry-dlq-original-time"
-	HeaderDLQGroup        = "ferry-dlq-group"
-	HeaderDLQHandler      = "ferry-dlq-handler"
-	HeaderDLQAttempts     = "ferry-dlq-attempts"
-	HeaderDLQFirstFailure = "ferry-dlq-first-failure"
-	HeaderDLQLastFailure  = "ferry-dlq-last-failure"
-	HeaderDLQError        = "ferry-dlq-error"
-	HeaderDLQClass        = "ferry-dlq-class"
-	HeaderDLQReason       = "ferry-dlq-reason"
-	HeaderDLQStack        = "ferry-dlq-stack"
-	maxDLQErrorBytes      = 4 << 10
 )
 
 type failure struct {
@@ -38,55 +16,13 @@ type failure struct {
 	why         string
 }
 
-// derivedID is a deterministic ID for a message derived from another (a
-// dead letter, a redrive), so that producing it twice is deduplicated.
-func derivedID(kind, scope string, id ferry.ID) ferry.ID {
-	h := sha256.New()
-	h.Write([]byte(kind))
-	h.Write([]byte{0})
-	h.Write([]byte(scope))
-	h.Write([]byte{0})
-	h.Write(id[:])
-	var out ferry.ID
-	copy(out[:], h.Sum(nil))
-	out[6] = out[6]&0x0f | 0x80 // UUID version 8: custom
-	out[8] = out[8]&0x3f | 0x80 // RFC 4122 variant
-	return out
-}
-
 // deadLetter writes m to the DLQ with why it failed, retrying the write
 // until it succeeds or the worker stops (then m is abandoned and will be
 // redelivered: it is never dropped).
 func (w *worker) deadLetter(m *ferry.Message, f failure) bool {
 	c := w.c
-	text := f.err.Error()
-	if len(text) > maxDLQErrorBytes {
-		text = text[:maxDLQErrorBytes]
-	}
-	hdr := append([]ferry.Header(nil), m.Headers...)
-	add := func(k, v string) { hdr = append(hdr, ferry.Header{Key: k, Value: []byte(v)}) }
-	add(HeaderDLQOriginalID, m.ID.String())
-	add(HeaderDLQTopic, m.Topic)
-	add(HeaderDLQPartition, strconv.Itoa(int(m.Partition)))
-	add(HeaderDLQOffset, strconv.FormatUint(m.Offset, 10))
-	add(HeaderDLQOriginalTime, m.Time.UTC().Format(time.RFC3339Nano))
-	add(HeaderDLQGroup, c.group)
-	add(HeaderDLQHandler, c.cfg.handlerName)
-	add(HeaderDLQAttempts, strconv.Itoa(f.attempts))
-	add(HeaderDLQFirstFailure, f.first.UTC().Format(time.RFC3339Nano))
-	add(HeaderDLQLastFailure, f.last.UTC().Format(time.RFC3339Nano))
-	add(HeaderDLQError, text)
-	add(HeaderDLQClass, string(f.class))
-	add(HeaderDLQReason, f.why)
-	var pe *retry.PanicError
-	if errors.As(f.err, &pe) {
-		add(HeaderDLQStack, string(pe.Stack))
-	}
-	payload := m.Payload
-	if payload == nil {
-		payload = []byte{}
-	}
-	dl := &ferry.Message{ID: deadLetterID(c.group, m.ID), Topic: c.cfg.dlqTopic, Key: m.Key, Payload: payload, Headers: hdr}
+	dl := dlq.NewEntry(m, c.cfg.dlqTopic, dlq.Failure{Group: c.group, Handler: c.cfg.handlerName, Attempts: f.attempts,
+		First: f.first, Last: f.last, Err: f.err, Class: f.class, Reason: f.why})
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		err := c.b.Publish(w.ctx, dl)
 		if err == nil {

@@ -74,7 +74,7 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message) bool {
 	}
 	for i, o := range out {
 		if o.ID.IsZero() {
-			o.ID = derivedID("output", fmt.Sprint(i), m.ID)
+			o.ID = ferry.DeriveID("output", fmt.Sprint(i), m.ID)
 		}
 	}
 	publish := func() error { return c.b.Publish(w.ctx, out...) }

@@ -11,6 +11,7 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -51,8 +52,8 @@ func Example() {
 
 	res, _ := log.Read("billing.dlq", 0, 0, commitlog.ReadOpts{})
 	dl := res.Messages[0]
-	class, _ := dl.Header(consumer.HeaderDLQClass)
-	why, _ := dl.Header(consumer.HeaderDLQError)
+	class, _ := dl.Header(dlq.HeaderClass)
+	why, _ := dl.Header(dlq.HeaderError)
 	fmt.Printf("dead letter: %s (%s: %s)\n", dl.Payload, class, why)
 	// Output:
 	// billed order 1

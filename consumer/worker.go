@@ -48,7 +48,7 @@ func (c *Consumer) startWorker(ctx context.Context, s backend.Session, tp backen
 	if err != nil {
 		return nil, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
-	if start, err := c.b.Start(ctx, tp); err != nil {
+	if start, _, err := c.b.Bounds(ctx, tp); err != nil {
 		return nil, err
 	} else if !ok || off < start {
 		off = start

@@ -96,10 +96,9 @@ func (b *Backend) Committed(_ context.Context, group string, tp backend.TopicPar
 	return off, ok, nil
 }
 
-// Start implements backend.Backend.
-func (b *Backend) Start(_ context.Context, tp backend.TopicPartition) (uint64, error) {
-	start, _, err := b.log.Bounds(tp.Topic, tp.Partition)
-	return start, err
+// Bounds implements backend.Backend.
+func (b *Backend) Bounds(_ context.Context, tp backend.TopicPartition) (uint64, uint64, error) {
+	return b.log.Bounds(tp.Topic, tp.Partition)
 }
 
 // Commit implements backend.Backend.
@@ -108,8 +107,15 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 }
 
 // PublishAndCommit implements backend.Transactional: messages and offsets
-// go into the log in one atomic batch.
+// go into the log in one atomic batch. s may be nil when there are no
+// offsets (an atomic publish of several messages).
 func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs []*ferry.Message, offsets ...backend.Offset) error {
+	if s == nil && len(offsets) == 0 {
+		if len(msgs) == 0 {
+			return nil
+		}
+		return b.log.Append(ctx, msgs...)
+	}
 	sess, ok := s.(*session)
 	if !ok {
 		return fmt.Errorf("embedded: session from another backend: %w", ferry.ErrInvalidArgument)

@@ -1,0 +1,142 @@
+// Package dlq reads and operates dead-letter queues: list and filter
+// entries, inspect one, redrive (to the source topic or another,
+// rate-limited, with progress) and purge. It also defines the entry format
+// the runtime writes.
+//
+// A dead-letter queue is a topic. An entry is the original message — key,
+// payload and headers untouched — plus ferry-dlq-* headers saying where it
+// came from and why it failed. Redriving or purging an entry appends a
+// marker record for it (header ferry-dlq-state); the entry's state is its
+// latest record. A redrive writes the republished message and the marker
+// in one atomic batch where the backend supports it, and the republished
+// message's ID is derived from the entry, so a redrive run twice does not
+// duplicate anything.
+package dlq
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// Dead-letter metadata headers.
+const (
+	HeaderOriginalID   = "ferry-dlq-original-id"
+	HeaderTopic        = "ferry-dlq-topic"
+	HeaderPartition    = "ferry-dlq-partition"
+	HeaderOffset       = "ferry-dlq-offset"
+	HeaderOriginalTime = "ferry-dlq-original-time"
+	HeaderGroup        = "ferry-dlq-group"
+	HeaderHandler      = "ferry-dlq-handler"
+	HeaderAttempts     = "ferry-dlq-attempts"
+	HeaderFirstFailure = "ferry-dlq-first-failure"
+	HeaderLastFailure  = "ferry-dlq-last-failure"
+	HeaderError        = "ferry-dlq-error"
+	HeaderClass        = "ferry-dlq-class"
+	HeaderReason       = "ferry-dlq-reason"
+	HeaderStack        = "ferry-dlq-stack"
+	// HeaderState marks a state record: "redriven" or "purged".
+	HeaderState = "ferry-dlq-state"
+	// HeaderRedriveOf is set on a redriven message: the ID of the message
+	// it re-delivers.
+	HeaderRedriveOf = "ferry-redrive-of"
+
+	maxErrorBytes = 4 << 10
+)
+
+// Failure says why a message is dead-lettered.
+type Failure struct {
+	Group, Handler string
+	Attempts       int
+	First, Last    time.Time
+	Err            error
+	Class          retry.Class
+	Reason         string
+}
+
+// NewEntry builds the dead letter of m for topic dlqTopic. Its ID is
+// derived from the group and m's ID, so dead-lettering m again (after a
+// crash before the offset commit) is deduplicated by the log.
+func NewEntry(m *ferry.Message, dlqTopic string, f Failure) *ferry.Message {
+	text := f.Err.Error()
+	if len(text) > maxErrorBytes {
+		text = text[:maxErrorBytes]
+	}
+	hdr := append([]ferry.Header(nil), m.Headers...)
+	add := func(k, v string) { hdr = append(hdr, ferry.Header{Key: k, Value: []byte(v)}) }
+	add(HeaderOriginalID, m.ID.String())
+	add(HeaderTopic, m.Topic)
+	add(HeaderPartition, strconv.Itoa(int(m.Partition)))
+	add(HeaderOffset, strconv.FormatUint(m.Offset, 10))
+	add(HeaderOriginalTime, m.Time.UTC().Format(time.RFC3339Nano))
+	add(HeaderGroup, f.Group)
+	add(HeaderHandler, f.Handler)
+	add(HeaderAttempts, strconv.Itoa(f.Attempts))
+	add(HeaderFirstFailure, f.First.UTC().Format(time.RFC3339Nano))
+	add(HeaderLastFailure, f.Last.UTC().Format(time.RFC3339Nano))
+	add(HeaderError, text)
+	add(HeaderClass, string(f.Class))
+	add(HeaderReason, f.Reason)
+	var pe *retry.PanicError
+	if errors.As(f.Err, &pe) {
+		add(HeaderStack, string(pe.Stack))
+	}
+	payload := m.Payload
+	if payload == nil {
+		payload = []byte{}
+	}
+	return &ferry.Message{ID: ferry.DeriveID("dlq", f.Group, m.ID), Topic: dlqTopic, Key: m.Key, Payload: payload, Headers: hdr}
+}
+
+// Entry is a parsed dead letter.
+type Entry struct {
+	// Record is the dead letter as stored; its Offset is its position in
+	// the dead-letter topic.
+	Record *ferry.Message
+	// Original is the message as it was before it failed: key, payload and
+	// headers untouched, with its ID, topic, partition, offset and time.
+	Original     *ferry.Message
+	Group        string
+	Handler      string
+	Attempts     int
+	FirstFailure time.Time
+	LastFailure  time.Time
+	Error        string
+	Class        retry.Class
+	Reason       string
+	Stack        string
+	// State is "dead" until the entry is redriven or purged.
+	State string
+}
+
+// Parse reads a dead letter's metadata. A record that is not a dead letter
+// (no original ID) is an error.
+func Parse(r *ferry.Message) (Entry, error) {
+	get := func(k string) string { v, _ := r.Header(k); return string(v) }
+	e := Entry{Record: r, State: "dead"}
+	id, err := ferry.ParseID(get(HeaderOriginalID))
+	if err != nil {
+		return e, fmt.Errorf("dlq: record at offset %d is not a dead letter: %w", r.Offset, err)
+	}
+	orig := &ferry.Message{ID: id, Topic: get(HeaderTopic), Key: r.Key, Payload: r.Payload}
+	for _, h := range r.Headers {
+		if len(h.Key) < 10 || h.Key[:10] != "ferry-dlq-" {
+			orig.Headers = append(orig.Headers, h)
+		}
+	}
+	p, _ := strconv.Atoi(get(HeaderPartition))
+	orig.Partition = int32(p)
+	orig.Offset, _ = strconv.ParseUint(get(HeaderOffset), 10, 64)
+	orig.Time, _ = time.Parse(time.RFC3339Nano, get(HeaderOriginalTime))
+	e.Original = orig
+	e.Group, e.Handler = get(HeaderGroup), get(HeaderHandler)
+	e.Attempts, _ = strconv.Atoi(get(HeaderAttempts))
+	e.FirstFailure, _ = time.Parse(time.RFC3339Nano, get(HeaderFirstFailure))
+	e.LastFailure, _ = time.Parse(time.RFC3339Nano, get(HeaderLastFailure))
+	e.Error, e.Class, e.Reason, e.Stack = get(HeaderError), retry.Class(get(HeaderClass)), get(HeaderReason), get(HeaderStack)
+	return e, nil
+}
