@@ -16,6 +16,7 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/idempotency"
 	"github.com/ferrymq/ferry/internal/vfs"
 	"github.com/ferrymq/ferry/retry"
 )
@@ -438,5 +439,71 @@ func TestTypedHandlerDeadLettersUndecodable(t *testing.T) {
 	}
 	if fmt.Sprint(totals) != "[1 3]" {
 		t.Fatalf("handled totals %v", totals)
+	}
+}
+
+// TestIdempotentMiddlewareSkipsSeen: a message whose ID the store has seen
+// is not handled again (as after a redelivery); user middleware wraps in
+// the order given, the first outermost.
+func TestIdempotentMiddlewareSkipsSeen(t *testing.T) {
+	b := newBackend(t)
+	msgs := produce(t, b, "in", 1, 5, 10)
+	store := idempotency.NewMemory(time.Hour, 1000)
+	store.Mark(context.Background(), msgs[3].ID) // processed before a crash
+	var mu sync.Mutex
+	var handled []ferry.ID
+	var order []string
+	trace := func(name string) Middleware {
+		return func(next Handler) Handler {
+			return func(ctx context.Context, m *ferry.Message) error {
+				mu.Lock()
+				if m == msgs[0] || m.ID == msgs[0].ID {
+					order = append(order, name)
+				}
+				mu.Unlock()
+				return next(ctx, m)
+			}
+		}
+	}
+	finished := make(chan struct{}, 20)
+	c, err := New(b, "g", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
+		mu.Lock()
+		handled = append(handled, m.ID)
+		mu.Unlock()
+		return nil
+	}, WithMiddleware(trace("outer"), Idempotent(store), trace("inner")),
+		WithObserver(func(e Event) {
+			if e.Kind == EventHandled {
+				finished <- struct{}{}
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	for i := 0; i < 10; i++ {
+		<-finished
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != 9 {
+		t.Fatalf("handled %d messages, want 9 (one was already processed)", len(handled))
+	}
+	for _, id := range handled {
+		if id == msgs[3].ID {
+			t.Fatal("already-processed message handled again")
+		}
+	}
+	for _, m := range msgs {
+		if seen, _ := store.Seen(context.Background(), m.ID); !seen {
+			t.Fatalf("message %s not marked processed", m.ID)
+		}
+	}
+	if fmt.Sprint(order) != "[outer inner]" {
+		t.Fatalf("middleware order %v", order)
 	}
 }
