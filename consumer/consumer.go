@@ -176,6 +176,7 @@ type Stats struct {
 	Waiting    int    // messages waiting behind their key's message in flight
 	Keys       int    // keys with a message in flight
 	Breaker    string // "closed", "open", "half-open", or "" without a breaker
+	ParkedKeys int    // keys waiting behind a dead letter for a redrive
 }
 
 // Stats returns a snapshot of the consumer's buffers.
@@ -190,6 +191,7 @@ func (c *Consumer) Stats() Stats {
 		w.mu.Lock()
 		st.Buffered += w.buffered
 		st.Keys += len(w.lanes)
+		st.ParkedKeys += len(w.parked)
 		for _, l := range w.lanes {
 			st.Waiting += len(l.waiting)
 		}

@@ -16,7 +16,8 @@ import (
 )
 
 // Consume with retries and a dead-letter queue: the poison order is
-// dead-lettered with why; the others are handled in order per customer.
+// dead-lettered with why, and the customer's next order is parked behind
+// it (not handled out of order) until the poison one is redriven.
 func Example() {
 	dir, _ := os.MkdirTemp("", "ferry-example-")
 	defer os.RemoveAll(dir)
@@ -50,13 +51,12 @@ func Example() {
 		}))
 	c.Run(ctx) // returns when ctx is canceled, after committing
 
-	res, _ := log.Read("billing.dlq", 0, 0, commitlog.ReadOpts{})
-	dl := res.Messages[0]
-	class, _ := dl.Header(dlq.HeaderClass)
-	why, _ := dl.Header(dlq.HeaderError)
-	fmt.Printf("dead letter: %s (%s: %s)\n", dl.Payload, class, why)
+	entries, _ := dlq.Open(b, "billing.dlq").List(context.Background(), dlq.Filter{})
+	for _, e := range entries {
+		fmt.Printf("dead letter: %s (%s)\n", e.Original.Payload, e.Class)
+	}
 	// Output:
 	// billed order 1
-	// billed order 3
-	// dead letter: poison (permanent: permanent: cannot bill this order)
+	// dead letter: poison (permanent)
+	// dead letter: order 3 (parked)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -32,6 +33,7 @@ type worker struct {
 	committed uint64           // last committed offset
 	room      chan struct{}    // signaled when buffered drops
 	fenced    bool
+	parked    map[string]blocker // key -> the dead letter its later messages wait behind
 }
 
 type entry struct {
@@ -54,7 +56,12 @@ func (c *Consumer) startWorker(ctx context.Context, s backend.Session, tp backen
 		off = start
 	}
 	wctx, cancel := context.WithCancel(context.Background())
-	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, next: off, committed: off, room: make(chan struct{}, 1)}
+	parked, err := c.loadParked(ctx, tp)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, next: off, committed: off, room: make(chan struct{}, 1), parked: parked}
 	w.wg.Add(2)
 	go w.fetchLoop()
 	go w.commitLoop()
@@ -252,6 +259,11 @@ func (w *worker) process(e *entry) bool {
 			return true
 		}
 	}
+	if blocker, parked := w.parkedBehind(e.m); parked {
+		now := time.Now()
+		err := fmt.Errorf("key %q is parked behind dead letter %s", e.m.Key, blocker)
+		return w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its blocker is redriven"})
+	}
 	var first time.Time
 	for attempt := 1; ; attempt++ {
 		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
@@ -285,7 +297,11 @@ func (w *worker) process(e *entry) bool {
 		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
 		if !d.Retry {
-			return w.deadLetter(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why})
+			if !w.deadLetter(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}) {
+				return false
+			}
+			w.park(e.m)
+			return true
 		}
 		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay})
 		select {

@@ -48,6 +48,10 @@ const (
 	maxErrorBytes = 4 << 10
 )
 
+// ClassParked marks an entry that did not fail itself: it was parked
+// behind an earlier dead letter of its key, to keep the key's order.
+const ClassParked retry.Class = "parked"
+
 // Failure says why a message is dead-lettered.
 type Failure struct {
 	Group, Handler string

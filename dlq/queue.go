@@ -162,11 +162,14 @@ type RedriveOpts struct {
 
 // Redrive re-publishes the dead entries matching the filter, in the order
 // they were dead-lettered, and marks them redriven. It returns how many it
-// redrove. Each republished message keeps the original key, payload and
+// redrove. Keys move whole: when an entry is selected, every dead entry of
+// its key goes with it, in order, so the consumer sees the key's messages
+// in their original order (and the parked ones are released behind their
+// blocker). Each republished message keeps the original key, payload and
 // headers, gets an ID derived from the entry (so a repeated redrive is
 // deduplicated) and a ferry-redrive-of header naming the original.
 func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
-	entries, err := q.List(ctx, o.Filter)
+	entries, err := q.wholeKeys(ctx, o.Filter)
 	if err != nil {
 		return 0, err
 	}
@@ -197,6 +200,32 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 		}
 	}
 	return len(entries), nil
+}
+
+// wholeKeys lists the dead entries matching f plus every dead entry that
+// shares a key with one of them, in dead-letter order.
+func (q *Queue) wholeKeys(ctx context.Context, f Filter) ([]Entry, error) {
+	all, err := q.List(ctx, Filter{})
+	if err != nil {
+		return nil, err
+	}
+	keys := map[string]bool{}
+	chosen := map[int]bool{}
+	for i, e := range all {
+		if f.Match(e) {
+			chosen[i] = true
+			if e.Original.Key != nil {
+				keys[e.Original.Topic+"\x00"+string(e.Original.Key)] = true
+			}
+		}
+	}
+	var out []Entry
+	for i, e := range all {
+		if chosen[i] || (e.Original.Key != nil && keys[e.Original.Topic+"\x00"+string(e.Original.Key)]) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 // Purge marks the dead entries matching f purged (they no longer list or

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -37,8 +36,9 @@ func count(t *testing.T, l *commitlog.Log, topic string) int {
 	return int(end)
 }
 
-// TestDLQRoundTrip: a consumer dead-letters poison messages; after the bug
-// is fixed, a redrive sends them back and they are handled, in order; a
+// TestDLQRoundTrip: a consumer dead-letters poison messages and parks the
+// later messages of their keys; after the bug is fixed, a redrive sends
+// them back and each key's messages are handled in their original order; a
 // second redrive does nothing.
 func TestDLQRoundTrip(t *testing.T) {
 	ctx := context.Background()
@@ -53,7 +53,7 @@ func TestDLQRoundTrip(t *testing.T) {
 	}
 	var mu sync.Mutex
 	fixed := false
-	var handled []string
+	handled := map[string][]string{} // key -> payloads in handling order
 	finished := make(chan struct{}, 100)
 	run := func(until int) {
 		c, err := consumer.New(b, "billing", []string{"orders"}, func(ctx context.Context, m *ferry.Message) error {
@@ -62,7 +62,7 @@ func TestDLQRoundTrip(t *testing.T) {
 			if !fixed && string(m.Payload[:6]) == "poison" {
 				return ferry.Permanent(errors.New("bug in billing"))
 			}
-			handled = append(handled, string(m.Payload))
+			handled[string(m.Key)] = append(handled[string(m.Key)], string(m.Payload))
 			return nil
 		}, consumer.WithObserver(func(e consumer.Event) {
 			if e.Kind == consumer.EventHandled || e.Kind == consumer.EventDeadLettered {
@@ -84,7 +84,8 @@ func TestDLQRoundTrip(t *testing.T) {
 	run(6)
 	q := dlq.Open(b, "billing.dlq")
 	dead, err := q.List(ctx, dlq.Filter{})
-	if err != nil || len(dead) != 3 {
+	// Three poison messages, and order 4 parked behind poison 1 (key c1).
+	if err != nil || len(dead) != 4 {
 		t.Fatalf("dead entries: %d, %v", len(dead), err)
 	}
 	var e dlq.Entry
@@ -111,23 +112,23 @@ func TestDLQRoundTrip(t *testing.T) {
 	mu.Unlock()
 	var progress []string
 	n, err := q.Redrive(ctx, dlq.RedriveOpts{PerSecond: 1000, Progress: func(done, total int) { progress = append(progress, fmt.Sprintf("%d/%d", done, total)) }})
-	if err != nil || n != 3 {
+	if err != nil || n != 4 {
 		t.Fatalf("redrive: %d, %v", n, err)
 	}
-	if fmt.Sprint(progress) != "[1/3 2/3 3/3]" {
+	if fmt.Sprint(progress) != "[1/4 2/4 3/4 4/4]" {
 		t.Fatalf("progress %v", progress)
 	}
 	before := count(t, l, "orders")
 	if n, err := q.Redrive(ctx, dlq.RedriveOpts{}); err != nil || n != 0 || count(t, l, "orders") != before {
 		t.Fatalf("second redrive: %d redriven, %v, orders %d -> %d", n, err, before, count(t, l, "orders"))
 	}
-	run(3)
+	run(4)
 	mu.Lock()
 	defer mu.Unlock()
-	// Keys run in parallel lanes, so compare the set, not the order.
-	sort.Strings(handled)
-	if fmt.Sprint(handled) != "[order 0 order 2 order 4 poison 1 poison 3 poison 5]" {
-		t.Fatalf("handled %v", handled)
+	// Per key, the original order: c0 = 0, 3; c1 = 1, 4; c2 = 2, 5.
+	want := map[string][]string{"c0": {"order 0", "poison 3"}, "c1": {"poison 1", "order 4"}, "c2": {"order 2", "poison 5"}}
+	if fmt.Sprint(handled) != fmt.Sprint(want) {
+		t.Fatalf("handled %v, want %v", handled, want)
 	}
 	if left, _ := q.List(ctx, dlq.Filter{}); len(left) != 0 {
 		t.Fatalf("%d entries still dead after redrive", len(left))
