@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,11 +74,14 @@ type checker struct {
 	violations []string
 	events     int
 	notify     chan int
-	outageLeft int // runOutage: failures the outage still had to give
+	outageLeft int              // runOutage: failures the outage still had to give
+	firstOrder map[string][]int // key -> seqs in the order they were first handled
+	handledSeq map[string]map[int]bool
 }
 
 func newChecker() *checker {
-	return &checker{active: map[string]string{}, completed: map[string]map[int]bool{}, handled: map[ferry.ID]int{}, dead: map[ferry.ID]int{}, notify: make(chan int, 1<<16)}
+	return &checker{active: map[string]string{}, completed: map[string]map[int]bool{}, handled: map[ferry.ID]int{}, dead: map[ferry.ID]int{},
+		notify: make(chan int, 1<<16), firstOrder: map[string][]int{}, handledSeq: map[string]map[int]bool{}}
 }
 
 func (c *checker) observe(e Event) {
@@ -104,6 +108,13 @@ func (c *checker) observe(e Event) {
 		c.completed[k][seq] = true
 		if e.Kind == EventHandled {
 			c.handled[e.Message.ID]++
+			if c.handledSeq[k] == nil {
+				c.handledSeq[k] = map[int]bool{}
+			}
+			if !c.handledSeq[k][seq] {
+				c.handledSeq[k][seq] = true
+				c.firstOrder[k] = append(c.firstOrder[k], seq)
+			}
 		} else {
 			c.dead[e.Message.ID]++
 		}
@@ -115,6 +126,20 @@ func (c *checker) observe(e Event) {
 	case EventRetried, EventAbandoned:
 		delete(c.active, k)
 	}
+}
+
+// allHandled reports whether every message was handled, itself or through
+// a redriven copy (same key and sequence).
+func (c *checker) allHandled(msgs []*ferry.Message) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range msgs {
+		k, seq := seqOf(m)
+		if !c.handledSeq[k][seq] {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *checker) finished(msgs []*ferry.Message) bool {
@@ -137,7 +162,13 @@ func fate(m *ferry.Message, attempt int) int {
 	return int(h.Sum32() % 100)
 }
 
+// bugFixed, once set, makes faultyHandler succeed (the fix before a redrive).
+var bugFixed atomic.Bool
+
 func faultyHandler(ctx context.Context, m *ferry.Message) error {
+	if bugFixed.Load() {
+		return nil
+	}
 	switch f := fate(m, Attempt(ctx)); {
 	case f < 3:
 		return ferry.Permanent(errors.New("poison message"))
@@ -195,6 +226,21 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// Phase 2: fix the bug and redrive the DLQ while c and d run. Every
+	// key must then have been handled in its original order, the messages
+	// parked behind a dead letter included.
+	bugFixed.Store(true)
+	defer bugFixed.Store(false)
+	if _, err := dlq.Open(b, "g.dlq").Redrive(context.Background(), dlq.RedriveOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for !chk.allHandled(msgs) {
+		if time.Now().After(deadline) {
+			t.Fatal("redriven messages not all handled within a minute")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	stopC()
 	stopD()
 	<-doneC
@@ -205,16 +251,29 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 	for _, v := range chk.violations {
 		t.Error(v)
 	}
+	for k, seqs := range chk.firstOrder {
+		for i := 1; i < len(seqs); i++ {
+			if seqs[i] < seqs[i-1] {
+				t.Errorf("key %s handled out of order across the DLQ and redrive: %v", k, seqs)
+				break
+			}
+		}
+	}
 	// G2: every message ended handled or dead-lettered, never both.
 	for _, m := range msgs {
 		if chk.handled[m.ID] > 0 && chk.dead[m.ID] > 0 {
 			t.Errorf("message %s both handled and dead-lettered", m.ID)
 		}
 	}
+	redriven := 0
 	// The DLQ holds each dead letter once, with why it failed.
 	deadLetters := readTopic(t, b, "g.dlq")
 	seen := map[string]bool{}
 	for _, d := range deadLetters {
+		if _, marker := d.Header(dlq.HeaderState); marker {
+			redriven++
+			continue
+		}
 		orig, _ := d.Header(dlq.HeaderOriginalID)
 		if seen[string(orig)] {
 			t.Errorf("message %s dead-lettered twice", orig)
@@ -231,13 +290,13 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 			}
 		}
 	}
-	if len(seen) != len(chk.dead) {
-		t.Errorf("DLQ holds %d entries, %d messages were dead-lettered", len(seen), len(chk.dead))
+	if len(seen) != len(chk.dead) || redriven != len(seen) {
+		t.Errorf("DLQ holds %d entries (%d redriven), %d messages were dead-lettered", len(seen), redriven, len(chk.dead))
 	}
 	if len(chk.dead) == 0 || len(chk.handled) == 0 {
 		t.Errorf("test exercised nothing: %d handled, %d dead", len(chk.handled), len(chk.dead))
 	}
-	t.Logf("%d messages: %d handled, %d dead-lettered", len(msgs), len(chk.handled), len(chk.dead))
+	t.Logf("%d messages: %d handled, %d dead-lettered (then redriven)", len(msgs), len(chk.handled), len(chk.dead))
 }
 
 func waitEvents(t *testing.T, chk *checker, n int) {
