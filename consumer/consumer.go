@@ -16,7 +16,6 @@ package consumer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -357,4 +356,3 @@ func (c *Consumer) startPool() func() {
 	return func() { close(quit); wg.Wait() }
 }
 
-var errAbandoned = errors.New("consumer: abandoned")
