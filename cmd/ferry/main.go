@@ -43,7 +43,8 @@ func run(ctx context.Context, args []string) int {
 	var ue usageError
 	// cobra reports unknown commands and wrong arguments as plain errors.
 	unknown := strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)")
-	if unknown || errors.As(err, &ue) || errors.Is(err, ferry.ErrInvalidArgument) {
+	badInput := errors.Is(err, ferry.ErrInvalidArgument) || errors.Is(err, ferry.ErrTopicNotFound) || errors.Is(err, ferry.ErrTopicExists) || errors.Is(err, ferry.ErrOffsetOutOfRange)
+	if unknown || badInput || errors.As(err, &ue) {
 		return exitBadInput
 	}
 	return exitFailure
@@ -61,13 +62,17 @@ to inspect it.
 
 Exit codes:
   0  success
-  1  a guarantee was violated, or an operation failed
-  2  bad usage or bad input (nothing was changed)`,
+  1  a guarantee was violated, or an operation failed (including: the data
+     directory is in use by another process, named in the message)
+  2  bad usage or bad input: unknown topic or command, malformed flag,
+     offset or time, oversize message (nothing was changed)`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd())
+	g := addGlobals(root)
+	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(), newTopicsCmd(g), newProduceCmd(g),
+		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g))
 	return root
 }
 

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/ferrymq/ferry/commitlog"
+)
+
+// globals are the flags every command over a data directory shares.
+type globals struct {
+	dir  string
+	json bool
+}
+
+func addGlobals(root *cobra.Command) *globals {
+	g := &globals{}
+	root.PersistentFlags().StringVar(&g.dir, "dir", "./ferry-data", "data directory")
+	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of tables")
+	return g
+}
+
+// open opens the data directory: read-only commands work while another
+// process owns it; writers get the owner's PID in the error. Only
+// create (topics create) makes a missing directory: anywhere else a
+// mistyped --dir must not leave a new directory behind.
+func (g *globals) open(ctx context.Context, write bool) (*commitlog.Log, error) {
+	return g.openDir(ctx, write, false)
+}
+
+func (g *globals) openDir(ctx context.Context, write, create bool) (*commitlog.Log, error) {
+	if _, err := os.Stat(g.dir); err != nil && !create {
+		return nil, usageError{fmt.Errorf("data directory %s: %w (create it with 'ferry topics create')", g.dir, err)}
+	}
+	opts := []commitlog.Opt{}
+	if !write {
+		opts = append(opts, commitlog.WithReadOnly())
+	}
+	return commitlog.Open(ctx, g.dir, opts...)
+}
+
+// print writes v as JSON, or calls table to write a human table.
+func (g *globals) print(w io.Writer, v any, table func(*tabwriter.Writer)) error {
+	if g.json {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+// isTerminal reports whether w is a terminal (colours, progress bars).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
