@@ -309,3 +309,32 @@ func TestRedriveProgressBarInTerminal(t *testing.T) {
 		t.Fatal("no progress bar seen on the terminal during the redrive")
 	}
 }
+
+func TestGroupsResetAndReplay(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	seedDLQ(t, dir, 10, 0) // group billing consumed all 10 orders
+	var groups []struct {
+		Group string `json:"group"`
+		Lag   uint64 `json:"lag"`
+	}
+	json.Unmarshal([]byte(mustRun(t, dir, "", "groups", "list", "--json")), &groups)
+	if len(groups) != 1 || groups[0].Group != "billing" || groups[0].Lag != 0 {
+		t.Fatalf("groups: %+v", groups)
+	}
+	mustRun(t, dir, "", "groups", "reset", "billing", "--topic", "orders", "--to", "earliest")
+	json.Unmarshal([]byte(mustRun(t, dir, "", "groups", "list", "--json")), &groups)
+	if groups[0].Lag != 10 {
+		t.Fatalf("lag after reset to earliest: %+v", groups)
+	}
+	mustRun(t, dir, "", "topics", "create", "orders-copy")
+	since := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	if out := mustRun(t, dir, "", "replay", "orders", "--from", since, "--to", "orders-copy"); !strings.Contains(out, "replayed 10 messages") {
+		t.Fatalf("replay: %s", out)
+	}
+	if out := mustRun(t, dir, "", "replay", "orders", "--from", since, "--to", "orders-copy"); !strings.Contains(out, "replayed 0 messages") || !strings.Contains(out, "10 already there") {
+		t.Fatalf("second replay: %s", out)
+	}
+	if out, code := ferryRun(t, dir, "", "replay", "orders", "--from", "noon", "--to", "orders-copy"); code != 2 || !strings.Contains(out, "RFC 3339") {
+		t.Fatalf("bad --from: %d %s", code, out)
+	}
+}

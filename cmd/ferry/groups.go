@@ -97,6 +97,6 @@ func newGroupsCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list, describe)
+	cmd.AddCommand(list, describe, newGroupsResetCmd(g))
 	return cmd
 }
