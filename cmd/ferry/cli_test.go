@@ -338,3 +338,22 @@ func TestGroupsResetAndReplay(t *testing.T) {
 		t.Fatalf("bad --from: %d %s", code, out)
 	}
 }
+
+func TestVerifyKillsAndChecks(t *testing.T) {
+	out, code := ferryRun(t, t.TempDir(), "", "verify", "--runs", "3", "--path", t.TempDir(), "--json")
+	if code != 0 {
+		t.Fatalf("verify: exit %d\n%s", code, out)
+	}
+	var res struct {
+		Runs         int    `json:"runs"`
+		Acknowledged int    `json:"acknowledged"`
+		Lost         int    `json:"lost"`
+		Verdict      string `json:"verdict"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("verify --json: %v\n%s", err, out)
+	}
+	if res.Runs != 3 || res.Acknowledged < 600 || res.Lost != 0 || res.Verdict != "PASS" {
+		t.Fatalf("verify result %+v", res)
+	}
+}

@@ -339,12 +339,12 @@ func payOrders(ctx context.Context, l *commitlog.Log, progress func(int)) (int, 
 
 // runChild runs "ferry demo-child" in mode and feeds each output line to
 // onLine; when onLine returns true the child is killed with SIGKILL.
-func runChild(ctx context.Context, logDir, mode string, onLine func([]string) bool) error {
+func runChild(ctx context.Context, logDir, mode string, onLine func([]string) bool, extra ...string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, exe, "demo-child", "--dir", logDir, "--mode", mode)
+	cmd := exec.CommandContext(ctx, exe, append([]string{"demo-child", "--dir", logDir, "--mode", mode}, extra...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -380,6 +380,7 @@ func runChild(ctx context.Context, logDir, mode string, onLine func([]string) bo
 
 func newDemoChildCmd() *cobra.Command {
 	var dir, mode string
+	var run int
 	cmd := &cobra.Command{
 		Use:    "demo-child",
 		Short:  "A process the demo kills (internal)",
@@ -403,7 +404,7 @@ func newDemoChildCmd() *cobra.Command {
 			}
 			switch mode {
 			case "produce":
-				return produceOrders(ctx, l, emit)
+				return produceOrders(ctx, l, emit, run)
 			case "pay":
 				_, err := payOrders(ctx, l, func(n int) { emit("paid %d\n", n) })
 				return err
@@ -413,13 +414,14 @@ func newDemoChildCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "log directory")
 	cmd.Flags().StringVar(&mode, "mode", "", "produce or pay")
+	cmd.Flags().IntVar(&run, "run", 0, "run number, to keep keys of successive runs apart")
 	return cmd
 }
 
 // produceOrders appends orders from demoProducers goroutines until killed.
 // Each customer (key) has its own producer, so its sequence numbers must
 // appear in order.
-func produceOrders(ctx context.Context, l *commitlog.Log, emit func(string, ...any)) error {
+func produceOrders(ctx context.Context, l *commitlog.Log, emit func(string, ...any), run int) error {
 	if err := l.CreateTopic(ctx, "orders", commitlog.TopicConfig{Partitions: demoPartitions}); err != nil && !errors.Is(err, ferry.ErrTopicExists) {
 		emit("error %v\n", err)
 		return err
@@ -430,6 +432,9 @@ func produceOrders(ctx context.Context, l *commitlog.Log, emit func(string, ...a
 		go func(p int) {
 			defer wg.Done()
 			customer := fmt.Sprintf("customer-%02d", p)
+			if run > 0 {
+				customer = fmt.Sprintf("run%d-customer-%02d", run, p)
+			}
 			for seq := 0; ctx.Err() == nil; seq++ {
 				m := &ferry.Message{Topic: "orders", Key: []byte(customer), Payload: []byte(fmt.Sprintf("%s/%d", customer, seq)),
 					Headers: []ferry.Header{{Key: ferry.HeaderType, Value: []byte("order.placed")}}}
