@@ -355,4 +355,3 @@ func (c *Consumer) startPool() func() {
 	}
 	return func() { close(quit); wg.Wait() }
 }
-
