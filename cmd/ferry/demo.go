@@ -209,8 +209,17 @@ func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error
 	}
 	checks = append(checks, demoCheck{"G4 effectively once", fmt.Sprintf("processor killed after %d payments and restarted: %d orders, %d payments, %d paid twice, %d unpaid", paid, len(orders), len(payments), twice, unpaid), twice == 0 && unpaid == 0 && len(payments) == len(orders)})
 
-	// 5. Bad input changes nothing.
-	fmt.Fprintln(out, "5. publishing an oversize message and one to a malformed topic name...")
+	// 5. Shipping through the runtime: retries, poison, outage, redrive.
+	fmt.Fprintln(out, "5. shipping the payments: flaky carrier, a poison payment, a 300-call carrier outage behind a breaker, then a redrive...")
+	shipChecks, err := shipStage(ctx, l)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	checks = append(checks, shipChecks...)
+
+	// 6. Bad input changes nothing.
+	fmt.Fprintln(out, "6. publishing an oversize message and one to a malformed topic name...")
 	before = totalEnd(l, "orders")
 	errBig := l.Append(ctx, &ferry.Message{Topic: "orders", Payload: make([]byte, 2<<20)})
 	errName := l.Append(ctx, &ferry.Message{Topic: "orders/eu", Payload: []byte("x")})
@@ -221,8 +230,8 @@ func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error
 		return nil, err
 	}
 
-	// 6. Corruption detected, torn tail cut (on copies of the log).
-	fmt.Fprintln(out, "6. flipping a bit in the middle of a copy of the log, and tearing the tail of another...")
+	// 7. Corruption detected, torn tail cut (on copies of the log).
+	fmt.Fprintln(out, "7. flipping a bit in the middle of a copy of the log, and tearing the tail of another...")
 	checks = append(checks, corruptionChecks(ctx, dir, logDir)...)
 	return checks, nil
 }
