@@ -348,12 +348,35 @@ func TestVerifyKillsAndChecks(t *testing.T) {
 		Runs         int    `json:"runs"`
 		Acknowledged int    `json:"acknowledged"`
 		Lost         int    `json:"lost"`
+		PaidTwice    int    `json:"paid_twice"`
+		Unpaid       int    `json:"unpaid"`
 		Verdict      string `json:"verdict"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("verify --json: %v\n%s", err, out)
 	}
-	if res.Runs != 3 || res.Acknowledged < 600 || res.Lost != 0 || res.Verdict != "PASS" {
+	if res.Runs != 3 || res.Acknowledged < 600 || res.Lost != 0 || res.PaidTwice != 0 || res.Unpaid != 0 || res.Verdict != "PASS" {
 		t.Fatalf("verify result %+v", res)
+	}
+}
+
+func TestConsumeAsGroupResumes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders")
+	mustRun(t, dir, "", "produce", "orders", "a", "b", "c")
+	if out := mustRun(t, dir, "", "consume", "orders", "-g", "audit", "-n", "2"); strings.Count(out, "\n") != 2 {
+		t.Fatalf("first read: %q", out)
+	}
+	out := mustRun(t, dir, "", "consume", "orders", "-g", "audit")
+	if strings.Count(out, "\n") != 1 || !strings.Contains(out, "c") {
+		t.Fatalf("resume printed %q, want only the third message", out)
+	}
+	var groups []struct {
+		Group string `json:"group"`
+		Lag   uint64 `json:"lag"`
+	}
+	json.Unmarshal([]byte(mustRun(t, dir, "", "groups", "list", "--json")), &groups)
+	if len(groups) != 1 || groups[0].Lag != 0 {
+		t.Fatalf("groups: %+v", groups)
 	}
 }

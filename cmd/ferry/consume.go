@@ -16,18 +16,25 @@ import (
 
 func newConsumeCmd(g *globals, name string, follow bool, from string) *cobra.Command {
 	var partition, max int
+	var group string
 	cmd := &cobra.Command{
 		Use:   name + " TOPIC",
 		Short: "Print a topic's messages",
 		Long: `consume prints messages of a topic (all partitions, or --partition) from
 --from (earliest, latest, an offset, or an RFC 3339 time). With --follow it
 waits for new messages, also while another process owns the directory.
-tail is consume --follow --from latest.`,
+With --group it reads from the group's committed offsets (or --from where
+it has none) and commits what it printed; this needs the directory to
+itself. tail is consume --follow --from latest.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if group != "" {
+				return runGroupConsume(cmd.Context(), g, cmd.OutOrStdout(), args[0], group, from, follow, max)
+			}
 			return runConsume(cmd.Context(), g, cmd.OutOrStdout(), args[0], int32(partition), from, follow, max)
 		},
 	}
+	cmd.Flags().StringVarP(&group, "group", "g", "", "consume as this group: resume from its offsets and commit them")
 	cmd.Flags().IntVarP(&partition, "partition", "p", -1, "only this partition")
 	cmd.Flags().StringVar(&from, "from", from, "earliest, latest, an offset, or an RFC 3339 time")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", follow, "keep waiting for new messages")
@@ -132,6 +139,63 @@ func runConsume(ctx context.Context, g *globals, w io.Writer, topic string, only
 		}
 		if l, err = g.open(ctx, false); err != nil {
 			return err
+		}
+	}
+}
+
+// runGroupConsume prints messages from the group's committed offsets and
+// commits after each printed batch.
+func runGroupConsume(ctx context.Context, g *globals, w io.Writer, topic, group, from string, follow bool, max int) error {
+	l, err := g.open(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	t, err := l.Topic(topic)
+	if err != nil {
+		return usageError{err}
+	}
+	next := map[int32]uint64{}
+	for p := range t.Partitions {
+		if off, ok := l.CommittedOffset(group, topic, int32(p)); ok {
+			next[int32(p)] = off
+		} else if next[int32(p)], err = parseStart(l, topic, int32(p), from); err != nil {
+			return err
+		}
+	}
+	printed := 0
+	for {
+		progressed := false
+		for p, off := range next {
+			res, err := l.Read(topic, p, off, commitlog.ReadOpts{})
+			if err != nil {
+				return err
+			}
+			for _, m := range res.Messages {
+				printMessage(w, g.json, m)
+				printed++
+				if max > 0 && printed >= max {
+					return l.CommitOffsets(ctx, group, commitlog.Offset{Topic: topic, Partition: p, Offset: m.Offset + 1})
+				}
+			}
+			if len(res.Messages) > 0 {
+				if err := l.CommitOffsets(ctx, group, commitlog.Offset{Topic: topic, Partition: p, Offset: res.Next}); err != nil {
+					return err
+				}
+				progressed = true
+			}
+			next[p] = res.Next
+		}
+		if progressed {
+			continue
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -20,13 +21,16 @@ func newVerifyCmd(g *globals) *cobra.Command {
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "verify",
-		Short: "Crash-and-check your disk: SIGKILL appending processes, then verify every acknowledged message",
+		Short: "Crash-and-check your disk: SIGKILL appending and consuming processes, then verify",
 		Long: `verify runs, --runs times, a child process appending from 16 goroutines to a
 log under --path (default: a temporary directory; point it at the disk you
 want to trust), kills it with SIGKILL after a random number of acknowledged
 appends, reopens the log and checks that every acknowledged message is there,
-once, at its offset, and that every key's messages are in order. It exits 1
-if anything acknowledged was lost.`,
+once, at its offset, and that every key's messages are in order. Each run
+then starts a consuming child (it writes one payment per order together with
+its input offset, atomically) and kills it half-way too. At the end the
+consumer finishes in process and every order must have exactly one payment.
+It exits 1 if anything acknowledged was lost or any order was paid twice.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if runs < 1 || runs > 10000 {
@@ -91,25 +95,38 @@ if anything acknowledged was lost.`,
 				}
 				disorder, _ = orderViolations(msgs)
 				logged = len(msgs)
+				paid, half := 0, rand.IntN(max(logged, 1))
+				if err := runChild(cmd.Context(), dir, "pay", func(f []string) bool {
+					if f[0] == "paid" {
+						paid, _ = strconv.Atoi(f[1])
+					}
+					return paid >= half
+				}); err != nil {
+					return err
+				}
 				if !g.json {
-					fmt.Fprintf(out, "run %d/%d: killed after %d acks; %d acknowledged in all, %d in the log, %d lost\n", r, runs, n, len(acked), logged, lost)
+					fmt.Fprintf(out, "run %d/%d: producer killed after %d acks, consumer after %d payments; %d acknowledged in all, %d in the log, %d lost\n", r, runs, n, paid, len(acked), logged, lost)
 				}
 			}
+			twice, unpaid, err := finishPayments(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
 			verdict := "PASS"
-			if lost+misplaced+disorder > 0 {
+			if lost+misplaced+disorder+twice+unpaid > 0 {
 				verdict = "FAIL"
 			}
 			res := map[string]any{"runs": runs, "acknowledged": len(acked), "in_log": logged, "lost": lost, "misplaced": misplaced,
-				"order_violations": disorder, "torn_bytes_cut": torn, "verdict": verdict, "path": dir}
+				"order_violations": disorder, "paid_twice": twice, "unpaid": unpaid, "torn_bytes_cut": torn, "verdict": verdict, "path": dir}
 			if err := g.print(out, res, func(w *tabwriter.Writer) {
-				for _, k := range []string{"runs", "acknowledged", "in_log", "lost", "misplaced", "order_violations", "torn_bytes_cut", "verdict"} {
+				for _, k := range []string{"runs", "acknowledged", "in_log", "lost", "misplaced", "order_violations", "paid_twice", "unpaid", "torn_bytes_cut", "verdict"} {
 					fmt.Fprintf(w, "%s\t%v\n", k, res[k])
 				}
 			}); err != nil {
 				return err
 			}
 			if verdict != "PASS" {
-				return fmt.Errorf("acknowledged messages were lost or moved on %s", dir)
+				return fmt.Errorf("a guarantee did not hold on %s", dir)
 			}
 			return nil
 		},
@@ -118,4 +135,39 @@ if anything acknowledged was lost.`,
 	cmd.Flags().IntVar(&runs, "runs", 10, "how many times to kill and check")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the log afterwards")
 	return cmd
+}
+
+// finishPayments runs the payment processor to the end in process and
+// counts orders paid twice or not at all.
+func finishPayments(ctx context.Context, dir string) (twice, unpaid int, err error) {
+	l, err := commitlog.Open(ctx, dir)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l.Close()
+	if _, err := payOrders(ctx, l, nil); err != nil {
+		return 0, 0, err
+	}
+	orders, err := readTopic(l, "orders")
+	if err != nil {
+		return 0, 0, err
+	}
+	payments, err := readTopic(l, "payments")
+	if err != nil {
+		return 0, 0, err
+	}
+	perOrder := map[string]int{}
+	for _, p := range payments {
+		perOrder[string(p.Payload)]++
+	}
+	for _, o := range orders {
+		switch perOrder["paid "+o.ID.String()] {
+		case 0:
+			unpaid++
+		case 1:
+		default:
+			twice++
+		}
+	}
+	return twice, unpaid, nil
 }
