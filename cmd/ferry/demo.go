@@ -193,20 +193,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error
 		l.Close()
 		return nil, err
 	}
-	perOrder := map[string]int{}
-	for _, p := range payments {
-		perOrder[string(p.Payload)]++
-	}
-	twice, unpaid := 0, 0
-	for _, o := range orders {
-		switch perOrder["paid "+o.ID.String()] {
-		case 0:
-			unpaid++
-		case 1:
-		default:
-			twice++
-		}
-	}
+	twice, unpaid := countPayments(orders, payments)
 	checks = append(checks, demoCheck{"G4 effectively once", fmt.Sprintf("processor killed after %d payments and restarted: %d orders, %d payments, %d paid twice, %d unpaid", paid, len(orders), len(payments), twice, unpaid), twice == 0 && unpaid == 0 && len(payments) == len(orders)})
 
 	// 5. Shipping through the runtime: retries, poison, outage, redrive.
@@ -303,6 +290,24 @@ func readTopic(l *commitlog.Log, topic string) ([]*ferry.Message, error) {
 		}
 	}
 	return all, nil
+}
+
+// countPayments counts orders paid more than once and orders not paid.
+func countPayments(orders, payments []*ferry.Message) (twice, unpaid int) {
+	perOrder := map[string]int{}
+	for _, p := range payments {
+		perOrder[string(p.Payload)]++
+	}
+	for _, o := range orders {
+		switch perOrder["paid "+o.ID.String()] {
+		case 0:
+			unpaid++
+		case 1:
+		default:
+			twice++
+		}
+	}
+	return twice, unpaid
 }
 
 // payOrders is the payment processor: for each partition of orders it

@@ -156,18 +156,6 @@ func finishPayments(ctx context.Context, dir string) (twice, unpaid int, err err
 	if err != nil {
 		return 0, 0, err
 	}
-	perOrder := map[string]int{}
-	for _, p := range payments {
-		perOrder[string(p.Payload)]++
-	}
-	for _, o := range orders {
-		switch perOrder["paid "+o.ID.String()] {
-		case 0:
-			unpaid++
-		case 1:
-		default:
-			twice++
-		}
-	}
+	twice, unpaid = countPayments(orders, payments)
 	return twice, unpaid, nil
 }
