@@ -7,11 +7,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 )
@@ -56,45 +54,15 @@ func BenchmarkBacklogRSS(b *testing.B) {
 	defer l.Close()
 	be := embedded.New(l)
 	defer be.Close()
-	be.EnsureTopic(ctx, "in", 8)
-	payload := make([]byte, 256)
-	batch := make([]*ferry.Message, 0, 1000)
-	for i := 0; i < n; i++ {
-		batch = append(batch, &ferry.Message{Topic: "in", Key: []byte(strconv.Itoa(i % 10_000)), Payload: payload})
-		if len(batch) == cap(batch) || i == n-1 {
-			if err := l.Append(ctx, batch...); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
+	publishBacklog(b, l, be, n, 10_000)
 	l.Sync(ctx)
 	// Reset the peak so it measures consuming only.
 	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-	var handled atomic.Int64
-	all := make(chan struct{})
-	c, err := New(be, "backlog", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
-		if handled.Add(1) == int64(n) {
-			close(all)
-		}
-		return nil
-	}, WithConcurrency(64), WithCommitInterval(time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(rctx) }()
-	<-all
-	b.StopTimer()
-	cancel()
-	<-done
+	timeConsume(b, be, n, func() {}, WithConcurrency(64), WithCommitInterval(time.Second))
 	rss, err := peakRSS()
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(n), "messages")
 	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MiB")
-	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
 }

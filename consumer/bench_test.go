@@ -2,7 +2,7 @@ package consumer
 
 import (
 	"context"
-	"fmt"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,57 +13,71 @@ import (
 	"github.com/ferrymq/ferry/internal/vfs"
 )
 
-// benchConsume publishes n messages over keys (untimed), then times a
-// consumer with the given concurrency and handler until all are handled.
-func benchConsume(b *testing.B, partitions, keys, concurrency int, handler func()) {
+// publishBacklog appends n messages of 256 bytes over keys to topic "in"
+// (8 partitions), in batches of 1000.
+func publishBacklog(b *testing.B, l *commitlog.Log, be *embedded.Backend, n, keys int) {
 	ctx := context.Background()
-	l, err := commitlog.Open(ctx, "/bench", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
-	if err != nil {
+	if err := be.EnsureTopic(ctx, "in", 8); err != nil {
 		b.Fatal(err)
 	}
-	defer l.Close()
-	be := embedded.New(l)
-	defer be.Close()
-	be.EnsureTopic(ctx, "in", partitions)
 	payload := make([]byte, 256)
 	batch := make([]*ferry.Message, 0, 1000)
-	for i := 0; i < b.N; i++ {
-		batch = append(batch, &ferry.Message{Topic: "in", Key: []byte(fmt.Sprint(i % keys)), Payload: payload})
-		if len(batch) == cap(batch) || i == b.N-1 {
+	for i := 0; i < n; i++ {
+		batch = append(batch, &ferry.Message{Topic: "in", Key: []byte(strconv.Itoa(i % keys)), Payload: payload})
+		if len(batch) == cap(batch) || i == n-1 {
 			if err := l.Append(ctx, batch...); err != nil {
 				b.Fatal(err)
 			}
 			batch = batch[:0]
 		}
 	}
+}
+
+// timeConsume times a consumer of "in" running handler until n messages
+// are handled, and reports msgs/s.
+func timeConsume(b *testing.B, be *embedded.Backend, n int, handler func(), opts ...Opt) {
 	var handled atomic.Int64
 	all := make(chan struct{})
 	c, err := New(be, "bench", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
 		handler()
-		if handled.Add(1) == int64(b.N) {
+		if handled.Add(1) == int64(n) {
 			close(all)
 		}
 		return nil
-	}, WithConcurrency(concurrency), WithMaxBuffered(8192), WithCommitInterval(100*time.Millisecond))
+	}, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(rctx) }()
 	<-all
 	b.StopTimer()
 	cancel()
 	<-done
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// benchConsume publishes b.N messages over keys (untimed), then times a
+// consumer with the given concurrency and handler until all are handled.
+func benchConsume(b *testing.B, keys, concurrency int, handler func()) {
+	l, err := commitlog.Open(context.Background(), "/bench", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	be := embedded.New(l)
+	defer be.Close()
+	publishBacklog(b, l, be, b.N, keys)
+	timeConsume(b, be, b.N, handler, WithConcurrency(concurrency), WithMaxBuffered(8192), WithCommitInterval(100*time.Millisecond))
 }
 
 // BenchmarkConsumeNoop: runtime throughput with a handler that does
 // nothing (lanes on: 10k keys over 8 partitions, concurrency 64).
 func BenchmarkConsumeNoop(b *testing.B) {
-	benchConsume(b, 8, 10_000, 64, func() {})
+	benchConsume(b, 10_000, 64, func() {})
 }
 
 // BenchmarkLanes1ms: a 1 ms handler over 10k keys at concurrency 64. The
@@ -71,7 +85,7 @@ func BenchmarkConsumeNoop(b *testing.B) {
 // it reached.
 func BenchmarkLanes1ms(b *testing.B) {
 	var slept atomic.Int64
-	benchConsume(b, 8, 10_000, 64, func() {
+	benchConsume(b, 10_000, 64, func() {
 		t := time.Now()
 		time.Sleep(time.Millisecond)
 		slept.Add(int64(time.Since(t)))
