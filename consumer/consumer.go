@@ -97,8 +97,10 @@ func WithMember(id string) Opt { return optFunc(func(c *cfg) { c.member = id }) 
 // all partitions (default 16).
 func WithConcurrency(n int) Opt { return optFunc(func(c *cfg) { c.concurrency = n }) }
 
-// WithMaxBuffered bounds the messages each partition holds between fetch
-// and commit (default 1024). When full, fetching from it pauses.
+// WithMaxBuffered bounds the unfinished messages each partition holds
+// (default 1024). When full, fetching from it pauses. The messages held
+// between a partition's commit watermark and its fetch position (finished
+// ones waiting behind an unfinished one) are bounded at 64 times this.
 func WithMaxBuffered(n int) Opt { return optFunc(func(c *cfg) { c.maxBuffered = n }) }
 
 // WithRetryPolicy sets the retry policy (default retry.DefaultPolicy).
@@ -139,6 +141,10 @@ func WithRateLimit(r float64, burst int) Opt {
 // WithSeed makes the retry jitter deterministic (tests).
 func WithSeed(s uint64) Opt { return optFunc(func(c *cfg) { c.seed = s }) }
 
+// maxPending bounds the entries between a partition's watermark and its
+// fetch position.
+func (c *cfg) maxPending() int { return 64 * c.maxBuffered }
+
 func (c *cfg) validate() error {
 	switch {
 	case c.concurrency < 1 || c.concurrency > 1<<16:
@@ -173,6 +179,7 @@ type Stats struct {
 	Buffered   int    // messages fetched and not yet finished
 	InFlight   int    // handler calls running or waiting to retry
 	Waiting    int    // messages waiting behind their key's message in flight
+	Pending    int    // messages between the commit watermark and the fetch position
 	Keys       int    // keys with a message in flight
 	Breaker    string // "closed", "open", "half-open", or "" without a breaker
 	ParkedKeys int    // keys waiting behind a dead letter for a redrive
@@ -189,6 +196,7 @@ func (c *Consumer) Stats() Stats {
 	for _, w := range c.workers {
 		w.mu.Lock()
 		st.Buffered += w.buffered
+		st.Pending += len(w.pending)
 		st.Keys += len(w.lanes)
 		st.ParkedKeys += len(w.parked)
 		for _, l := range w.lanes {

@@ -570,3 +570,57 @@ func TestIdempotentMiddlewareSkipsSeen(t *testing.T) {
 		t.Fatalf("middleware order %v", order)
 	}
 }
+
+// TestStuckMessageBoundsPending: one message retries for a long time while
+// the rest of its partition flows; the finished messages held behind it
+// (they cannot be committed past it) stay bounded, and fetching pauses.
+func TestStuckMessageBoundsPending(t *testing.T) {
+	b := newBackend(t)
+	ctx := context.Background()
+	b.EnsureTopic(ctx, "in", 1)
+	stuck := &ferry.Message{Topic: "in", Key: []byte("stuck"), Payload: []byte("stuck/0")}
+	b.Publish(ctx, stuck)
+	produce(t, b, "in", 1, 100, 3000) // other keys, behind it
+	release := make(chan struct{})
+	c, err := New(b, "g", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
+		if m.ID == stuck.ID {
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}, WithMaxBuffered(10), WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(rctx) }()
+	// Wait until the partition has fetched up to the bound, then check it
+	// stays there while the stuck message holds the watermark.
+	deadline := time.Now().Add(30 * time.Second)
+	for c.Stats().Pending < 64*10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pending never reached the bound: %+v", c.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; i < 50; i++ {
+		if st := c.Stats(); st.Pending > 64*10 {
+			t.Fatalf("pending %d exceeds the bound of %d", st.Pending, 64*10)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for c.Stats().Pending > 0 || c.Stats().Buffered > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("did not drain after release: %+v", c.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+}

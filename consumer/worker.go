@@ -81,7 +81,10 @@ func (w *worker) fetchLoop() {
 	defer w.wg.Done()
 	for w.ctx.Err() == nil {
 		w.mu.Lock()
-		room := w.c.cfg.maxBuffered - w.buffered
+		// Two bounds: unfinished messages, and the entries held between the
+		// watermark and the fetch position (a message stuck in a long retry
+		// holds the watermark while later ones finish behind it).
+		room := min(w.c.cfg.maxBuffered-w.buffered, w.c.cfg.maxPending()-len(w.pending))
 		next := w.next
 		w.mu.Unlock()
 		if room <= 0 {
