@@ -17,9 +17,13 @@ import (
 func newConsumeCmd(g *globals, name string, follow bool, from string) *cobra.Command {
 	var partition, max int
 	var group string
+	short := "Print a topic's messages"
+	if follow {
+		short = "Follow a topic from its end (consume --follow --from latest)"
+	}
 	cmd := &cobra.Command{
 		Use:   name + " TOPIC",
-		Short: "Print a topic's messages",
+		Short: short,
 		Long: `consume prints messages of a topic (all partitions, or --partition) from
 --from (earliest, latest, an offset, or an RFC 3339 time). With --follow it
 waits for new messages, also while another process owns the directory.

@@ -57,8 +57,9 @@ func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "ferry",
 		Short: "Durable messaging and correct processing, embedded in your process",
-		Long: `ferry is a durable, partitioned log embedded in your process, plus the tools
-to inspect it.
+		Long: `ferry is a durable, partitioned log embedded in your process and a processing
+runtime over it (consumer groups, ordered lanes, retries, dead letters,
+exactly-once). These commands inspect and operate a data directory.
 
 Exit codes:
   0  success
