@@ -129,3 +129,15 @@ func DeriveID(kind, scope string, id ID) ID {
 	out[8] = out[8]&0x3f | 0x80 // RFC 4122 variant
 	return out
 }
+
+// PartitionForKey returns the partition a key maps to among n partitions:
+// FNV-1a 32-bit of the key, modulo n. It never changes, so a key stays in
+// one partition for the life of a topic, on every backend.
+func PartitionForKey(key []byte, n int) int32 {
+	h := uint32(2166136261) // FNV-1a offset basis
+	for _, c := range key {
+		h ^= uint32(c)
+		h *= 16777619 // FNV prime
+	}
+	return int32(h % uint32(n))
+}

@@ -117,6 +117,17 @@ func (p Policy) Validate() error {
 	return nil
 }
 
+// Backoff draws the delay after the attempt-th failure (1-based):
+// uniform in [0, min(MaxBackoff, InitialBackoff·2^(attempt-1))], "full
+// jitter", so that many clients failing together spread their retries.
+func (p Policy) Backoff(attempt int, rng *rand.Rand) time.Duration {
+	ceiling := p.InitialBackoff << min(max(attempt, 1)-1, 30)
+	if ceiling <= 0 || ceiling > p.MaxBackoff {
+		ceiling = p.MaxBackoff
+	}
+	return time.Duration(rng.Int64N(int64(ceiling) + 1))
+}
+
 // Decision is what to do after a failed attempt.
 type Decision struct {
 	Retry bool          // try again after Delay; otherwise dead-letter
@@ -141,11 +152,7 @@ func (p Policy) Next(attempt int, elapsed time.Duration, err error, rng *rand.Ra
 	if after, ok := ferry.RetryDelay(err); ok {
 		d.Delay = after // the handler knows better than the backoff
 	} else {
-		ceiling := p.InitialBackoff << min(attempt-1, 30)
-		if ceiling <= 0 || ceiling > p.MaxBackoff {
-			ceiling = p.MaxBackoff
-		}
-		d.Delay = time.Duration(rng.Int64N(int64(ceiling) + 1))
+		d.Delay = p.Backoff(attempt, rng)
 	}
 	if p.MaxElapsed > 0 && elapsed+d.Delay > p.MaxElapsed {
 		d.Why = fmt.Sprintf("gave up: the next attempt would be %s after the first failure, past the %s limit", elapsed+d.Delay, p.MaxElapsed)
