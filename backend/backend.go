@@ -7,6 +7,8 @@ package backend
 import (
 	"context"
 	"errors"
+	"sort"
+	"time"
 
 	"github.com/ferrymq/ferry"
 )
@@ -47,6 +49,10 @@ type Backend interface {
 	// Bounds returns a partition's first retained offset and its end (one
 	// past the last readable offset).
 	Bounds(ctx context.Context, tp TopicPartition) (start, end uint64, err error)
+	// OffsetForTime returns the first offset of a partition whose message
+	// time is at or after t, or the partition's end if there is none: where
+	// a replay from a point in time starts.
+	OffsetForTime(ctx context.Context, tp TopicPartition, t time.Time) (uint64, error)
 	// Commit records a group's offsets. Commits by a member whose session
 	// has lost the partition fail with ErrFenced.
 	Commit(ctx context.Context, s Session, offsets ...Offset) error
@@ -86,3 +92,56 @@ var ErrFenced = errors.New("backend: member fenced: partition not owned")
 
 // ErrSessionExpired: the session missed its heartbeats and was removed.
 var ErrSessionExpired = errors.New("backend: session expired")
+
+// Less orders partitions by topic, then partition number.
+func (tp TopicPartition) Less(o TopicPartition) bool {
+	return tp.Topic < o.Topic || tp.Topic == o.Topic && tp.Partition < o.Partition
+}
+
+// SortPartitions sorts tps by topic, then partition.
+func SortPartitions(tps []TopicPartition) {
+	sort.Slice(tps, func(i, j int) bool { return tps[i].Less(tps[j]) })
+}
+
+// Assign spreads every partition a member wants over the members that
+// want it, round-robin in a stable order (members by name, partitions by
+// topic and number). wants maps member name to its partitions. Every
+// coordinator computes the same result from the same membership, so the
+// backends agree on it without talking.
+func Assign(wants map[string][]TopicPartition) map[TopicPartition]string {
+	names := make([]string, 0, len(wants))
+	for n := range wants {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	wanted := map[TopicPartition][]string{}
+	for _, n := range names {
+		for _, tp := range wants[n] {
+			wanted[tp] = append(wanted[tp], n)
+		}
+	}
+	tps := make([]TopicPartition, 0, len(wanted))
+	for tp := range wanted {
+		tps = append(tps, tp)
+	}
+	SortPartitions(tps)
+	out := make(map[TopicPartition]string, len(tps))
+	for i, tp := range tps {
+		ms := wanted[tp]
+		out[tp] = ms[i%len(ms)]
+	}
+	return out
+}
+
+// DuePrefix returns how many of msgs, at most max, can be delivered at
+// now: the prefix before the first message whose NotBefore is in the
+// future. Backends without delayed delivery of their own hold the rest
+// back, so a delayed message also delays what follows it in its
+// partition, as in the embedded log.
+func DuePrefix(msgs []*ferry.Message, max int, now time.Time) int {
+	n := 0
+	for n < len(msgs) && n < max && !msgs[n].NotBefore.After(now) {
+		n++
+	}
+	return n
+}

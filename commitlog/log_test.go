@@ -100,8 +100,8 @@ func TestAppendReadReopen(t *testing.T) {
 			if v, _ := g.Header(ferry.HeaderType); string(v) != "order.placed" {
 				t.Fatalf("header lost: %+v", g.Headers)
 			}
-			if g.Partition != PartitionForKey(s.Key, 4) {
-				t.Fatalf("key %s in partition %d, want %d", s.Key, g.Partition, PartitionForKey(s.Key, 4))
+			if g.Partition != ferry.PartitionForKey(s.Key, 4) {
+				t.Fatalf("key %s in partition %d, want %d", s.Key, g.Partition, ferry.PartitionForKey(s.Key, 4))
 			}
 		}
 	}

@@ -93,15 +93,3 @@ func ValidateTopicName(name string) error {
 	}
 	return nil
 }
-
-// PartitionForKey returns the partition a key maps to among n partitions:
-// FNV-1a 32-bit of the key, modulo n. It never changes, so a key stays in
-// one partition for the life of a topic.
-func PartitionForKey(key []byte, n int) int32 {
-	h := uint32(2166136261) // FNV-1a offset basis
-	for _, c := range key {
-		h ^= uint32(c)
-		h *= 16777619 // FNV prime
-	}
-	return int32(h % uint32(n))
-}

@@ -466,7 +466,7 @@ func (l *Log) route(b *Batch) error {
 		}
 		t := l.topics[m.Topic]
 		if m.Key != nil {
-			m.Partition = PartitionForKey(m.Key, len(t.parts))
+			m.Partition = ferry.PartitionForKey(m.Key, len(t.parts))
 		} else {
 			m.Partition = int32(t.rr % uint32(len(t.parts)))
 			t.rr++

@@ -321,11 +321,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			for tp := range want {
 				if workers[tp] == nil {
-					w, err := c.startWorker(ctx, s, tp)
-					if err != nil {
-						stopAll()
-						return err
-					}
+					w := c.startWorker(s, tp)
 					workers[tp] = w
 					c.setWorker(tp, w)
 				}

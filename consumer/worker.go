@@ -32,6 +32,7 @@ type worker struct {
 	next      uint64           // fetch position
 	committed uint64           // last committed offset
 	room      chan struct{}    // signaled when buffered drops
+	ready     chan struct{}    // closed once init has set next, committed and parked
 	fenced    bool
 	parked    map[string]blocker // key -> the dead letter its later messages wait behind
 }
@@ -45,27 +46,62 @@ type entry struct {
 // lane holds the messages of one key waiting behind the one in flight.
 type lane struct{ waiting []*entry }
 
-func (c *Consumer) startWorker(ctx context.Context, s backend.Session, tp backend.TopicPartition) (*worker, error) {
-	off, ok, err := c.b.Committed(ctx, c.group, tp)
-	if err != nil {
-		return nil, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
-	}
-	if start, _, err := c.b.Bounds(ctx, tp); err != nil {
-		return nil, err
-	} else if !ok || off < start {
-		off = start
-	}
+func (c *Consumer) startWorker(s backend.Session, tp backend.TopicPartition) *worker {
 	wctx, cancel := context.WithCancel(context.Background())
-	parked, err := c.loadParked(ctx, tp)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, next: off, committed: off, room: make(chan struct{}, 1), parked: parked}
+	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, room: make(chan struct{}, 1), ready: make(chan struct{})}
 	w.wg.Add(2)
 	go w.fetchLoop()
 	go w.commitLoop()
-	return w, nil
+	return w
+}
+
+// init reads where the partition resumes (its committed offset, or its
+// start) and which keys are parked. The backend may be away (a server
+// restarting, a network partition): init then retries until it answers or
+// the worker stops, so an outage pauses the partition instead of ending
+// the consumer.
+func (w *worker) init() bool {
+	delay := 50 * time.Millisecond
+	for {
+		off, parked, err := w.c.resumeState(w.ctx, w.tp)
+		if err == nil {
+			w.mu.Lock()
+			w.next, w.committed, w.parked = off, off, parked
+			w.mu.Unlock()
+			close(w.ready)
+			return true
+		}
+		if w.ctx.Err() != nil {
+			return false
+		}
+		w.c.cfg.logger.Warn("partition start failed; retrying", "topic", w.tp.Topic, "partition", w.tp.Partition, "err", err)
+		select {
+		case <-time.After(delay):
+			delay = min(2*delay, 2*time.Second)
+		case <-w.ctx.Done():
+			return false
+		}
+	}
+}
+
+// resumeState returns the offset a partition resumes at and its parked keys.
+func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (uint64, map[string]blocker, error) {
+	off, ok, err := c.b.Committed(ctx, c.group, tp)
+	if err != nil {
+		return 0, nil, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
+	}
+	start, _, err := c.b.Bounds(ctx, tp)
+	if err != nil {
+		return 0, nil, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
+	}
+	if !ok || off < start {
+		off = start
+	}
+	parked, err := c.loadParked(ctx, tp)
+	if err != nil {
+		return 0, nil, err
+	}
+	return off, parked, nil
 }
 
 // stop ends fetching, waits for in-flight messages (their handlers see a
@@ -79,6 +115,9 @@ func (w *worker) stop() {
 
 func (w *worker) fetchLoop() {
 	defer w.wg.Done()
+	if !w.init() {
+		return
+	}
 	for w.ctx.Err() == nil {
 		w.mu.Lock()
 		// Two bounds: unfinished messages, and the entries held between the
@@ -212,6 +251,11 @@ func (w *worker) watermarkLocked() uint64 {
 
 func (w *worker) commitLoop() {
 	defer w.wg.Done()
+	select {
+	case <-w.ready:
+	case <-w.ctx.Done():
+		return
+	}
 	t := time.NewTicker(w.c.cfg.commitInterval)
 	defer t.Stop()
 	for {
@@ -226,9 +270,9 @@ func (w *worker) commitLoop() {
 
 func (w *worker) commit(ctx context.Context) {
 	w.mu.Lock()
-	wm, fenced := w.watermarkLocked(), w.fenced
+	wm, fenced, committed := w.watermarkLocked(), w.fenced, w.committed
 	w.mu.Unlock()
-	if fenced || wm <= w.committed {
+	if fenced || wm <= committed {
 		return
 	}
 	err := w.c.b.Commit(ctx, w.s, backend.Offset{TopicPartition: w.tp, Offset: wm})

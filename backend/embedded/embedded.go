@@ -63,6 +63,9 @@ func (b *Backend) Log() *commitlog.Log { return b.log }
 
 // EnsureTopic implements backend.Backend.
 func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int) error {
+	if partitions < 1 {
+		return fmt.Errorf("embedded: topic %q with %d partitions: want at least 1: %w", topic, partitions, ferry.ErrInvalidArgument)
+	}
 	err := b.log.CreateTopic(ctx, topic, commitlog.TopicConfig{Partitions: partitions})
 	if errors.Is(err, ferry.ErrTopicExists) {
 		return nil
@@ -99,6 +102,11 @@ func (b *Backend) Committed(_ context.Context, group string, tp backend.TopicPar
 // Bounds implements backend.Backend.
 func (b *Backend) Bounds(_ context.Context, tp backend.TopicPartition) (uint64, uint64, error) {
 	return b.log.Bounds(tp.Topic, tp.Partition)
+}
+
+// OffsetForTime implements backend.Backend.
+func (b *Backend) OffsetForTime(_ context.Context, tp backend.TopicPartition, t time.Time) (uint64, error) {
+	return b.log.OffsetForTime(tp.Topic, tp.Partition, t)
 }
 
 // Commit implements backend.Backend.

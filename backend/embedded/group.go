@@ -2,7 +2,6 @@ package embedded
 
 import (
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -44,31 +43,15 @@ func (g *group) join(s *session, now time.Time) error {
 	return nil
 }
 
-// desiredLocked spreads every partition any member wants over the members
-// that want it, round-robin in a stable order.
+// desiredLocked is the assignment the current members should have.
 func (g *group) desiredLocked() map[backend.TopicPartition]*session {
-	names := make([]string, 0, len(g.members))
-	for n := range g.members {
-		names = append(names, n)
+	wants := make(map[string][]backend.TopicPartition, len(g.members))
+	for n, s := range g.members {
+		wants[n] = s.topics
 	}
-	sort.Strings(names)
-	wanted := map[backend.TopicPartition][]*session{}
-	for _, n := range names {
-		for _, tp := range g.members[n].topics {
-			wanted[tp] = append(wanted[tp], g.members[n])
-		}
-	}
-	tps := make([]backend.TopicPartition, 0, len(wanted))
-	for tp := range wanted {
-		tps = append(tps, tp)
-	}
-	sort.Slice(tps, func(i, j int) bool {
-		return tps[i].Topic < tps[j].Topic || tps[i].Topic == tps[j].Topic && tps[i].Partition < tps[j].Partition
-	})
 	out := map[backend.TopicPartition]*session{}
-	for i, tp := range tps {
-		ms := wanted[tp]
-		out[tp] = ms[i%len(ms)]
+	for tp, n := range backend.Assign(wants) {
+		out[tp] = g.members[n]
 	}
 	return out
 }
@@ -91,9 +74,7 @@ func (g *group) rebalanceLocked() {
 				mine = append(mine, tp)
 			}
 		}
-		sort.Slice(mine, func(i, j int) bool {
-			return mine[i].Topic < mine[j].Topic || mine[i].Topic == mine[j].Topic && mine[i].Partition < mine[j].Partition
-		})
+		backend.SortPartitions(mine)
 		s.deliver(mine)
 	}
 }

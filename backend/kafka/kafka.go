@@ -1,0 +1,400 @@
+// Package kafka is the backend over Apache Kafka, with franz-go.
+//
+// Topics and partitions are Kafka's own; keys map to partitions with
+// ferry.PartitionForKey (records are produced to an explicit partition),
+// so a key lands where it would on every other ferry backend. The producer
+// is franz-go's idempotent producer with acks from all in-sync replicas:
+// its own retries never duplicate or reorder a partition. Kafka has no
+// deduplication by message ID across producers or restarts, so a publish
+// retried by the caller (an outbox relay after a crash, say) can be stored
+// twice; consumers absorb that with idempotency (consumer.Idempotent, or
+// the Postgres inbox).
+//
+// Consumer groups are Kafka's, with the cooperative-sticky balancer: a
+// rebalance revokes only the partitions that move, and the revocation
+// callback waits until the runtime has drained, committed and released
+// each of them before the partition is given to its new owner. Offsets are
+// committed at the runtime's watermark; a commit for a partition the
+// member no longer owns, or from a stale generation, fails with
+// backend.ErrFenced.
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+)
+
+// Backend is a backend.Backend over Kafka.
+type Backend struct {
+	seeds []string
+	cfg   config
+	prod  *kgo.Client
+	adm   *kadm.Client
+
+	mu      sync.Mutex
+	parts   map[string]int
+	pullers map[backend.TopicPartition]*puller
+	closed  bool
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+type config struct {
+	replication    int16
+	sessionTimeout time.Duration
+	extra          []kgo.Opt
+}
+
+// Option configures New.
+type Option func(*config)
+
+// WithReplicationFactor sets the replication factor of topics EnsureTopic
+// creates (default -1: the broker's default).
+func WithReplicationFactor(n int16) Option { return func(c *config) { c.replication = n } }
+
+// WithSessionTimeout sets the consumer-group session timeout (default
+// 10s): a member silent for this long loses its partitions.
+func WithSessionTimeout(d time.Duration) Option { return func(c *config) { c.sessionTimeout = d } }
+
+// WithClientOptions adds franz-go options (TLS, SASL, timeouts) to every
+// client the backend makes.
+func WithClientOptions(opts ...kgo.Opt) Option {
+	return func(c *config) { c.extra = append(c.extra, opts...) }
+}
+
+// New returns a backend on the brokers seeds.
+func New(ctx context.Context, seeds []string, opts ...Option) (*Backend, error) {
+	c := config{replication: -1, sessionTimeout: 10 * time.Second}
+	for _, o := range opts {
+		o(&c)
+	}
+	if len(seeds) == 0 {
+		return nil, fmt.Errorf("kafka: no seed brokers: %w", ferry.ErrInvalidArgument)
+	}
+	prod, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.SeedBrokers(seeds...),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+	}, c.extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	b := &Backend{seeds: seeds, cfg: c, prod: prod, adm: kadm.NewClient(prod), parts: map[string]int{}, pullers: map[backend.TopicPartition]*puller{}}
+	if err := prod.Ping(ctx); err != nil {
+		prod.Close()
+		return nil, fmt.Errorf("kafka: brokers %v unreachable: %w", seeds, err)
+	}
+	return b, nil
+}
+
+// EnsureTopic implements backend.Backend.
+func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int) error {
+	if topic == "" || partitions < 1 || partitions > 1<<20 {
+		return fmt.Errorf("kafka: topic %q with %d partitions: want a name and at least 1 partition: %w", topic, partitions, ferry.ErrInvalidArgument)
+	}
+	resp, err := b.adm.CreateTopic(ctx, int32(partitions), b.cfg.replication, nil, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("kafka: create topic %q: %w", topic, err)
+	}
+	return nil
+}
+
+// Partitions implements backend.Backend.
+func (b *Backend) Partitions(ctx context.Context, topic string) (int, error) {
+	b.mu.Lock()
+	n, ok := b.parts[topic]
+	b.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	tds, err := b.adm.ListTopics(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("kafka: topic %q: %w", topic, err)
+	}
+	td, ok := tds[topic]
+	if !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
+		return 0, fmt.Errorf("kafka: topic %q: %w", topic, ferry.ErrTopicNotFound)
+	}
+	if td.Err != nil {
+		return 0, fmt.Errorf("kafka: topic %q: %w", topic, td.Err)
+	}
+	n = len(td.Partitions)
+	b.mu.Lock()
+	b.parts[topic] = n
+	b.mu.Unlock()
+	return n, nil
+}
+
+// Header names for the parts of a ferry message Kafka has no field for.
+const (
+	hdrID        = "ferry-id"
+	hdrNotBefore = "ferry-not-before"
+)
+
+// Publish implements backend.Backend: the records are produced and their
+// acknowledgements (from all in-sync replicas) awaited.
+func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
+	recs := make([]*kgo.Record, len(msgs))
+	for i, m := range msgs {
+		n, err := b.Partitions(ctx, m.Topic)
+		if err != nil {
+			return err
+		}
+		if m.PinPartition {
+			if m.Partition < 0 || int(m.Partition) >= n {
+				return fmt.Errorf("kafka: topic %q has %d partitions, message pinned to %d: %w", m.Topic, n, m.Partition, ferry.ErrInvalidArgument)
+			}
+		} else {
+			m.Partition = ferry.PartitionForKey(m.Key, n)
+		}
+		if m.ID.IsZero() {
+			m.ID = ferry.NewID()
+		}
+		if m.Time.IsZero() {
+			m.Time = time.Now()
+		}
+		recs[i] = toRecord(m)
+	}
+	// kgo keeps a record it has sent until the broker answers (failing
+	// it could break the idempotent sequence), so a dead broker would
+	// hold ProduceSync past ctx. Publish waits for ctx instead; a record
+	// it gave up on may still be stored once the brokers return.
+	type result struct {
+		i   int
+		err error
+	}
+	done := make(chan result, len(recs))
+	for i, r := range recs {
+		b.prod.Produce(ctx, r, func(r *kgo.Record, err error) { done <- result{i, err} })
+	}
+	var errs []error
+	for range recs {
+		select {
+		case res := <-done:
+			m := msgs[res.i]
+			if res.err != nil {
+				errs = append(errs, fmt.Errorf("kafka: publish %s to %s/%d: %w", m.ID, m.Topic, m.Partition, res.err))
+				continue
+			}
+			m.Offset = uint64(recs[res.i].Offset)
+		case <-ctx.Done():
+			return fmt.Errorf("kafka: publish of %d messages: %w", len(msgs), ctx.Err())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func toRecord(m *ferry.Message) *kgo.Record {
+	r := &kgo.Record{Topic: m.Topic, Partition: m.Partition, Key: m.Key, Value: m.Payload, Timestamp: m.Time}
+	r.Headers = append(r.Headers, kgo.RecordHeader{Key: hdrID, Value: []byte(m.ID.String())})
+	if !m.NotBefore.IsZero() {
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: hdrNotBefore, Value: []byte(m.NotBefore.UTC().Format(time.RFC3339Nano))})
+	}
+	for _, h := range m.Headers {
+		r.Headers = append(r.Headers, kgo.RecordHeader{Key: h.Key, Value: h.Value})
+	}
+	return r
+}
+
+func fromRecord(r *kgo.Record) (*ferry.Message, error) {
+	m := &ferry.Message{Topic: r.Topic, Partition: r.Partition, Offset: uint64(r.Offset), Key: r.Key, Payload: r.Value, Time: r.Timestamp}
+	bad := func(what string, err error) error {
+		return fmt.Errorf("kafka: %s/%d@%d: %s: %v: %w", r.Topic, r.Partition, r.Offset, what, err, ferry.ErrCorrupt)
+	}
+	for _, h := range r.Headers {
+		var err error
+		switch h.Key {
+		case hdrID:
+			m.ID, err = ferry.ParseID(string(h.Value))
+		case hdrNotBefore:
+			m.NotBefore, err = time.Parse(time.RFC3339Nano, string(h.Value))
+		default:
+			m.Headers = append(m.Headers, ferry.Header{Key: h.Key, Value: h.Value})
+		}
+		if err != nil {
+			return nil, bad(h.Key, err)
+		}
+	}
+	if m.ID.IsZero() {
+		// Written by a producer that is not ferry: an ID derived from
+		// the record's position stays the same on every read.
+		m.ID = ferry.DeriveID("kafka-record", fmt.Sprintf("%s/%d", r.Topic, r.Partition), idOfOffset(r.Offset))
+	}
+	if len(m.Key) == 0 {
+		m.Key = nil
+	}
+	return m, nil
+}
+
+func idOfOffset(off int64) ferry.ID {
+	var id ferry.ID
+	for i := range 8 {
+		id[15-i] = byte(off >> (8 * i))
+	}
+	return id
+}
+
+// Bounds implements backend.Backend.
+func (b *Backend) Bounds(ctx context.Context, tp backend.TopicPartition) (uint64, uint64, error) {
+	start, err := b.listed(ctx, tp, b.adm.ListStartOffsets)
+	if err != nil {
+		return 0, 0, err
+	}
+	end, err := b.listed(ctx, tp, b.adm.ListEndOffsets)
+	return start, end, err
+}
+
+func (b *Backend) listed(ctx context.Context, tp backend.TopicPartition, list func(context.Context, ...string) (kadm.ListedOffsets, error)) (uint64, error) {
+	los, err := list(ctx, tp.Topic)
+	if err != nil {
+		return 0, fmt.Errorf("kafka: offsets of %s/%d: %w", tp.Topic, tp.Partition, err)
+	}
+	lo, ok := los.Lookup(tp.Topic, tp.Partition)
+	if !ok || errors.Is(lo.Err, kerr.UnknownTopicOrPartition) {
+		return 0, fmt.Errorf("kafka: %s/%d: %w", tp.Topic, tp.Partition, ferry.ErrTopicNotFound)
+	}
+	if lo.Err != nil {
+		return 0, fmt.Errorf("kafka: offsets of %s/%d: %w", tp.Topic, tp.Partition, lo.Err)
+	}
+	return uint64(max(lo.Offset, 0)), nil
+}
+
+// OffsetForTime implements backend.Backend.
+func (b *Backend) OffsetForTime(ctx context.Context, tp backend.TopicPartition, t time.Time) (uint64, error) {
+	return b.listed(ctx, tp, func(ctx context.Context, topics ...string) (kadm.ListedOffsets, error) {
+		return b.adm.ListOffsetsAfterMilli(ctx, t.UnixMilli(), topics...)
+	})
+}
+
+// Committed implements backend.Backend.
+func (b *Backend) Committed(ctx context.Context, group string, tp backend.TopicPartition) (uint64, bool, error) {
+	resps, err := b.adm.FetchOffsets(ctx, group)
+	if err != nil {
+		return 0, false, fmt.Errorf("kafka: committed offsets of %s: %w", group, err)
+	}
+	r, ok := resps.Lookup(tp.Topic, tp.Partition)
+	if !ok || r.At < 0 {
+		return 0, false, nil
+	}
+	if r.Err != nil {
+		return 0, false, fmt.Errorf("kafka: committed offset of %s on %s/%d: %w", group, tp.Topic, tp.Partition, r.Err)
+	}
+	return uint64(r.At), true, nil
+}
+
+// Close closes the backend's clients.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ferry.ErrClosed
+	}
+	b.closed = true
+	pullers := b.pullers
+	b.pullers = nil
+	b.mu.Unlock()
+	for _, p := range pullers {
+		p.mu.Lock()
+		p.close()
+		p.mu.Unlock()
+	}
+	b.prod.Close()
+	return nil
+}
+
+// puller reads one partition with a client of its own, positioned where
+// the runtime reads.
+type puller struct {
+	mu   sync.Mutex
+	cl   *kgo.Client
+	next uint64
+	held []*ferry.Message
+}
+
+func (p *puller) close() {
+	if p.cl != nil {
+		p.cl.Close()
+	}
+	p.cl, p.held = nil, nil
+}
+
+// Fetch implements backend.Backend.
+func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	if max <= 0 {
+		max = 500
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return backend.Fetched{Next: offset}, ferry.ErrClosed
+	}
+	p := b.pullers[tp]
+	if p == nil {
+		p = &puller{}
+		b.pullers[tp] = p
+	}
+	b.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cl == nil || offset != p.next {
+		p.close()
+		cl, err := kgo.NewClient(append([]kgo.Opt{
+			kgo.SeedBrokers(b.seeds...),
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{tp.Topic: {tp.Partition: kgo.NewOffset().At(int64(offset))}}),
+			kgo.FetchMaxWait(500 * time.Millisecond),
+		}, b.cfg.extra...)...)
+		if err != nil {
+			return backend.Fetched{Next: offset}, fmt.Errorf("kafka: fetch %s/%d: %w", tp.Topic, tp.Partition, err)
+		}
+		p.cl, p.next = cl, offset
+	}
+	for {
+		if len(p.held) == 0 {
+			fs := p.cl.PollRecords(ctx, max)
+			if err := ctx.Err(); err != nil {
+				return backend.Fetched{Next: offset}, err
+			}
+			var ferr error
+			fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+			if ferr != nil {
+				p.close()
+				return backend.Fetched{Next: offset}, fmt.Errorf("kafka: fetch %s/%d: %w", tp.Topic, tp.Partition, ferr)
+			}
+			for _, r := range fs.Records() {
+				m, err := fromRecord(r)
+				if err != nil {
+					p.close()
+					return backend.Fetched{Next: offset}, err
+				}
+				p.held = append(p.held, m)
+			}
+		}
+		if n := backend.DuePrefix(p.held, max, time.Now()); n > 0 {
+			out := p.held[:n:n]
+			p.held = p.held[n:]
+			p.next = out[n-1].Offset + 1
+			return backend.Fetched{Messages: out, Next: p.next}, nil
+		}
+		if len(p.held) > 0 {
+			select {
+			case <-ctx.Done():
+				return backend.Fetched{Next: offset}, ctx.Err()
+			case <-time.After(min(time.Until(p.held[0].NotBefore), time.Second)):
+			}
+		}
+	}
+}
