@@ -62,6 +62,14 @@ type Backend interface {
 	Close() error
 }
 
+// Retention is implemented by backends that can create a topic whose
+// messages are dropped once older than a given age.
+type Retention interface {
+	// EnsureTopicRetention is EnsureTopic for a topic keeping messages for
+	// age; an existing topic is left as it is.
+	EnsureTopicRetention(ctx context.Context, topic string, partitions int, age time.Duration) error
+}
+
 // Transactional backends can publish messages and commit a group's input
 // offsets atomically: the basis of exactly-once consume-transform-produce.
 type Transactional interface {

@@ -34,7 +34,7 @@ func runPipeline(ctx context.Context, t *testing.T, fs vfs.FS, inputs map[ferry.
 	if err := b.EnsureTopic(ctx, "out", 2); err != nil {
 		return 0
 	}
-	store, err := idempotency.OpenLog(ctx, l, "g.processed", time.Hour, 100000)
+	store, err := idempotency.OpenLog(ctx, b, "g.processed", time.Hour, 100000)
 	if err != nil {
 		return 0
 	}

@@ -82,7 +82,13 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message) bool {
 		tx := c.b.(backend.Transactional)
 		batch := append(append([]*ferry.Message(nil), out...), eo.Marker(m.ID))
 		publish = func() error {
-			if err := tx.PublishAndCommit(w.ctx, w.s, batch); err != nil {
+			// The partition's watermark rides along: a backend that fences
+			// by group membership (Kafka) then refuses the batch of a
+			// member that lost the partition.
+			w.mu.Lock()
+			wm := backend.Offset{TopicPartition: w.tp, Offset: w.watermarkLocked()}
+			w.mu.Unlock()
+			if err := tx.PublishAndCommit(w.ctx, w.s, batch, wm); err != nil {
 				return err
 			}
 			return eo.Confirm(w.ctx, m.ID)

@@ -94,6 +94,13 @@ func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (
 	if err != nil {
 		return 0, nil, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
+	if eo := c.cfg.exactlyOnce; eo != nil {
+		// Markers the previous owner wrote (on another machine, perhaps)
+		// before it committed are read now, so its inputs are skipped.
+		if err := eo.Sync(ctx); err != nil {
+			return 0, nil, fmt.Errorf("consumer: exactly-once markers: %w", err)
+		}
+	}
 	if !ok || off < start {
 		off = start
 	}

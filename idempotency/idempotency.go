@@ -1,7 +1,7 @@
 // Package idempotency records which messages have been processed, so that
 // a redelivered message (after a crash, a rebalance or a producer retry)
-// has no second effect. Stores: in memory with a TTL (Memory), and on the
-// embedded log (Log), whose records can be written in the same atomic
+// has no second effect. Stores: in memory with a TTL (Memory), and in a
+// topic of a backend (Log), whose records can be written in the same atomic
 // batch as a handler's outputs — the basis of exactly-once
 // consume-transform-produce. A Postgres store (the inbox) comes with
 // package outbox.
@@ -9,13 +9,12 @@ package idempotency
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/backend"
 )
 
 // Store remembers processed message IDs for at least its TTL.
@@ -79,49 +78,77 @@ func (m *Memory) dropOldestLocked() {
 	m.order = m.order[1:]
 }
 
-// Log is a Store on the embedded log: each processed ID is a record of a
-// topic (retained for the TTL), and the set of IDs is rebuilt from that
-// topic when the store opens. Marker returns the record so a caller can
-// commit it atomically with its own writes; Confirm then records it here.
+// Log is a Store kept in a topic of a backend (the embedded log, or Kafka
+// for exactly-once across machines): each processed ID is a record
+// (retained for the TTL where the backend can), and the set of IDs is
+// rebuilt from that topic when the store opens. Marker returns the record
+// so a caller can commit it atomically with its own writes; Confirm then
+// records it here. Sync reads markers other processes wrote since.
 type Log struct {
-	log   *commitlog.Log
+	b     backend.Backend
 	topic string
+	ttl   time.Duration
 	mem   *Memory
+
+	syncMu sync.Mutex
+	next   uint64 // offset of the topic read up to
 }
 
-// OpenLog opens (creating if needed) a store kept in topic of l. IDs are
-// kept for ttl (the topic's retention), at most max in memory.
-func OpenLog(ctx context.Context, l *commitlog.Log, topic string, ttl time.Duration, max int) (*Log, error) {
-	err := l.CreateTopic(ctx, topic, commitlog.TopicConfig{RetentionAge: ttl})
-	if err != nil && !errors.Is(err, ferry.ErrTopicExists) {
+// OpenLog opens (creating if needed) a store kept in topic of b. IDs are
+// kept for ttl (the topic's retention, where the backend can set one), at
+// most max in memory.
+func OpenLog(ctx context.Context, b backend.Backend, topic string, ttl time.Duration, max int) (*Log, error) {
+	if ttl <= 0 || max <= 0 {
+		return nil, fmt.Errorf("idempotency: ttl %v and max %d: both must be positive: %w", ttl, max, ferry.ErrInvalidArgument)
+	}
+	var err error
+	if r, ok := b.(backend.Retention); ok {
+		err = r.EnsureTopicRetention(ctx, topic, 1, ttl)
+	} else {
+		err = b.EnsureTopic(ctx, topic, 1)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("idempotency: topic %q: %w", topic, err)
 	}
-	s := &Log{log: l, topic: topic, mem: NewMemory(ttl, max)}
-	start, end, err := l.Bounds(topic, 0)
-	if err != nil {
+	s := &Log{b: b, topic: topic, ttl: ttl, mem: NewMemory(ttl, max)}
+	if err := s.Sync(ctx); err != nil {
 		return nil, err
 	}
-	cutoff := time.Now().Add(-ttl)
-	for off := start; off < end; {
-		res, err := l.Read(topic, 0, off, commitlog.ReadOpts{})
+	return s, nil
+}
+
+// Sync reads the markers appended to the topic since the last Sync: those
+// written by other processes sharing the store (members of one group on
+// several machines). The runtime calls it when a partition is assigned,
+// after the partition's committed offset is known, so a message the
+// previous owner processed is seen.
+func (s *Log) Sync(ctx context.Context) error {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
+	tp := backend.TopicPartition{Topic: s.topic}
+	start, end, err := s.b.Bounds(ctx, tp)
+	if err != nil {
+		return fmt.Errorf("idempotency: bounds of %q: %w", s.topic, err)
+	}
+	s.next = max(s.next, start)
+	cutoff := time.Now().Add(-s.ttl)
+	for s.next < end {
+		res, err := s.b.Fetch(ctx, tp, s.next, 1000)
 		if err != nil {
-			return nil, fmt.Errorf("idempotency: load %q: %w", topic, err)
+			return fmt.Errorf("idempotency: load %q at %d: %w", s.topic, s.next, err)
 		}
 		for _, m := range res.Messages {
 			id, err := ferry.ParseID(string(m.Key))
 			if err != nil {
-				return nil, fmt.Errorf("idempotency: record at %s/0@%d: %w", topic, m.Offset, err)
+				return fmt.Errorf("idempotency: record at %s/0@%d: %w", s.topic, m.Offset, err)
 			}
 			if m.Time.After(cutoff) {
 				s.mem.Mark(ctx, id)
 			}
 		}
-		if len(res.Messages) == 0 {
-			break
-		}
-		off = res.Next
+		s.next = max(s.next, res.Next)
 	}
-	return s, nil
+	return nil
 }
 
 // Topic returns the topic holding the records.
@@ -132,7 +159,7 @@ func (s *Log) Seen(ctx context.Context, id ferry.ID) (bool, error) { return s.me
 
 // Mark implements Store: it appends the record durably, then remembers it.
 func (s *Log) Mark(ctx context.Context, id ferry.ID) error {
-	if err := s.log.Append(ctx, s.Marker(id)); err != nil {
+	if err := s.b.Publish(ctx, s.Marker(id)); err != nil {
 		return fmt.Errorf("idempotency: mark %s: %w", id, err)
 	}
 	return s.Confirm(ctx, id)

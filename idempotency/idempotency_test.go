@@ -2,10 +2,12 @@ package idempotency
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/internal/vfs"
 )
@@ -42,7 +44,7 @@ func TestLogStoreSurvivesReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := OpenLog(ctx, l, "g.processed", time.Hour, 1000)
+	s, err := OpenLog(ctx, embedded.New(l), "g.processed", time.Hour, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +55,7 @@ func TestLogStoreSurvivesReopen(t *testing.T) {
 	l.Close()
 	l, _ = commitlog.Open(ctx, "/d", commitlog.WithFS(fs))
 	defer l.Close()
-	s, err = OpenLog(ctx, l, "g.processed", time.Hour, 1000)
+	s, err = OpenLog(ctx, embedded.New(l), "g.processed", time.Hour, 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,5 +64,41 @@ func TestLogStoreSurvivesReopen(t *testing.T) {
 	}
 	if ok, _ := s.Seen(ctx, ferry.NewID()); ok {
 		t.Fatal("unknown ID seen")
+	}
+}
+
+// Two stores on one topic (two processes of a group): an ID one marks is
+// seen by the other after Sync.
+func TestLogSyncSeesOtherWriters(t *testing.T) {
+	ctx := context.Background()
+	l, err := commitlog.Open(ctx, "/d", commitlog.WithFS(vfs.NewMemFS()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	b := embedded.New(l)
+	a, err := OpenLog(ctx, b, "g.processed", time.Hour, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := OpenLog(ctx, b, "g.processed", time.Hour, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ferry.NewID()
+	if err := a.Mark(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := other.Seen(ctx, id); ok {
+		t.Fatal("seen before Sync: the test proves nothing")
+	}
+	if err := other.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := other.Seen(ctx, id); !ok {
+		t.Fatal("an ID marked by another store is not seen after Sync")
+	}
+	if _, err := OpenLog(ctx, b, "g.processed", 0, 1000); !errors.Is(err, ferry.ErrInvalidArgument) {
+		t.Fatalf("zero TTL: %v, want ErrInvalidArgument", err)
 	}
 }

@@ -3,7 +3,8 @@
 // partition, key-to-partition mapping, producer dedup, replay from offset
 // and time, consumer groups (join, leave, rebalance, resume, fencing),
 // the runtime's DLQ round trip with parked keys and redrive, atomic
-// publish-and-commit where supported, and a server outage under load.
+// publish-and-commit and exactly-once consume-transform-produce where
+// supported, and a server outage under load.
 //
 // A backend's test calls Run with a Harness:
 //
@@ -28,6 +29,7 @@ import (
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/idempotency"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -63,6 +65,7 @@ func Run(t *testing.T, h Harness) {
 		{"RuntimeOrderAcrossMembers", testRuntimeOrder},
 		{"RuntimeDLQParkedRedrive", testDLQRoundTrip},
 		{"AtomicPublishCommit", testAtomic},
+		{"RuntimeExactlyOnce", testExactlyOnce},
 		{"Outage", testOutage},
 	}
 	for _, tc := range tests {
@@ -596,6 +599,75 @@ func testAtomic(t *testing.T, h Harness) {
 	}
 	if got := readAll(t, b, backend.TopicPartition{Topic: "out"}, 0); len(got) != 1 {
 		t.Fatalf("%d outputs", len(got))
+	}
+}
+
+// testExactlyOnce runs consume-transform-produce with the exactly-once
+// path while members join and leave (each with a store of its own, as on
+// separate machines) and handlers fail at random after emitting: every
+// input must have exactly one output in the log, whatever the backend's
+// dedup.
+func testExactlyOnce(t *testing.T, h Harness) {
+	b := h.New(t)
+	if _, ok := b.(backend.Transactional); !ok {
+		t.Skip("the backend has no atomic publish-and-commit")
+	}
+	ctx := ctxFor(t)
+	ensure(t, b, "eo-in", 3)
+	ensure(t, b, "eo-out", 2)
+	rec := newRecorder()
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		// Outputs carry no ID: the runtime derives one from the input,
+		// which is what a backend with ID dedup would drop; without it,
+		// only the transaction keeps a retried input from writing twice.
+		if err := consumer.Emit(ctx, &ferry.Message{Topic: "eo-out", Key: m.Key, Payload: []byte(m.ID.String())}); err != nil {
+			return err
+		}
+		if consumer.Attempt(ctx) == 1 && m.ID[15]%5 == 0 {
+			return errors.New("fails after emitting: the output must be dropped")
+		}
+		rec.record(m, m.ID)
+		return nil
+	}
+	member := func(name string) func() {
+		store, err := idempotency.OpenLog(ctx, b, "eo-group.processed", time.Hour, 100000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return runConsumer(t, b, "eo-group", "eo-in", handler, consumer.WithMember(name), consumer.WithExactlyOnce(store))
+	}
+	const keys, perKey = 10, 30
+	publishKeys(t, b, "eo-in", keys, 0, 10)
+	stopA := member("a")
+	waitUntil(t, "a to start handling", func() bool { return rec.count() > 0 })
+	member("b")
+	publishKeys(t, b, "eo-in", keys, 10, 20)
+	waitUntil(t, "two thirds of the inputs", func() bool { return rec.count() >= keys*20 })
+	stopA()
+	publishKeys(t, b, "eo-in", keys, 20, perKey)
+	waitUntil(t, "every input", func() bool { return rec.count() >= keys*perKey })
+	rec.check(t, keys*perKey)
+	// A handler's success is recorded before its outputs commit: wait for
+	// the outputs, then check there is no extra one.
+	var outputs map[string]int
+	total := 0
+	waitUntil(t, "every output", func() bool {
+		outputs, total = map[string]int{}, 0
+		for p := range 2 {
+			for _, m := range readAll(t, b, backend.TopicPartition{Topic: "eo-out", Partition: int32(p)}, 0) {
+				outputs[string(m.Payload)]++
+				total++
+			}
+		}
+		return len(outputs) >= keys*perKey
+	})
+	for in, n := range outputs {
+		if n != 1 {
+			t.Errorf("input %s has %d outputs", in, n)
+		}
+	}
+	if len(outputs) != keys*perKey || total != keys*perKey {
+		t.Fatalf("%d outputs for %d distinct inputs, want %d of each", total, len(outputs), keys*perKey)
 	}
 }
 

@@ -63,10 +63,19 @@ func (b *Backend) Log() *commitlog.Log { return b.log }
 
 // EnsureTopic implements backend.Backend.
 func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int) error {
-	if partitions < 1 {
-		return fmt.Errorf("embedded: topic %q with %d partitions: want at least 1: %w", topic, partitions, ferry.ErrInvalidArgument)
+	return b.ensure(ctx, topic, commitlog.TopicConfig{Partitions: partitions})
+}
+
+// EnsureTopicRetention implements backend.Retention.
+func (b *Backend) EnsureTopicRetention(ctx context.Context, topic string, partitions int, age time.Duration) error {
+	return b.ensure(ctx, topic, commitlog.TopicConfig{Partitions: partitions, RetentionAge: age})
+}
+
+func (b *Backend) ensure(ctx context.Context, topic string, cfg commitlog.TopicConfig) error {
+	if cfg.Partitions < 1 {
+		return fmt.Errorf("embedded: topic %q with %d partitions: want at least 1: %w", topic, cfg.Partitions, ferry.ErrInvalidArgument)
 	}
-	err := b.log.CreateTopic(ctx, topic, commitlog.TopicConfig{Partitions: partitions})
+	err := b.log.CreateTopic(ctx, topic, cfg)
 	if errors.Is(err, ferry.ErrTopicExists) {
 		return nil
 	}

@@ -16,14 +16,21 @@ import (
 )
 
 // session is one member of a Kafka consumer group: a franz-go group
-// client that fetches nothing itself (its topics are paused; the runtime
-// reads through Fetch) and reports its partitions to the runtime.
+// transact session whose client fetches nothing itself (its topics are
+// paused; the runtime reads through Fetch), reports its partitions to the
+// runtime, and produces the member's transactions.
 type session struct {
 	b      *Backend
 	group  string
 	member string
+	txn    *kgo.GroupTransactSession
 	cl     *kgo.Client
 	assign chan []backend.TopicPartition
+	// txns queues PublishAndCommit calls for txnLoop: Kafka runs one
+	// transaction at a time per producer, so calls waiting together share
+	// the next one.
+	txns chan *txnReq
+	quit chan struct{} // closed by Leave; txnLoop ends
 
 	mu       sync.Mutex
 	owned    map[backend.TopicPartition]bool // commits allowed
@@ -44,14 +51,18 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 		}
 	}
 	s := &session{b: b, group: group, member: member, assign: make(chan []backend.TopicPartition, 1),
+		txns: make(chan *txnReq), quit: make(chan struct{}),
 		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, released: make(chan backend.TopicPartition, 1024)}
-	cl, err := kgo.NewClient(append([]kgo.Opt{
+	txn, err := kgo.NewGroupTransactSession(append([]kgo.Opt{
 		kgo.SeedBrokers(b.seeds...),
 		kgo.ClientID(member),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(topics...),
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
-		kgo.DisableAutoCommit(),
+		kgo.TransactionalID(b.cfg.txnPrefix + "." + group + "." + member),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.SessionTimeout(b.cfg.sessionTimeout),
 		kgo.HeartbeatInterval(max(b.cfg.sessionTimeout/10, 100*time.Millisecond)),
 		kgo.OnPartitionsAssigned(s.onAssigned),
@@ -61,8 +72,17 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 	if err != nil {
 		return nil, fmt.Errorf("kafka: join %s as %s: %w", group, member, err)
 	}
+	cl := txn.Client()
 	cl.PauseFetchTopics(topics...)
-	s.cl = cl
+	s.txn, s.cl = txn, cl
+	// Initializing the producer ID now fences the member's previous
+	// incarnation: a transaction it left open (killed mid-way) is aborted
+	// at once, instead of holding the group's offsets until it times out.
+	if _, _, err := cl.ProducerID(ctx); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("kafka: join %s as %s: transactional producer: %w", group, member, err)
+	}
+	go s.txnLoop()
 	// The group client joins on its first poll; the poll returns nothing
 	// (every topic is paused) and the rest runs in the background.
 	go s.pollLoop()
@@ -208,6 +228,7 @@ func (s *session) Leave() {
 	}
 	s.leaving = true
 	s.mu.Unlock()
+	close(s.quit)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s.cl.LeaveGroupContext(ctx)
@@ -225,19 +246,10 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 	if !ok || sess.b != b {
 		return fmt.Errorf("kafka: session from another backend: %w", ferry.ErrInvalidArgument)
 	}
-	commit := map[string]map[int32]kgo.EpochOffset{}
-	sess.mu.Lock()
-	for _, o := range offsets {
-		if sess.gone || !sess.owned[o.TopicPartition] {
-			sess.mu.Unlock()
-			return fmt.Errorf("kafka: commit %s/%d by %s: %w", o.Topic, o.Partition, sess.member, backend.ErrFenced)
-		}
-		if commit[o.Topic] == nil {
-			commit[o.Topic] = map[int32]kgo.EpochOffset{}
-		}
-		commit[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: int64(o.Offset)}
+	commit, err := sess.ownedOffsets(offsets)
+	if err != nil {
+		return err
 	}
-	sess.mu.Unlock()
 	if len(commit) == 0 {
 		return nil
 	}
@@ -264,4 +276,213 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 	default:
 		return fmt.Errorf("kafka: commit by %s: %w", sess.member, cerr)
 	}
+}
+
+// txnTimeout bounds one transaction: ending it is not cancelable (a
+// canceled EndTxn leaves its outcome unknown), so it runs on its own
+// clock rather than the caller's context.
+const txnTimeout = 30 * time.Second
+
+// PublishAndCommit implements backend.Transactional with a Kafka
+// transaction: msgs and offsets commit together or not at all. The
+// transaction aborts, and PublishAndCommit returns an error wrapping
+// backend.ErrFenced, if the group rebalanced while it ran or the member's
+// generation is stale. Transactions of one member run one at a time;
+// calls made while one runs share the next. If ctx ends first, PublishAndCommit returns ctx's error while the
+// transaction finishes in the background; its outcome is then unknown to
+// the caller (a new owner of the partition waits for it: see Committed).
+func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs []*ferry.Message, offsets ...backend.Offset) error {
+	if s == nil && len(offsets) == 0 {
+		return b.publishAtomically(ctx, msgs)
+	}
+	sess, ok := s.(*session)
+	if !ok || sess.b != b {
+		return fmt.Errorf("kafka: session from another backend: %w", ferry.ErrInvalidArgument)
+	}
+	marks, err := sess.ownedOffsets(offsets)
+	if err != nil {
+		return err
+	}
+	recs, err := b.records(ctx, msgs)
+	if err != nil {
+		return err
+	}
+	if len(recs) == 0 && len(marks) == 0 {
+		return nil
+	}
+	req := &txnReq{msgs: msgs, recs: recs, marks: marks, done: make(chan error, 1)}
+	select {
+	case sess.txns <- req:
+	case <-sess.quit:
+		return fmt.Errorf("kafka: member %s left: %w", sess.member, ferry.ErrClosed)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("kafka: transaction of %s: outcome unknown: %w", sess.member, ctx.Err())
+	}
+}
+
+// txnReq is one PublishAndCommit call waiting for its transaction.
+type txnReq struct {
+	msgs  []*ferry.Message
+	recs  []*kgo.Record
+	marks map[string]map[int32]kgo.EpochOffset
+	done  chan error
+}
+
+// maxTxnCalls bounds how many PublishAndCommit calls share a transaction.
+const maxTxnCalls = 256
+
+// txnLoop runs the member's transactions one after the other, each for
+// every call that queued while the previous one ran: with many lanes
+// emitting at once, the round trips of a transaction are paid once for
+// all of them. A failed transaction fails every call in it.
+func (s *session) txnLoop() {
+	for {
+		var batch []*txnReq
+		select {
+		case r := <-s.txns:
+			batch = append(batch, r)
+		case <-s.quit:
+			return
+		}
+	more:
+		for len(batch) < maxTxnCalls {
+			select {
+			case r := <-s.txns:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		var msgs []*ferry.Message
+		var recs []*kgo.Record
+		marks := map[string]map[int32]kgo.EpochOffset{}
+		for _, r := range batch {
+			msgs, recs = append(msgs, r.msgs...), append(recs, r.recs...)
+			for topic, parts := range r.marks {
+				if marks[topic] == nil {
+					marks[topic] = map[int32]kgo.EpochOffset{}
+				}
+				for p, eo := range parts {
+					// Each is a watermark the runtime reached: the
+					// furthest is the one to keep.
+					if cur, ok := marks[topic][p]; !ok || cur.Offset < eo.Offset {
+						marks[topic][p] = eo
+					}
+				}
+			}
+		}
+		err := s.transact(msgs, recs, marks)
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
+}
+
+// publishAtomically writes msgs in a producer-only transaction (a DLQ
+// redrive's message and its marker, say). The producer's transactional ID
+// is unique to this backend: a process that dies inside one of these
+// transactions leaves it to the brokers' transaction timeout.
+func (b *Backend) publishAtomically(ctx context.Context, msgs []*ferry.Message) error {
+	recs, err := b.records(ctx, msgs)
+	if err != nil || len(recs) == 0 {
+		return err
+	}
+	b.txnMu.Lock()
+	defer b.txnMu.Unlock()
+	if b.txnProd == nil {
+		cl, err := kgo.NewClient(append([]kgo.Opt{
+			kgo.SeedBrokers(b.seeds...),
+			kgo.TransactionalID(b.cfg.txnPrefix + ".producer." + ferry.NewID().String()),
+			kgo.RecordPartitioner(kgo.ManualPartitioner()),
+			kgo.RequiredAcks(kgo.AllISRAcks()),
+		}, b.cfg.extra...)...)
+		if err != nil {
+			return fmt.Errorf("kafka: transactional producer: %w", err)
+		}
+		b.txnProd = cl
+	}
+	if err := b.txnProd.BeginTransaction(); err != nil {
+		return fmt.Errorf("kafka: begin transaction: %w", err)
+	}
+	perr := produce(ctx, b.txnProd.Produce, msgs, recs)
+	// Ending is not cancelable (its outcome would be unknown): it runs on
+	// its own clock.
+	ectx, cancel := context.WithTimeout(context.Background(), txnTimeout)
+	defer cancel()
+	if perr != nil {
+		if err := b.txnProd.AbortBufferedRecords(ectx); err != nil {
+			perr = errors.Join(perr, err)
+		}
+	}
+	if err := b.txnProd.EndTransaction(ectx, kgo.TransactionEndTry(perr == nil)); err != nil {
+		return errors.Join(perr, fmt.Errorf("kafka: end transaction: %w", err))
+	}
+	return perr
+}
+
+// ownedOffsets checks that the member owns every partition of offsets and
+// returns them in franz-go's form.
+func (s *session) ownedOffsets(offsets []backend.Offset) (map[string]map[int32]kgo.EpochOffset, error) {
+	out := map[string]map[int32]kgo.EpochOffset{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range offsets {
+		if s.gone || !s.owned[o.TopicPartition] {
+			return nil, fmt.Errorf("kafka: commit %s/%d by %s: %w", o.Topic, o.Partition, s.member, backend.ErrFenced)
+		}
+		if out[o.Topic] == nil {
+			out[o.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		out[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: int64(o.Offset)}
+	}
+	return out, nil
+}
+
+// transact runs one transaction: begin, produce, mark the offsets, end.
+func (s *session) transact(msgs []*ferry.Message, recs []*kgo.Record, marks map[string]map[int32]kgo.EpochOffset) error {
+	ctx, cancel := context.WithTimeout(context.Background(), txnTimeout)
+	defer cancel()
+	if err := s.txn.Begin(); err != nil {
+		return fmt.Errorf("kafka: begin transaction of %s: %w", s.member, err)
+	}
+	if err := produce(ctx, s.txn.Produce, msgs, recs); err != nil {
+		if _, aerr := s.txn.End(ctx, kgo.TryAbort); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("abort: %w", aerr))
+		}
+		return fmt.Errorf("kafka: transaction of %s: %w", s.member, err)
+	}
+	if f := s.b.afterTxnProduce; f != nil {
+		f()
+	}
+	// The session commits the offsets it polled; this client polls
+	// nothing, so the runtime's offsets are put into the transaction's
+	// offset commit (sent with the member's generation, which the
+	// coordinator checks) through franz-go's hook for that request.
+	ctx = kgo.PreTxnCommitFnContext(ctx, func(req *kmsg.TxnOffsetCommitRequest) error {
+		for topic, parts := range marks {
+			rt := kmsg.NewTxnOffsetCommitRequestTopic()
+			rt.Topic = topic
+			for p, eo := range parts {
+				rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+				rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p, eo.Offset, eo.Epoch, &req.MemberID
+				rt.Partitions = append(rt.Partitions, rp)
+			}
+			req.Topics = append(req.Topics, rt)
+		}
+		return nil
+	})
+	committed, err := s.txn.End(ctx, kgo.TryCommit)
+	switch {
+	case err != nil:
+		return fmt.Errorf("kafka: end transaction of %s: %w", s.member, err)
+	case !committed:
+		return fmt.Errorf("kafka: transaction of %s aborted: the group rebalanced or the generation is stale: %w", s.member, backend.ErrFenced)
+	}
+	return nil
 }

@@ -17,6 +17,15 @@
 // committed at the runtime's watermark; a commit for a partition the
 // member no longer owns, or from a stale generation, fails with
 // backend.ErrFenced.
+//
+// Exactly-once consume-transform-produce uses Kafka transactions: each
+// group member's client is a transactional producer (transactional ID
+// "<prefix>.<group>.<member>", see WithTransactionalIDPrefix), and
+// PublishAndCommit writes a handler's outputs, its exactly-once marker and
+// the partition's offset in one transaction, which the group coordinator
+// refuses if the member's generation is stale (KIP-447). Reads are
+// read_committed: aborted outputs are never seen, and a new owner's
+// offset fetch waits for a transaction in flight.
 package kafka
 
 import (
@@ -41,6 +50,15 @@ type Backend struct {
 	prod  *kgo.Client
 	adm   *kadm.Client
 
+	// afterTxnProduce, if set (by tests), runs inside every transaction
+	// after its records are acknowledged and before it commits.
+	afterTxnProduce func()
+
+	// txnMu serializes producer-only transactions (PublishAndCommit
+	// without a session) on txnProd, made on first use.
+	txnMu   sync.Mutex
+	txnProd *kgo.Client
+
 	mu      sync.Mutex
 	parts   map[string]int
 	pullers map[backend.TopicPartition]*puller
@@ -49,9 +67,15 @@ type Backend struct {
 
 var _ backend.Backend = (*Backend)(nil)
 
+var (
+	_ backend.Transactional = (*Backend)(nil)
+	_ backend.Retention     = (*Backend)(nil)
+)
+
 type config struct {
 	replication    int16
 	sessionTimeout time.Duration
+	txnPrefix      string
 	extra          []kgo.Opt
 }
 
@@ -66,6 +90,13 @@ func WithReplicationFactor(n int16) Option { return func(c *config) { c.replicat
 // 10s): a member silent for this long loses its partitions.
 func WithSessionTimeout(d time.Duration) Option { return func(c *config) { c.sessionTimeout = d } }
 
+// WithTransactionalIDPrefix sets the prefix of the transactional IDs group
+// members use for exactly-once (default "ferry"). A member's ID is
+// "<prefix>.<group>.<member>": a restarted member fences its previous
+// incarnation's unfinished transactions, so member names must be unique
+// within a group and stable across restarts.
+func WithTransactionalIDPrefix(prefix string) Option { return func(c *config) { c.txnPrefix = prefix } }
+
 // WithClientOptions adds franz-go options (TLS, SASL, timeouts) to every
 // client the backend makes.
 func WithClientOptions(opts ...kgo.Opt) Option {
@@ -74,12 +105,15 @@ func WithClientOptions(opts ...kgo.Opt) Option {
 
 // New returns a backend on the brokers seeds.
 func New(ctx context.Context, seeds []string, opts ...Option) (*Backend, error) {
-	c := config{replication: -1, sessionTimeout: 10 * time.Second}
+	c := config{replication: -1, sessionTimeout: 10 * time.Second, txnPrefix: "ferry"}
 	for _, o := range opts {
 		o(&c)
 	}
 	if len(seeds) == 0 {
 		return nil, fmt.Errorf("kafka: no seed brokers: %w", ferry.ErrInvalidArgument)
+	}
+	if c.sessionTimeout < 100*time.Millisecond || c.txnPrefix == "" {
+		return nil, fmt.Errorf("kafka: session timeout %v (want at least 100ms), transactional ID prefix %q (want non-empty): %w", c.sessionTimeout, c.txnPrefix, ferry.ErrInvalidArgument)
 	}
 	prod, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(seeds...),
@@ -100,10 +134,24 @@ func New(ctx context.Context, seeds []string, opts ...Option) (*Backend, error) 
 
 // EnsureTopic implements backend.Backend.
 func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int) error {
+	return b.ensure(ctx, topic, partitions, nil)
+}
+
+// EnsureTopicRetention implements backend.Retention with the topic's
+// retention.ms.
+func (b *Backend) EnsureTopicRetention(ctx context.Context, topic string, partitions int, age time.Duration) error {
+	if age <= 0 {
+		return fmt.Errorf("kafka: topic %q retention %v: want a positive age: %w", topic, age, ferry.ErrInvalidArgument)
+	}
+	ms := fmt.Sprint(age.Milliseconds())
+	return b.ensure(ctx, topic, partitions, map[string]*string{"retention.ms": &ms})
+}
+
+func (b *Backend) ensure(ctx context.Context, topic string, partitions int, configs map[string]*string) error {
 	if topic == "" || partitions < 1 || partitions > 1<<20 {
 		return fmt.Errorf("kafka: topic %q with %d partitions: want a name and at least 1 partition: %w", topic, partitions, ferry.ErrInvalidArgument)
 	}
-	resp, err := b.adm.CreateTopic(ctx, int32(partitions), b.cfg.replication, nil, topic)
+	resp, err := b.adm.CreateTopic(ctx, int32(partitions), b.cfg.replication, configs, topic)
 	if err == nil {
 		err = resp.Err
 	}
@@ -148,15 +196,25 @@ const (
 // Publish implements backend.Backend: the records are produced and their
 // acknowledgements (from all in-sync replicas) awaited.
 func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
+	recs, err := b.records(ctx, msgs)
+	if err != nil {
+		return err
+	}
+	return produce(ctx, b.prod.Produce, msgs, recs)
+}
+
+// records validates msgs, fills in their partition, ID and time, and
+// returns them as Kafka records.
+func (b *Backend) records(ctx context.Context, msgs []*ferry.Message) ([]*kgo.Record, error) {
 	recs := make([]*kgo.Record, len(msgs))
 	for i, m := range msgs {
 		n, err := b.Partitions(ctx, m.Topic)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if m.PinPartition {
 			if m.Partition < 0 || int(m.Partition) >= n {
-				return fmt.Errorf("kafka: topic %q has %d partitions, message pinned to %d: %w", m.Topic, n, m.Partition, ferry.ErrInvalidArgument)
+				return nil, fmt.Errorf("kafka: topic %q has %d partitions, message pinned to %d: %w", m.Topic, n, m.Partition, ferry.ErrInvalidArgument)
 			}
 		} else {
 			m.Partition = ferry.PartitionForKey(m.Key, n)
@@ -169,6 +227,12 @@ func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
 		}
 		recs[i] = toRecord(m)
 	}
+	return recs, nil
+}
+
+// produce sends recs (the records of msgs) with send and waits for every
+// acknowledgement, setting the messages' offsets.
+func produce(ctx context.Context, send func(context.Context, *kgo.Record, func(*kgo.Record, error)), msgs []*ferry.Message, recs []*kgo.Record) error {
 	// kgo keeps a record it has sent until the broker answers (failing
 	// it could break the idempotent sequence), so a dead broker would
 	// hold ProduceSync past ctx. Publish waits for ctx instead; a record
@@ -179,7 +243,7 @@ func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
 	}
 	done := make(chan result, len(recs))
 	for i, r := range recs {
-		b.prod.Produce(ctx, r, func(r *kgo.Record, err error) { done <- result{i, err} })
+		send(ctx, r, func(_ *kgo.Record, err error) { done <- result{i, err} })
 	}
 	var errs []error
 	for range recs {
@@ -254,7 +318,8 @@ func (b *Backend) Bounds(ctx context.Context, tp backend.TopicPartition) (uint64
 	if err != nil {
 		return 0, 0, err
 	}
-	end, err := b.listed(ctx, tp, b.adm.ListEndOffsets)
+	// The last stable offset: what a read_committed reader can reach.
+	end, err := b.listed(ctx, tp, b.adm.ListCommittedOffsets)
 	return start, end, err
 }
 
@@ -282,7 +347,9 @@ func (b *Backend) OffsetForTime(ctx context.Context, tp backend.TopicPartition, 
 
 // Committed implements backend.Backend.
 func (b *Backend) Committed(ctx context.Context, group string, tp backend.TopicPartition) (uint64, bool, error) {
-	resps, err := b.adm.FetchOffsets(ctx, group)
+	// RequireStable: while a transaction that commits this group's
+	// offsets is in flight, the fetch waits for its outcome.
+	resps, err := b.adm.FetchOffsets(kadm.RequireStable(ctx), group)
 	if err != nil {
 		return 0, false, fmt.Errorf("kafka: committed offsets of %s: %w", group, err)
 	}
@@ -313,16 +380,22 @@ func (b *Backend) Close() error {
 		p.mu.Unlock()
 	}
 	b.prod.Close()
+	b.txnMu.Lock()
+	if b.txnProd != nil {
+		b.txnProd.Close()
+	}
+	b.txnMu.Unlock()
 	return nil
 }
 
 // puller reads one partition with a client of its own, positioned where
 // the runtime reads.
 type puller struct {
-	mu   sync.Mutex
-	cl   *kgo.Client
-	next uint64
-	held []*ferry.Message
+	mu     sync.Mutex
+	cl     *kgo.Client
+	next   uint64           // where the runtime reads next
+	held   []*ferry.Message // polled, not returned yet (not due, or over max)
+	polled uint64           // one past the last record polled, control records included
 }
 
 func (p *puller) close() {
@@ -356,11 +429,16 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 			kgo.SeedBrokers(b.seeds...),
 			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{tp.Topic: {tp.Partition: kgo.NewOffset().At(int64(offset))}}),
 			kgo.FetchMaxWait(500 * time.Millisecond),
+			// Outputs of aborted transactions are never seen; commit and
+			// abort markers are kept so the position can move past a
+			// partition's last marker (see below).
+			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+			kgo.KeepControlRecords(),
 		}, b.cfg.extra...)...)
 		if err != nil {
 			return backend.Fetched{Next: offset}, fmt.Errorf("kafka: fetch %s/%d: %w", tp.Topic, tp.Partition, err)
 		}
-		p.cl, p.next = cl, offset
+		p.cl, p.next, p.polled = cl, offset, offset
 	}
 	for {
 		if len(p.held) == 0 {
@@ -375,6 +453,10 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 				return backend.Fetched{Next: offset}, fmt.Errorf("kafka: fetch %s/%d: %w", tp.Topic, tp.Partition, ferr)
 			}
 			for _, r := range fs.Records() {
+				p.polled = uint64(r.Offset) + 1
+				if r.Attrs.IsControl() {
+					continue
+				}
 				m, err := fromRecord(r)
 				if err != nil {
 					p.close()
@@ -387,7 +469,17 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 			out := p.held[:n:n]
 			p.held = p.held[n:]
 			p.next = out[n-1].Offset + 1
+			if len(p.held) == 0 {
+				p.next = p.polled
+			}
 			return backend.Fetched{Messages: out, Next: p.next}, nil
+		}
+		if len(p.held) == 0 && p.polled > p.next {
+			// Only transaction markers (or aborted records): nothing to
+			// return, but the position moves past them, so a reader that
+			// stops at the partition's end does not wait for more.
+			p.next = p.polled
+			return backend.Fetched{Next: p.next}, nil
 		}
 		if len(p.held) > 0 {
 			select {
