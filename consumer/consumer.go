@@ -81,6 +81,7 @@ type cfg struct {
 	breaker        *BreakerSettings
 	exactlyOnce    *idempotency.Log
 	limiter        *rate.Limiter
+	durableAfter   time.Duration
 }
 
 // Opt configures a Consumer.
@@ -153,6 +154,8 @@ func (c *cfg) validate() error {
 		return fmt.Errorf("%w: max buffered %d: want 1 to 1048576", ferry.ErrInvalidArgument, c.maxBuffered)
 	case c.commitInterval <= 0 || c.heartbeat <= 0:
 		return fmt.Errorf("%w: commit and heartbeat intervals must be positive", ferry.ErrInvalidArgument)
+	case c.durableAfter < 0:
+		return fmt.Errorf("%w: durable retry threshold %v: want 0 (off) or a positive delay", ferry.ErrInvalidArgument, c.durableAfter)
 	}
 	return c.policy.Validate()
 }
@@ -168,6 +171,8 @@ type Consumer struct {
 	busy    atomic.Int64 // pool goroutines running a lane
 
 	breaker *breaker // nil without WithCircuitBreaker
+
+	rescan chan struct{} // wakes the retry loop (scheduled.go)
 
 	mu      sync.Mutex
 	workers map[backend.TopicPartition]*worker
@@ -231,6 +236,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 		heartbeat:      time.Second,
 		logger:         slog.New(slog.DiscardHandler),
 		seed:           rand.Uint64(),
+		durableAfter:   time.Minute,
 	}
 	for _, o := range opts {
 		o.apply(&c)
@@ -248,7 +254,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	for i := len(c.middleware) - 1; i >= 0; i-- {
 		h = c.middleware[i](h)
 	}
-	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}}
+	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, rescan: make(chan struct{}, 1)}
 	if c.breaker != nil {
 		cons.breaker = newBreaker(c.handlerName, c.breaker, func(from, to string) {
 			c.logger.Warn("circuit breaker changed state", "handler", c.handlerName, "from", from, "to", to)
@@ -279,6 +285,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer s.Leave()
 	pool := c.startPool()
 	defer pool()
+	if c.cfg.durableAfter > 0 {
+		rctx, stopRetries := context.WithCancel(ctx)
+		retriesDone := make(chan struct{})
+		go func() { defer close(retriesDone); c.retryLoop(rctx) }()
+		defer func() { stopRetries(); <-retriesDone }()
+	}
 	workers := map[backend.TopicPartition]*worker{}
 	stopAll := func() {
 		var wg sync.WaitGroup
@@ -324,6 +336,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 					w := c.startWorker(s, tp)
 					workers[tp] = w
 					c.setWorker(tp, w)
+					c.kickRetries() // its due retries are this member's now
 				}
 			}
 		}

@@ -23,43 +23,96 @@ import (
 // it survives restarts and rebalances. A blocker governs only messages
 // after it in the partition: a replay of the uncommitted window after a
 // rebalance re-handles the key's earlier messages normally.
+//
+// A redrive takes the key's entries as they are when it runs, but the
+// partition may still hold messages of the key the worker has not reached:
+// they park after the redrive and miss it. So the blocker's copy does not
+// simply release the key: the worker first looks for entries of the key
+// still dead in the DLQ; if there are some, it redrives them too and the
+// key drains (copies pass, new messages park) until the copy of the last
+// one arrives, where it looks again. The key is released only when its
+// DLQ holds nothing dead.
 
 // blocker is the dead letter a parked key waits behind.
 type blocker struct {
 	id     ferry.ID
 	offset uint64
+	// drainUntil, when set, is the last entry of the key redriven to catch
+	// up: until its copy arrives, redriven copies pass and other messages
+	// park.
+	drainUntil ferry.ID
 }
 
 // park records m's key as parked behind m (messages without a key have no
-// order to keep).
+// order to keep). m failed while not parked, so it is the key's earliest
+// unresolved message and replaces any blocker the key was draining behind.
 func (w *worker) park(m *ferry.Message) {
 	if m.Key == nil {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.parked[string(m.Key)]; !ok {
-		w.parked[string(m.Key)] = blocker{m.ID, m.Offset}
-	}
+	w.parked[string(m.Key)] = blocker{id: m.ID, offset: m.Offset}
 }
 
-// parkedBehind reports whether m must park, and behind which blocker. The
-// redriven copy of the blocker releases the key instead.
+// parkedBehind reports whether m must park, and behind which dead letter.
+// The redriven copy of the blocker (or of the last entry a drain waits
+// for) passes, and releases the key if nothing of it is left in the DLQ.
 func (w *worker) parkedBehind(m *ferry.Message) (ferry.ID, bool) {
 	if m.Key == nil {
 		return ferry.ID{}, false
 	}
+	of, isCopy := m.Header(dlq.HeaderRedriveOf)
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	b, ok := w.parked[string(m.Key)]
-	if !ok || m.Offset <= b.offset {
+	w.mu.Unlock()
+	switch {
+	case !ok:
 		return ferry.ID{}, false
-	}
-	if of, has := m.Header(dlq.HeaderRedriveOf); has && string(of) == b.id.String() {
-		delete(w.parked, string(m.Key))
+	case b.drainUntil.IsZero() && m.Offset <= b.offset:
 		return ferry.ID{}, false
+	case b.drainUntil.IsZero() && isCopy && string(of) == b.id.String(),
+		!b.drainUntil.IsZero() && isCopy && string(of) == b.drainUntil.String():
+		w.releaseOrDrain(m.Key, b)
+		return ferry.ID{}, false
+	case !b.drainUntil.IsZero() && isCopy:
+		return ferry.ID{}, false
+	case !b.drainUntil.IsZero():
+		return b.drainUntil, true
 	}
 	return b.id, true
+}
+
+// releaseOrDrain unparks key unless entries of it are still dead in the
+// DLQ; those are redriven and the key drains until the last one's copy.
+// If the DLQ cannot be read, the key stays as it is and the next copy (or
+// a later redrive) tries again.
+func (w *worker) releaseOrDrain(key []byte, b blocker) {
+	q := dlq.Open(w.c.b, w.c.cfg.dlqTopic)
+	left, err := q.List(w.ctx, dlq.Filter{Key: key, SourceTopic: w.tp.Topic})
+	var mine []ferry.ID
+	for _, e := range left {
+		if err == nil && e.Group == w.c.group && e.Original.Partition == w.tp.Partition {
+			mine = append(mine, e.Original.ID)
+		}
+	}
+	if err == nil && len(mine) > 0 {
+		_, err = q.Redrive(w.ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: mine}})
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if cur, ok := w.parked[string(key)]; !ok || cur != b {
+		return // re-parked meanwhile
+	}
+	switch {
+	case err != nil:
+		w.c.cfg.logger.Warn("releasing a parked key failed; it stays parked until its next redrive", "key", string(key), "err", err)
+	case len(mine) == 0:
+		delete(w.parked, string(key))
+	default:
+		b.drainUntil = mine[len(mine)-1]
+		w.parked[string(key)] = b
+	}
 }
 
 // loadParked rebuilds a partition's parked keys from the group's DLQ: per
@@ -78,7 +131,7 @@ func (c *Consumer) loadParked(ctx context.Context, tp backend.TopicPartition) (m
 			continue
 		}
 		if _, ok := parked[string(e.Original.Key)]; !ok {
-			parked[string(e.Original.Key)] = blocker{e.Original.ID, e.Original.Offset}
+			parked[string(e.Original.Key)] = blocker{id: e.Original.ID, offset: e.Original.Offset}
 		}
 	}
 	return parked, nil

@@ -318,8 +318,9 @@ func (w *worker) process(e *entry) bool {
 		err := fmt.Errorf("key %q is parked behind dead letter %s", e.m.Key, blocker)
 		return w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its blocker is redriven"})
 	}
-	var first time.Time
-	for attempt := 1; ; attempt++ {
+	// A redriven scheduled retry continues its count.
+	prior, first := priorAttempts(e.m)
+	for attempt := prior + 1; ; attempt++ {
 		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
 		out := &outputs{}
 		err, counts := w.callGuarded(e.m, attempt, out)
@@ -358,6 +359,9 @@ func (w *worker) process(e *entry) bool {
 			return true
 		}
 		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay})
+		if t := c.cfg.durableAfter; t > 0 && d.Delay >= t {
+			return w.schedule(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class}, d.Delay)
+		}
 		select {
 		case <-time.After(d.Delay):
 		case <-w.ctx.Done():

@@ -39,6 +39,8 @@ const (
 	HeaderClass        = "ferry-dlq-class"
 	HeaderReason       = "ferry-dlq-reason"
 	HeaderStack        = "ferry-dlq-stack"
+	// HeaderRetryAt is the time a scheduled retry is due.
+	HeaderRetryAt = "ferry-dlq-retry-at"
 	// HeaderState marks a state record: "redriven" or "purged".
 	HeaderState = "ferry-dlq-state"
 	// HeaderRedriveOf is set on a redriven message: the ID of the message
@@ -52,6 +54,12 @@ const (
 // behind an earlier dead letter of its key, to keep the key's order.
 const ClassParked retry.Class = "parked"
 
+// ClassScheduled marks a durable retry: the message failed transiently and
+// its next attempt is due at RetryAt, too far off to wait in memory. The
+// consumer that owns its source partition redrives it (with its key's
+// parked messages) once due; until then its key is parked behind it.
+const ClassScheduled retry.Class = "scheduled"
+
 // Failure says why a message is dead-lettered.
 type Failure struct {
 	Group, Handler string
@@ -60,6 +68,8 @@ type Failure struct {
 	Err            error
 	Class          retry.Class
 	Reason         string
+	// RetryAt is when a scheduled retry (ClassScheduled) is due.
+	RetryAt time.Time
 }
 
 // NewEntry builds the dead letter of m for topic dlqTopic. Its ID is
@@ -85,6 +95,9 @@ func NewEntry(m *ferry.Message, dlqTopic string, f Failure) *ferry.Message {
 	add(HeaderError, text)
 	add(HeaderClass, string(f.Class))
 	add(HeaderReason, f.Reason)
+	if !f.RetryAt.IsZero() {
+		add(HeaderRetryAt, f.RetryAt.UTC().Format(time.RFC3339Nano))
+	}
 	var pe *retry.PanicError
 	if errors.As(f.Err, &pe) {
 		add(HeaderStack, string(pe.Stack))
@@ -113,6 +126,8 @@ type Entry struct {
 	Class        retry.Class
 	Reason       string
 	Stack        string
+	// RetryAt is when a scheduled retry is due (zero for other classes).
+	RetryAt time.Time
 	// State is "dead" until the entry is redriven or purged.
 	State string
 }
@@ -142,5 +157,8 @@ func Parse(r *ferry.Message) (Entry, error) {
 	e.FirstFailure, _ = time.Parse(time.RFC3339Nano, get(HeaderFirstFailure))
 	e.LastFailure, _ = time.Parse(time.RFC3339Nano, get(HeaderLastFailure))
 	e.Error, e.Class, e.Reason, e.Stack = get(HeaderError), retry.Class(get(HeaderClass)), get(HeaderReason), get(HeaderStack)
+	if at := get(HeaderRetryAt); at != "" {
+		e.RetryAt, _ = time.Parse(time.RFC3339Nano, at)
+	}
 	return e, nil
 }

@@ -64,6 +64,7 @@ func Run(t *testing.T, h Harness) {
 		{"BadInput", testBadInput},
 		{"RuntimeOrderAcrossMembers", testRuntimeOrder},
 		{"RuntimeDLQParkedRedrive", testDLQRoundTrip},
+		{"RuntimeDurableRetry", testDurableRetry},
 		{"AtomicPublishCommit", testAtomic},
 		{"RuntimeExactlyOnce", testExactlyOnce},
 		{"Outage", testOutage},
@@ -573,6 +574,54 @@ func testDLQRoundTrip(t *testing.T, h Harness) {
 	// Redrive is idempotent.
 	if n, err := q.Redrive(ctx, dlq.RedriveOpts{}); err != nil || n != 0 {
 		t.Fatalf("second redrive: %d, %v", n, err)
+	}
+}
+
+// testDurableRetry has a handler ask for a retry longer than the
+// consumer's durable threshold: it is scheduled through the DLQ, other keys
+// flow, the consumer restarts, and the retry runs when due with the key's
+// later messages behind it in order.
+func testDurableRetry(t *testing.T, h Harness) {
+	b := h.New(t)
+	ensure(t, b, "dr", 2)
+	rec := newRecorder()
+	var mu sync.Mutex
+	var attempts []int
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		if k, s := seqOf(m); k == "later" && s == 0 {
+			mu.Lock()
+			attempts = append(attempts, consumer.Attempt(ctx))
+			mu.Unlock()
+			if consumer.Attempt(ctx) == 1 {
+				return ferry.RetryAfter(errors.New("come back in three seconds"), 3*time.Second)
+			}
+		}
+		rec.record(m, m.ID)
+		return nil
+	}
+	opts := []consumer.Opt{consumer.WithDurableRetry(200 * time.Millisecond)}
+	stop := runConsumer(t, b, "dr-group", "dr", handler, opts...)
+	var msgs []*ferry.Message
+	for i := range 5 {
+		msgs = append(msgs, msg("dr", "later", i), msg("dr", "now", i))
+	}
+	if err := b.Publish(ctxFor(t), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the other key", func() bool { return rec.count() >= 5 })
+	q := dlq.Open(b, "dr-group.dlq")
+	waitUntil(t, "the scheduled retry and the key's parked messages", func() bool {
+		entries, _ := q.List(ctxFor(t), dlq.Filter{})
+		return len(entries) == 5 && entries[0].Class == dlq.ClassScheduled
+	})
+	stop()
+	runConsumer(t, b, "dr-group", "dr", handler, opts...)
+	waitUntil(t, "the retried key", func() bool { return rec.count() == 10 })
+	rec.check(t, 10)
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(attempts) != "[1 2]" {
+		t.Fatalf("attempts of the retried message: %v, want [1 2]", attempts)
 	}
 }
 

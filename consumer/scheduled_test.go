@@ -1,0 +1,217 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// handling records handler calls in order, per key.
+type handling struct {
+	mu    sync.Mutex
+	calls []string // "payload@attempt"
+	done  map[string]bool
+}
+
+func (h *handling) record(m *ferry.Message, attempt int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.calls = append(h.calls, fmt.Sprintf("%s@%d", m.Payload, attempt))
+	if h.done == nil {
+		h.done = map[string]bool{}
+	}
+	h.done[string(m.Payload)] = true
+}
+
+func (h *handling) handled(p string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.done[p]
+}
+
+// order returns the calls whose payload starts with prefix.
+func (h *handling) order(prefix string) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for _, c := range h.calls {
+		if len(c) >= len(prefix) && c[:len(prefix)] == prefix {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func startConsumer(t *testing.T, b backend.Backend, h Handler, opts ...Opt) (*Consumer, func()) {
+	t.Helper()
+	opts = append([]Opt{WithCommitInterval(10 * time.Millisecond), WithDurableRetry(100 * time.Millisecond),
+		WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, MaxAttempts: 5})}, opts...)
+	c, err := New(b, "g", []string{"in"}, h, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("consumer: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return c, stop
+}
+
+func publish(t *testing.T, b backend.Backend, payloads ...string) {
+	t.Helper()
+	for _, p := range payloads {
+		k, _, _ := cutKey(p)
+		if err := b.Publish(context.Background(), &ferry.Message{Topic: "in", Key: []byte(k), Payload: []byte(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func cutKey(p string) (string, string, bool) {
+	for i := range p {
+		if p[i] == '/' {
+			return p[:i], p[i+1:], true
+		}
+	}
+	return p, "", false
+}
+
+// A retry longer than the durable threshold goes to the DLQ as a
+// scheduled entry, the rest of the partition keeps flowing, the key's
+// later messages park behind it, and a consumer started after a restart
+// (nothing in memory) redrives it when due: the retry runs as attempt 2
+// and the key's messages follow in order.
+func TestDurableRetrySurvivesRestart(t *testing.T) {
+	b := newBackend(t)
+	if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec := &handling{}
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		if string(m.Payload) == "slow/0" && Attempt(ctx) == 1 {
+			return ferry.RetryAfter(errors.New("the dependency asks to come back later"), 2*time.Second)
+		}
+		rec.record(m, Attempt(ctx))
+		return nil
+	}
+	first, stop := startConsumer(t, b, handler)
+	publish(t, b, "slow/0", "slow/1", "fast/0", "fast/1", "fast/2", "slow/2", "fast/3")
+	waitFor(t, "the other key", func() bool { return rec.handled("fast/3") })
+	q := dlq.Open(b, "g.dlq")
+	var entries []dlq.Entry
+	waitFor(t, "the scheduled retry and the parked messages", func() bool {
+		entries, _ = q.List(context.Background(), dlq.Filter{})
+		return len(entries) == 3
+	})
+	if e := entries[0]; e.Class != dlq.ClassScheduled || string(e.Original.Payload) != "slow/0" || e.RetryAt.Before(e.LastFailure.Add(2*time.Second)) || e.Attempts != 1 {
+		t.Fatalf("first entry: class %s payload %s retry at %v (failed %v) attempts %d", e.Class, e.Original.Payload, e.RetryAt, e.LastFailure, e.Attempts)
+	}
+	if entries[1].Class != dlq.ClassParked || entries[2].Class != dlq.ClassParked {
+		t.Fatalf("later messages of the key: classes %s, %s, want parked", entries[1].Class, entries[2].Class)
+	}
+	if st := first.Stats(); st.ParkedKeys != 1 || st.Pending != 0 {
+		t.Fatalf("while the retry waits: %d parked keys, %d pending (the watermark must not wait)", st.ParkedKeys, st.Pending)
+	}
+	stop() // a restart: the wait is not in memory anywhere now
+	if got := rec.order("slow/"); len(got) != 0 {
+		t.Fatalf("slow key handled before its retry was due: %v", got)
+	}
+	startConsumer(t, b, handler)
+	waitFor(t, "the retried key", func() bool { return rec.handled("slow/2") })
+	if got, want := fmt.Sprint(rec.order("slow/")), "[slow/0@2 slow/1@1 slow/2@1]"; got != want {
+		t.Fatalf("slow key handled as %s, want %s", got, want)
+	}
+	waitFor(t, "an empty DLQ", func() bool {
+		entries, _ = q.List(context.Background(), dlq.Filter{})
+		return len(entries) == 0
+	})
+}
+
+// gatedDLQ holds the writes of parked entries until the test opens the
+// gate, so a redrive can run before the worker parked all of a key.
+type gatedDLQ struct {
+	backend.Backend
+	blocked chan struct{} // receives once per held write
+	gate    chan struct{}
+}
+
+func (g *gatedDLQ) Publish(ctx context.Context, msgs ...*ferry.Message) error {
+	for _, m := range msgs {
+		if c, ok := m.Header(dlq.HeaderClass); ok && string(c) == string(dlq.ClassParked) {
+			g.blocked <- struct{}{}
+			<-g.gate
+		}
+	}
+	return g.Backend.Publish(ctx, msgs...)
+}
+
+// A redrive that runs while later messages of the key are still on their
+// way into the DLQ does not strand them: the blocker's copy finds them
+// dead, redrives them too, and the key is released only after their
+// copies, so the key's order holds and the DLQ ends empty.
+func TestRedriveCatchesMessagesParkedAfterIt(t *testing.T) {
+	b := &gatedDLQ{Backend: newBackend(t), blocked: make(chan struct{}, 16), gate: make(chan struct{})}
+	if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec := &handling{}
+	var mu sync.Mutex
+	fixed := false
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		mu.Lock()
+		ok := fixed
+		mu.Unlock()
+		if string(m.Payload) == "k/0" && !ok {
+			return ferry.Permanent(errors.New("poison until fixed"))
+		}
+		rec.record(m, Attempt(ctx))
+		return nil
+	}
+	startConsumer(t, b, handler)
+	publish(t, b, "k/0", "k/1", "k/2", "other/0")
+	<-b.blocked // k/1 is being parked; its entry is not in the DLQ yet
+	q := dlq.Open(b, "g.dlq")
+	mu.Lock()
+	fixed = true
+	mu.Unlock()
+	if n, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte("k")}}); err != nil || n != 1 {
+		t.Fatalf("redrive: %d, %v (want only the blocker: the rest is not in the DLQ yet)", n, err)
+	}
+	close(b.gate)
+	waitFor(t, "the key's messages", func() bool { return rec.handled("k/2") })
+	if got, want := fmt.Sprint(rec.order("k/")), "[k/0@1 k/1@1 k/2@1]"; got != want {
+		t.Fatalf("key handled as %s, want %s", got, want)
+	}
+	waitFor(t, "an empty DLQ", func() bool {
+		entries, _ := q.List(context.Background(), dlq.Filter{})
+		return len(entries) == 0
+	})
+	publish(t, b, "k/3")
+	waitFor(t, "the released key", func() bool { return rec.handled("k/3") })
+}
