@@ -141,15 +141,35 @@ func Assign(wants map[string][]TopicPartition) map[TopicPartition]string {
 	return out
 }
 
-// DuePrefix returns how many of msgs, at most max, can be delivered at
-// now: the prefix before the first message whose NotBefore is in the
-// future. Backends without delayed delivery of their own hold the rest
-// back, so a delayed message also delays what follows it in its
-// partition, as in the embedded log.
-func DuePrefix(msgs []*ferry.Message, max int, now time.Time) int {
+// TakeDue removes from *held, and returns, the messages that can be
+// delivered at now, at most max: the prefix before the first message whose
+// NotBefore is in the future. Backends without delayed delivery of their
+// own hold the rest back, so a delayed message also delays what follows it
+// in its partition, as in the embedded log.
+func TakeDue(held *[]*ferry.Message, max int, now time.Time) []*ferry.Message {
+	msgs := *held
 	n := 0
 	for n < len(msgs) && n < max && !msgs[n].NotBefore.After(now) {
 		n++
 	}
-	return n
+	if n == 0 {
+		return nil
+	}
+	*held = msgs[n:]
+	return msgs[:n:n]
+}
+
+// WaitDue waits until the first of held is due (at most a second, so a
+// caller rechecks regularly) or ctx ends (its error).
+func WaitDue(ctx context.Context, held []*ferry.Message) error {
+	wait := time.Second
+	if len(held) > 0 {
+		wait = min(time.Until(held[0].NotBefore), wait)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(wait):
+		return nil
+	}
 }

@@ -58,21 +58,13 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 				return backend.Fetched{Next: offset}, err
 			}
 		}
-		if n := backend.DuePrefix(p.held, max, time.Now()); n > 0 {
-			out := p.held[:n:n]
-			p.held = p.held[n:]
-			p.next = out[n-1].Offset + 1
+		if out := backend.TakeDue(&p.held, max, time.Now()); len(out) > 0 {
+			p.next = out[len(out)-1].Offset + 1
 			return backend.Fetched{Messages: out, Next: p.next}, nil
 		}
-		wait := 100 * time.Millisecond
-		if len(p.held) > 0 {
-			wait = min(time.Until(p.held[0].NotBefore), time.Second)
-		}
 		if len(p.held) > 0 || ctx.Err() != nil {
-			select {
-			case <-ctx.Done():
-				return backend.Fetched{Next: offset}, ctx.Err()
-			case <-time.After(wait):
+			if err := backend.WaitDue(ctx, p.held); err != nil {
+				return backend.Fetched{Next: offset}, err
 			}
 		}
 	}

@@ -465,10 +465,8 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 				p.held = append(p.held, m)
 			}
 		}
-		if n := backend.DuePrefix(p.held, max, time.Now()); n > 0 {
-			out := p.held[:n:n]
-			p.held = p.held[n:]
-			p.next = out[n-1].Offset + 1
+		if out := backend.TakeDue(&p.held, max, time.Now()); len(out) > 0 {
+			p.next = out[len(out)-1].Offset + 1
 			if len(p.held) == 0 {
 				p.next = p.polled
 			}
@@ -482,10 +480,8 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 			return backend.Fetched{Next: p.next}, nil
 		}
 		if len(p.held) > 0 {
-			select {
-			case <-ctx.Done():
-				return backend.Fetched{Next: offset}, ctx.Err()
-			case <-time.After(min(time.Until(p.held[0].NotBefore), time.Second)):
+			if err := backend.WaitDue(ctx, p.held); err != nil {
+				return backend.Fetched{Next: offset}, err
 			}
 		}
 	}
