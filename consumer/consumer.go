@@ -82,6 +82,7 @@ type cfg struct {
 	exactlyOnce    *idempotency.Log
 	limiter        *rate.Limiter
 	durableAfter   time.Duration
+	maxParkedKeys  int
 }
 
 // Opt configures a Consumer.
@@ -103,6 +104,12 @@ func WithConcurrency(n int) Opt { return optFunc(func(c *cfg) { c.concurrency = 
 // between a partition's commit watermark and its fetch position (finished
 // ones waiting behind an unfinished one) are bounded at 64 times this.
 func WithMaxBuffered(n int) Opt { return optFunc(func(c *cfg) { c.maxBuffered = n }) }
+
+// WithMaxParkedKeys bounds the keys each partition holds parked behind a
+// dead letter or a scheduled retry (default 10000; the parked messages
+// themselves are in the DLQ, not in memory). At the bound, fetching from
+// the partition pauses until a key is released by a redrive.
+func WithMaxParkedKeys(n int) Opt { return optFunc(func(c *cfg) { c.maxParkedKeys = n }) }
 
 // WithRetryPolicy sets the retry policy (default retry.DefaultPolicy).
 func WithRetryPolicy(p retry.Policy) Opt { return optFunc(func(c *cfg) { c.policy = p }) }
@@ -154,6 +161,8 @@ func (c *cfg) validate() error {
 		return fmt.Errorf("%w: max buffered %d: want 1 to 1048576", ferry.ErrInvalidArgument, c.maxBuffered)
 	case c.commitInterval <= 0 || c.heartbeat <= 0:
 		return fmt.Errorf("%w: commit and heartbeat intervals must be positive", ferry.ErrInvalidArgument)
+	case c.maxParkedKeys < 1:
+		return fmt.Errorf("%w: max parked keys %d: want at least 1", ferry.ErrInvalidArgument, c.maxParkedKeys)
 	case c.durableAfter < 0:
 		return fmt.Errorf("%w: durable retry threshold %v: want 0 (off) or a positive delay", ferry.ErrInvalidArgument, c.durableAfter)
 	}
@@ -188,6 +197,8 @@ type Stats struct {
 	Keys       int    // keys with a message in flight
 	Breaker    string // "closed", "open", "half-open", or "" without a breaker
 	ParkedKeys int    // keys waiting behind a dead letter for a redrive
+	// ParkedMessages counts the messages in the DLQ behind parked keys.
+	ParkedMessages int
 }
 
 // Stats returns a snapshot of the consumer's buffers.
@@ -204,6 +215,9 @@ func (c *Consumer) Stats() Stats {
 		st.Pending += len(w.pending)
 		st.Keys += len(w.lanes)
 		st.ParkedKeys += len(w.parked)
+		for _, b := range w.parked {
+			st.ParkedMessages += b.parked
+		}
 		for _, l := range w.lanes {
 			st.Waiting += len(l.waiting)
 		}
@@ -237,6 +251,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 		logger:         slog.New(slog.DiscardHandler),
 		seed:           rand.Uint64(),
 		durableAfter:   time.Minute,
+		maxParkedKeys:  10000,
 	}
 	for _, o := range opts {
 		o.apply(&c)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
@@ -41,6 +42,52 @@ type blocker struct {
 	// up: until its copy arrives, redriven copies pass and other messages
 	// park.
 	drainUntil ferry.ID
+	// parked counts the messages parked behind the key (in the DLQ).
+	parked int
+}
+
+// roomToPark waits until m's key can be parked behind m — it is parked
+// already, or the partition holds fewer parked keys than the bound — and
+// parks it (reserving the slot, so concurrent failures cannot overshoot
+// the bound; m's lane runs nothing else of the key meanwhile). While it
+// waits, m waits in its lane like a retry: its key and the watermark wait
+// with it, other keys flow, and fetching goes on, so redriven copies
+// arrive and release keys. It returns false if the worker stopped first.
+func (w *worker) roomToPark(m *ferry.Message) bool {
+	if m.Key == nil {
+		return true
+	}
+	warned := false
+	for {
+		w.mu.Lock()
+		_, already := w.parked[string(m.Key)]
+		n := len(w.parked)
+		if already || n < w.c.cfg.maxParkedKeys {
+			w.parked[string(m.Key)] = blocker{id: m.ID, offset: m.Offset}
+			w.mu.Unlock()
+			return true
+		}
+		w.mu.Unlock()
+		if !warned {
+			w.c.cfg.logger.Warn("parked-key bound reached; a failed message waits for a key to be released", "topic", w.tp.Topic, "partition", w.tp.Partition, "parked_keys", n, "id", m.ID)
+			warned = true
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-w.ctx.Done():
+			return false
+		}
+	}
+}
+
+// countParked counts one more message parked behind key.
+func (w *worker) countParked(key []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if b, ok := w.parked[string(key)]; ok {
+		b.parked++
+		w.parked[string(key)] = b
+	}
 }
 
 // park records m's key as parked behind m (messages without a key have no
@@ -101,7 +148,7 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if cur, ok := w.parked[string(key)]; !ok || cur != b {
+	if cur, ok := w.parked[string(key)]; !ok || cur.id != b.id || cur.drainUntil != b.drainUntil {
 		return // re-parked meanwhile
 	}
 	switch {
@@ -111,6 +158,7 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 		delete(w.parked, string(key))
 	default:
 		b.drainUntil = mine[len(mine)-1]
+		b.parked = len(mine)
 		w.parked[string(key)] = b
 	}
 }
@@ -130,8 +178,11 @@ func (c *Consumer) loadParked(ctx context.Context, tp backend.TopicPartition) (m
 		if e.Group != c.group || e.Original.Partition != tp.Partition || e.Original.Key == nil {
 			continue
 		}
-		if _, ok := parked[string(e.Original.Key)]; !ok {
+		if b, ok := parked[string(e.Original.Key)]; !ok {
 			parked[string(e.Original.Key)] = blocker{id: e.Original.ID, offset: e.Original.Offset}
+		} else {
+			b.parked++
+			parked[string(e.Original.Key)] = b
 		}
 	}
 	return parked, nil

@@ -215,3 +215,66 @@ func TestRedriveCatchesMessagesParkedAfterIt(t *testing.T) {
 	publish(t, b, "k/3")
 	waitFor(t, "the released key", func() bool { return rec.handled("k/3") })
 }
+
+// The parked keys of a partition are bounded: at the bound, a message that
+// would park one more key waits in its lane (other keys flow, nothing is
+// dead-lettered out of order) until a redrive releases a key.
+func TestParkedKeysBounded(t *testing.T) {
+	b := newBackend(t)
+	if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec := &handling{}
+	var mu sync.Mutex
+	fixed := map[string]bool{}
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		k, s, _ := cutKey(string(m.Payload))
+		mu.Lock()
+		ok := fixed[k]
+		mu.Unlock()
+		if k != "free" && s == "0" && !ok {
+			return ferry.Permanent(errors.New("poison"))
+		}
+		rec.record(m, Attempt(ctx))
+		return nil
+	}
+	c, _ := startConsumer(t, b, handler, WithMaxParkedKeys(2))
+	publish(t, b, "a/0", "a/1", "b/0", "b/1", "c/0", "c/1", "free/0", "free/1", "free/2")
+	waitFor(t, "the free key", func() bool { return rec.handled("free/2") })
+	q := dlq.Open(b, "g.dlq")
+	// keysIn returns the keys in the DLQ and how many entries.
+	keysIn := func() (map[string]bool, int) {
+		entries, _ := q.List(context.Background(), dlq.Filter{})
+		keys := map[string]bool{}
+		for _, e := range entries {
+			keys[string(e.Original.Key)] = true
+		}
+		return keys, len(entries)
+	}
+	waitFor(t, "two parked keys", func() bool { keys, n := keysIn(); return len(keys) == 2 && n == 4 })
+	time.Sleep(50 * time.Millisecond) // the third key would be dead-lettered by now without the bound
+	keys, n := keysIn()
+	if len(keys) != 2 || n != 4 {
+		t.Fatalf("DLQ holds %d entries of keys %v: a third key was parked past the bound of 2", n, keys)
+	}
+	if st := c.Stats(); st.ParkedKeys != 2 || st.ParkedMessages != 2 {
+		t.Fatalf("stats: %d parked keys, %d parked messages, want 2 and 2", st.ParkedKeys, st.ParkedMessages)
+	}
+	var release string
+	for k := range keys {
+		release = k
+	}
+	mu.Lock()
+	fixed[release] = true
+	mu.Unlock()
+	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte(release)}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the released key, then the waiting one parked", func() bool {
+		keys, n := keysIn()
+		return rec.handled(release+"/1") && len(keys) == 2 && n == 4 && !keys[release]
+	})
+	if got, want := fmt.Sprint(rec.order(release+"/")), fmt.Sprintf("[%s/0@1 %s/1@1]", release, release); got != want {
+		t.Fatalf("released key handled as %s, want %s", got, want)
+	}
+}

@@ -316,7 +316,11 @@ func (w *worker) process(e *entry) bool {
 	if blocker, parked := w.parkedBehind(e.m); parked {
 		now := time.Now()
 		err := fmt.Errorf("key %q is parked behind dead letter %s", e.m.Key, blocker)
-		return w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its blocker is redriven"})
+		if !w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its blocker is redriven"}) {
+			return false
+		}
+		w.countParked(e.m.Key)
+		return true
 	}
 	// A redriven scheduled retry continues its count.
 	prior, first := priorAttempts(e.m)
@@ -351,6 +355,10 @@ func (w *worker) process(e *entry) bool {
 			rng = rand.New(rand.NewPCG(c.cfg.seed, e.offset))
 		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
+		if (!d.Retry || (c.cfg.durableAfter > 0 && d.Delay >= c.cfg.durableAfter)) && !w.roomToPark(e.m) {
+			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
+			return false
+		}
 		if !d.Retry {
 			if !w.deadLetter(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}) {
 				return false
