@@ -65,6 +65,7 @@ type Log struct {
 	active     *segment // writer
 	activeSize int64    // writer
 	dirty      bool     // writer: written since the last fsync
+	lastFsync  int64    // writer: nanoseconds the last fsync took (with an Observer)
 	wbuf       []byte   // writer
 	scratch    writerScratch
 

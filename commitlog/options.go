@@ -65,6 +65,7 @@ type cfg struct {
 	maxGroupBytes   int
 	now             func() time.Time
 	logger          *slog.Logger
+	observer        Observer
 	readOnly        bool
 	repair          bool
 	cleanInterval   time.Duration
@@ -175,6 +176,22 @@ func WithMaxGroupBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxGroupByte
 // WithClock sets the clock used for message times, retention, delayed
 // delivery and deduplication windows (default time.Now).
 func WithClock(now func() time.Time) Opt { return optFunc(func(c *cfg) { c.now = now }) }
+
+// Observer receives the log's measurements, for metrics (package metrics
+// implements it with Prometheus). Calls come from the writer goroutine:
+// they must be quick and must not call the log.
+type Observer interface {
+	// GroupCommit reports one group commit: the appends (callers) and
+	// messages it wrote, its size in bytes, how long writing it took
+	// (fsync included) and how long the fsync alone took (0 without one).
+	GroupCommit(appends, messages, bytes int, write, fsync time.Duration)
+	// Appended reports how long one append waited, from its call to its
+	// acknowledgement.
+	Appended(latency time.Duration)
+}
+
+// WithObserver reports group commits and append latencies to o.
+func WithObserver(o Observer) Opt { return optFunc(func(c *cfg) { c.observer = o }) }
 
 // WithLogger sets the structured logger (default: discard).
 func WithLogger(l *slog.Logger) Opt { return optFunc(func(c *cfg) { c.logger = l }) }

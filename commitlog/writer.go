@@ -48,6 +48,7 @@ type request struct {
 	promise    func(*Batch, error) // called when finished (AppendAsync)
 	sem        *semaphore.Weighted // holds reserved bytes of the queue budget until finished
 	reserved   int64
+	start      time.Time // when the append was made (only with an Observer)
 }
 
 // finish reports a request's outcome to its caller and returns its bytes
@@ -190,8 +191,16 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 		return nil, fmt.Errorf("commitlog: offsets need a consumer group name of 1 to 255 bytes, got %q: %w", b.Group, ferry.ErrInvalidArgument)
 	}
 	b.Duplicates = 0
-	return &request{batch: b, size: total + sectionHeaderSize*len(b.Offsets) + 64*len(b.Offsets)}, nil
+	r := &request{batch: b, size: total + sectionHeaderSize*len(b.Offsets) + 64*len(b.Offsets)}
+	if l.cfg.observer != nil {
+		r.start = time.Now()
+	}
+	return r, nil
 }
+
+// Healthy reports whether the log accepts appends: it returns why not
+// (read-only, closed, or stopped by a write or fsync error).
+func (l *Log) Healthy() error { return l.writable() }
 
 func (l *Log) writable() error {
 	if l.cfg.readOnly {
@@ -415,7 +424,25 @@ func (l *Log) processGroup(g []*request) {
 	}
 	putBatchHeader(buf, 0, nsect, now)
 	l.wbuf = buf
-	respond(g, l.writeBatch(buf))
+	if obs := l.cfg.observer; obs != nil {
+		l.lastFsync = 0
+		t0 := time.Now()
+		err := l.writeBatch(buf)
+		done := time.Now()
+		msgs := 0
+		for _, bk := range sc.buckets {
+			msgs += len(bk.msgs)
+		}
+		obs.GroupCommit(live, msgs, len(buf), done.Sub(t0), time.Duration(l.lastFsync))
+		for _, r := range g {
+			if r.err == nil && err == nil {
+				obs.Appended(done.Sub(r.start))
+			}
+		}
+		respond(g, err)
+	} else {
+		respond(g, l.writeBatch(buf))
+	}
 	for _, bk := range sc.buckets {
 		bk.msgs = bk.msgs[:0]
 		sc.free = append(sc.free, bk)
@@ -552,8 +579,15 @@ func (l *Log) syncActive() error {
 	if !l.dirty {
 		return nil
 	}
+	var t0 time.Time
+	if l.cfg.observer != nil {
+		t0 = time.Now()
+	}
 	if err := l.active.f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", l.active.path, err)
+	}
+	if l.cfg.observer != nil {
+		l.lastFsync = int64(time.Since(t0))
 	}
 	l.dirty = false
 	return nil

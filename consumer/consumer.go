@@ -50,6 +50,8 @@ const (
 	EventRetried      EventKind = "retried"       // an attempt failed; another follows after Delay
 	EventDeadLettered EventKind = "dead-lettered" // written to the DLQ
 	EventAbandoned    EventKind = "abandoned"     // the partition was revoked or the consumer stopped mid-message; it will be redelivered
+	EventScheduled    EventKind = "scheduled"     // a long retry went to the DLQ, due after Delay (WithDurableRetry)
+	EventReleased     EventKind = "released"      // the redriven copy of a key's blocker arrived; the key is no longer parked
 )
 
 // Event describes one step of one message. Events are delivered
@@ -62,6 +64,8 @@ type Event struct {
 	Err     error
 	Class   retry.Class
 	Delay   time.Duration
+	// Duration is how long the attempt took (EventHandled, EventRetried).
+	Duration time.Duration
 }
 
 type cfg struct {
@@ -183,6 +187,9 @@ type Consumer struct {
 
 	rescan chan struct{} // wakes the retry loop (scheduled.go)
 
+	running  atomic.Bool  // Run is running
+	lastBeat atomic.Int64 // unix nanoseconds of the last successful heartbeat
+
 	mu      sync.Mutex
 	workers map[backend.TopicPartition]*worker
 }
@@ -298,6 +305,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("consumer: join group %q: %w", c.group, err)
 	}
 	defer s.Leave()
+	c.lastBeat.Store(time.Now().UnixNano())
+	c.running.Store(true)
+	defer c.running.Store(false)
 	pool := c.startPool()
 	defer pool()
 	if c.cfg.durableAfter > 0 {
@@ -329,6 +339,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				stopAll()
 				return err
 			}
+			c.lastBeat.Store(time.Now().UnixNano())
 		case tps, ok := <-s.Assignments():
 			if !ok {
 				stopAll()

@@ -146,9 +146,10 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 	if err == nil && len(mine) > 0 {
 		_, err = q.Redrive(w.ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: mine}})
 	}
+	released := false
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if cur, ok := w.parked[string(key)]; !ok || cur.id != b.id || cur.drainUntil != b.drainUntil {
+		w.mu.Unlock()
 		return // re-parked meanwhile
 	}
 	switch {
@@ -156,10 +157,15 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 		w.c.cfg.logger.Warn("releasing a parked key failed; it stays parked until its next redrive", "key", string(key), "err", err)
 	case len(mine) == 0:
 		delete(w.parked, string(key))
+		released = true
 	default:
 		b.drainUntil = mine[len(mine)-1]
 		b.parked = len(mine)
 		w.parked[string(key)] = b
+	}
+	w.mu.Unlock()
+	if released {
+		w.c.emit(Event{Kind: EventReleased, Message: &ferry.Message{Topic: w.tp.Topic, Partition: w.tp.Partition, Key: key, ID: b.id}})
 	}
 }
 

@@ -83,6 +83,7 @@ func (w *worker) schedule(m *ferry.Message, f failure, delay time.Duration) bool
 		return false
 	}
 	w.park(m)
+	w.c.emit(Event{Kind: EventScheduled, Message: m, Attempt: f.attempts, Err: f.err, Class: f.class, Delay: delay})
 	w.c.kickRetries()
 	return true
 }

@@ -327,13 +327,21 @@ func (w *worker) process(e *entry) bool {
 	for attempt := prior + 1; ; attempt++ {
 		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
 		out := &outputs{}
+		var began time.Time
+		if c.cfg.observer != nil {
+			began = time.Now()
+		}
 		err, counts := w.callGuarded(e.m, attempt, out)
+		var took time.Duration
+		if c.cfg.observer != nil {
+			took = time.Since(began)
+		}
 		if err == nil {
 			if !w.publishOutputs(e.m, out.msgs) {
 				c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt})
 				return false
 			}
-			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt})
+			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt, Duration: took})
 			return true
 		}
 		if w.ctx.Err() != nil {
@@ -366,7 +374,7 @@ func (w *worker) process(e *entry) bool {
 			w.park(e.m)
 			return true
 		}
-		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay})
+		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay, Duration: took})
 		if t := c.cfg.durableAfter; t > 0 && d.Delay >= t {
 			return w.schedule(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class}, d.Delay)
 		}
