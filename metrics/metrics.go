@@ -1,0 +1,258 @@
+// Package metrics exports ferry's measurements to Prometheus: the embedded
+// log's group commits, fsyncs and append latency; a consumer's lifecycle
+// events (handled, retried, dead-lettered, scheduled, released) with
+// handler latency; its buffers, parked keys, breaker state and lag per
+// partition; dead-letter queue depth by class; and the outbox relay's
+// throughput and lag. Everything registers on the registry the caller
+// passes (never the global one), and labels are bounded: group, topic,
+// partition, class — never a message ID or key.
+//
+//	reg := prometheus.NewRegistry()
+//	m, _ := metrics.New(reg)
+//	log, _ := commitlog.Open(ctx, dir, commitlog.WithObserver(m))
+//	c, _ := consumer.New(b, "billing", topics, h, consumer.WithObserver(m.ConsumerObserver("billing")))
+//	m.WatchConsumer("billing", c, b)
+//	http.ListenAndServe(addr, metrics.Handler(reg, metrics.Check("log", log.Healthy), metrics.Check("billing", c.Healthy)))
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/outbox"
+)
+
+// Metrics holds ferry's collectors on one registry. It implements
+// commitlog.Observer.
+type Metrics struct {
+	reg prometheus.Registerer
+
+	groupCommits   prometheus.Counter
+	appended       prometheus.Counter
+	appendLatency  prometheus.Histogram
+	fsyncLatency   prometheus.Histogram
+	commitWrite    prometheus.Histogram
+	groupMessages  prometheus.Histogram
+	groupBytes     prometheus.Histogram
+	events         *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	deadLetters    *prometheus.CounterVec
+	handleLatency  *prometheus.HistogramVec
+	relayed        *prometheus.CounterVec
+	relayFailures  *prometheus.CounterVec
+	relayLag       *prometheus.GaugeVec
+	messagesLogged prometheus.Counter
+}
+
+// latencyBuckets spans 50µs to 10s.
+var latencyBuckets = prometheus.ExponentialBuckets(50e-6, 2.5, 14)
+
+// New creates ferry's collectors and registers them on reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	if reg == nil {
+		return nil, fmt.Errorf("metrics: a registry is required (ferry never registers on the global one)")
+	}
+	m := &Metrics{
+		reg: reg,
+		groupCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_log_group_commits_total",
+			Help: "Group commits written by the embedded log (one write, at most one fsync each)."}),
+		appended: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_log_appends_total",
+			Help: "Appends (Append, Commit and AppendAsync calls) acknowledged by the embedded log."}),
+		messagesLogged: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_log_messages_total",
+			Help: "Messages written by the embedded log (duplicates dropped by the dedup window excluded)."}),
+		appendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_log_append_duration_seconds",
+			Help: "Time from an append call to its acknowledgement.", Buckets: latencyBuckets}),
+		fsyncLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_log_fsync_duration_seconds",
+			Help: "Duration of the embedded log's fsyncs of its active segment.", Buckets: latencyBuckets}),
+		commitWrite: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_log_group_commit_duration_seconds",
+			Help: "Duration of writing one group commit, fsync included.", Buckets: latencyBuckets}),
+		groupMessages: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_log_group_commit_messages",
+			Help: "Messages per group commit.", Buckets: prometheus.ExponentialBuckets(1, 4, 9)}),
+		groupBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_log_group_commit_bytes",
+			Help: "Bytes per group commit.", Buckets: prometheus.ExponentialBuckets(256, 4, 10)}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_consumer_events_total",
+			Help: "Lifecycle events of consumed messages: started, handled, retried, dead-lettered, abandoned, scheduled, released."}, []string{"group", "topic", "event"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_consumer_retries_total",
+			Help: "Failed attempts followed by a retry, by failure class."}, []string{"group", "topic", "class"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_consumer_dead_letters_total",
+			Help: "Messages written to the dead-letter queue, by class (parked: behind an earlier dead letter of their key)."}, []string{"group", "topic", "class"}),
+		handleLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_consumer_handle_duration_seconds",
+			Help: "Duration of handler attempts, by outcome (handled, retried).", Buckets: latencyBuckets}, []string{"group", "outcome"}),
+		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_outbox_relayed_total",
+			Help: "Outbox messages published and marked sent."}, []string{"relay"}),
+		relayFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_outbox_relay_failures_total",
+			Help: "Outbox relay batches that failed (retried with backoff)."}, []string{"relay"}),
+		relayLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_outbox_relay_lag_seconds",
+			Help: "Age of the oldest message in the outbox relay's last batch."}, []string{"relay"}),
+	}
+	for _, c := range []prometheus.Collector{m.groupCommits, m.appended, m.messagesLogged, m.appendLatency, m.fsyncLatency, m.commitWrite,
+		m.groupMessages, m.groupBytes, m.events, m.retries, m.deadLetters, m.handleLatency, m.relayed, m.relayFailures, m.relayLag} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: register: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// GroupCommit implements commitlog.Observer.
+func (m *Metrics) GroupCommit(appends, messages, bytes int, write, fsync time.Duration) {
+	m.groupCommits.Inc()
+	m.messagesLogged.Add(float64(messages))
+	m.groupMessages.Observe(float64(messages))
+	m.groupBytes.Observe(float64(bytes))
+	m.commitWrite.Observe(write.Seconds())
+	if fsync > 0 {
+		m.fsyncLatency.Observe(fsync.Seconds())
+	}
+}
+
+// Appended implements commitlog.Observer.
+func (m *Metrics) Appended(latency time.Duration) {
+	m.appended.Inc()
+	m.appendLatency.Observe(latency.Seconds())
+}
+
+// ConsumerObserver returns the observer to give consumer.WithObserver for
+// a consumer of group (combine it with others with consumer.Observers).
+func (m *Metrics) ConsumerObserver(group string) func(consumer.Event) {
+	handled := m.handleLatency.WithLabelValues(group, "handled")
+	retried := m.handleLatency.WithLabelValues(group, "retried")
+	return func(e consumer.Event) {
+		topic := ""
+		if e.Message != nil {
+			topic = e.Message.Topic
+		}
+		m.events.WithLabelValues(group, topic, string(e.Kind)).Inc()
+		switch e.Kind {
+		case consumer.EventHandled:
+			handled.Observe(e.Duration.Seconds())
+		case consumer.EventRetried:
+			retried.Observe(e.Duration.Seconds())
+			m.retries.WithLabelValues(group, topic, string(e.Class)).Inc()
+		case consumer.EventDeadLettered:
+			m.deadLetters.WithLabelValues(group, topic, string(e.Class)).Inc()
+		}
+	}
+}
+
+// RelayObserver returns the observer to give outbox.WithObserver for a
+// relay named name.
+func (m *Metrics) RelayObserver(name string) func(outbox.RelayStats) {
+	relayed, failures, lag := m.relayed.WithLabelValues(name), m.relayFailures.WithLabelValues(name), m.relayLag.WithLabelValues(name)
+	return func(s outbox.RelayStats) {
+		if s.Err != nil {
+			failures.Inc()
+			return
+		}
+		relayed.Add(float64(s.Published))
+		lag.Set(s.Lag.Seconds())
+	}
+}
+
+// scrapeTimeout bounds the backend calls a scrape makes (partition ends,
+// DLQ scans).
+const scrapeTimeout = 5 * time.Second
+
+// WatchConsumer exports a running consumer's state on every scrape: its
+// in-flight, buffered, waiting and pending messages, parked keys and
+// messages, breaker state (0 closed, 1 half-open, 2 open) and, per
+// assigned partition, its lag (the partition's end minus the committed
+// offset, read from b).
+func (m *Metrics) WatchConsumer(group string, c *consumer.Consumer, b backend.Backend) error {
+	return m.reg.Register(&consumerCollector{group: group, c: c, b: b})
+}
+
+var (
+	descInFlight       = prometheus.NewDesc("ferry_consumer_in_flight", "Handler calls running or waiting to retry.", []string{"group"}, nil)
+	descBuffered       = prometheus.NewDesc("ferry_consumer_buffered", "Messages fetched and not yet finished.", []string{"group"}, nil)
+	descWaiting        = prometheus.NewDesc("ferry_consumer_waiting", "Messages waiting behind their key's message in flight.", []string{"group"}, nil)
+	descParkedKeys     = prometheus.NewDesc("ferry_consumer_parked_keys", "Keys parked behind a dead letter or scheduled retry.", []string{"group"}, nil)
+	descParkedMessages = prometheus.NewDesc("ferry_consumer_parked_messages", "Messages in the DLQ behind parked keys.", []string{"group"}, nil)
+	descBreaker        = prometheus.NewDesc("ferry_consumer_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", []string{"group"}, nil)
+	descLag            = prometheus.NewDesc("ferry_consumer_lag_messages", "Messages between the committed offset and the end of a partition.", []string{"group", "topic", "partition"}, nil)
+	descCommitted      = prometheus.NewDesc("ferry_consumer_committed_offset", "Committed offset of an assigned partition.", []string{"group", "topic", "partition"}, nil)
+)
+
+type consumerCollector struct {
+	group string
+	c     *consumer.Consumer
+	b     backend.Backend
+}
+
+func (cc *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descInFlight, descBuffered, descWaiting, descParkedKeys, descParkedMessages, descBreaker, descLag, descCommitted} {
+		ch <- d
+	}
+}
+
+func (cc *consumerCollector) Collect(ch chan<- prometheus.Metric) {
+	st := cc.c.Stats()
+	gauge := func(d *prometheus.Desc, v int, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+	}
+	gauge(descInFlight, st.InFlight, cc.group)
+	gauge(descBuffered, st.Buffered, cc.group)
+	gauge(descWaiting, st.Waiting, cc.group)
+	gauge(descParkedKeys, st.ParkedKeys, cc.group)
+	gauge(descParkedMessages, st.ParkedMessages, cc.group)
+	if st.Breaker != "" {
+		gauge(descBreaker, map[string]int{"closed": 0, "half-open": 1, "open": 2}[st.Breaker], cc.group)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	for _, p := range cc.c.PartitionStats() {
+		part := strconv.Itoa(int(p.Partition))
+		gauge(descCommitted, int(p.Committed), cc.group, p.Topic, part)
+		if _, end, err := cc.b.Bounds(ctx, p.TopicPartition); err == nil && end >= p.Committed {
+			gauge(descLag, int(end-p.Committed), cc.group, p.Topic, part)
+		}
+	}
+}
+
+// WatchDLQ exports the dead entries of a dead-letter queue by class
+// (ferry_dlq_entries{dlq,class}). Reading a DLQ scans its topic, so a
+// scrape reuses the last count for up to refresh.
+func (m *Metrics) WatchDLQ(name string, q *dlq.Queue, refresh time.Duration) error {
+	return m.reg.Register(&dlqCollector{name: name, q: q, refresh: refresh})
+}
+
+var descDLQ = prometheus.NewDesc("ferry_dlq_entries", "Dead entries (not redriven, not purged) in a dead-letter queue, by class.", []string{"dlq", "class"}, nil)
+
+type dlqCollector struct {
+	name    string
+	q       *dlq.Queue
+	refresh time.Duration
+
+	mu     sync.Mutex
+	at     time.Time
+	counts map[string]int
+}
+
+func (dc *dlqCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descDLQ }
+
+func (dc *dlqCollector) Collect(ch chan<- prometheus.Metric) {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if dc.counts == nil || time.Since(dc.at) >= dc.refresh {
+		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+		entries, err := dc.q.List(ctx, dlq.Filter{})
+		cancel()
+		if err == nil {
+			dc.counts, dc.at = map[string]int{}, time.Now()
+			for _, e := range entries {
+				dc.counts[string(e.Class)]++
+			}
+		}
+	}
+	for class, n := range dc.counts {
+		ch <- prometheus.MustNewConstMetric(descDLQ, prometheus.GaugeValue, float64(n), dc.name, class)
+	}
+}

@@ -1,0 +1,220 @@
+package metrics_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/metrics"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// scrape GETs /metrics and parses it.
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics is not valid exposition format: %v", err)
+	}
+	return fams
+}
+
+// sum adds the samples of a family whose labels include want.
+func sum(fams map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := fams[name]
+	if f == nil {
+		return -1
+	}
+	total := 0.0
+next:
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			total += m.Counter.GetValue()
+		case m.Gauge != nil:
+			total += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			total += float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return total
+}
+
+// A run with retries and dead letters, then a scrape of /metrics over
+// HTTP: every counter says what happened, the gauges what is held, and
+// /healthz follows the consumer.
+func TestScrapeAfterRetriesAndDeadLetters(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := commitlog.Open(ctx, "/data", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithObserver(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	b := embedded.New(log)
+	defer b.Close()
+	if err := b.EnsureTopic(ctx, "in", 2); err != nil {
+		t.Fatal(err)
+	}
+	var finished atomic.Int64
+	handler := func(ctx context.Context, msg *ferry.Message) error {
+		switch k := string(msg.Key); {
+		case k == "poison":
+			return ferry.Permanent(errors.New("cannot handle"))
+		case k == "flaky" && consumer.Attempt(ctx) == 1:
+			return errors.New("try again")
+		}
+		return nil
+	}
+	c, err := consumer.New(b, "g", []string{"in"}, handler, consumer.WithCommitInterval(10*time.Millisecond),
+		consumer.WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}),
+		consumer.WithObserver(consumer.Observers(m.ConsumerObserver("g"), func(e consumer.Event) {
+			if e.Kind == consumer.EventHandled || e.Kind == consumer.EventDeadLettered {
+				finished.Add(1)
+			}
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WatchConsumer("g", c, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WatchDLQ("g.dlq", dlq.Open(b, "g.dlq"), 0); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(metrics.Handler(reg, metrics.Check("log", log.Healthy), metrics.Check("g", c.Healthy)))
+	defer srv.Close()
+
+	var msgs []*ferry.Message
+	for i := range 10 {
+		msgs = append(msgs, &ferry.Message{Topic: "in", Key: []byte("ok"), Payload: fmt.Appendf(nil, "%d", i)})
+	}
+	for i := range 5 {
+		msgs = append(msgs, &ferry.Message{Topic: "in", Key: []byte("flaky"), Payload: fmt.Appendf(nil, "%d", i)})
+	}
+	msgs = append(msgs, &ferry.Message{Topic: "in", Key: []byte("poison")}, &ferry.Message{Topic: "in", Key: []byte("poison")})
+	if err := b.Publish(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(rctx) }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitFor("every message", func() bool { return finished.Load() == 17 })
+	var fams map[string]*dto.MetricFamily
+	waitFor("the commits (lag 0)", func() bool {
+		fams = scrape(t, srv.URL)
+		return sum(fams, "ferry_consumer_lag_messages", nil) == 0
+	})
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"ferry_consumer_events_total", map[string]string{"group": "g", "topic": "in", "event": "handled"}, 15},
+		{"ferry_consumer_retries_total", map[string]string{"class": "transient"}, 5},
+		{"ferry_consumer_dead_letters_total", map[string]string{"class": "permanent"}, 1},
+		{"ferry_consumer_dead_letters_total", map[string]string{"class": "parked"}, 1},
+		{"ferry_dlq_entries", map[string]string{"dlq": "g.dlq", "class": "permanent"}, 1},
+		{"ferry_dlq_entries", map[string]string{"dlq": "g.dlq", "class": "parked"}, 1},
+		{"ferry_consumer_parked_keys", map[string]string{"group": "g"}, 1},
+		{"ferry_consumer_parked_messages", map[string]string{"group": "g"}, 1},
+		{"ferry_consumer_handle_duration_seconds", map[string]string{"outcome": "handled"}, 15},
+		{"ferry_consumer_handle_duration_seconds", map[string]string{"outcome": "retried"}, 5},
+		{"ferry_consumer_in_flight", nil, 0},
+		{"ferry_consumer_buffered", nil, 0},
+	}
+	for _, c := range checks {
+		if got := sum(fams, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	// The log wrote the 17 published messages and the 2 dead letters (plus
+	// offset commits): every append acknowledged was observed.
+	if got := sum(fams, "ferry_log_messages_total", nil); got < 19 {
+		t.Errorf("ferry_log_messages_total = %v, want at least 19", got)
+	}
+	if a, f := sum(fams, "ferry_log_appends_total", nil), sum(fams, "ferry_log_append_duration_seconds", nil); a < 3 || a != f {
+		t.Errorf("appends %v, append latency samples %v: want equal and at least 3", a, f)
+	}
+	if got := sum(fams, "ferry_log_fsync_duration_seconds", nil); got < 1 {
+		t.Errorf("no fsync observed (%v) with durability always", got)
+	}
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz while running: %v %v", resp.Status, err)
+	}
+	resp.Body.Close()
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	resp, err = http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := new(strings.Builder)
+	fmt.Fprint(body, resp.Status)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz after the consumer stopped: %s, want 503", body)
+	}
+}
+
+// Registering twice on one registry is refused with a clear error, and a
+// nil registry is refused: ferry never falls back to the global one.
+func TestNewRefusesBadRegistries(t *testing.T) {
+	if _, err := metrics.New(nil); err == nil {
+		t.Fatal("nil registry accepted")
+	}
+	reg := prometheus.NewRegistry()
+	if _, err := metrics.New(reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := metrics.New(reg); err == nil || !strings.Contains(err.Error(), "register") {
+		t.Fatalf("second registration: %v", err)
+	}
+}
