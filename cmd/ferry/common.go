@@ -35,11 +35,10 @@ func (g *globals) open(ctx context.Context, write bool) (*commitlog.Log, error) 
 	return g.openDir(ctx, write, false)
 }
 
-func (g *globals) openDir(ctx context.Context, write, create bool) (*commitlog.Log, error) {
+func (g *globals) openDir(ctx context.Context, write, create bool, opts ...commitlog.Opt) (*commitlog.Log, error) {
 	if _, err := os.Stat(g.dir); err != nil && !create {
 		return nil, usageError{fmt.Errorf("data directory %s: %w (create it with 'ferry topics create')", g.dir, err)}
 	}
-	opts := []commitlog.Opt{}
 	if !write {
 		opts = append(opts, commitlog.WithReadOnly())
 	}

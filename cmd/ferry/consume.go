@@ -16,7 +16,7 @@ import (
 
 func newConsumeCmd(g *globals, name string, follow bool, from string) *cobra.Command {
 	var partition, max int
-	var group string
+	var group, metricsAddr string
 	short := "Print a topic's messages"
 	if follow {
 		short = "Follow a topic from its end (consume --follow --from latest)"
@@ -32,10 +32,15 @@ it has none) and commits what it printed; this needs the directory to
 itself. tail is consume --follow --from latest.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if group != "" {
-				return runGroupConsume(cmd.Context(), g, cmd.OutOrStdout(), args[0], group, from, follow, max)
+			tel, err := startTelemetry(metricsAddr, cmd.ErrOrStderr())
+			if err != nil {
+				return err
 			}
-			return runConsume(cmd.Context(), g, cmd.OutOrStdout(), args[0], int32(partition), from, follow, max)
+			defer tel.close()
+			if group != "" {
+				return runGroupConsume(cmd.Context(), g, tel, cmd.OutOrStdout(), args[0], group, from, follow, max)
+			}
+			return runConsume(cmd.Context(), g, tel, cmd.OutOrStdout(), args[0], int32(partition), from, follow, max)
 		},
 	}
 	cmd.Flags().StringVarP(&group, "group", "g", "", "consume as this group: resume from its offsets and commit them")
@@ -43,6 +48,7 @@ itself. tail is consume --follow --from latest.`,
 	cmd.Flags().StringVar(&from, "from", from, "earliest, latest, an offset, or an RFC 3339 time")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", follow, "keep waiting for new messages")
 	cmd.Flags().IntVarP(&max, "max", "n", 0, "stop after this many messages (0: no limit)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (host:port)")
 	return cmd
 }
 
@@ -75,7 +81,7 @@ func printMessage(w io.Writer, asJSON bool, m *ferry.Message) {
 
 // runConsume reads the log read-only; to follow, it reopens the directory
 // when it reaches the end, so it sees what the owning process appended.
-func runConsume(ctx context.Context, g *globals, w io.Writer, topic string, only int32, from string, follow bool, max int) error {
+func runConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, topic string, only int32, from string, follow bool, max int) error {
 	l, err := g.open(ctx, false)
 	if err != nil {
 		return err
@@ -119,6 +125,7 @@ func runConsume(ctx context.Context, g *globals, w io.Writer, topic string, only
 			}
 			for _, m := range res.Messages {
 				printMessage(w, g.json, m)
+				tel.countPrinted()
 				printed++
 				if max > 0 && printed >= max {
 					return l.Close()
@@ -149,11 +156,12 @@ func runConsume(ctx context.Context, g *globals, w io.Writer, topic string, only
 
 // runGroupConsume prints messages from the group's committed offsets and
 // commits after each printed batch.
-func runGroupConsume(ctx context.Context, g *globals, w io.Writer, topic, group, from string, follow bool, max int) error {
-	l, err := g.open(ctx, true)
+func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, topic, group, from string, follow bool, max int) error {
+	l, err := g.openDir(ctx, true, false, tel.logOpts()...)
 	if err != nil {
 		return err
 	}
+	defer tel.check("log", l.Healthy)()
 	defer l.Close()
 	t, err := l.Topic(topic)
 	if err != nil {
@@ -177,6 +185,7 @@ func runGroupConsume(ctx context.Context, g *globals, w io.Writer, topic, group,
 			}
 			for _, m := range res.Messages {
 				printMessage(w, g.json, m)
+				tel.countPrinted()
 				printed++
 				if max > 0 && printed >= max {
 					return l.CommitOffsets(ctx, group, commitlog.Offset{Topic: topic, Partition: p, Offset: m.Offset + 1})

@@ -40,7 +40,7 @@ type demoCheck struct {
 }
 
 func newDemoCmd() *cobra.Command {
-	var dir string
+	var dir, metricsAddr string
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -74,7 +74,12 @@ It exits 1 if any guarantee was violated.`,
 				}
 				dir = tmp
 			}
-			checks, err := runDemo(cmd.Context(), cmd.OutOrStdout(), dir)
+			tel, err := startTelemetry(metricsAddr, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			defer tel.close()
+			checks, err := runDemo(cmd.Context(), cmd.OutOrStdout(), dir, tel)
 			if err != nil {
 				return err
 			}
@@ -87,6 +92,7 @@ It exits 1 if any guarantee was violated.`,
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "directory for the demo's data (default: a temporary directory, removed afterwards)")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (host:port) while the demo runs")
 	return cmd
 }
 
@@ -105,7 +111,7 @@ func printChecks(w io.Writer, checks []demoCheck) (failed int) {
 	return failed
 }
 
-func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error) {
+func runDemo(ctx context.Context, out io.Writer, dir string, tel *telemetry) ([]demoCheck, error) {
 	logDir := filepath.Join(dir, "log")
 	fmt.Fprintf(out, "ferry demo: data in %s\n", logDir)
 	var checks []demoCheck
@@ -124,7 +130,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error
 	}); err != nil {
 		return nil, err
 	}
-	l, err := commitlog.Open(ctx, logDir)
+	l, err := commitlog.Open(ctx, logDir, tel.logOpts()...)
 	if err != nil {
 		return append(checks, demoCheck{"G1 durability after kill -9", "reopen failed: " + err.Error(), false}), nil
 	}
@@ -180,7 +186,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error
 	}); err != nil {
 		return nil, err
 	}
-	l, err = commitlog.Open(ctx, logDir)
+	l, err = commitlog.Open(ctx, logDir, tel.logOpts()...)
 	if err != nil {
 		return append(checks, demoCheck{"G4 effectively once", "reopen failed: " + err.Error(), false}), nil
 	}
@@ -198,7 +204,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string) ([]demoCheck, error
 
 	// 5. Shipping through the runtime: retries, poison, outage, redrive.
 	fmt.Fprintln(out, "5. shipping the payments: flaky carrier, a poison payment, a 300-call carrier outage behind a breaker, then a redrive...")
-	shipChecks, err := shipStage(ctx, l)
+	shipChecks, err := shipStage(ctx, l, tel)
 	if err != nil {
 		l.Close()
 		return nil, err

@@ -21,7 +21,7 @@ import (
 // carrier for 300 calls behind a circuit breaker. Then the poison payment
 // is fixed and the DLQ redriven. It reports the evidence for G2 and G3
 // through retries, the DLQ and the redrive, and for the breaker.
-func shipStage(ctx context.Context, l *commitlog.Log) ([]demoCheck, error) {
+func shipStage(ctx context.Context, l *commitlog.Log, tel *telemetry) ([]demoCheck, error) {
 	payments, err := readTopic(l, "payments")
 	if err != nil || len(payments) == 0 {
 		return nil, fmt.Errorf("no payments to ship: %v", err)
@@ -76,7 +76,7 @@ func shipStage(ctx context.Context, l *commitlog.Log) ([]demoCheck, error) {
 		consumer.WithConcurrency(32),
 		consumer.WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxAttempts: 3}),
 		consumer.WithCircuitBreaker(consumer.BreakerSettings{ConsecutiveFailures: 5, OpenFor: 20 * time.Millisecond}),
-		consumer.WithObserver(func(e consumer.Event) {
+		consumer.WithObserver(tel.observe("shipping", func(e consumer.Event) {
 			switch e.Kind {
 			case consumer.EventRetried:
 				mu.Lock()
@@ -93,10 +93,11 @@ func shipStage(ctx context.Context, l *commitlog.Log) ([]demoCheck, error) {
 			case consumer.EventHandled:
 				finished <- struct{}{}
 			}
-		}))
+		})))
 	if err != nil {
 		return nil, err
 	}
+	defer tel.watch("shipping", c, b)()
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(rctx) }()
