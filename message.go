@@ -3,6 +3,7 @@ package ferry
 import (
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
@@ -105,6 +106,22 @@ func (m *Message) SetHeader(key string, value []byte) {
 		}
 	}
 	m.Headers = append(m.Headers, Header{Key: key, Value: value})
+}
+
+// LogAttrs returns the attributes that identify m on a log line: its ID,
+// topic, partition and offset, its correlation ID and, if it carries a W3C
+// trace context (header traceparent), its trace ID. Every ferry log line
+// about a message carries them, so one grep finds a message's story.
+func (m *Message) LogAttrs() slog.Attr {
+	attrs := []any{slog.String("id", m.ID.String()), slog.String("topic", m.Topic), slog.Int("partition", int(m.Partition)), slog.Uint64("offset", m.Offset)}
+	if v, ok := m.Header(HeaderCorrelationID); ok {
+		attrs = append(attrs, slog.String("correlation_id", string(v)))
+	}
+	// traceparent: version "-" trace-id (32 hex) "-" parent-id "-" flags.
+	if v, ok := m.Header("traceparent"); ok && len(v) >= 35 && v[2] == '-' {
+		attrs = append(attrs, slog.String("trace_id", string(v[3:35])))
+	}
+	return slog.Group("message", attrs...)
 }
 
 // IsTombstone reports whether the message deletes its key on a compacted

@@ -43,7 +43,7 @@ func (w *worker) writeDeadLetter(m *ferry.Message, f failure) bool {
 		if err == nil {
 			return true
 		}
-		c.cfg.logger.Warn("dead-letter write failed; retrying", "id", m.ID, "err", err)
+		c.cfg.logger.Warn("dead-letter write failed; retrying", m.LogAttrs(), "err", err)
 		select {
 		case <-time.After(backoff):
 		case <-w.ctx.Done():

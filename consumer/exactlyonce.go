@@ -99,7 +99,7 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message) bool {
 		if err == nil {
 			return true
 		}
-		c.cfg.logger.Warn("publishing handler outputs failed; retrying", "id", m.ID, "err", err)
+		c.cfg.logger.Warn("publishing handler outputs failed; retrying", m.LogAttrs(), "err", err)
 		select {
 		case <-time.After(backoff):
 		case <-w.ctx.Done():

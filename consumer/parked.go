@@ -69,7 +69,7 @@ func (w *worker) roomToPark(m *ferry.Message) bool {
 		}
 		w.mu.Unlock()
 		if !warned {
-			w.c.cfg.logger.Warn("parked-key bound reached; a failed message waits for a key to be released", "topic", w.tp.Topic, "partition", w.tp.Partition, "parked_keys", n, "id", m.ID)
+			w.c.cfg.logger.Warn("parked-key bound reached; a failed message waits for a key to be released", "topic", w.tp.Topic, "partition", w.tp.Partition, "parked_keys", n, m.LogAttrs())
 			warned = true
 		}
 		select {
