@@ -62,7 +62,7 @@ func timeConsume(b *testing.B, be *embedded.Backend, n int, handler func(), opts
 
 // benchConsume publishes b.N messages over keys (untimed), then times a
 // consumer with the given concurrency and handler until all are handled.
-func benchConsume(b *testing.B, keys, concurrency int, handler func()) {
+func benchConsume(b *testing.B, keys, concurrency int, handler func(), opts ...Opt) {
 	l, err := commitlog.Open(context.Background(), "/bench", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
 	if err != nil {
 		b.Fatal(err)
@@ -71,7 +71,7 @@ func benchConsume(b *testing.B, keys, concurrency int, handler func()) {
 	be := embedded.New(l)
 	defer be.Close()
 	publishBacklog(b, l, be, b.N, keys)
-	timeConsume(b, be, b.N, handler, WithConcurrency(concurrency), WithMaxBuffered(8192), WithCommitInterval(100*time.Millisecond))
+	timeConsume(b, be, b.N, handler, append([]Opt{WithConcurrency(concurrency), WithMaxBuffered(8192), WithCommitInterval(100 * time.Millisecond)}, opts...)...)
 }
 
 // BenchmarkConsumeNoop: runtime throughput with a handler that does

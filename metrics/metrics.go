@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,7 +80,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		groupBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_log_group_commit_bytes",
 			Help: "Bytes per group commit.", Buckets: prometheus.ExponentialBuckets(256, 4, 10)}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_consumer_events_total",
-			Help: "Lifecycle events of consumed messages: started, handled, retried, dead-lettered, abandoned, scheduled, released."}, []string{"group", "topic", "event"}),
+			Help: "Lifecycle events of consumed messages: handled, retried, dead-lettered, abandoned, scheduled, released (attempts started = handled + retried + dead-lettered + abandoned)."}, []string{"group", "topic", "event"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_consumer_retries_total",
 			Help: "Failed attempts followed by a retry, by failure class."}, []string{"group", "topic", "class"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_consumer_dead_letters_total",
@@ -122,23 +123,63 @@ func (m *Metrics) Appended(latency time.Duration) {
 
 // ConsumerObserver returns the observer to give consumer.WithObserver for
 // a consumer of group (combine it with others with consumer.Observers).
+// Label combinations are resolved once: an event costs an atomic load, a
+// map lookup and an atomic add.
 func (m *Metrics) ConsumerObserver(group string) func(consumer.Event) {
 	handled := m.handleLatency.WithLabelValues(group, "handled")
 	retried := m.handleLatency.WithLabelValues(group, "retried")
-	return func(e consumer.Event) {
-		topic := ""
-		if e.Message != nil {
-			topic = e.Message.Topic
+	type key struct{ topic, kind, class string }
+	var (
+		mu    sync.Mutex
+		cache atomic.Pointer[map[key][]prometheus.Counter] // copied on write
+	)
+	cache.Store(&map[key][]prometheus.Counter{})
+	counters := func(k key) []prometheus.Counter {
+		if cs, ok := (*cache.Load())[k]; ok {
+			return cs
 		}
-		m.events.WithLabelValues(group, topic, string(e.Kind)).Inc()
+		mu.Lock()
+		defer mu.Unlock()
+		old := *cache.Load()
+		if cs, ok := old[k]; ok {
+			return cs
+		}
+		cs := []prometheus.Counter{m.events.WithLabelValues(group, k.topic, k.kind)}
+		switch consumer.EventKind(k.kind) {
+		case consumer.EventRetried:
+			cs = append(cs, m.retries.WithLabelValues(group, k.topic, k.class))
+		case consumer.EventDeadLettered:
+			cs = append(cs, m.deadLetters.WithLabelValues(group, k.topic, k.class))
+		}
+		next := make(map[key][]prometheus.Counter, len(old)+1)
+		for k, v := range old {
+			next[k] = v
+		}
+		next[k] = cs
+		cache.Store(&next)
+		return cs
+	}
+	return func(e consumer.Event) {
+		if e.Kind == consumer.EventStarted {
+			// Every attempt ends in another event: started is their sum,
+			// and counting it would cost a contended atomic per message.
+			return
+		}
+		k := key{kind: string(e.Kind)}
+		if e.Message != nil {
+			k.topic = e.Message.Topic
+		}
+		if e.Kind == consumer.EventRetried || e.Kind == consumer.EventDeadLettered {
+			k.class = string(e.Class)
+		}
+		for _, c := range counters(k) {
+			c.Inc()
+		}
 		switch e.Kind {
 		case consumer.EventHandled:
 			handled.Observe(e.Duration.Seconds())
 		case consumer.EventRetried:
 			retried.Observe(e.Duration.Seconds())
-			m.retries.WithLabelValues(group, topic, string(e.Class)).Inc()
-		case consumer.EventDeadLettered:
-			m.deadLetters.WithLabelValues(group, topic, string(e.Class)).Inc()
 		}
 	}
 }

@@ -29,8 +29,10 @@ import (
 
 // Tracer makes ferry's spans with a TracerProvider.
 type Tracer struct {
-	tr   trace.Tracer
-	prop propagation.TextMapPropagator
+	tr        trace.Tracer
+	prop      propagation.TextMapPropagator
+	fields    []string // the headers prop reads
+	rootSpans bool
 }
 
 // Option configures New.
@@ -40,6 +42,12 @@ type Option func(*Tracer)
 // with a composite that also carries baggage).
 func WithPropagator(p propagation.TextMapPropagator) Option { return func(t *Tracer) { t.prop = p } }
 
+// WithRootSpans makes Middleware start a new trace for a message that
+// carries none (default: such messages are handled without a span, so
+// untraced traffic costs nothing; see BENCHMARKS.md for what a span per
+// message costs).
+func WithRootSpans() Option { return func(t *Tracer) { t.rootSpans = true } }
+
 // New returns a Tracer on tp (pass otel.GetTracerProvider() to use the
 // global provider; ferry never reads it by itself).
 func New(tp trace.TracerProvider, opts ...Option) *Tracer {
@@ -47,7 +55,21 @@ func New(tp trace.TracerProvider, opts ...Option) *Tracer {
 	for _, o := range opts {
 		o(t)
 	}
+	t.fields = t.prop.Fields()
 	return t
+}
+
+// carries reports whether m has any header the propagator reads: a
+// message without one has no trace to continue, found without parsing.
+func (t *Tracer) carries(m *ferry.Message) bool {
+	for _, h := range m.Headers {
+		for _, f := range t.fields {
+			if h.Key == f {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // headers adapts a message's headers to propagation.TextMapCarrier.
@@ -111,15 +133,24 @@ func (t *Tracer) Publish(ctx context.Context, b backend.Backend, msgs ...*ferry.
 }
 
 // Middleware runs each handler attempt in a consumer span, child of the
-// trace the message carries; the handler's context holds the span, so its
+// trace the message carries (a message without one gets no span unless
+// WithRootSpans); the handler's context holds the span, so its
 // own calls (and consumer.Emit'ed outputs it injects) join the trace.
 func (t *Tracer) Middleware() consumer.Middleware {
 	return func(next consumer.Handler) consumer.Handler {
 		return func(ctx context.Context, m *ferry.Message) error {
+			if !t.rootSpans && !t.carries(m) {
+				return next(ctx, m)
+			}
 			ctx = t.Extract(ctx, m)
-			ctx, span := t.tr.Start(ctx, "handle "+m.Topic, trace.WithSpanKind(trace.SpanKindConsumer),
-				trace.WithAttributes(append(messageAttrs(m), attribute.Int("ferry.attempt", consumer.Attempt(ctx)))...))
+			if !t.rootSpans && !trace.SpanContextFromContext(ctx).IsValid() {
+				return next(ctx, m)
+			}
+			ctx, span := t.tr.Start(ctx, "handle "+m.Topic, trace.WithSpanKind(trace.SpanKindConsumer))
 			defer span.End()
+			if span.IsRecording() { // an unsampled span costs no attributes
+				span.SetAttributes(append(messageAttrs(m), attribute.Int("ferry.attempt", consumer.Attempt(ctx)))...)
+			}
 			err := next(ctx, m)
 			if err != nil {
 				span.RecordError(err)
@@ -147,11 +178,15 @@ func (t *Tracer) Observer() func(consumer.Event) {
 			return
 		}
 		m := e.Message
+		ctx := t.Extract(context.Background(), m)
+		if !t.rootSpans && !trace.SpanContextFromContext(ctx).IsValid() {
+			return
+		}
 		attrs := append(messageAttrs(m), attribute.Int("ferry.attempt", e.Attempt), attribute.String("ferry.failure.class", string(e.Class)))
 		if e.Delay > 0 {
 			attrs = append(attrs, attribute.String("ferry.retry.delay", e.Delay.String()))
 		}
-		_, span := t.tr.Start(t.Extract(context.Background(), m), name+m.Topic, trace.WithAttributes(attrs...))
+		_, span := t.tr.Start(ctx, name+m.Topic, trace.WithAttributes(attrs...))
 		if e.Err != nil {
 			span.RecordError(e.Err)
 			if e.Kind == consumer.EventDeadLettered {
