@@ -278,3 +278,23 @@ func TestParkedKeysBounded(t *testing.T) {
 		t.Fatalf("released key handled as %s, want %s", got, want)
 	}
 }
+
+// A full event stream drops and counts instead of blocking the pipeline.
+func TestEventStreamNeverBlocks(t *testing.T) {
+	s := NewEventStream(2)
+	done := make(chan struct{})
+	go func() {
+		for range 5 {
+			s.Observe(Event{Kind: EventHandled})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Observe blocked on a full stream")
+	}
+	if got := len(s.Events()); got != 2 || s.Dropped() != 3 {
+		t.Fatalf("%d buffered, %d dropped; want 2 and 3", got, s.Dropped())
+	}
+}

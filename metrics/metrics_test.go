@@ -23,6 +23,7 @@ import (
 	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/internal/vfs"
 	"github.com/ferrymq/ferry/metrics"
+	"github.com/ferrymq/ferry/outbox"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -201,6 +202,27 @@ func TestScrapeAfterRetriesAndDeadLetters(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/healthz after the consumer stopped: %s, want 503", body)
+	}
+}
+
+// The relay observer counts what was relayed and failed, and its lag.
+func TestRelayObserver(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := m.RelayObserver("orders")
+	obs(outbox.RelayStats{Published: 40, Lag: 1500 * time.Millisecond})
+	obs(outbox.RelayStats{Err: errors.New("broker away"), Failures: 1, Delay: time.Second})
+	obs(outbox.RelayStats{Published: 2, Lag: 250 * time.Millisecond})
+	srv := httptest.NewServer(metrics.Handler(reg))
+	defer srv.Close()
+	fams := scrape(t, srv.URL)
+	for name, want := range map[string]float64{"ferry_outbox_relayed_total": 42, "ferry_outbox_relay_failures_total": 1, "ferry_outbox_relay_lag_seconds": 0.25} {
+		if got := sum(fams, name, map[string]string{"relay": "orders"}); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 }
 
