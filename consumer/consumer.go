@@ -48,10 +48,11 @@ const (
 	EventStarted      EventKind = "started"       // a handler attempt begins
 	EventHandled      EventKind = "handled"       // the handler succeeded
 	EventRetried      EventKind = "retried"       // an attempt failed; another follows after Delay
-	EventDeadLettered EventKind = "dead-lettered" // written to the DLQ
+	EventDeadLettered EventKind = "dead-lettered" // written to the DLQ (Class "parked": parked behind an earlier dead letter of its key)
 	EventAbandoned    EventKind = "abandoned"     // the partition was revoked or the consumer stopped mid-message; it will be redelivered
 	EventScheduled    EventKind = "scheduled"     // a long retry went to the DLQ, due after Delay (WithDurableRetry)
 	EventReleased     EventKind = "released"      // the redriven copy of a key's blocker arrived; the key is no longer parked
+	EventRedriven     EventKind = "redriven"      // the consumer sent a DLQ entry back to its topic (a due scheduled retry, or a key catching up); Message is the original
 )
 
 // Event describes one step of one message. Events are delivered

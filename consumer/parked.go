@@ -138,13 +138,19 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 	q := dlq.Open(w.c.b, w.c.cfg.dlqTopic)
 	left, err := q.List(w.ctx, dlq.Filter{Key: key, SourceTopic: w.tp.Topic})
 	var mine []ferry.ID
+	var originals []*ferry.Message
 	for _, e := range left {
 		if err == nil && e.Group == w.c.group && e.Original.Partition == w.tp.Partition {
 			mine = append(mine, e.Original.ID)
+			originals = append(originals, e.Original)
 		}
 	}
 	if err == nil && len(mine) > 0 {
-		_, err = q.Redrive(w.ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: mine}})
+		if _, err = q.Redrive(w.ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: mine}}); err == nil {
+			for _, m := range originals {
+				w.c.emit(Event{Kind: EventRedriven, Message: m})
+			}
+		}
 	}
 	released := false
 	w.mu.Lock()

@@ -138,6 +138,7 @@ func (c *Consumer) redriveDue(ctx context.Context, q *dlq.Queue) time.Time {
 		return now.Add(time.Second)
 	}
 	var due []ferry.ID
+	var originals []*ferry.Message
 	for _, e := range entries {
 		tp := backend.TopicPartition{Topic: e.Original.Topic, Partition: e.Original.Partition}
 		if e.Group != c.group || !c.owns(tp) {
@@ -148,6 +149,7 @@ func (c *Consumer) redriveDue(ctx context.Context, q *dlq.Queue) time.Time {
 			continue
 		}
 		due = append(due, e.Original.ID)
+		originals = append(originals, e.Original)
 	}
 	if len(due) == 0 {
 		return next
@@ -158,6 +160,9 @@ func (c *Consumer) redriveDue(ctx context.Context, q *dlq.Queue) time.Time {
 			c.cfg.logger.Warn("redriving scheduled retries failed", "dlq", c.cfg.dlqTopic, "err", err)
 		}
 		return now.Add(time.Second)
+	}
+	for _, m := range originals {
+		c.emit(Event{Kind: EventRedriven, Message: m})
 	}
 	return next
 }

@@ -120,7 +120,8 @@ func TestDurableRetrySurvivesRestart(t *testing.T) {
 		rec.record(m, Attempt(ctx))
 		return nil
 	}
-	first, stop := startConsumer(t, b, handler)
+	events := NewEventStream(1000)
+	first, stop := startConsumer(t, b, handler, WithObserver(events.Observe))
 	publish(t, b, "slow/0", "slow/1", "fast/0", "fast/1", "fast/2", "slow/2", "fast/3")
 	waitFor(t, "the other key", func() bool { return rec.handled("fast/3") })
 	q := dlq.Open(b, "g.dlq")
@@ -142,7 +143,7 @@ func TestDurableRetrySurvivesRestart(t *testing.T) {
 	if got := rec.order("slow/"); len(got) != 0 {
 		t.Fatalf("slow key handled before its retry was due: %v", got)
 	}
-	startConsumer(t, b, handler)
+	startConsumer(t, b, handler, WithObserver(events.Observe))
 	waitFor(t, "the retried key", func() bool { return rec.handled("slow/2") })
 	if got, want := fmt.Sprint(rec.order("slow/")), "[slow/0@2 slow/1@1 slow/2@1]"; got != want {
 		t.Fatalf("slow key handled as %s, want %s", got, want)
@@ -151,6 +152,15 @@ func TestDurableRetrySurvivesRestart(t *testing.T) {
 		entries, _ = q.List(context.Background(), dlq.Filter{})
 		return len(entries) == 0
 	})
+	kinds := map[EventKind]int{}
+	for len(events.Events()) > 0 {
+		kinds[(<-events.Events()).Kind]++
+	}
+	// Redriven events: the due retry, plus any of the key's entries the
+	// blocker's copy found still dead (the redrive marks them one by one).
+	if kinds[EventScheduled] != 1 || kinds[EventRedriven] < 1 || kinds[EventReleased] != 1 {
+		t.Fatalf("lifecycle events: %v; want one scheduled, at least one redriven, one released", kinds)
+	}
 }
 
 // gatedDLQ holds the writes of parked entries until the test opens the
