@@ -5,10 +5,14 @@
 // (Outbox.Add); they exist if and only if the business writes committed.
 // A Relay publishes them to any ferry backend in order per (topic, key),
 // marks them sent and deletes them after a retention. Several relays may
-// run at once: rows are claimed with FOR UPDATE SKIP LOCKED under a per-key
-// advisory lock, so no key is published out of order by two relays. A
-// relay that crashes between publishing and marking publishes the same
-// message IDs again; the backend's producer deduplication drops them.
+// run at once: each takes the keys it can lock with a per-key advisory
+// try-lock (skipping keys another relay holds, never waiting on them),
+// then claims those keys' rows FOR UPDATE in order (not SKIP LOCKED: a
+// skipped row of a key would let a later one overtake it), so no key is
+// published out of order by two relays. A relay that crashes between
+// publishing and marking publishes the same message IDs again; the
+// backend's producer deduplication drops them (JetStream's duplicate
+// window too; Kafka has none, so consume through the inbox there).
 //
 // The inbox (Inbox) records processed message IDs in the same transaction
 // as a handler's own writes, so a redelivered message has no second
