@@ -1,0 +1,58 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// ferry bench --quick completes and its output is well formed: every
+// scenario and system present, counts and rates positive, percentiles
+// ordered, and an SVG plot. No timing is asserted.
+func TestBenchQuickIsWellFormed(t *testing.T) {
+	dir := t.TempDir()
+	plot := filepath.Join(dir, "latency.svg")
+	cmd := exec.Command(buildFerry(t), "bench", "--quick", "--json", "--dir", dir, "--plot", plot)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("ferry bench --quick: %v\n%s", err, out)
+	}
+	var report struct {
+		CPUs    int `json:"cpus"`
+		Results []struct {
+			Scenario   string  `json:"scenario"`
+			System     string  `json:"system"`
+			Messages   int     `json:"messages"`
+			MsgsPerSec float64 `json:"msgs_per_sec"`
+			MBPerSec   float64 `json:"mb_per_sec"`
+			P50        float64 `json:"p50_ms"`
+			P99        float64 `json:"p99_ms"`
+			P999       float64 `json:"p999_ms"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(out, &report); err != nil {
+		t.Fatalf("--json output is not JSON: %v\n%s", err, out)
+	}
+	systems := map[string]int{}
+	for _, r := range report.Results {
+		systems[r.Scenario]++
+		if r.Messages <= 0 || (r.MsgsPerSec <= 0 && r.MBPerSec <= 0) {
+			t.Errorf("%s / %s: %d messages, %v msg/s, %v MB/s", r.Scenario, r.System, r.Messages, r.MsgsPerSec, r.MBPerSec)
+		}
+		if r.P50 > r.P99 || r.P99 > r.P999 {
+			t.Errorf("%s / %s: percentiles out of order: %v %v %v", r.Scenario, r.System, r.P50, r.P99, r.P999)
+		}
+	}
+	for scenario, n := range map[string]int{"publish": 9, "append-vs-disk": 2, "consume": 2, "latency": 1, "router": 2} {
+		if systems[scenario] != n {
+			t.Errorf("scenario %s: %d lines, want %d", scenario, systems[scenario], n)
+		}
+	}
+	svg, err := os.ReadFile(plot)
+	if err != nil || !strings.HasPrefix(string(svg), "<svg") || !strings.Contains(string(svg), "<polyline") || !strings.HasSuffix(strings.TrimSpace(string(svg)), "</svg>") {
+		t.Fatalf("plot: %v\n%.300s", err, svg)
+	}
+}

@@ -1,0 +1,137 @@
+// Package bench runs ferry's side-by-side benchmark scenarios (ferry bench):
+// ferry and its peers in the same process, on the same disk, in one run.
+//
+//   - publish: 256-byte messages from 1, 16 and 64 synchronous publishers,
+//     ferry's embedded log (fsync before ack) vs an in-process NATS
+//     JetStream file store in its default mode and with sync_always;
+//   - append-vs-disk: batched durable appends vs the disk's own sequential
+//     write+fsync bandwidth, measured here;
+//   - consume: the runtime with a no-op handler, and with a 1 ms handler
+//     over 10k keys at concurrency 64 against the Little's-law bound;
+//   - latency: publish-to-handler latency at a fixed offered rate;
+//   - router: the runtime vs Watermill's router with its retry middleware,
+//     each on its in-memory transport, no-op handler.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"time"
+)
+
+// Options size a run.
+type Options struct {
+	Dir   string // where the disk scenarios write (a temporary directory inside)
+	Quick bool   // a smoke run: small sizes, well under a minute
+	// Progress, if set, is told each scenario's name as it starts.
+	Progress func(scenario string)
+}
+
+// Result is one measured line.
+type Result struct {
+	Scenario    string  `json:"scenario"`
+	System      string  `json:"system"`
+	Concurrency int     `json:"concurrency,omitempty"`
+	Messages    int     `json:"messages"`
+	Seconds     float64 `json:"seconds"`
+	MsgsPerSec  float64 `json:"msgs_per_sec"`
+	MBPerSec    float64 `json:"mb_per_sec,omitempty"`
+	P50Ms       float64 `json:"p50_ms,omitempty"`
+	P99Ms       float64 `json:"p99_ms,omitempty"`
+	P999Ms      float64 `json:"p999_ms,omitempty"`
+	// Ratio compares this line with the scenario's reference (named in
+	// Note): ferry / reference throughput, or measured / bound.
+	Ratio float64 `json:"ratio,omitempty"`
+	Note  string  `json:"note,omitempty"`
+	// latencies are kept for the plot.
+	latencies []time.Duration
+}
+
+// Report is a whole run.
+type Report struct {
+	Started time.Time `json:"started"`
+	Go      string    `json:"go"`
+	OS      string    `json:"os"`
+	CPUs    int       `json:"cpus"`
+	Quick   bool      `json:"quick"`
+	Results []Result  `json:"results"`
+	// Latency holds the latency scenario's samples for the plot.
+	Latency []time.Duration `json:"-"`
+}
+
+// sizes are the scenario sizes of a run.
+type sizes struct {
+	publishFor    time.Duration
+	concurrencies []int
+	diskBytes     int64
+	consumeN      int
+	lanesN        int
+	latencyRate   int
+	latencyFor    time.Duration
+	routerN       int
+}
+
+func sizesFor(quick bool) sizes {
+	if quick {
+		return sizes{publishFor: 300 * time.Millisecond, concurrencies: []int{1, 16, 64}, diskBytes: 16 << 20,
+			consumeN: 50_000, lanesN: 5_000, latencyRate: 2_000, latencyFor: time.Second, routerN: 20_000}
+	}
+	return sizes{publishFor: 5 * time.Second, concurrencies: []int{1, 16, 64}, diskBytes: 512 << 20,
+		consumeN: 1_000_000, lanesN: 200_000, latencyRate: 20_000, latencyFor: 10 * time.Second, routerN: 500_000}
+}
+
+// Run runs every scenario and returns the report.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	dir, err := os.MkdirTemp(o.Dir, "ferry-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	s := sizesFor(o.Quick)
+	r := &Report{Started: time.Now().UTC(), Go: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU(), Quick: o.Quick}
+	steps := []struct {
+		name string
+		run  func(context.Context, string, sizes) ([]Result, error)
+	}{
+		{"publish", publishScenario},
+		{"append-vs-disk", diskScenario},
+		{"consume", consumeScenario},
+		{"latency", latencyScenario},
+		{"router", routerScenario},
+	}
+	for _, st := range steps {
+		if o.Progress != nil {
+			o.Progress(st.name)
+		}
+		res, err := st.run(ctx, dir, s)
+		if err != nil {
+			return r, fmt.Errorf("bench: %s: %w", st.name, err)
+		}
+		for _, x := range res {
+			if x.Scenario == "latency" {
+				r.Latency = x.latencies
+			}
+		}
+		r.Results = append(r.Results, res...)
+	}
+	return r, nil
+}
+
+// percentiles fills p50/p99/p99.9 (milliseconds) from samples.
+func (x *Result) percentiles(samples []time.Duration) {
+	if len(samples) == 0 {
+		return
+	}
+	slices.Sort(samples)
+	at := func(q float64) float64 {
+		i := int(q * float64(len(samples)-1))
+		return float64(samples[i]) / 1e6
+	}
+	x.P50Ms, x.P99Ms, x.P999Ms = at(0.50), at(0.99), at(0.999)
+	x.latencies = samples
+}
+
+func rate(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
