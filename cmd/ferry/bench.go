@@ -21,6 +21,9 @@ prints throughput and latency percentiles with ratios:
   publish         256-byte messages from 1, 16 and 64 synchronous publishers:
                   ferry (fsync before ack) vs an in-process NATS JetStream
                   file store, default mode and sync_always
+  publish-pipelined
+                  the same with 64 publishers keeping 16 publishes in
+                  flight each (AppendAsync vs PublishAsync)
   append-vs-disk  batched durable appends vs the disk's own sequential
                   write+fsync bandwidth, measured here
   consume         the runtime with a no-op handler, and with a 1 ms handler

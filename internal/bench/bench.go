@@ -4,6 +4,8 @@
 //   - publish: 256-byte messages from 1, 16 and 64 synchronous publishers,
 //     ferry's embedded log (fsync before ack) vs an in-process NATS
 //     JetStream file store in its default mode and with sync_always;
+//   - publish-pipelined: the same with 64 publishers keeping 16 publishes
+//     in flight each (AppendAsync vs PublishAsync);
 //   - append-vs-disk: batched durable appends vs the disk's own sequential
 //     write+fsync bandwidth, measured here;
 //   - consume: the runtime with a no-op handler, and with a 1 ms handler
@@ -97,6 +99,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		run  func(context.Context, string, sizes) ([]Result, error)
 	}{
 		{"publish", publishScenario},
+		{"publish-pipelined", publishAsyncScenario},
 		{"append-vs-disk", diskScenario},
 		{"consume", consumeScenario},
 		{"latency", latencyScenario},
