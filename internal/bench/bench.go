@@ -10,7 +10,8 @@
 //     write+fsync bandwidth, measured here;
 //   - consume: the runtime with a no-op handler, and with a 1 ms handler
 //     over 10k keys at concurrency 64 against the Little's-law bound;
-//   - latency: publish-to-handler latency at a fixed offered rate;
+//   - latency: publish acknowledgement and publish-to-handler latency at a
+//     fixed offered rate;
 //   - router: the runtime vs Watermill's router with its retry middleware,
 //     each on its in-memory transport, no-op handler.
 package bench

@@ -156,13 +156,22 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	perTick := max(s.latencyRate/1000, 1)
 	tick := time.NewTicker(time.Duration(float64(time.Second) * float64(perTick) / float64(s.latencyRate)))
 	defer tick.Stop()
+	var ackMu sync.Mutex
+	acks := make([]time.Duration, 0, total)
 	start := time.Now()
 	for sent := 0; sent < total; {
 		<-tick.C
 		for range min(perTick, total-sent) {
 			p := make([]byte, payloadSize)
-			binary.LittleEndian.PutUint64(p, uint64(time.Now().UnixNano()))
-			l.AppendAsync(ctx, func(_ *commitlog.Batch, err error) {}, &ferry.Message{Topic: "in", Key: []byte(strconv.Itoa(sent % 1000)), Payload: p})
+			t := time.Now()
+			binary.LittleEndian.PutUint64(p, uint64(t.UnixNano()))
+			l.AppendAsync(ctx, func(_ *commitlog.Batch, err error) {
+				if err == nil {
+					ackMu.Lock()
+					acks = append(acks, time.Since(t))
+					ackMu.Unlock()
+				}
+			}, &ferry.Message{Topic: "in", Key: []byte(strconv.Itoa(sent % 1000)), Payload: p})
 			sent++
 		}
 	}
@@ -174,9 +183,13 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	el := time.Since(start)
 	cancel()
 	<-done
+	ack := Result{Scenario: "latency-ack", System: fmt.Sprintf("ferry publish ack at %d msg/s offered (fsync before ack)", s.latencyRate), Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
+	ackMu.Lock()
+	ack.percentiles(acks)
+	ackMu.Unlock()
 	res := Result{Scenario: "latency", System: fmt.Sprintf("ferry publish-to-handler at %d msg/s offered (fsync before ack)", s.latencyRate), Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	mu.Lock()
 	res.percentiles(lat)
 	mu.Unlock()
-	return []Result{res}, nil
+	return []Result{ack, res}, nil
 }
