@@ -12,6 +12,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	var dir, plot string
 	var quick, asJSON bool
+	var only []string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure ferry side by side with NATS JetStream and Watermill",
@@ -38,7 +39,7 @@ minute (its numbers are too small to quote). --plot writes the latency
 distribution as SVG.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := bench.Options{Dir: dir, Quick: quick, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
+			o := bench.Options{Dir: dir, Quick: quick, Only: only, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -65,6 +66,7 @@ distribution as SVG.`,
 	cmd.Flags().StringVar(&dir, "dir", "", "directory for the disk scenarios (default: the system's temporary directory; use the disk you want measured)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke run of well under a minute")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios (publish, publish-pipelined, append-vs-disk, consume, latency, router)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
 	return cmd
 }
