@@ -29,8 +29,8 @@ import (
 
 // Options size a run.
 type Options struct {
-	Dir   string // where the disk scenarios write (a temporary directory inside)
-	Quick bool   // a smoke run: small sizes, well under a minute
+	Dir   string   // where the disk scenarios write (a temporary directory inside)
+	Quick bool     // a smoke run: small sizes, well under a minute
 	Only  []string // run only these scenarios (all if empty)
 	// Progress, if set, is told each scenario's name as it starts.
 	Progress func(scenario string)
