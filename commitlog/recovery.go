@@ -473,7 +473,7 @@ func (l *Log) rebuildDedup() error {
 			func(sh sectionHeader) bool { _, ok := cutoffs[sh.topic]; return ok },
 			func(sh sectionHeader, m *ferry.Message) bool {
 				if ts := m.Time.UnixNano(); ts >= cutoffs[sh.topic] {
-					l.byID[sh.topic].dedup.insert(m.ID, dedupHit{int32(sh.partition), m.Offset}, ts)
+					l.byID[sh.topic].dedup.insert(m.ID, dedupHit{partition: int32(sh.partition), offset: m.Offset}, ts)
 				}
 				return true
 			})

@@ -118,68 +118,89 @@ func newTopic(id uint32, name string, c TopicConfig) *topic {
 }
 
 // dedupWindow remembers recently appended message IDs of a topic, bounded
-// by age and count (oldest evicted first). It is rebuilt from the log on
-// recovery, so there is no separate state to lose.
+// by age and count. It is rebuilt from the log on recovery, so there is no
+// separate state to lose.
+//
+// IDs live in two generations, each a map with a Bloom filter in front:
+// inserts go to the current one; when it holds max IDs it becomes the
+// previous one and the previous one is dropped whole. So the window
+// remembers at least the last max IDs (at most 2×max), and never deletes
+// a single entry: deleting from a large map was the writer's biggest cost
+// (a cache miss per append). Age is checked per hit, and a generation
+// whose newest ID is older than the window is dropped.
 type dedupWindow struct {
-	window time.Duration
-	max    int
+	window    time.Duration
+	max       int
+	cur, prev dedupGen
+}
+
+// dedupGen is one generation of IDs.
+type dedupGen struct {
 	ids    map[ferry.ID]dedupHit
-	ring   []dedupSlot // FIFO of insertions, ring[head] oldest
-	head   int
-	n      int
+	filter *idFilter // nil while the generation is small (a small map is cheap to probe)
+	newest int64     // time of its newest ID
 }
 
 type dedupHit struct {
 	partition int32
 	offset    uint64
-}
-
-type dedupSlot struct {
-	id   ferry.ID
-	time int64
+	time      int64
 }
 
 func newDedupWindow(window time.Duration, maxIDs int) *dedupWindow {
-	return &dedupWindow{window: window, max: maxIDs, ids: make(map[ferry.ID]dedupHit, min(maxIDs, 1024)), ring: make([]dedupSlot, min(maxIDs, 1024))}
+	return &dedupWindow{window: window, max: maxIDs, cur: dedupGen{ids: map[ferry.ID]dedupHit{}}}
+}
+
+func (g *dedupGen) find(id ferry.ID, h uint64) (dedupHit, bool) {
+	if g.ids == nil || (g.filter != nil && !g.filter.mayContain(h)) {
+		return dedupHit{}, false
+	}
+	hit, ok := g.ids[id]
+	return hit, ok
 }
 
 func (w *dedupWindow) lookup(id ferry.ID, now int64) (dedupHit, bool) {
-	w.expire(now)
-	h, ok := w.ids[id]
-	return h, ok
-}
-
-func (w *dedupWindow) expire(now int64) {
 	cutoff := now - int64(w.window)
-	for w.n > 0 && w.ring[w.head].time < cutoff {
-		w.evictOldest()
+	if w.prev.ids != nil && w.prev.newest < cutoff {
+		w.prev = dedupGen{}
 	}
+	h := idHash(id)
+	hit, ok := w.cur.find(id, h)
+	if !ok {
+		hit, ok = w.prev.find(id, h)
+	}
+	if !ok || hit.time < cutoff {
+		return dedupHit{}, false
+	}
+	return hit, true
 }
 
-func (w *dedupWindow) evictOldest() {
-	s := w.ring[w.head]
-	delete(w.ids, s.id)
-	w.head = (w.head + 1) % len(w.ring)
-	w.n--
-}
-
-func (w *dedupWindow) insert(id ferry.ID, h dedupHit, t int64) {
-	if _, ok := w.ids[id]; ok {
+// insert remembers id, appended at time t (recovery may insert an ID
+// twice: the first stays).
+func (w *dedupWindow) insert(id ferry.ID, hit dedupHit, t int64) {
+	h := idHash(id)
+	if _, ok := w.cur.find(id, h); ok {
 		return
 	}
-	if w.n == w.max {
-		w.evictOldest()
+	if _, ok := w.prev.find(id, h); ok {
+		return
 	}
-	if w.n == len(w.ring) {
-		grown := make([]dedupSlot, min(2*len(w.ring), w.max))
-		for i := 0; i < w.n; i++ {
-			grown[i] = w.ring[(w.head+i)%len(w.ring)]
+	if len(w.cur.ids) >= w.max {
+		w.prev, w.cur = w.cur, dedupGen{ids: make(map[ferry.ID]dedupHit, min(w.max, len(w.cur.ids)))}
+	}
+	g := &w.cur
+	if g.filter == nil && len(g.ids) >= filterMinCapacity {
+		g.filter = newIDFilter(w.max)
+		for old := range g.ids {
+			g.filter.add(idHash(old))
 		}
-		w.ring, w.head = grown, 0
 	}
-	w.ring[(w.head+w.n)%len(w.ring)] = dedupSlot{id: id, time: t}
-	w.n++
-	w.ids[id] = h
+	if g.filter != nil {
+		g.filter.add(h)
+	}
+	hit.time = t
+	g.ids[id] = hit
+	g.newest = max(g.newest, t)
 }
 
 // groupKey names one partition's committed offset within a consumer group.
