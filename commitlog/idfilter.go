@@ -59,4 +59,3 @@ func (f *idFilter) mayContain(h uint64) bool {
 	}
 	return true
 }
-
