@@ -188,6 +188,17 @@ func TestDedupAcrossReopen(t *testing.T) {
 	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 0 {
 		t.Fatalf("after the window: err=%v dups=%d", err, b.Duplicates)
 	}
+	// That new write starts a new window: a retry of it is a duplicate of
+	// it, not of the forgotten first write.
+	mu.Lock()
+	now = now.Add(10 * time.Second)
+	mu.Unlock()
+	fifth := msg("t", "a", "one")
+	fifth.ID = orig.ID
+	b = &Batch{Messages: []*ferry.Message{fifth}}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 1 || fifth.Offset != fourth.Offset {
+		t.Fatalf("retry of a write made after the window: err=%v dups=%d offset=%d, want a duplicate of %d", err, b.Duplicates, fifth.Offset, fourth.Offset)
+	}
 	l.Close()
 }
 

@@ -175,16 +175,13 @@ func (w *dedupWindow) lookup(id ferry.ID, now int64) (dedupHit, bool) {
 	return hit, true
 }
 
-// insert remembers id, appended at time t (recovery may insert an ID
-// twice: the first stays).
+// insert remembers a write of id at time t. The writer inserts only after
+// lookup found no live entry, and recovery inserts in log order, so the
+// write inserted last is the one a retry must resolve to: it replaces an
+// older entry of the same ID (in the current generation, or shadows one in
+// the previous: lookup asks the current first).
 func (w *dedupWindow) insert(id ferry.ID, hit dedupHit, t int64) {
 	h := idHash(id)
-	if _, ok := w.cur.find(id, h); ok {
-		return
-	}
-	if _, ok := w.prev.find(id, h); ok {
-		return
-	}
 	if len(w.cur.ids) >= w.max {
 		w.prev, w.cur = w.cur, dedupGen{ids: make(map[ferry.ID]dedupHit, min(w.max, len(w.cur.ids)))}
 	}
