@@ -23,42 +23,10 @@ const payloadSize = 256
 // promises when it returns).
 type publishFn func(ctx context.Context, worker, seq int) error
 
-// drive runs n publishers of pub for d and measures each call.
+// drive runs n synchronous publishers of pub for d and measures each call:
+// driveAsync with one publish in flight per publisher.
 func drive(ctx context.Context, n int, d time.Duration, pub publishFn) (int, time.Duration, []time.Duration, error) {
-	var (
-		wg       sync.WaitGroup
-		stop     atomic.Bool
-		mu       sync.Mutex
-		all      []time.Duration
-		firstErr error
-	)
-	start := time.Now()
-	for w := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			for seq := 0; !stop.Load(); seq++ {
-				t := time.Now()
-				if err := pub(ctx, w, seq); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					return
-				}
-				mine = append(mine, time.Since(t))
-			}
-			mu.Lock()
-			all = append(all, mine...)
-			mu.Unlock()
-		}()
-	}
-	time.Sleep(d)
-	stop.Store(true)
-	wg.Wait()
-	return len(all), time.Since(start), all, firstErr
+	return driveAsync(ctx, n, 1, d, func(ctx context.Context, w, seq int, done func(error)) { done(pub(ctx, w, seq)) })
 }
 
 func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
