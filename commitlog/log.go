@@ -65,12 +65,9 @@ type Log struct {
 	active     *segment // writer
 	activeSize int64    // writer
 	dirty      bool     // writer: written since the last fsync
+	lastFsync  int64    // writer: nanoseconds the last fsync took (with an Observer)
+	wbuf       []byte   // writer
 	scratch    writerScratch
-
-	pipe       chan *written  // writer → syncer (see pipeline.go)
-	slots      chan *written  // free pipeline slots
-	inflight   sync.WaitGroup // groups handed to the syncer and not yet answered
-	syncerDone chan struct{}
 
 	recovery Recovery
 	cleanMu  sync.Mutex // serializes cleaner runs

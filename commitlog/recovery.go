@@ -55,14 +55,6 @@ func (l *Log) recover(ctx context.Context) error {
 			break
 		}
 	}
-	// The writer assigns offsets from where the replayed log ends. (While
-	// running, it assigns them ahead of the index, which the syncer
-	// advances only once a batch is durable.)
-	for _, t := range l.topics {
-		for _, p := range t.parts {
-			p.next = max(p.next, p.end)
-		}
-	}
 	// Segments wholly before the checkpoint stay open for reads.
 	for _, id := range ids {
 		if id < startSeg && l.segs[id] == nil {

@@ -85,6 +85,9 @@ func (p *partition) advanceLocked(end uint64) {
 	if end > p.end {
 		p.end = end
 	}
+	if end > p.next {
+		p.next = end
+	}
 	close(p.changed)
 	p.changed = make(chan struct{})
 }

@@ -260,8 +260,6 @@ func (l *Log) enqueue(ctx context.Context, r *request) error {
 // run is the writer goroutine.
 func (l *Log) run() {
 	defer close(l.stopped)
-	l.startSyncer()
-	defer l.stopSyncer()
 	var tick <-chan time.Time
 	if l.cfg.durability == DurabilityInterval {
 		t := time.NewTicker(l.cfg.syncInterval)
@@ -326,13 +324,6 @@ func (l *Log) collect(first *request) []*request {
 
 func (l *Log) process(g []*request) {
 	l.scratch.group = g
-	if g[0].batch != nil && l.failedErr() == nil {
-		l.processGroup(g)
-		return
-	}
-	// Everything but a group commit works on the state of all that was
-	// written, and answers after it.
-	l.drain()
 	if err := l.failedErr(); err != nil {
 		respond(g, err)
 		return
@@ -356,7 +347,7 @@ func (l *Log) process(g []*request) {
 		}
 		g[0].finish()
 	default:
-		panic("commitlog: unknown request") // batches are handled above
+		l.processGroup(g)
 	}
 }
 
@@ -370,8 +361,7 @@ func respond(g []*request, err error) {
 }
 
 // processGroup encodes every batch of the group into one log batch, writes
-// it and hands it to the syncer, which fsyncs, makes it visible and
-// acknowledges every waiter (pipeline.go).
+// it, fsyncs once, makes it visible and acknowledges every waiter.
 func (l *Log) processGroup(g []*request) {
 	now := l.cfg.now().UnixNano()
 	sc := &l.scratch
@@ -413,21 +403,19 @@ func (l *Log) processGroup(g []*request) {
 			bk.msgs = append(bk.msgs, m)
 		}
 	}
-	w := l.slot()
-	w.g = append(w.g, g...)
-	if live == 0 || len(sc.buckets) == 0 && len(offsets) == 0 {
-		// Nothing to write (routing errors, or every message a duplicate):
-		// the group is still answered in order, after what was written
-		// before it is durable — a duplicate's original may be in flight.
-		l.handOff(w)
+	if live == 0 {
+		respond(g, nil)
 		return
 	}
-	w.live = live
-	buf := append(w.buf[:0], make([]byte, batchHeaderSize)...)
+	if len(sc.buckets) == 0 && len(offsets) == 0 {
+		respond(g, nil) // every message was a duplicate
+		return
+	}
+	buf := l.wbuf[:0]
+	buf = append(buf, make([]byte, batchHeaderSize)...)
 	nsect := 0
 	for _, bk := range sc.buckets {
 		buf = encodeSection(buf, bk.t.id, uint32(bk.idx), bk.msgs, now)
-		w.msgs += len(bk.msgs)
 		nsect++
 	}
 	if len(offsets) > 0 {
@@ -435,26 +423,33 @@ func (l *Log) processGroup(g []*request) {
 		nsect++
 	}
 	putBatchHeader(buf, 0, nsect, now)
-	w.buf = buf
+	l.wbuf = buf
+	if obs := l.cfg.observer; obs != nil {
+		l.lastFsync = 0
+		t0 := time.Now()
+		err := l.writeBatch(buf)
+		done := time.Now()
+		msgs := 0
+		for _, bk := range sc.buckets {
+			msgs += len(bk.msgs)
+		}
+		obs.GroupCommit(live, msgs, len(buf), done.Sub(t0), time.Duration(l.lastFsync))
+		for _, r := range g {
+			if r.err == nil && err == nil {
+				obs.Appended(done.Sub(r.start))
+			}
+		}
+		respond(g, err)
+	} else {
+		respond(g, l.writeBatch(buf))
+	}
 	for _, bk := range sc.buckets {
-		clear(bk.msgs)
 		bk.msgs = bk.msgs[:0]
 		sc.free = append(sc.free, bk)
 	}
-	var t0 time.Time
-	if l.cfg.observer != nil {
-		t0 = time.Now()
+	if cap(l.wbuf) > 2*l.cfg.maxGroupBytes {
+		l.wbuf = nil // do not pin a buffer grown by one huge batch
 	}
-	var err error
-	if w.seg, w.pos, err = l.writeBuf(buf); err == nil {
-		w.wrote = true
-		if l.cfg.observer != nil {
-			w.write = time.Since(t0)
-		}
-	}
-	// On error the log has failed, and the syncer fails the group after
-	// those before it.
-	l.handOff(w)
 }
 
 func (l *Log) newBucket(t *topic, idx int32, p *partition) *bucket {
@@ -535,44 +530,41 @@ func encodeControlSection(buf []byte, ops []controlOp, now int64) []byte {
 	return encodeSection(buf, controlTopicID, 0, msgs, now)
 }
 
-// writeBuf writes one encoded batch to the active segment, rolling first
-// if it would not fit, and returns where it went. A write error fails the
-// log.
-func (l *Log) writeBuf(buf []byte) (*segment, int64, error) {
+// writeBatch writes one encoded batch to the active segment (rolling first
+// if it would not fit), fsyncs as the durability mode says, and applies it.
+// Any write or fsync error fails the log.
+func (l *Log) writeBatch(buf []byte) error {
 	if int64(len(buf)) > l.cfg.segmentBytes-batchHeaderSize {
 		// Limits are validated so that this cannot happen; refuse rather
 		// than write a batch no segment can hold.
-		return nil, 0, fmt.Errorf("commitlog: batch of %d bytes exceeds the segment size %d: %w", len(buf), l.cfg.segmentBytes, ferry.ErrInvalidArgument)
+		return fmt.Errorf("commitlog: batch of %d bytes exceeds the segment size %d: %w", len(buf), l.cfg.segmentBytes, ferry.ErrInvalidArgument)
 	}
 	if l.activeSize > 0 && l.activeSize+int64(len(buf)) > l.cfg.segmentBytes {
 		if err := l.roll(); err != nil {
-			return nil, 0, l.fail(err)
+			return l.fail(err)
 		}
 	}
 	pos := l.activeSize
 	if _, err := l.active.f.Write(buf); err != nil {
-		return nil, 0, l.fail(fmt.Errorf("write %s at %d: %w", l.active.path, pos, err))
+		return l.fail(fmt.Errorf("write %s at %d: %w", l.active.path, pos, err))
 	}
 	l.activeSize += int64(len(buf))
 	l.dirty = true
-	return l.active, pos, nil
-}
-
-// writeBatch writes one encoded batch, fsyncs as the durability mode says
-// and applies it, all on the writer goroutine. It is for the writes that
-// are not group commits (topic changes, cleaner relocations), which come
-// after a drain of the pipeline. Any write or fsync error fails the log.
-func (l *Log) writeBatch(buf []byte) error {
-	seg, pos, err := l.writeBuf(buf)
-	if err != nil {
-		return err
-	}
 	if l.cfg.durability == DurabilityAlways {
 		if err := l.syncActive(); err != nil {
 			return l.fail(err)
 		}
 	}
-	return l.apply(seg, pos, buf)
+	h, err := decodeBatchHeaderUnchecked(buf)
+	if err == nil {
+		err = l.applyBatch(l.active.id, uint32(pos), h, buf)
+	}
+	if err != nil {
+		// The bytes are durable but could not be applied: a bug. Stop
+		// rather than acknowledge something readers cannot see.
+		return l.fail(fmt.Errorf("apply batch at %s:%d: %w", l.active.path, pos, err))
+	}
+	return nil
 }
 
 func decodeBatchHeaderUnchecked(b []byte) (batchHeader, error) {
@@ -587,8 +579,15 @@ func (l *Log) syncActive() error {
 	if !l.dirty {
 		return nil
 	}
+	var t0 time.Time
+	if l.cfg.observer != nil {
+		t0 = time.Now()
+	}
 	if err := l.active.f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", l.active.path, err)
+	}
+	if l.cfg.observer != nil {
+		l.lastFsync = int64(time.Since(t0))
 	}
 	l.dirty = false
 	return nil
@@ -597,7 +596,6 @@ func (l *Log) syncActive() error {
 // roll makes the active segment durable, checkpoints the state as of its
 // end, and starts the next segment.
 func (l *Log) roll() error {
-	l.drain()
 	if err := l.syncActive(); err != nil {
 		return err
 	}
