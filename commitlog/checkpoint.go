@@ -23,11 +23,12 @@ import (
 //	payload: seg u32 | pos u64 | next topic ID u32
 //	  | topics: count, then id u32 | name | config | partitions: count,
 //	      then start u64 | next u64 | entries: count, then
-//	      first u64 | last u64 | maxTime varint | seg u32 | pos u32 | size u32 | count u32 | section bool
+//	      first u64 | last u64 | maxTime varint | appended varint | seg u32 | pos u32 | size u32 | count u32 | section bool
+//	  (version 1 has no appended field; its entries take maxTime for it)
 //	  | groups: count, then name | offsets: count, then topic u32 | partition u32 | offset u64
 const (
 	checkpointMagic   = 0x4b595246 // "FRYK"
-	checkpointVersion = 1
+	checkpointVersion = 2
 	checkpointHeader  = 13
 )
 
@@ -70,6 +71,7 @@ func encodeCheckpoint(c *checkpoint) []byte {
 				e.u64(x.first)
 				e.u64(x.last)
 				e.varint(x.maxTime)
+				e.varint(x.appended)
 				e.u32(x.seg)
 				e.u32(x.pos)
 				e.u32(x.size)
@@ -122,7 +124,8 @@ func decodeCheckpoint(b []byte) (*checkpoint, error) {
 	if m := le.Uint32(b[0:]); m != checkpointMagic {
 		return nil, fmt.Errorf("%w: bad checkpoint magic %#x", ferry.ErrCorrupt, m)
 	}
-	if b[4] != checkpointVersion {
+	version := b[4]
+	if version != 1 && version != checkpointVersion {
 		return nil, fmt.Errorf("%w: unknown checkpoint version %d", ferry.ErrCorrupt, b[4])
 	}
 	if n := le.Uint32(b[9:]); uint64(n) != uint64(len(b)-checkpointHeader) {
@@ -154,7 +157,12 @@ func decodeCheckpoint(b []byte) (*checkpoint, error) {
 			ne := d.count(42, "index entries")
 			p.entries = make([]indexEntry, 0, ne)
 			for k := 0; k < ne && d.err == nil; k++ {
-				x := indexEntry{first: d.u64(), last: d.u64(), maxTime: d.varint(), seg: d.u32(), pos: d.u32(), size: d.u32(), count: d.u32(), section: d.boolean()}
+				x := indexEntry{first: d.u64(), last: d.u64(), maxTime: d.varint()}
+				x.appended = x.maxTime
+				if version >= 2 {
+					x.appended = d.varint()
+				}
+				x.seg, x.pos, x.size, x.count, x.section = d.u32(), d.u32(), d.u32(), d.u32(), d.boolean()
 				if d.err == nil && (x.last < x.first || x.size == 0 || (k > 0 && x.first <= p.entries[k-1].last) || x.last >= p.next) {
 					d.fail(fmt.Sprintf("topic %q partition %d: index entry %d out of order", t.name, j, k))
 				}

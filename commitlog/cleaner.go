@@ -80,10 +80,11 @@ func applyRetention(c TopicConfig, p *partition, now int64) (dropped int) {
 	bytes := p.bytes
 	for n < len(p.entries) {
 		e := p.entries[n]
-		// maxTime is a running maximum, so every entry before one that is
-		// young enough is young enough too... and entries after an old one
-		// may still be old: stop at the first entry to keep.
-		expired := c.RetentionAge > 0 && e.maxTime < cutoff
+		// Age is the time since the append, not the messages' own time
+		// (an outbox relay appends messages created hours ago: they must
+		// still stay RetentionAge in the log). appended is a running
+		// maximum: stop at the first entry to keep.
+		expired := c.RetentionAge > 0 && e.appended < cutoff
 		oversize := c.RetentionBytes > 0 && bytes > c.RetentionBytes
 		if !expired && !oversize {
 			break
@@ -105,7 +106,8 @@ func applyRetention(c TopicConfig, p *partition, now int64) (dropped int) {
 }
 
 // compact keeps only the latest record of each key (and drops tombstones
-// older than TombstoneRetention) in the batches of sealed segments.
+// appended longer ago than TombstoneRetention) in the batches of sealed
+// segments.
 func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, activeID uint32, now int64, st *CleanStats) error {
 	p.mu.RLock()
 	entries := append([]indexEntry(nil), p.entries...)
@@ -132,7 +134,7 @@ func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, a
 			case latest[string(m.Key)] != m.Offset:
 				dead++
 				st.RecordsCompacted++
-			case m.IsTombstone() && m.Time.UnixNano() < tombCutoff:
+			case m.IsTombstone() && e.appended < tombCutoff: // counted from the append, like retention
 				dead++
 				st.TombstonesExpired++
 			default:

@@ -263,3 +263,34 @@ func TestCleanerCrashSweep(t *testing.T) {
 	}
 	t.Logf("crashed at each of %d cleaner operations, strict and random clones", total)
 }
+
+// Retention counts a message's age from its append: messages that carry an
+// old time of their own (created hours before, relayed now) stay the whole
+// retention period.
+func TestRetentionAgesByAppendTime(t *testing.T) {
+	ctx := context.Background()
+	clock := newTestClock()
+	l := openTest(t, vfs.NewMemFS(), cleanerOpts(clock)...)
+	defer l.Close()
+	mustCreate(t, l, "r", TopicConfig{RetentionAge: time.Hour})
+	for i := range 50 {
+		m := &ferry.Message{Topic: "r", Payload: []byte(fmt.Sprintf("%d|%0400d", i, 0)), Time: clock.Now().Add(-3 * time.Hour)}
+		if err := l.Append(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(30 * time.Minute)
+	if _, err := l.Clean(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(readAll(t, l, "r", 0)); got != 50 {
+		t.Fatalf("after 30 minutes of a 1 h retention %d of 50 messages remain", got)
+	}
+	clock.Advance(time.Hour)
+	if _, err := l.Clean(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(readAll(t, l, "r", 0)); got != 0 {
+		t.Fatalf("past the retention %d messages remain", got)
+	}
+}

@@ -574,3 +574,74 @@ func TestNoAckBeforeFsync(t *testing.T) {
 		}
 	}
 }
+
+// A message may carry a time of its own (an outbox relay sets the row's
+// creation time). Deduplication ages IDs by when they were appended, not by
+// that time: a retry of a message created long ago but appended a moment
+// ago is still a duplicate, before and after a reopen (also when the
+// recovery starts from a checkpoint) and when several partitions share a
+// batch.
+func TestDedupAgesByAppendTimeNotMessageTime(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	now := time.Unix(1_700_000_000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	l := openTest(t, fs, WithClock(clock))
+	mustCreate(t, l, "t", TopicConfig{Partitions: 3, DedupWindow: time.Minute})
+	old := now.Add(-time.Hour)
+	var origs []*ferry.Message
+	for i := range 6 {
+		m := msg("t", fmt.Sprint("k", i), "created an hour ago")
+		m.Time = old
+		origs = append(origs, m)
+	}
+	if err := l.Append(ctx, origs...); err != nil { // one batch, sections for several partitions
+		t.Fatal(err)
+	}
+	retry := func(when string) {
+		t.Helper()
+		var again []*ferry.Message
+		for _, o := range origs {
+			m := msg("t", string(o.Key), "created an hour ago")
+			m.ID, m.Time = o.ID, old
+			again = append(again, m)
+		}
+		b := &Batch{Messages: again}
+		if err := l.Commit(ctx, b); err != nil || b.Duplicates != len(origs) {
+			t.Fatalf("%s: err=%v, %d of %d retries recognised as duplicates", when, err, b.Duplicates, len(origs))
+		}
+		for i, m := range again {
+			if m.Offset != origs[i].Offset || m.Partition != origs[i].Partition {
+				t.Fatalf("%s: retry %d resolved to %d/%d, want %d/%d", when, i, m.Partition, m.Offset, origs[i].Partition, origs[i].Offset)
+			}
+		}
+	}
+	advance(10 * time.Second)
+	retry("while running")
+	l.Close() // writes a checkpoint
+	l = openTest(t, fs, WithClock(clock))
+	advance(10 * time.Second)
+	retry("after a reopen from a checkpoint")
+	l.Close()
+	names, err := fs.List(testDir + "/checkpoints")
+	if err != nil || len(names) == 0 {
+		t.Fatalf("checkpoints: %v %v", names, err)
+	}
+	for _, n := range names {
+		if err := fs.Remove(testDir + "/checkpoints/" + n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l = openTest(t, fs, WithClock(clock))
+	defer l.Close()
+	advance(10 * time.Second)
+	retry("after a reopen that replays the whole log")
+	// A minute after the append, the IDs are forgotten.
+	advance(time.Minute)
+	b := &Batch{Messages: []*ferry.Message{{ID: origs[0].ID, Topic: "t", Key: origs[0].Key, Payload: []byte("x")}}}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 0 {
+		t.Fatalf("past the window: err=%v dups=%d", err, b.Duplicates)
+	}
+}

@@ -338,7 +338,7 @@ func (l *Log) applyBatch(seg, pos uint32, h batchHeader, b []byte) error {
 		if sh.count == 0 {
 			return nil
 		}
-		e := indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}
+		e := indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, appended: h.appendTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}
 		if h.sections > 1 {
 			// The batch is shared: point at this partition's section only.
 			e.pos, e.size, e.section = pos+uint32(at), sectionHeaderSize+sh.bodyLen, true
@@ -428,7 +428,12 @@ func (l *Log) rebuildDedup() error {
 		seg, pos, size uint32
 		section        bool
 	}
-	spans := map[span]bool{}
+	// Each span maps to its append time: IDs age by when they were
+	// appended, not by the time a message carries (which its producer may
+	// have set long before, as an outbox relay does). A run of batches
+	// takes the time of its newest, which remembers its older IDs a little
+	// longer, never shorter.
+	spans := map[span]int64{}
 	cutoffs := map[uint32]int64{}
 	for _, t := range l.topics {
 		if t.dedup == nil {
@@ -440,19 +445,19 @@ func (l *Log) rebuildDedup() error {
 		for _, p := range t.parts {
 			p.mu.RLock()
 			n := 0
-			for i := len(p.entries) - 1; i >= 0 && p.entries[i].maxTime >= cutoff && n < t.config.DedupMaxIDs; i-- {
+			for i := len(p.entries) - 1; i >= 0 && p.entries[i].appended >= cutoff && n < t.config.DedupMaxIDs; i-- {
 				cands = append(cands, p.entries[i])
 				n += int(p.entries[i].count)
 			}
 			p.mu.RUnlock()
 		}
-		sort.Slice(cands, func(i, j int) bool { return cands[i].maxTime > cands[j].maxTime })
+		sort.Slice(cands, func(i, j int) bool { return cands[i].appended > cands[j].appended })
 		budget := t.config.DedupMaxIDs
 		for _, e := range cands {
 			if budget <= 0 {
 				break
 			}
-			spans[span{e.seg, e.pos, e.size, e.section}] = true
+			spans[span{e.seg, e.pos, e.size, e.section}] = e.appended
 			budget -= int(e.count)
 		}
 	}
@@ -469,12 +474,11 @@ func (l *Log) rebuildDedup() error {
 	// Log order is append order, so inserting in it keeps each window's
 	// FIFO eviction oldest-first.
 	for _, s := range ordered {
+		appended := spans[s]
 		err := l.readSpan(indexEntry{seg: s.seg, pos: s.pos, size: s.size, section: s.section},
-			func(sh sectionHeader) bool { _, ok := cutoffs[sh.topic]; return ok },
+			func(sh sectionHeader) bool { c, ok := cutoffs[sh.topic]; return ok && appended >= c },
 			func(sh sectionHeader, m *ferry.Message) bool {
-				if ts := m.Time.UnixNano(); ts >= cutoffs[sh.topic] {
-					l.byID[sh.topic].dedup.insert(m.ID, dedupHit{partition: int32(sh.partition), offset: m.Offset}, ts)
-				}
+				l.byID[sh.topic].dedup.insert(m.ID, dedupHit{partition: int32(sh.partition), offset: m.Offset}, appended)
 				return true
 			})
 		if err != nil {

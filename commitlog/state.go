@@ -17,6 +17,7 @@ import (
 type indexEntry struct {
 	first, last uint64 // offsets covered (records may be sparse inside)
 	maxTime     int64  // max record time of this and every earlier entry
+	appended    int64  // max append time (batch header) of this and every earlier entry
 	seg         uint32 // segment ID
 	pos         uint32 // byte position of the first batch in the segment
 	size        uint32 // bytes from pos to the end of the last batch
@@ -49,8 +50,9 @@ func (p *partition) addLocked(e indexEntry, relocated bool) {
 	if n := len(p.entries); n > 0 {
 		prev := &p.entries[n-1]
 		e.maxTime = max(e.maxTime, prev.maxTime)
+		e.appended = max(e.appended, prev.appended)
 		if !relocated && !prev.section && !e.section && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first {
-			prev.last, prev.size, prev.count, prev.maxTime = e.last, prev.size+e.size, prev.count+e.count, e.maxTime
+			prev.last, prev.size, prev.count, prev.maxTime, prev.appended = e.last, prev.size+e.size, prev.count+e.count, e.maxTime, e.appended
 			p.bytes += int64(e.size)
 			p.advanceLocked(e.last + 1)
 			return
@@ -66,15 +68,20 @@ func (p *partition) addLocked(e indexEntry, relocated bool) {
 }
 
 // replaceLocked swaps the entries lying inside [e.first, e.last] for e.
+// The records keep the append time of the entries they came from (the
+// relocating batch's own header carries the cleaner's time).
 func (p *partition) replaceLocked(e indexEntry) {
 	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].first >= e.first })
 	j := i
+	e.appended = 0
 	for j < len(p.entries) && p.entries[j].last <= e.last {
 		p.bytes -= int64(p.entries[j].size)
+		e.appended = max(e.appended, p.entries[j].appended)
 		j++
 	}
 	if i > 0 {
 		e.maxTime = max(e.maxTime, p.entries[i-1].maxTime)
+		e.appended = max(e.appended, p.entries[i-1].appended)
 	}
 	p.entries = append(p.entries[:i], append([]indexEntry{e}, p.entries[j:]...)...)
 	p.bytes += int64(e.size)

@@ -19,7 +19,8 @@ type TopicConfig struct {
 	// MaxPartitions). It cannot change after creation because it decides
 	// which partition each key lives in.
 	Partitions int
-	// RetentionAge deletes messages older than this (0: keep forever).
+	// RetentionAge deletes messages appended longer ago than this (0: keep
+	// forever). Age counts from the append, whatever Time a message carries.
 	RetentionAge time.Duration
 	// RetentionBytes bounds each partition's size; the oldest messages go
 	// first (0: unbounded).
@@ -27,11 +28,12 @@ type TopicConfig struct {
 	// Compact keeps only the latest message of each key (and drops
 	// tombstones after TombstoneRetention).
 	Compact bool
-	// TombstoneRetention is how long a tombstone survives compaction so that
-	// consumers see the delete (default 24h).
+	// TombstoneRetention is how long after its append a tombstone survives
+	// compaction, so that consumers see the delete (default 24h).
 	TombstoneRetention time.Duration
-	// DedupWindow is how long a message ID is remembered for producer
-	// deduplication (default 2m; negative disables).
+	// DedupWindow is how long after its append a message ID is remembered
+	// for producer deduplication (default 2m; negative disables). It counts
+	// from the append, not from the Time the message carries.
 	DedupWindow time.Duration
 	// DedupMaxIDs bounds the IDs remembered per topic (default 100000).
 	DedupMaxIDs int

@@ -394,7 +394,7 @@ func (l *Log) processGroup(g []*request) {
 				m.Time = time.Unix(0, now)
 			}
 			if t.dedup != nil {
-				t.dedup.insert(m.ID, dedupHit{partition: m.Partition, offset: m.Offset}, m.Time.UnixNano())
+				t.dedup.insert(m.ID, dedupHit{partition: m.Partition, offset: m.Offset}, now)
 			}
 			bk := sc.byPart[p]
 			if bk == nil {
