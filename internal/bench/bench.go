@@ -78,15 +78,16 @@ type sizes struct {
 	latencyRate   int
 	latencyFor    time.Duration
 	routerN       int
+	fsyncProbes   int
 }
 
 func sizesFor(quick bool) sizes {
 	if quick {
 		return sizes{publishFor: 300 * time.Millisecond, concurrencies: []int{1, 16, 64}, diskBytes: 16 << 20,
-			consumeN: 50_000, lanesN: 5_000, latencyRate: 2_000, latencyFor: time.Second, routerN: 20_000}
+			consumeN: 50_000, lanesN: 5_000, latencyRate: 2_000, latencyFor: time.Second, routerN: 20_000, fsyncProbes: 200}
 	}
 	return sizes{publishFor: 5 * time.Second, concurrencies: []int{1, 16, 64}, diskBytes: 512 << 20,
-		consumeN: 1_000_000, lanesN: 200_000, latencyRate: 20_000, latencyFor: 10 * time.Second, routerN: 500_000}
+		consumeN: 1_000_000, lanesN: 200_000, latencyRate: 20_000, latencyFor: 10 * time.Second, routerN: 500_000, fsyncProbes: 3000}
 }
 
 // Run runs every scenario and returns the report.

@@ -31,7 +31,14 @@ func drive(ctx context.Context, n int, d time.Duration, pub publishFn) (int, tim
 
 func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 	payload := make([]byte, payloadSize)
-	var out []Result
+	// The disk's own fsync latency, measured first, bounds what any
+	// fsync-before-ack system can do for synchronous publishers: each
+	// waits for at least one fsync per message.
+	fsync, err := fsyncResult("publish", dir, s.fsyncProbes)
+	if err != nil {
+		return nil, err
+	}
+	out := []Result{fsync}
 	for _, n := range s.concurrencies {
 		// ferry: the embedded log, fsync before ack (group commit).
 		l, err := commitlog.Open(ctx, filepath.Join(dir, fmt.Sprintf("ferry-pub-%d", n)))
@@ -49,7 +56,8 @@ func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 		if err != nil {
 			return nil, err
 		}
-		ferryRes := Result{Scenario: "publish", System: "ferry (fsync before ack)", Concurrency: n, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el)}
+		ferryRes := Result{Scenario: "publish", System: "ferry (fsync before ack)", Concurrency: n, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
+			Note: fmt.Sprintf("%d synchronous publishers that each wait for an fsync cannot pass %d × %.0f fsyncs/s = %.0f msg/s on this disk", n, n, fsync.MsgsPerSec, float64(n)*fsync.MsgsPerSec)}
 		ferryRes.percentiles(lat)
 		out = append(out, ferryRes)
 		for _, mode := range []struct {
