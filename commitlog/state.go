@@ -69,15 +69,19 @@ func (p *partition) addLocked(e indexEntry, relocated bool) {
 
 // replaceLocked swaps the entries lying inside [e.first, e.last] for e.
 // The records keep the append time of the entries they came from (the
-// relocating batch's own header carries the cleaner's time).
+// relocating batch's own header carries the cleaner's time, which it keeps
+// only if it replaces nothing).
 func (p *partition) replaceLocked(e indexEntry) {
 	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].first >= e.first })
 	j := i
-	e.appended = 0
+	var appended int64
 	for j < len(p.entries) && p.entries[j].last <= e.last {
 		p.bytes -= int64(p.entries[j].size)
-		e.appended = max(e.appended, p.entries[j].appended)
+		appended = max(appended, p.entries[j].appended)
 		j++
+	}
+	if j > i {
+		e.appended = appended
 	}
 	if i > 0 {
 		e.maxTime = max(e.maxTime, p.entries[i-1].maxTime)

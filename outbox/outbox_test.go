@@ -221,10 +221,23 @@ func TestRelayPublishesMessagesIntact(t *testing.T) {
 // same IDs again; the log's producer deduplication drops them, so the
 // topic holds each message once, in order.
 func TestRelayRetryAfterPublishIsDeduplicated(t *testing.T) {
+	t.Run("fresh rows", func(t *testing.T) { relayRetryDeduplicated(t, 0) })
+	// A backlog built up during an outage carries its rows' creation time,
+	// far older than the log's two-minute dedup window: the window counts
+	// from the append, so the retries are still dropped.
+	t.Run("rows created an hour ago", func(t *testing.T) { relayRetryDeduplicated(t, time.Hour) })
+}
+
+func relayRetryDeduplicated(t *testing.T, age time.Duration) {
 	pool, o, b := setup(t)
 	ctx := context.Background()
 	for i := range 50 {
 		addInTx(t, pool, o, seqMsg("a", i), seqMsg("b", i))
+	}
+	if age > 0 {
+		if _, err := pool.Exec(ctx, "UPDATE ferry_outbox SET created_at = created_at - $1::interval", fmt.Sprintf("%d seconds", int(age.Seconds()))); err != nil {
+			t.Fatal(err)
+		}
 	}
 	r := o.NewRelay(b, WithBatchSize(30))
 	calls := 0
