@@ -52,7 +52,7 @@ type Result struct {
 	// Note): ferry / reference throughput, or measured / bound.
 	Ratio float64 `json:"ratio,omitempty"`
 	Note  string  `json:"note,omitempty"`
-	// latencies are kept for the plot.
+	// latencies are the samples to plot (set by the latency scenario).
 	latencies []time.Duration
 }
 
@@ -128,7 +128,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return r, fmt.Errorf("bench: %s: %w", st.name, err)
 		}
 		for _, x := range res {
-			if x.Scenario == "latency" {
+			if x.latencies != nil {
 				r.Latency = x.latencies
 			}
 		}
@@ -148,7 +148,6 @@ func (x *Result) percentiles(samples []time.Duration) {
 		return float64(samples[i]) / 1e6
 	}
 	x.P50Ms, x.P99Ms, x.P999Ms = at(0.50), at(0.99), at(0.999)
-	x.latencies = samples
 }
 
 func rate(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }

@@ -149,7 +149,6 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	}
 	alone := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", no consumer", Messages: total, Seconds: time.Since(start).Seconds(), MsgsPerSec: rate(total, time.Since(start))}
 	alone.percentiles(acks)
-	alone.latencies = nil
 
 	// Publishing with a consumer of 64 lanes in the process.
 	b := embedded.New(l)
@@ -190,10 +189,10 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	<-done
 	ack := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", consumer running", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	ack.percentiles(acks)
-	ack.latencies = nil
 	res := Result{Scenario: "latency", System: "ferry publish-to-handler " + offered, Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	mu.Lock()
 	res.percentiles(lat)
+	res.latencies = lat
 	mu.Unlock()
 	return []Result{fsync, alone, ack, res}, nil
 }

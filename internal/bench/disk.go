@@ -126,7 +126,6 @@ func fsyncResult(scenario, dir string, n int) (Result, error) {
 	}
 	res := Result{Scenario: scenario, System: "disk: 8 KiB write + fsync, one at a time", Concurrency: 1, Messages: n, Seconds: total.Seconds(), MsgsPerSec: rate(n, total)}
 	res.percentiles(lat)
-	res.latencies = nil
 	return res, nil
 }
 
