@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,12 +214,13 @@ func TestTornTailEveryByte(t *testing.T) {
 				kept = s
 			}
 		}
-		if cut == kept {
-			if l.Recovery().TornBytes != 0 {
-				t.Fatalf("cut at a batch boundary %d reported %d torn bytes", cut, l.Recovery().TornBytes)
+		// A torn batch's own trailing zero bytes count as zeros after it.
+		if r := l.Recovery(); cut == kept {
+			if r.TornBytes != 0 || r.ZeroTailBytes != 0 {
+				t.Fatalf("cut at a batch boundary %d reported %d torn bytes and %d zeros", cut, r.TornBytes, r.ZeroTailBytes)
 			}
-		} else if r := l.Recovery(); r.TornBytes != cut-kept || r.TornFile != seg {
-			t.Fatalf("cut at %d: recovery %+v, want %d torn bytes", cut, r, cut-kept)
+		} else if r.TornBytes+r.ZeroTailBytes != cut-kept || r.TornBytes == 0 || r.TornFile != seg {
+			t.Fatalf("cut at %d: recovery %+v, want %d bytes cut, not all zeros", cut, r, cut-kept)
 		}
 		readAll(t, l, "t", 0)
 		readAll(t, l, "t", 1)
@@ -245,8 +247,12 @@ func TestZeroAndGarbageTails(t *testing.T) {
 		if err != nil {
 			t.Fatalf("tail %d: %v", i, err)
 		}
-		if l.Recovery().TornBytes != int64(len(tail)) {
-			t.Fatalf("tail %d: truncated %d bytes, want %d", i, l.Recovery().TornBytes, len(tail))
+		r := l.Recovery()
+		if r.TornBytes+r.ZeroTailBytes != int64(len(tail)) {
+			t.Fatalf("tail %d: truncated %d + %d zero bytes, want %d", i, r.TornBytes, r.ZeroTailBytes, len(tail))
+		}
+		if allZero := !slices.ContainsFunc(tail, func(b byte) bool { return b != 0 }); allZero != (r.TornBytes == 0) {
+			t.Fatalf("tail %d (all zeros: %v): reported %d torn bytes", i, allZero, r.TornBytes)
 		}
 		v.check(t, l, "t")
 		l.Close()
@@ -486,5 +492,115 @@ func TestSectionCRCIsolatesPartitions(t *testing.T) {
 	var ce *CorruptionError
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "section checksum mismatch") {
 		t.Fatalf("partition 1: want a section checksum error, got %v", err)
+	}
+}
+
+// segmentEnd returns where the last batch of a segment ends and the size
+// of its file.
+func segmentEnd(t *testing.T, fs vfs.FS, path string) (end, size int64) {
+	t.Helper()
+	f, err := fs.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	size, _ = f.Size()
+	r := newBatchReader(f, 0, size)
+	for {
+		if _, err := r.next(); err != nil {
+			return end, size
+		}
+		end = r.pos
+	}
+}
+
+// TestZeroAhead checks the zeros that small group commits write ahead of
+// the active segment's end: they are there while the log runs (so fsyncs
+// overwrite instead of growing the file), a crash leaves them for
+// recovery to cut as zeros (not as a torn append, nothing acknowledged
+// lost), and no segment the writer left — at a roll or at Close — keeps
+// any. Large groups and the modes without an fsync per group do not zero.
+func TestZeroAhead(t *testing.T) {
+	segOpts := []Opt{WithSegmentBytes(256 << 10), WithMaxBatchBytes(64 << 10), WithMaxGroupBytes(64 << 10), WithMaxMessageBytes(16 << 10)}
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs, segOpts...)
+	mustCreate(t, l, "t", TopicConfig{Partitions: 2})
+	v := newVerifier()
+	appendN := func(l *Log, from, n, size int) {
+		t.Helper()
+		for i := from; i < from+n; i++ {
+			m := msg("t", "k"+strconv.Itoa(i%3), payloadFor(0, i))
+			m.Headers = []ferry.Header{{Key: "pad", Value: make([]byte, size)}}
+			v.attempt(string(m.Payload))
+			if err := l.Append(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+			v.ack(m)
+		}
+	}
+	appendN(l, 0, 20, 100)
+	seg := lastSegment(t, fs)
+	end, size := segmentEnd(t, fs, seg)
+	if size <= end {
+		t.Fatalf("after small appends the active segment is %d bytes, its batches end at %d: nothing was zeroed ahead", size, end)
+	}
+
+	// A crash (everything unsynced dropped): the zeros were synced with
+	// the groups, and recovery cuts them without calling them torn.
+	c := fs.CrashClone(nil)
+	l2 := openTest(t, c, segOpts...)
+	if r := l2.Recovery(); r.TornBytes != 0 || r.ZeroTailBytes != size-end {
+		t.Fatalf("after a crash: recovery %+v, want no torn bytes and %d zeros", r, size-end)
+	}
+	v.check(t, l2, "t")
+	// Appends continue over the cut tail, roll segments, and Close leaves
+	// every segment ending with its last batch.
+	appendN(l2, 20, 600, 1000)
+	if err := l2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := c.List(testDir + "/wal")
+	if len(segs) < 3 {
+		t.Fatalf("%d segments: the test meant to roll", len(segs))
+	}
+	for _, name := range segs {
+		if end, size := segmentEnd(t, c, testDir+"/wal/"+name); end != size {
+			t.Fatalf("segment %s after Close: %d bytes, its batches end at %d", name, size, end)
+		}
+	}
+	l3 := openTest(t, c, segOpts...)
+	if r := l3.Recovery(); r.TornBytes != 0 || r.ZeroTailBytes != 0 {
+		t.Fatalf("reopen after Close: recovery %+v, want nothing cut", r)
+	}
+	v.check(t, l3, "t")
+	l3.Close()
+
+	for _, tc := range []struct {
+		name string
+		opts []Opt
+		msgs int
+		size int
+	}{
+		{"a large group", nil, 2000, 1000}, // past the zeros of the topic creation
+		{"interval durability", []Opt{WithDurability(DurabilityInterval)}, 1, 100},
+		{"no durability", []Opt{WithDurability(DurabilityNone)}, 1, 100},
+	} {
+		fs := vfs.NewMemFS()
+		l := openTest(t, fs, tc.opts...)
+		mustCreate(t, l, "t", TopicConfig{Partitions: 1})
+		var batch []*ferry.Message
+		for i := range tc.msgs {
+			m := msg("t", "k", payloadFor(0, i))
+			m.Headers = []ferry.Header{{Key: "pad", Value: make([]byte, tc.size)}}
+			batch = append(batch, m)
+		}
+		if err := l.Append(context.Background(), batch...); err != nil {
+			t.Fatal(err)
+		}
+		l.Sync(context.Background())
+		if end, size := segmentEnd(t, fs, lastSegment(t, fs)); end != size {
+			t.Errorf("%s: active segment %d bytes, its batches end at %d: zeroed ahead", tc.name, size, end)
+		}
+		l.Close()
 	}
 }

@@ -64,6 +64,8 @@ type Log struct {
 
 	active     *segment // writer
 	activeSize int64    // writer
+	zeroedTo   int64    // writer: the active segment holds zeros from activeSize up to here (see zeroAhead)
+	zeros      []byte   // writer: a block of zeros for zeroAhead
 	dirty      bool     // writer: written since the last fsync
 	lastFsync  int64    // writer: nanoseconds the last fsync took (with an Observer)
 	wbuf       []byte   // writer
@@ -81,9 +83,14 @@ type Recovery struct {
 	SegmentsScanned int
 	BytesScanned    int64
 	// TornFile and TornBytes describe an incomplete final batch that was
-	// cut off (an append that was never acknowledged).
+	// cut off (an append that was never acknowledged). Zeros at its end
+	// count in ZeroTailBytes.
 	TornFile  string
 	TornBytes int64
+	// ZeroTailBytes counts the zeros cut from the end of the last segment:
+	// space the writer had zeroed ahead of its appends when the process
+	// stopped without Close, or that a crash left. Never data.
+	ZeroTailBytes int64
 	// Repaired lists what WithRepair cut from a corrupt log.
 	Repaired []string
 }
@@ -342,7 +349,10 @@ func (l *Log) Close() error {
 		<-l.cleanerDone
 		<-l.stopped
 		if l.failedErr() == nil {
-			err = l.syncActive()
+			err = l.trimZeroed()
+			if err == nil {
+				err = l.syncActive()
+			}
 			if err == nil {
 				if cerr := l.writeCheckpoint(l.active.id, uint64(l.activeSize)); cerr != nil {
 					l.cfg.logger.Warn("checkpoint on close failed", "err", cerr)

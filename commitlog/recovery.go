@@ -86,7 +86,7 @@ func (l *Log) openActive(ids []uint32, minID uint32) error {
 			if _, err := s.f.Seek(size, io.SeekStart); err != nil {
 				return fmt.Errorf("commitlog: seek %s: %w", s.path, err)
 			}
-			l.active, l.activeSize = s, size
+			l.active, l.activeSize, l.zeroedTo = s, size, 0
 			return nil
 		}
 	}
@@ -114,7 +114,7 @@ func (l *Log) createSegment(id uint32) error {
 	l.mu.Lock()
 	l.segs[id] = s
 	l.mu.Unlock()
-	l.active, l.activeSize = s, 0
+	l.active, l.activeSize, l.zeroedTo = s, 0, 0
 	return nil
 }
 
@@ -171,9 +171,17 @@ func (e *CorruptionError) Error() string {
 // Unwrap lets errors.Is match ferry.ErrCorrupt.
 func (e *CorruptionError) Unwrap() []error { return []error{ferry.ErrCorrupt, e.Err} }
 
+// truncateTorn cuts the last segment at pos: what follows is an
+// unacknowledged batch (TornBytes) and zeros (ZeroTailBytes, see zeroAhead).
 func (l *Log) truncateTorn(seg *segment, pos, size int64) error {
-	l.recovery.TornFile, l.recovery.TornBytes = seg.path, size-pos
-	l.cfg.logger.Warn("truncating torn tail (an unacknowledged append)", "file", seg.path, "offset", pos, "bytes", size-pos)
+	torn := dataBefore(seg.f, pos, size) - pos
+	l.recovery.ZeroTailBytes = size - pos - torn
+	if torn > 0 {
+		l.recovery.TornFile, l.recovery.TornBytes = seg.path, torn
+		l.cfg.logger.Warn("truncating torn tail (an unacknowledged append)", "file", seg.path, "offset", pos, "bytes", torn, "zeros after it", l.recovery.ZeroTailBytes)
+	} else {
+		l.cfg.logger.Info("truncating zeros after the last batch", "file", seg.path, "offset", pos, "bytes", l.recovery.ZeroTailBytes)
+	}
 	if l.cfg.readOnly {
 		return nil
 	}
@@ -220,6 +228,28 @@ func (l *Log) repairAfter(seg *segment, later []uint32, cause error) error {
 	}
 	l.cfg.logger.Warn("repaired corrupt log", "cut", l.recovery.Repaired)
 	return nil
+}
+
+// dataBefore returns the end of the last non-zero byte of f in [from,
+// size), or from if there is none: where a trailing run of zeros starts.
+func dataBefore(f interface {
+	ReadAt([]byte, int64) (int, error)
+}, from, size int64) int64 {
+	buf := make([]byte, 64<<10)
+	for end := size; end > from; {
+		start := max(from, end-int64(len(buf)))
+		b := buf[:end-start]
+		if n, _ := f.ReadAt(b, start); n < len(b) {
+			return end // unreadable: count it as data
+		}
+		for i := len(b) - 1; i >= 0; i-- {
+			if b[i] != 0 {
+				return start + int64(i) + 1
+			}
+		}
+		end = start
+	}
+	return from
 }
 
 // validBatchAfter reports whether a complete, checksummed batch starts

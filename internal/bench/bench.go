@@ -117,12 +117,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		if o.Progress != nil {
 			o.Progress(st.name)
 		}
-		// Each scenario starts on a collected heap and a clean page cache:
-		// the garbage of the one before (a million-message log in memory)
-		// and the writeback of what it wrote without fsync (JetStream's
-		// default mode leaves hundreds of MB dirty) are not its cost.
-		debug.FreeOSMemory()
-		syscall.Sync()
+		settle()
 		res, err := st.run(ctx, dir, s)
 		if err != nil {
 			return r, fmt.Errorf("bench: %s: %w", st.name, err)
@@ -135,6 +130,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		r.Results = append(r.Results, res...)
 	}
 	return r, nil
+}
+
+// settle collects the heap and writes back every dirty page (sync(2)), so
+// that what is measured next starts clean: the garbage of what ran before
+// (a million-message log in memory) and the writeback of what it wrote
+// without fsync (JetStream's default mode leaves hundreds of MB dirty; on
+// ext4 an fsync may have to wait for that writeback) are not its cost.
+// Every scenario starts settled, and so does each system within one.
+func settle() {
+	debug.FreeOSMemory()
+	syscall.Sync()
 }
 
 // percentiles fills p50/p99/p99.9 (milliseconds) from samples.

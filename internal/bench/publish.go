@@ -49,6 +49,7 @@ func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 			l.Close()
 			return nil, err
 		}
+		settle()
 		cnt, el, lat, err := drive(ctx, n, s.publishFor, func(ctx context.Context, w, seq int) error {
 			return l.Append(ctx, &ferry.Message{Topic: "bench", Key: []byte(strconv.Itoa(w)), Payload: payload})
 		})
@@ -108,6 +109,7 @@ func withJetStream(ctx context.Context, dir string, syncAlways bool, run func(je
 // publishJetStream runs n synchronous JetStream publishers.
 func publishJetStream(ctx context.Context, dir string, syncAlways bool, n int, d time.Duration, payload []byte) (Result, error) {
 	return withJetStream(ctx, dir, syncAlways, func(js jetstream.JetStream) (Result, error) {
+		settle()
 		cnt, el, lat, err := drive(ctx, n, d, func(ctx context.Context, w, seq int) error {
 			_, err := js.Publish(ctx, "bench."+strconv.Itoa(w%8), payload)
 			return err
@@ -188,6 +190,7 @@ func publishAsyncScenario(ctx context.Context, dir string, s sizes) ([]Result, e
 		l.Close()
 		return nil, err
 	}
+	settle()
 	cnt, el, lat, err := driveAsync(ctx, n, window, s.publishFor, func(ctx context.Context, w, seq int, done func(error)) {
 		l.AppendAsync(ctx, func(_ *commitlog.Batch, err error) { done(err) }, &ferry.Message{Topic: "bench", Key: []byte(strconv.Itoa(w)), Payload: payload})
 	})
@@ -204,6 +207,7 @@ func publishAsyncScenario(ctx context.Context, dir string, s sizes) ([]Result, e
 		sync bool
 	}{{"jetstream PublishAsync (default)", false}, {"jetstream PublishAsync (sync_always)", true}} {
 		res, err := withJetStream(ctx, filepath.Join(dir, fmt.Sprintf("js-async-%v", mode.sync)), mode.sync, func(js jetstream.JetStream) (Result, error) {
+			settle()
 			cnt, el, lat, err := driveAsync(ctx, n, window, s.publishFor, func(ctx context.Context, w, seq int, done func(error)) {
 				f, err := js.PublishAsync("bench."+strconv.Itoa(w%8), payload)
 				if err != nil {
