@@ -41,6 +41,9 @@ func (f *idFilter) block(h uint64) *[8]uint64 {
 	return &f.blocks[(h>>32)*uint64(len(f.blocks))>>32]
 }
 
+// reset empties the filter.
+func (f *idFilter) reset() { clear(f.blocks) }
+
 func (f *idFilter) add(h uint64) {
 	b := f.block(h)
 	for i := range filterBits {

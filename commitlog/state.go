@@ -194,7 +194,18 @@ func (w *dedupWindow) lookup(id ferry.ID, now int64) (dedupHit, bool) {
 func (w *dedupWindow) insert(id ferry.ID, hit dedupHit, t int64) {
 	h := idHash(id)
 	if len(w.cur.ids) >= w.max {
-		w.prev, w.cur = w.cur, dedupGen{ids: make(map[ferry.ID]dedupHit, min(w.max, len(w.cur.ids)))}
+		// The dropped generation's map and filter are reused: a fresh map
+		// of max IDs is megabytes of new memory to fault in, once per
+		// max appends.
+		old := w.prev
+		w.prev, w.cur = w.cur, dedupGen{ids: old.ids, filter: old.filter}
+		if w.cur.ids == nil {
+			w.cur.ids = make(map[ferry.ID]dedupHit, min(w.max, len(w.prev.ids)))
+		}
+		clear(w.cur.ids)
+		if w.cur.filter != nil {
+			w.cur.filter.reset()
+		}
 	}
 	g := &w.cur
 	if g.filter == nil && len(g.ids) >= filterMinCapacity {
