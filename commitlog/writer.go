@@ -636,7 +636,8 @@ const (
 // the next small groups overwrite blocks the file already has. On ext4
 // (the disk of BENCHMARKS.md) an fsync that grows a file also commits the
 // filesystem's journal, one that overwrites flushes the data only: 8 KiB
-// write+fsync took a median 0.28 ms against 0.41 ms when appending. Large
+// write+fsync took a median 0.28–0.30 ms against 0.41–0.43 ms when
+// appending (ferry bench prints both probes). Large
 // groups append as they are: their fsync's fixed cost is small beside the
 // data, and zeroing would double the bytes written.
 //

@@ -123,11 +123,11 @@ func consumeScenario(ctx context.Context, _ string, s sizes) ([]Result, error) {
 // is under way waits for that fsync and its own, so about twice the
 // fsync's p99 is the floor under the ack p99 with one writer.
 func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
-	fsync, err := fsyncResult("latency", dir, s.fsyncProbes)
+	probes, fsync, err := fsyncResults("latency", dir, s.fsyncProbes)
 	if err != nil {
 		return nil, err
 	}
-	fsync.Note = fmt.Sprintf("floor under the ack p99 with one fsync in flight: about 2 × p99 = %.2f ms", 2*fsync.P99Ms)
+	probes[1].Note = fmt.Sprintf("floor under the ack p99 with one fsync in flight: about 2 × p99 = %.2f ms", 2*fsync.P99Ms)
 	l, err := commitlog.Open(ctx, filepath.Join(dir, "ferry-latency"))
 	if err != nil {
 		return nil, err
@@ -194,7 +194,7 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	res.percentiles(lat)
 	res.latencies = lat
 	mu.Unlock()
-	return []Result{fsync, alone, ack, res}, nil
+	return append(probes, alone, ack, res), nil
 }
 
 // paced appends total messages to topic at rate msg/s in 1 ms ticks, each

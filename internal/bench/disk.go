@@ -89,13 +89,14 @@ func diskProbe(dir string, n int64) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// fsyncProbe overwrites 8 KiB and fsyncs, n times, in a file written and
-// fsynced beforehand, and returns each write+fsync's duration: the floor
-// under any fsync-before-ack acknowledgement on this disk. Overwriting is
-// the cheaper kind of fsync (an fsync that grows a file also commits the
-// filesystem's journal), and the kind the log's small group commits do:
-// it zeroes the segment ahead of its end.
-func fsyncProbe(dir string, n int) ([]time.Duration, error) {
+// fsyncProbe writes 8 KiB and fsyncs, n times, and returns each
+// write+fsync's duration: the floor under any fsync-before-ack
+// acknowledgement on this disk. With overwrite it rewrites a file written
+// and fsynced beforehand, otherwise it appends to a new file: an fsync that
+// grows a file also commits the filesystem's journal, so appending costs
+// more. The log's small group commits overwrite (it zeroes the active
+// segment ahead of its end), so the overwrite probe is their floor.
+func fsyncProbe(dir string, n int, overwrite bool) ([]time.Duration, error) {
 	f, err := os.Create(filepath.Join(dir, "fsync-probe"))
 	if err != nil {
 		return nil, err
@@ -103,16 +104,18 @@ func fsyncProbe(dir string, n int) ([]time.Duration, error) {
 	defer os.Remove(f.Name())
 	defer f.Close()
 	chunk := make([]byte, 8<<10)
-	for range n {
-		if _, err := f.Write(chunk); err != nil {
+	if overwrite {
+		for range n {
+			if _, err := f.Write(chunk); err != nil {
+				return nil, err
+			}
+		}
+		if err := f.Sync(); err != nil {
 			return nil, err
 		}
-	}
-	if err := f.Sync(); err != nil {
-		return nil, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, err
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
 	}
 	lat := make([]time.Duration, 0, n)
 	for range n {
@@ -128,20 +131,28 @@ func fsyncProbe(dir string, n int) ([]time.Duration, error) {
 	return lat, nil
 }
 
-// fsyncResult measures the disk's 8 KiB overwrite+fsync latency as a result
-// line of scenario.
-func fsyncResult(scenario, dir string, n int) (Result, error) {
-	lat, err := fsyncProbe(dir, n)
-	if err != nil {
-		return Result{}, err
+// fsyncResults measures the disk's 8 KiB write+fsync latency, appending
+// and overwriting, as two result lines of scenario, and returns the
+// overwrite line also on its own (the floor the scenario compares with).
+func fsyncResults(scenario, dir string, n int) (lines []Result, floor Result, err error) {
+	for _, overwrite := range []bool{false, true} {
+		lat, err := fsyncProbe(dir, n, overwrite)
+		if err != nil {
+			return nil, Result{}, err
+		}
+		var total time.Duration
+		for _, d := range lat {
+			total += d
+		}
+		kind := "append"
+		if overwrite {
+			kind = "overwrite"
+		}
+		res := Result{Scenario: scenario, System: "disk: 8 KiB " + kind + " + fsync, one at a time", Concurrency: 1, Messages: n, Seconds: total.Seconds(), MsgsPerSec: rate(n, total)}
+		res.percentiles(lat)
+		lines = append(lines, res)
 	}
-	var total time.Duration
-	for _, d := range lat {
-		total += d
-	}
-	res := Result{Scenario: scenario, System: "disk: 8 KiB overwrite + fsync, one at a time", Concurrency: 1, Messages: n, Seconds: total.Seconds(), MsgsPerSec: rate(n, total)}
-	res.percentiles(lat)
-	return res, nil
+	return lines, lines[1], nil
 }
 
 const batchAppenders, appendBatch = 4, 1000

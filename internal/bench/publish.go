@@ -34,11 +34,10 @@ func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	// The disk's own fsync latency, measured first, bounds what any
 	// fsync-before-ack system can do for synchronous publishers: each
 	// waits for at least one fsync per message.
-	fsync, err := fsyncResult("publish", dir, s.fsyncProbes)
+	out, fsync, err := fsyncResults("publish", dir, s.fsyncProbes)
 	if err != nil {
 		return nil, err
 	}
-	out := []Result{fsync}
 	for _, n := range s.concurrencies {
 		// ferry: the embedded log, fsync before ack (group commit).
 		l, err := commitlog.Open(ctx, filepath.Join(dir, fmt.Sprintf("ferry-pub-%d", n)))
