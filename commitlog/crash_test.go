@@ -171,6 +171,21 @@ func lastSegment(t *testing.T, fs vfs.FS) string {
 
 // batchStarts returns the start offset of every batch in a segment.
 func batchStarts(t *testing.T, fs vfs.FS, path string) (starts []int64, size int64) {
+	starts, _, size = scanBatches(t, fs, path)
+	return starts, size
+}
+
+// segmentEnd returns where the last batch of a segment ends and the size
+// of its file.
+func segmentEnd(t *testing.T, fs vfs.FS, path string) (end, size int64) {
+	_, end, size = scanBatches(t, fs, path)
+	return end, size
+}
+
+// scanBatches reads a segment's batches: where each starts, where the last
+// ends, and the size of the file.
+func scanBatches(t *testing.T, fs vfs.FS, path string) (starts []int64, end, size int64) {
+	t.Helper()
 	f, err := fs.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -181,9 +196,9 @@ func batchStarts(t *testing.T, fs vfs.FS, path string) (starts []int64, size int
 	for {
 		pos := r.pos
 		if _, err := r.next(); err != nil {
-			return starts, size
+			return starts, end, size
 		}
-		starts = append(starts, pos)
+		starts, end = append(starts, pos), r.pos
 	}
 }
 
@@ -492,25 +507,6 @@ func TestSectionCRCIsolatesPartitions(t *testing.T) {
 	var ce *CorruptionError
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "section checksum mismatch") {
 		t.Fatalf("partition 1: want a section checksum error, got %v", err)
-	}
-}
-
-// segmentEnd returns where the last batch of a segment ends and the size
-// of its file.
-func segmentEnd(t *testing.T, fs vfs.FS, path string) (end, size int64) {
-	t.Helper()
-	f, err := fs.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	size, _ = f.Size()
-	r := newBatchReader(f, 0, size)
-	for {
-		if _, err := r.next(); err != nil {
-			return end, size
-		}
-		end = r.pos
 	}
 }
 
