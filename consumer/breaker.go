@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -47,7 +48,22 @@ func WithCircuitBreaker(s BreakerSettings) Opt {
 type breaker struct {
 	cb   *gobreaker.TwoStepCircuitBreaker[struct{}]
 	wait time.Duration
+
+	// mu orders the reports of outcomes to cb with failures, which counts
+	// the dependency's failures reported so far: a call that succeeds
+	// while another call's failure is reported is not a sign that the
+	// dependency is up (it may have been answered just before it went
+	// down), so its success is excluded instead of resetting the count of
+	// consecutive failures. Without that, with many lanes, the successes
+	// of calls that started before an outage kept the breaker closed
+	// while messages spent their attempts on the outage.
+	mu       sync.Mutex
+	failures uint64
 }
+
+// errOverlapped marks a success reported after a failure that happened
+// while the call ran: excluded from the breaker's counts.
+var errOverlapped = errors.New("consumer: success overlapped a failure")
 
 func newBreaker(name string, s *BreakerSettings, onChange func(from, to string)) *breaker {
 	st := gobreaker.Settings{
@@ -57,6 +73,7 @@ func newBreaker(name string, s *BreakerSettings, onChange func(from, to string))
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= s.ConsecutiveFailures },
 		// The message's own faults say nothing about the dependency.
 		IsSuccessful: func(err error) bool { return err == nil || !retry.Classify(err).Retryable() },
+		IsExcluded:   func(err error) bool { return errors.Is(err, errOverlapped) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if onChange != nil {
 				onChange(from.String(), to.String())
@@ -77,9 +94,23 @@ func (b *breaker) run(ctx context.Context, call func() error) (err error, counts
 	for {
 		done, aerr := b.cb.Allow()
 		if aerr == nil {
+			b.mu.Lock()
+			seen := b.failures
+			b.mu.Unlock()
 			err = call()
-			done(err)
-			if err != nil && retry.Classify(err).Retryable() && b.cb.State() != gobreaker.StateClosed {
+			failed := err != nil && retry.Classify(err).Retryable()
+			b.mu.Lock()
+			switch {
+			case failed:
+				b.failures++
+				done(err)
+			case err == nil && b.failures != seen:
+				done(errOverlapped)
+			default:
+				done(err)
+			}
+			b.mu.Unlock()
+			if failed && b.cb.State() != gobreaker.StateClosed {
 				return err, false
 			}
 			return err, true
