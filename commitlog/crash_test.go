@@ -515,7 +515,8 @@ func TestSectionCRCIsolatesPartitions(t *testing.T) {
 // overwrite instead of growing the file), a crash leaves them for
 // recovery to cut as zeros (not as a torn append, nothing acknowledged
 // lost), and no segment the writer left — at a roll or at Close — keeps
-// any. Large groups and the modes without an fsync per group do not zero.
+// any. Large groups, the modes without an fsync per group and
+// WithZeroAhead(false) do not zero.
 func TestZeroAhead(t *testing.T) {
 	segOpts := []Opt{WithSegmentBytes(256 << 10), WithMaxBatchBytes(64 << 10), WithMaxGroupBytes(64 << 10), WithMaxMessageBytes(16 << 10)}
 	fs := vfs.NewMemFS()
@@ -580,6 +581,7 @@ func TestZeroAhead(t *testing.T) {
 		{"a large group", nil, 2000, 1000}, // past the zeros of the topic creation
 		{"interval durability", []Opt{WithDurability(DurabilityInterval)}, 1, 100},
 		{"no durability", []Opt{WithDurability(DurabilityNone)}, 1, 100},
+		{"zeroing ahead turned off", []Opt{WithZeroAhead(false)}, 1, 100},
 	} {
 		fs := vfs.NewMemFS()
 		l := openTest(t, fs, tc.opts...)

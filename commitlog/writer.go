@@ -645,7 +645,7 @@ const (
 // the segment's tail, which recovery cuts (Recovery.ZeroTailBytes), as do
 // a roll and Close (trimZeroed), so only the active segment ever has one.
 func (l *Log) zeroAhead(n int) error {
-	if l.cfg.durability != DurabilityAlways || n > zeroAheadMaxGroup {
+	if l.cfg.noZeroAhead || l.cfg.durability != DurabilityAlways || n > zeroAheadMaxGroup {
 		return nil
 	}
 	end := l.activeSize + int64(n)
