@@ -637,9 +637,9 @@ const (
 // (the disk of BENCHMARKS.md) an fsync that grows a file also commits the
 // filesystem's journal, one that overwrites flushes the data only: 8 KiB
 // write+fsync took a median 0.28–0.30 ms against 0.41–0.43 ms when
-// appending (ferry bench prints both probes). Large
-// groups append as they are: their fsync's fixed cost is small beside the
-// data, and zeroing would double the bytes written.
+// appending (ferry bench prints both probes). Large groups append as they
+// are: their fsync's fixed cost is small beside the data, and zeroing
+// would double the bytes written. WithZeroAhead(false) turns it off.
 //
 // The zeros are covered by the group's own fsync; a crash leaves them as
 // the segment's tail, which recovery cuts (Recovery.ZeroTailBytes), as do
