@@ -151,7 +151,7 @@ func runDemo(ctx context.Context, out io.Writer, dir string, tel *telemetry) ([]
 	}
 	rec := l.Recovery()
 	checks = append(checks, demoCheck{"G1 acknowledged = durable",
-		fmt.Sprintf("%d orders acknowledged before SIGKILL, %d missing after restart (log holds %d; torn tail cut: %d bytes)", len(acked), missing, len(orders), rec.TornBytes),
+		fmt.Sprintf("%d orders acknowledged before SIGKILL, %d missing after restart (log holds %d; torn tail cut: %d bytes, zeros written ahead cut: %d bytes)", len(acked), missing, len(orders), rec.TornBytes, rec.ZeroTailBytes),
 		missing == 0 && len(acked) > 0})
 
 	// 2. Per-key order.
