@@ -10,7 +10,7 @@ import (
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/internal/memlog"
 )
 
 // publishBacklog appends n messages of 256 bytes over keys to topic "in"
@@ -63,13 +63,7 @@ func timeConsume(b *testing.B, be *embedded.Backend, n int, handler func(), opts
 // benchConsume publishes b.N messages over keys (untimed), then times a
 // consumer with the given concurrency and handler until all are handled.
 func benchConsume(b *testing.B, keys, concurrency int, handler func(), opts ...Opt) {
-	l, err := commitlog.Open(context.Background(), "/bench", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	be := embedded.New(l)
-	defer be.Close()
+	be, l := memlog.Backend(b, commitlog.WithDurability(commitlog.DurabilityNone))
 	publishBacklog(b, l, be, b.N, keys)
 	timeConsume(b, be, b.N, handler, append([]Opt{WithConcurrency(concurrency), WithMaxBuffered(8192), WithCommitInterval(100 * time.Millisecond)}, opts...)...)
 }

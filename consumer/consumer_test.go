@@ -19,18 +19,14 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/idempotency"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/internal/memlog"
 	"github.com/ferrymq/ferry/retry"
 )
 
 func newBackend(t *testing.T) *embedded.Backend {
 	t.Helper()
-	l, err := commitlog.Open(context.Background(), "/data", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := embedded.New(l, embedded.WithSessionTimeout(2*time.Second))
-	t.Cleanup(func() { b.Close(); l.Close() })
+	b := embedded.New(memlog.Open(t, commitlog.WithDurability(commitlog.DurabilityNone)), embedded.WithSessionTimeout(2*time.Second))
+	t.Cleanup(func() { b.Close() })
 	return b
 }
 

@@ -13,19 +13,13 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/internal/memlog"
 	"github.com/ferrymq/ferry/retry"
 )
 
 func setup(t *testing.T) (*embedded.Backend, *commitlog.Log) {
 	t.Helper()
-	l, err := commitlog.Open(context.Background(), "/d", commitlog.WithFS(vfs.NewMemFS()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := embedded.New(l)
-	t.Cleanup(func() { b.Close(); l.Close() })
-	return b, l
+	return memlog.Backend(t)
 }
 
 func count(t *testing.T, l *commitlog.Log, topic string) int {

@@ -9,6 +9,7 @@ import (
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/internal/memlog"
 	"github.com/ferrymq/ferry/internal/vfs"
 )
 
@@ -71,12 +72,7 @@ func TestLogStoreSurvivesReopen(t *testing.T) {
 // seen by the other after Sync.
 func TestLogSyncSeesOtherWriters(t *testing.T) {
 	ctx := context.Background()
-	l, err := commitlog.Open(ctx, "/d", commitlog.WithFS(vfs.NewMemFS()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	b := embedded.New(l)
+	b, _ := memlog.Backend(t)
 	a, err := OpenLog(ctx, b, "g.processed", time.Hour, 1000)
 	if err != nil {
 		t.Fatal(err)

@@ -17,11 +17,10 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/internal/memlog"
 	"github.com/ferrymq/ferry/metrics"
 	"github.com/ferrymq/ferry/outbox"
 	"github.com/ferrymq/ferry/retry"
@@ -83,13 +82,7 @@ func TestScrapeAfterRetriesAndDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := commitlog.Open(ctx, "/data", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithObserver(m))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	b := embedded.New(log)
-	defer b.Close()
+	b, log := memlog.Backend(t, commitlog.WithObserver(m))
 	if err := b.EnsureTopic(ctx, "in", 2); err != nil {
 		t.Fatal(err)
 	}

@@ -18,8 +18,8 @@ import (
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/internal/memlog"
 	"github.com/ferrymq/ferry/internal/testsvc"
-	"github.com/ferrymq/ferry/internal/vfs"
 )
 
 const topic = "orders"
@@ -32,12 +32,7 @@ func setup(t *testing.T) (*pgxpool.Pool, *Outbox, *embedded.Backend) {
 	if err := Migrate(context.Background(), pool); err != nil {
 		t.Fatal(err)
 	}
-	l, err := commitlog.Open(context.Background(), "/d", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := embedded.New(l)
-	t.Cleanup(func() { b.Close(); l.Close() })
+	b, _ := memlog.Backend(t, commitlog.WithDurability(commitlog.DurabilityNone))
 	if err := b.EnsureTopic(context.Background(), topic, 4); err != nil {
 		t.Fatal(err)
 	}

@@ -11,11 +11,9 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/backend/embedded"
-	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/internal/memlog"
 	"github.com/ferrymq/ferry/retry"
 	"github.com/ferrymq/ferry/tracing"
 )
@@ -28,13 +26,7 @@ func TestOneTraceFromPublishThroughRetryToDLQAndRedrive(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	tr := tracing.New(tp)
-	log, err := commitlog.Open(ctx, "/data", commitlog.WithFS(vfs.NewMemFS()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	b := embedded.New(log)
-	defer b.Close()
+	b, _ := memlog.Backend(t)
 	if err := b.EnsureTopic(ctx, "orders", 1); err != nil {
 		t.Fatal(err)
 	}
