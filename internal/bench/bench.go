@@ -25,6 +25,8 @@ import (
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/ferrymq/ferry/commitlog"
 )
 
 // Options size a run.
@@ -130,6 +132,22 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		r.Results = append(r.Results, res...)
 	}
 	return r, nil
+}
+
+// openLog opens a durable log (fsync before ack) in path with topics of
+// 8 partitions each.
+func openLog(ctx context.Context, path string, topics ...string) (*commitlog.Log, error) {
+	l, err := commitlog.Open(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range topics {
+		if err := l.CreateTopic(ctx, t, commitlog.TopicConfig{Partitions: 8}); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 // settle collects the heap and writes back every dirty page (sync(2)), so

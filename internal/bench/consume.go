@@ -128,16 +128,11 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 		return nil, err
 	}
 	probes[1].Note = fmt.Sprintf("floor under the ack p99 with one fsync in flight: about 2 × p99 = %.2f ms", 2*fsync.P99Ms)
-	l, err := commitlog.Open(ctx, filepath.Join(dir, "ferry-latency"))
+	l, err := openLog(ctx, filepath.Join(dir, "ferry-latency"), "alone", "in")
 	if err != nil {
 		return nil, err
 	}
 	defer l.Close()
-	for _, topic := range []string{"alone", "in"} {
-		if err := l.CreateTopic(ctx, topic, commitlog.TopicConfig{Partitions: 8}); err != nil {
-			return nil, err
-		}
-	}
 	total := int(float64(s.latencyRate) * s.latencyFor.Seconds())
 	offered := fmt.Sprintf("at %d msg/s offered (fsync before ack)", s.latencyRate)
 
@@ -147,7 +142,8 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	if err != nil {
 		return nil, err
 	}
-	alone := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", no consumer", Messages: total, Seconds: time.Since(start).Seconds(), MsgsPerSec: rate(total, time.Since(start))}
+	el := time.Since(start)
+	alone := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", no consumer", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	alone.percentiles(acks)
 
 	// Publishing with a consumer of 64 lanes in the process.
@@ -184,7 +180,7 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	case <-time.After(time.Minute):
 		return nil, fmt.Errorf("handled %d of %d messages in a minute", len(lat), total)
 	}
-	el := time.Since(start)
+	el = time.Since(start)
 	cancel()
 	<-done
 	ack := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", consumer running", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}

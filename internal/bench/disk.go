@@ -31,14 +31,11 @@ func diskScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 		rounds = 1 // a smoke run
 	}
 	perRound := s.diskBytes / int64(rounds)
-	l, err := commitlog.Open(ctx, filepath.Join(dir, "ferry-batch"))
+	l, err := openLog(ctx, filepath.Join(dir, "ferry-batch"), "bench")
 	if err != nil {
 		return nil, err
 	}
 	defer l.Close()
-	if err := l.CreateTopic(ctx, "bench", commitlog.TopicConfig{Partitions: 8}); err != nil {
-		return nil, err
-	}
 	var diskMB, ferryMB, ferryDiskMB, ferryRate []float64
 	var diskTime, ferryTime time.Duration
 	for range rounds {

@@ -40,12 +40,8 @@ func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	}
 	for _, n := range s.concurrencies {
 		// ferry: the embedded log, fsync before ack (group commit).
-		l, err := commitlog.Open(ctx, filepath.Join(dir, fmt.Sprintf("ferry-pub-%d", n)))
+		l, err := openLog(ctx, filepath.Join(dir, fmt.Sprintf("ferry-pub-%d", n)), "bench")
 		if err != nil {
-			return nil, err
-		}
-		if err := l.CreateTopic(ctx, "bench", commitlog.TopicConfig{Partitions: 8}); err != nil {
-			l.Close()
 			return nil, err
 		}
 		settle()
@@ -181,12 +177,8 @@ func driveAsync(ctx context.Context, n, window int, d time.Duration, send sendFn
 func publishAsyncScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 	const n, window = 64, 16
 	payload := make([]byte, payloadSize)
-	l, err := commitlog.Open(ctx, filepath.Join(dir, "ferry-pub-async"))
+	l, err := openLog(ctx, filepath.Join(dir, "ferry-pub-async"), "bench")
 	if err != nil {
-		return nil, err
-	}
-	if err := l.CreateTopic(ctx, "bench", commitlog.TopicConfig{Partitions: 8}); err != nil {
-		l.Close()
 		return nil, err
 	}
 	settle()
