@@ -137,20 +137,14 @@ func (w *worker) parkedBehind(m *ferry.Message) (ferry.ID, bool) {
 func (w *worker) releaseOrDrain(key []byte, b blocker) {
 	q := dlq.Open(w.c.b, w.c.cfg.dlqTopic)
 	left, err := q.List(w.ctx, dlq.Filter{Key: key, SourceTopic: w.tp.Topic})
-	var mine []ferry.ID
-	var originals []*ferry.Message
+	var mine []*ferry.Message
 	for _, e := range left {
 		if err == nil && e.Group == w.c.group && e.Original.Partition == w.tp.Partition {
-			mine = append(mine, e.Original.ID)
-			originals = append(originals, e.Original)
+			mine = append(mine, e.Original)
 		}
 	}
 	if err == nil && len(mine) > 0 {
-		if _, err = q.Redrive(w.ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: mine}}); err == nil {
-			for _, m := range originals {
-				w.c.emit(Event{Kind: EventRedriven, Message: m})
-			}
-		}
+		err = w.c.redrive(w.ctx, q, dlq.Filter{}, mine)
 	}
 	released := false
 	w.mu.Lock()
@@ -165,7 +159,7 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 		delete(w.parked, string(key))
 		released = true
 	default:
-		b.drainUntil = mine[len(mine)-1]
+		b.drainUntil = mine[len(mine)-1].ID
 		b.parked = len(mine)
 		w.parked[string(key)] = b
 	}

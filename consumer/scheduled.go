@@ -137,8 +137,7 @@ func (c *Consumer) redriveDue(ctx context.Context, q *dlq.Queue) time.Time {
 		}
 		return now.Add(time.Second)
 	}
-	var due []ferry.ID
-	var originals []*ferry.Message
+	var due []*ferry.Message
 	for _, e := range entries {
 		tp := backend.TopicPartition{Topic: e.Original.Topic, Partition: e.Original.Partition}
 		if e.Group != c.group || !c.owns(tp) {
@@ -148,23 +147,35 @@ func (c *Consumer) redriveDue(ctx context.Context, q *dlq.Queue) time.Time {
 			next = minTime(next, e.RetryAt)
 			continue
 		}
-		due = append(due, e.Original.ID)
-		originals = append(originals, e.Original)
+		due = append(due, e.Original)
 	}
 	if len(due) == 0 {
 		return next
 	}
 	// The key's parked messages go with each due entry, in order.
-	if _, err := q.Redrive(ctx, dlq.RedriveOpts{Filter: dlq.Filter{Class: dlq.ClassScheduled, IDs: due}}); err != nil {
+	if err := c.redrive(ctx, q, dlq.Filter{Class: dlq.ClassScheduled}, due); err != nil {
 		if ctx.Err() == nil {
 			c.cfg.logger.Warn("redriving scheduled retries failed", "dlq", c.cfg.dlqTopic, "err", err)
 		}
 		return now.Add(time.Second)
 	}
+	return next
+}
+
+// redrive sends the DLQ entries of originals (those matching f, by the
+// originals' IDs; the dead entries that share a key with them go along)
+// back to their topics, and reports each original as EventRedriven.
+func (c *Consumer) redrive(ctx context.Context, q *dlq.Queue, f dlq.Filter, originals []*ferry.Message) error {
+	for _, m := range originals {
+		f.IDs = append(f.IDs, m.ID)
+	}
+	if _, err := q.Redrive(ctx, dlq.RedriveOpts{Filter: f}); err != nil {
+		return err
+	}
 	for _, m := range originals {
 		c.emit(Event{Kind: EventRedriven, Message: m})
 	}
-	return next
+	return nil
 }
 
 func minTime(a, b time.Time) time.Time {
