@@ -145,8 +145,14 @@ func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
 			}
 		}
 		if errors.Is(err, errTorn) || errors.Is(err, ferry.ErrCorrupt) {
-			if last && !validBatchAfter(seg.f, pos+1, size) {
-				return l.truncateTorn(seg, pos, size)
+			if last {
+				// What follows the bad batch, read once: a torn tail has no
+				// valid batch after its first byte.
+				tail := make([]byte, size-pos)
+				n, _ := seg.f.ReadAt(tail, pos)
+				if !validBatchIn(tail[min(1, n):n]) {
+					return l.truncateTorn(seg, pos, size, trailingZeros(tail[:n], size-pos))
+				}
 			}
 			return &CorruptionError{File: seg.path, Offset: pos, Err: err}
 		}
@@ -172,10 +178,11 @@ func (e *CorruptionError) Error() string {
 func (e *CorruptionError) Unwrap() []error { return []error{ferry.ErrCorrupt, e.Err} }
 
 // truncateTorn cuts the last segment at pos: what follows is an
-// unacknowledged batch (TornBytes) and zeros (ZeroTailBytes, see zeroAhead).
-func (l *Log) truncateTorn(seg *segment, pos, size int64) error {
-	torn := dataBefore(seg.f, pos, size) - pos
-	l.recovery.ZeroTailBytes = size - pos - torn
+// unacknowledged batch (TornBytes) and zeros, the last zeros of it
+// (ZeroTailBytes, see zeroAhead).
+func (l *Log) truncateTorn(seg *segment, pos, size, zeros int64) error {
+	torn := size - pos - zeros
+	l.recovery.ZeroTailBytes = zeros
 	if torn > 0 {
 		l.recovery.TornFile, l.recovery.TornBytes = seg.path, torn
 		l.cfg.logger.Warn("truncating torn tail (an unacknowledged append)", "file", seg.path, "offset", pos, "bytes", torn, "zeros after it", l.recovery.ZeroTailBytes)
@@ -230,49 +237,34 @@ func (l *Log) repairAfter(seg *segment, later []uint32, cause error) error {
 	return nil
 }
 
-// dataBefore returns the end of the last non-zero byte of f in [from,
-// size), or from if there is none: where a trailing run of zeros starts.
-func dataBefore(f interface {
-	ReadAt([]byte, int64) (int, error)
-}, from, size int64) int64 {
-	buf := make([]byte, 64<<10)
-	for end := size; end > from; {
-		start := max(from, end-int64(len(buf)))
-		b := buf[:end-start]
-		if n, _ := f.ReadAt(b, start); n < len(b) {
-			return end // unreadable: count it as data
-		}
-		for i := len(b) - 1; i >= 0; i-- {
-			if b[i] != 0 {
-				return start + int64(i) + 1
-			}
-		}
-		end = start
+// trailingZeros counts the zero bytes at the end of tail, the first n
+// bytes of what follows a bad batch of a segment, as far as they could be
+// read (what could not be read counts as data: no zeros).
+func trailingZeros(tail []byte, n int64) int64 {
+	if int64(len(tail)) < n {
+		return 0
 	}
-	return from
+	i := len(tail)
+	for i > 0 && tail[i-1] == 0 {
+		i--
+	}
+	return int64(len(tail) - i)
 }
 
-// validBatchAfter reports whether a complete, checksummed batch starts
-// anywhere in f at or after from. It tells a torn tail (nothing valid
-// follows) from damage in the middle of the log.
-func validBatchAfter(f interface {
-	ReadAt([]byte, int64) (int, error)
-}, from, size int64) bool {
-	if from >= size {
-		return false
-	}
-	buf := make([]byte, size-from)
-	n, _ := f.ReadAt(buf, from)
-	buf = buf[:n]
-	for i := 0; i+batchHeaderSize <= len(buf); i++ {
-		if buf[i] != byte(batchMagic&0xff) {
+// validBatchIn reports whether a complete, checksummed batch starts
+// anywhere in b. Over what follows the first byte of a bad batch, it tells
+// a torn tail (nothing valid follows) from damage in the middle of the
+// log.
+func validBatchIn(b []byte) bool {
+	for i := 0; i+batchHeaderSize <= len(b); i++ {
+		if b[i] != byte(batchMagic&0xff) {
 			continue
 		}
-		n, err := peekBatchLength(buf[i:])
-		if err != nil || int64(n) > int64(len(buf)-i) {
+		n, err := peekBatchLength(b[i:])
+		if err != nil || int64(n) > int64(len(b)-i) {
 			continue
 		}
-		if _, err := decodeBatchHeader(buf[i : i+int(n)]); err == nil {
+		if _, err := decodeBatchHeader(b[i : i+int(n)]); err == nil {
 			return true
 		}
 	}
