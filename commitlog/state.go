@@ -201,8 +201,9 @@ func (w *dedupWindow) insert(id ferry.ID, hit dedupHit, t int64) {
 		w.prev, w.cur = w.cur, dedupGen{ids: old.ids, filter: old.filter}
 		if w.cur.ids == nil {
 			w.cur.ids = make(map[ferry.ID]dedupHit, min(w.max, len(w.prev.ids)))
+		} else {
+			clear(w.cur.ids)
 		}
-		clear(w.cur.ids)
 		if w.cur.filter != nil {
 			w.cur.filter.reset()
 		}

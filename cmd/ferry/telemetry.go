@@ -87,11 +87,11 @@ func (t *telemetry) check(name string, fn func() error) func() {
 }
 
 // logOpts are the options that report a log's writes.
-func (t *telemetry) logOpts(opts ...commitlog.Opt) []commitlog.Opt {
+func (t *telemetry) logOpts() []commitlog.Opt {
 	if t == nil {
-		return opts
+		return nil
 	}
-	return append(opts, commitlog.WithObserver(t.m))
+	return []commitlog.Opt{commitlog.WithObserver(t.m)}
 }
 
 // observe wraps a consumer's observer so its events are counted too.
