@@ -125,10 +125,7 @@ func (t *Tracer) Publish(ctx context.Context, b backend.Backend, msgs ...*ferry.
 		t.Inject(ctx, m)
 	}
 	err := b.Publish(ctx, msgs...)
-	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
-	}
+	failed(span, err)
 	return err
 }
 
@@ -152,10 +149,7 @@ func (t *Tracer) Middleware() consumer.Middleware {
 				span.SetAttributes(append(messageAttrs(m), attribute.Int("ferry.attempt", consumer.Attempt(ctx)))...)
 			}
 			err := next(ctx, m)
-			if err != nil {
-				span.RecordError(err)
-				span.SetStatus(codes.Error, err.Error())
-			}
+			failed(span, err)
 			return err
 		}
 	}
@@ -204,9 +198,14 @@ func (t *Tracer) Redrive(ctx context.Context, name string, q *dlq.Queue, o dlq.R
 	defer span.End()
 	n, err := q.Redrive(ctx, o)
 	span.SetAttributes(attribute.String("ferry.redrive.count", strconv.Itoa(n)))
+	failed(span, err)
+	return n, err
+}
+
+// failed records err, if any, on span and marks the span failed.
+func failed(span trace.Span, err error) {
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 	}
-	return n, err
 }
