@@ -46,7 +46,12 @@ func (l *Log) Clean(ctx context.Context) (CleanStats, error) {
 	l.mu.RUnlock()
 	for _, t := range topics {
 		for pi, p := range t.parts {
-			st.EntriesDropped += applyRetention(t.config, p, now)
+			if drops := retentionDrops(t.config, p, now); len(drops) > 0 {
+				if err := l.dropEntries(ctx, t, int32(pi), drops); err != nil {
+					return st, err
+				}
+				st.EntriesDropped += len(drops)
+			}
 			if t.config.Compact {
 				if err := l.compact(ctx, t, int32(pi), p, activeID, now, &st); err != nil {
 					return st, err
@@ -67,42 +72,72 @@ func (l *Log) activeSegmentID() uint32 {
 	return id
 }
 
-// applyRetention drops the oldest index entries past the topic's age or
-// size limit and advances the partition's start offset.
-func applyRetention(c TopicConfig, p *partition, now int64) (dropped int) {
+// retentionDrops returns the index entries past the topic's age or size
+// limit. Each entry expires by its own newest append time, so an entry
+// appended while the clock was ahead keeps only itself. Size retention
+// drops the oldest first. An entry still inside the dedup window is kept
+// whatever the limits say: a retry of one of its IDs must still find it
+// after a restart (the window is rebuilt from the index).
+func retentionDrops(c TopicConfig, p *partition, now int64) []indexEntry {
 	if c.RetentionAge <= 0 && c.RetentionBytes <= 0 {
-		return 0
+		return nil
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	cutoff := now - int64(c.RetentionAge)
-	n := 0
 	bytes := p.bytes
-	for n < len(p.entries) {
-		e := p.entries[n]
+	var drops []indexEntry
+	for _, e := range p.entries {
 		// Age is the time since the append, not the messages' own time
 		// (an outbox relay appends messages created hours ago: they must
-		// still stay RetentionAge in the log). appended is a running
-		// maximum: stop at the first entry to keep.
+		// still stay RetentionAge in the log).
 		expired := c.RetentionAge > 0 && e.appended < cutoff
 		oversize := c.RetentionBytes > 0 && bytes > c.RetentionBytes
 		if !expired && !oversize {
-			break
+			if c.RetentionAge <= 0 {
+				break // size alone: only a prefix goes
+			}
+			continue
+		}
+		if c.inDedupWindow(e, now) {
+			continue
 		}
 		bytes -= int64(e.size)
-		n++
+		drops = append(drops, e)
 	}
-	if n == 0 {
-		return 0
+	return drops
+}
+
+// inDedupWindow reports whether e holds records appended inside the
+// topic's dedup window: the cleaner leaves such entries alone.
+func (c TopicConfig) inDedupWindow(e indexEntry, now int64) bool {
+	return c.DedupWindow > 0 && c.DedupMaxIDs > 0 && e.appended >= now-int64(c.DedupWindow)
+}
+
+// maxDropSections bounds the sections of one drop batch.
+const maxDropSections = 1024
+
+// dropEntries has the writer log that the records of entries are gone,
+// as a relocated batch with an empty section spanning each entry: applying
+// it removes the entries, at runtime and when recovery replays it, so both
+// build the same index.
+func (l *Log) dropEntries(ctx context.Context, t *topic, part int32, entries []indexEntry) error {
+	for len(entries) > 0 {
+		n := min(len(entries), maxDropSections)
+		now := l.cfg.now().UnixNano()
+		buf := make([]byte, batchHeaderSize, batchHeaderSize+n*sectionHeaderSize)
+		for _, e := range entries[:n] {
+			at := len(buf)
+			buf = append(buf, make([]byte, sectionHeaderSize)...)
+			putSectionHeader(buf[at:], sectionHeader{topic: t.id, partition: uint32(part), first: e.first, last: e.last})
+		}
+		putBatchHeader(buf, flagRelocated, n, now)
+		if err := l.submit(ctx, &request{reloc: buf}); err != nil {
+			return err
+		}
+		entries = entries[n:]
 	}
-	if n == len(p.entries) {
-		p.start = p.end
-	} else {
-		p.start = max(p.start, p.entries[n].first)
-	}
-	p.entries = append(p.entries[:0], p.entries[n:]...)
-	p.bytes = bytes
-	return n
+	return nil
 }
 
 // compact keeps only the latest record of each key (and drops tombstones
@@ -123,9 +158,13 @@ func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, a
 		}
 	}
 	tombCutoff := now - int64(t.config.TombstoneRetention)
+	var drops []indexEntry
 	for _, e := range entries {
 		if e.seg >= activeID {
 			break // only sealed segments are compacted
+		}
+		if t.config.inDedupWindow(e, now) {
+			continue // a retry of its IDs must still find them after a restart
 		}
 		var live []*ferry.Message
 		dead := 0
@@ -149,10 +188,7 @@ func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, a
 			continue
 		}
 		if len(live) == 0 {
-			p.mu.Lock()
-			p.dropLocked(e)
-			p.mu.Unlock()
-			st.EntriesDropped++
+			drops = append(drops, e)
 			continue
 		}
 		if err := l.relocate(ctx, t, part, e, live); err != nil {
@@ -160,25 +196,11 @@ func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, a
 		}
 		st.RecordsRelocated += len(live)
 	}
-	return nil
-}
-
-// dropLocked removes entry e (matched by its offsets) from the index.
-func (p *partition) dropLocked(e indexEntry) {
-	for i, x := range p.entries {
-		if x.first == e.first && x.last == e.last && x.seg == e.seg && x.pos == e.pos {
-			p.bytes -= int64(x.size)
-			p.entries = append(p.entries[:i], p.entries[i+1:]...)
-			if i == 0 {
-				if len(p.entries) > 0 {
-					p.start = max(p.start, p.entries[0].first)
-				} else {
-					p.start = max(p.start, e.last+1)
-				}
-			}
-			return
-		}
+	if err := l.dropEntries(ctx, t, part, drops); err != nil {
+		return err
 	}
+	st.EntriesDropped += len(drops)
+	return nil
 }
 
 // relocate writes the live records of entry e as one relocated batch whose

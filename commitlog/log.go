@@ -34,6 +34,7 @@ const (
 	checkpointDir = "checkpoints"
 	segSuffix     = ".seg"
 	ckptSuffix    = ".ckpt"
+	tmpSuffix     = ".tmp" // a file being written, renamed into place when durable
 )
 
 // Log is an embedded, durable, partitioned log: one write-ahead log per
@@ -55,6 +56,7 @@ type Log struct {
 	segs        map[uint32]*segment
 
 	reqs        chan *request
+	sendMu      sync.RWMutex        // held shared while sending on reqs, exclusively by Close (see enqueue)
 	queueBytes  *semaphore.Weighted // budget of bytes held by queued appends
 	stop        chan struct{}
 	stopped     chan struct{}
@@ -71,8 +73,9 @@ type Log struct {
 	wbuf       []byte   // writer
 	scratch    writerScratch
 
-	recovery Recovery
-	cleanMu  sync.Mutex // serializes cleaner runs
+	recovery     Recovery
+	lastReplayed int64      // recovery: the newest append time of the batches it replayed
+	cleanMu      sync.Mutex // serializes cleaner runs
 }
 
 // Recovery reports what Open found and did.
@@ -124,25 +127,16 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	l := &Log{
-		cfg:    c,
-		dir:    dir,
-		topics: map[string]*topic{},
-		byID:   map[uint32]*topic{},
-		groups: map[string]map[groupKey]uint64{},
-		segs:   map[uint32]*segment{},
-		// Topic IDs start at 1: 0 is the control topic.
-		nextTopicID: 1,
+	if c.readOnly {
+		return openReadOnly(ctx, dir, c)
 	}
+	l := newLog(dir, c)
 	if err := l.prepareDir(); err != nil {
 		return nil, err
 	}
 	if err := l.recover(ctx); err != nil {
 		l.closeFiles()
 		return nil, err
-	}
-	if c.readOnly {
-		return l, nil
 	}
 	l.reqs = make(chan *request, c.queueDepth)
 	l.queueBytes = semaphore.NewWeighted(c.queueBytes)
@@ -152,6 +146,47 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 	go l.run()
 	go l.runCleaner()
 	return l, nil
+}
+
+func newLog(dir string, c cfg) *Log {
+	return &Log{
+		cfg:    c,
+		dir:    dir,
+		topics: map[string]*topic{},
+		byID:   map[uint32]*topic{},
+		groups: map[string]map[groupKey]uint64{},
+		segs:   map[uint32]*segment{},
+		// Topic IDs start at 1: 0 is the control topic.
+		nextTopicID: 1,
+	}
+}
+
+// readOnlyAttempts bounds how often a read-only Open lists the directory
+// again because the owner changed it under the previous attempt.
+const readOnlyAttempts = 20
+
+// openReadOnly opens a log that another process may be writing. Its
+// owner rolls segments, replaces checkpoints and deletes segments while
+// this process lists and reads them: a file that vanished, or a
+// checkpoint that no longer fits the listing, means the directory moved
+// on, so recovery starts over with a fresh listing. (A bad batch at the
+// end of the last segment is the end: see isTornTail.)
+func openReadOnly(ctx context.Context, dir string, c cfg) (*Log, error) {
+	var err error
+	for range readOnlyAttempts {
+		l := newLog(dir, c)
+		if err = l.prepareDir(); err != nil {
+			return nil, err
+		}
+		if err = l.recover(ctx); err == nil {
+			return l, nil
+		}
+		l.closeFiles()
+		if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, ferry.ErrCorrupt) || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	return nil, err
 }
 
 func (l *Log) prepareDir() error {
@@ -257,6 +292,25 @@ func (l *Log) writeFileSynced(path string, data []byte, syncDir bool) error {
 	return nil
 }
 
+// replaceFile makes path hold data, durably and atomically: it writes a
+// temporary file, fsyncs it, renames it over path and fsyncs the
+// directory. A crash at any point leaves path as it was or as data, never
+// truncated (a checkpoint of the same name as the newest one is written
+// whenever the log stops twice at one position).
+func (l *Log) replaceFile(path string, data []byte) error {
+	tmp := path + tmpSuffix
+	if err := l.writeFileSynced(tmp, data, false); err != nil {
+		return err
+	}
+	if err := l.cfg.fs.Rename(tmp, path); err != nil {
+		return fmt.Errorf("commitlog: rename %s to %s: %w", tmp, path, err)
+	}
+	if err := l.cfg.fs.SyncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("commitlog: fsync directory of %s: %w", path, err)
+	}
+	return nil
+}
+
 // listSegments returns the segment IDs in the wal directory, ascending.
 func (l *Log) listSegments() ([]uint32, error) {
 	names, err := l.cfg.fs.List(filepath.Join(l.dir, walDir))
@@ -346,8 +400,27 @@ func (l *Log) Close() error {
 	var err error
 	if !l.cfg.readOnly {
 		close(l.stop)
-		<-l.cleanerDone
+		// Wait out senders that saw the log open: after this, nothing more
+		// is queued.
+		l.sendMu.Lock()
+		l.sendMu.Unlock()
 		<-l.stopped
+		// The writer wrote what was queued when it saw stop; what was sent
+		// after that is refused.
+		for drained := false; !drained; {
+			select {
+			case r := <-l.reqs:
+				r.err = ferry.ErrClosed
+				r.finish()
+			default:
+				drained = true
+			}
+		}
+		<-l.cleanerDone
+		// A Clean called by the user may still be running: it fails at its
+		// next request; its file removals must not interleave with ours.
+		l.cleanMu.Lock()
+		defer l.cleanMu.Unlock()
 		if l.failedErr() == nil {
 			err = l.trimZeroed()
 			if err == nil {

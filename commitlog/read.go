@@ -88,7 +88,7 @@ func (l *Log) read(t *topic, part int32, p *partition, offset uint64, o ReadOpts
 	done := false
 	for _, e := range entries {
 		err := l.readEntry(t, part, e, func(m *ferry.Message) bool {
-			if m.Offset < offset {
+			if m.Offset < offset || m.Offset < start || m.Offset < res.Next {
 				return true
 			}
 			if len(res.Messages) >= o.MaxMessages || (len(res.Messages) > 0 && bytes+len(m.Payload) > o.MaxBytes) {
@@ -265,26 +265,34 @@ func (l *Log) OffsetForTime(topicName string, part int32, ts time.Time) (uint64,
 	}
 	want := ts.UnixNano()
 	p.mu.RLock()
-	// maxTime is a running maximum, so it is sorted.
+	// maxTime is a running maximum, so it is sorted. After the cleaner
+	// removed records it can be higher than what is left before an entry
+	// (never lower), so the search lands on or before the entry holding
+	// the answer, and the records are read on from there.
 	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].maxTime >= want })
 	end := p.end
-	var e indexEntry
-	if i < len(p.entries) {
-		e = p.entries[i]
-	}
-	p.mu.RUnlock()
-	if i == len(p.entries) {
-		return end, nil
-	}
-	found := e.last + 1
-	err = l.readEntry(t, part, e, func(m *ferry.Message) bool {
-		if m.Time.UnixNano() >= want {
-			found = m.Offset
-			return false
+	for {
+		chunk := append([]indexEntry(nil), p.entries[i:min(i+64, len(p.entries))]...)
+		p.mu.RUnlock()
+		if len(chunk) == 0 {
+			return end, nil
 		}
-		return true
-	})
-	return min(found, end), err
+		for _, e := range chunk {
+			found, ok := uint64(0), false
+			err := l.readEntry(t, part, e, func(m *ferry.Message) bool {
+				if m.Time.UnixNano() >= want {
+					found, ok = m.Offset, true
+					return false
+				}
+				return true
+			})
+			if err != nil || ok {
+				return min(found, end), err
+			}
+		}
+		p.mu.RLock()
+		i = p.findLocked(chunk[len(chunk)-1].last + 1)
+	}
 }
 
 // TopicInfo describes a topic.

@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,24 @@ func (l *Log) recover(ctx context.Context) error {
 		l.recovery.Checkpoint = ckName
 	} else if len(ids) > 0 && ids[0] != 0 {
 		return fmt.Errorf("commitlog: %s: segments before %s were deleted by the cleaner but no valid checkpoint remains to describe them: %w", l.dir, segName(ids[0]), ferry.ErrCorrupt)
+	}
+	// The log after the checkpoint is replayed whole: a missing segment
+	// there means lost state (topics, offsets, messages), never a segment
+	// the cleaner deleted (it deletes only what a checkpoint at or after
+	// the active segment no longer needs).
+	want := startSeg
+	for _, id := range ids {
+		if id < startSeg {
+			continue
+		}
+		if id != want {
+			from := "the start of the log"
+			if ck != nil {
+				from = "checkpoint " + ckName
+			}
+			return fmt.Errorf("commitlog: %s: segment %s is missing (found %s; the log is replayed from %s): %w", l.dir, segName(want), segName(id), from, ferry.ErrCorrupt)
+		}
+		want++
 	}
 	for i, id := range ids {
 		if id < startSeg {
@@ -68,10 +87,35 @@ func (l *Log) recover(ctx context.Context) error {
 	if l.cfg.readOnly {
 		return l.rebuildDedup()
 	}
+	if err := l.syncReplayed(ids, startSeg); err != nil {
+		return err
+	}
 	if err := l.rebuildDedup(); err != nil {
 		return err
 	}
 	return l.openActive(ids, startSeg)
+}
+
+// syncReplayed makes durable what recovery replayed after the checkpoint.
+// Recovery reads what the OS has, which after a crash of the process (not
+// of the machine), or after an fsync that failed, includes bytes that were
+// written but never synced. The log is about to serve them: reads, and
+// dedup hits that acknowledge a retry as a duplicate without writing it
+// again. Neither may rest on bytes a power loss would take back.
+func (l *Log) syncReplayed(ids []uint32, startSeg uint32) error {
+	for _, id := range ids {
+		s := l.segs[id]
+		if id < startSeg || s == nil {
+			continue
+		}
+		if err := s.f.Sync(); err != nil {
+			return fmt.Errorf("commitlog: fsync %s after replaying it: %w", s.path, err)
+		}
+	}
+	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
+		return fmt.Errorf("commitlog: fsync %s after replaying it: %w", walDir, err)
+	}
+	return nil
 }
 
 // openActive positions the writer at the end of the last segment, creating
@@ -140,18 +184,19 @@ func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
 			if h, err = decodeBatchHeader(b); err == nil {
 				if err = l.applyBatch(seg.id, uint32(pos), h, b); err == nil {
 					l.recovery.BytesScanned += int64(len(b))
+					l.lastReplayed = max(l.lastReplayed, h.appendTime)
 					continue
 				}
 			}
 		}
 		if errors.Is(err, errTorn) || errors.Is(err, ferry.ErrCorrupt) {
 			if last {
-				// What follows the bad batch, read once: a torn tail has no
-				// valid batch after its first byte.
+				// What follows the bad batch, read once.
 				tail := make([]byte, size-pos)
 				n, _ := seg.f.ReadAt(tail, pos)
-				if !validBatchIn(tail[min(1, n):n]) {
-					return l.truncateTorn(seg, pos, size, trailingZeros(tail[:n], size-pos))
+				tail = tail[:n]
+				if l.isTornTail(tail, l.lastReplayed) {
+					return l.truncateTorn(seg, pos, size, trailingZeros(tail, size-pos))
 				}
 			}
 			return &CorruptionError{File: seg.path, Offset: pos, Err: err}
@@ -251,24 +296,93 @@ func trailingZeros(tail []byte, n int64) int64 {
 	return int64(len(tail) - i)
 }
 
-// validBatchIn reports whether a complete, checksummed batch starts
-// anywhere in b. Over what follows the first byte of a bad batch, it tells
-// a torn tail (nothing valid follows) from damage in the middle of the
-// log.
-func validBatchIn(b []byte) bool {
+// isTornTail decides whether tail, the rest of the last segment from a bad
+// batch on, is the end of the log rather than damage in its middle:
+//
+//   - Opened read-only, always: the owner may be appending into the
+//     region it zeroed ahead while this process reads it, so what follows
+//     the end it saw is not to be judged; nothing is cut.
+//   - With DurabilityInterval or DurabilityNone, always: everything after
+//     the last fsync is the tail these modes may lose, and the disk may
+//     have written it back in any order (a later batch kept, an earlier
+//     one zeroed).
+//   - Otherwise it is torn unless a later write follows it. In this mode
+//     each group is fsynced before the next is written, so a valid batch
+//     written after the bad one proves the bad one was complete once:
+//     corruption. Any valid batch after the bad one's first byte counts,
+//     except a copy of what the log already holds — a segment carried in
+//     a message's payload, say (see copiesKnown) — unless it starts past
+//     the bad batch's end (when that end fits in the segment).
+func (l *Log) isTornTail(tail []byte, lastAppend int64) bool {
+	if l.cfg.readOnly || l.cfg.durability != DurabilityAlways {
+		return true
+	}
+	if n, err := peekBatchLength(tail); err == nil && int64(n) <= int64(len(tail)) {
+		if nextValidBatch(tail[n:], nil) >= 0 {
+			return false
+		}
+	}
+	later := func(b []byte, h batchHeader) bool { return !l.copiesKnown(b, h, lastAppend) }
+	return nextValidBatch(tail[min(1, len(tail)):], later) < 0
+}
+
+// copiesKnown reports whether the valid batch b could be a copy of what
+// recovery has replayed already rather than a later write: appended no
+// later than the last batch replayed, its records below the end of their
+// partitions, its topic creations of topics that exist.
+func (l *Log) copiesKnown(b []byte, h batchHeader, lastAppend int64) bool {
+	if h.appendTime > lastAppend {
+		return false
+	}
+	known := true
+	forEachSection(b, h, func(sh sectionHeader, body []byte, _ int) error {
+		if sh.topic == controlTopicID {
+			d := newRecordDecoder(sh, body)
+			var m ferry.Message
+			for known {
+				ok, err := d.next(&m)
+				if err != nil || !ok {
+					break
+				}
+				op, err := decodeControl(m.Payload)
+				known = err == nil && (op.op != opCreateTopic || op.topicID < l.nextTopicID)
+			}
+			return nil
+		}
+		t := l.byID[sh.topic]
+		if t == nil || int(sh.partition) >= len(t.parts) {
+			known = known && sh.topic < l.nextTopicID // a deleted topic
+			return nil
+		}
+		p := t.parts[sh.partition]
+		p.mu.RLock()
+		known = known && sh.first < p.end
+		p.mu.RUnlock()
+		return nil
+	})
+	return known
+}
+
+// nextValidBatch returns the position of the first complete, checksummed
+// batch in b that accept (if not nil) takes, or -1.
+func nextValidBatch(b []byte, accept func([]byte, batchHeader) bool) int {
 	for i := 0; i+batchHeaderSize <= len(b); i++ {
-		if b[i] != byte(batchMagic&0xff) {
+		// Cheap checks first, so that the CRC runs only where a header
+		// could start: magic, a length that fits, the version, and at
+		// least one section.
+		if b[i] != byte(batchMagic&0xff) || binary.LittleEndian.Uint32(b[i:]) != batchMagic {
 			continue
 		}
 		n, err := peekBatchLength(b[i:])
-		if err != nil || int64(n) > int64(len(b)-i) {
+		if err != nil || int64(n) > int64(len(b)-i) || b[i+12] != batchVersion || b[i+14] == 0 && b[i+15] == 0 {
 			continue
 		}
-		if _, err := decodeBatchHeader(b[i : i+int(n)]); err == nil {
-			return true
+		h, err := decodeBatchHeader(b[i : i+int(n)])
+		if err == nil && (accept == nil || accept(b[i:i+int(n)], h)) {
+			return i
 		}
 	}
-	return false
+	return -1
 }
 
 // batchReader reads consecutive batches from a segment through a buffer.
@@ -358,6 +472,13 @@ func (l *Log) applyBatch(seg, pos uint32, h batchHeader, b []byte) error {
 			return fmt.Errorf("%w: section for partition %d of topic %q, which has %d", ferry.ErrCorrupt, sh.partition, t.name, len(t.parts))
 		}
 		if sh.count == 0 {
+			if relocated {
+				// The cleaner dropped these offsets (see dropEntries).
+				p := t.parts[sh.partition]
+				p.mu.Lock()
+				p.dropRangeLocked(sh.first, sh.last)
+				p.mu.Unlock()
+			}
 			return nil
 		}
 		e := indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, appended: h.appendTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}
@@ -614,7 +735,9 @@ func (l *Log) snapshot(seg uint32, pos uint64) *checkpoint {
 		ct := checkpointTopic{id: t.id, name: t.name, config: t.config}
 		for _, p := range t.parts {
 			p.mu.RLock()
-			ct.parts = append(ct.parts, checkpointPartition{start: p.start, next: p.next, entries: append([]indexEntry(nil), p.entries...)})
+			// end, not next: a roll checkpoints in the middle of a group
+			// whose offsets are assigned (next) but not yet written.
+			ct.parts = append(ct.parts, checkpointPartition{start: p.start, next: p.end, entries: append([]indexEntry(nil), p.entries...)})
 			p.mu.RUnlock()
 		}
 		ck.topics = append(ck.topics, ct)
@@ -640,7 +763,7 @@ func checkpointName(seg uint32, pos uint64) string {
 func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
 	dir := filepath.Join(l.dir, checkpointDir)
 	name := checkpointName(seg, pos)
-	if err := l.writeFileSynced(filepath.Join(dir, name), encodeCheckpoint(l.snapshot(seg, pos)), true); err != nil {
+	if err := l.replaceFile(filepath.Join(dir, name), encodeCheckpoint(l.snapshot(seg, pos))); err != nil {
 		return err
 	}
 	names, err := l.cfg.fs.List(dir)
@@ -648,7 +771,7 @@ func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
 		return nil
 	}
 	for _, n := range names {
-		if strings.HasSuffix(n, ckptSuffix) && n < name {
+		if strings.HasSuffix(n, ckptSuffix) && n < name || strings.HasSuffix(n, tmpSuffix) {
 			if err := l.cfg.fs.Remove(filepath.Join(dir, n)); err != nil {
 				l.cfg.logger.Warn("removing old checkpoint failed", "file", n, "err", err)
 			}

@@ -16,8 +16,8 @@ import (
 // (section true): a reader then reads and verifies just those bytes.
 type indexEntry struct {
 	first, last uint64 // offsets covered (records may be sparse inside)
-	maxTime     int64  // max record time of this and every earlier entry
-	appended    int64  // max append time (batch header) of this and every earlier entry
+	maxTime     int64  // max record time of this and every earlier entry (OffsetForTime searches it)
+	appended    int64  // max append time (batch header) of this entry's own batches
 	seg         uint32 // segment ID
 	pos         uint32 // byte position of the first batch in the segment
 	size        uint32 // bytes from pos to the end of the last batch
@@ -26,6 +26,14 @@ type indexEntry struct {
 }
 
 const maxEntrySpan = 256 << 10
+
+// maxEntryAge bounds how much later than an entry's newest batch a batch
+// may be appended and still join it. An entry expires by its newest
+// append time; bounding the age spread of one entry keeps its older
+// records from outliving their retention by more than this (and a batch
+// appended while the clock was far ahead, or after it stepped back, starts
+// an entry of its own, so it pins nothing but itself).
+const maxEntryAge = int64(time.Second)
 
 // partition is one partition's index and tail.
 //
@@ -46,21 +54,26 @@ func newPartition() *partition { return &partition{changed: make(chan struct{})}
 
 // addLocked records a batch (or a batch relocated by the cleaner) holding
 // records [first, last] of this partition.
+//
+// Runtime and recovery apply the same batches in the same order through
+// here, so the index is a function of the log: whatever the cleaner drops
+// is dropped by a batch of its own (see dropRangeLocked), never in memory
+// alone.
 func (p *partition) addLocked(e indexEntry, relocated bool) {
+	if relocated {
+		p.replaceLocked(e)
+		return
+	}
 	if n := len(p.entries); n > 0 {
 		prev := &p.entries[n-1]
 		e.maxTime = max(e.maxTime, prev.maxTime)
-		e.appended = max(e.appended, prev.appended)
-		if !relocated && !prev.section && !e.section && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first {
+		if !prev.section && !e.section && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first &&
+			e.appended >= prev.appended && e.appended-prev.appended <= maxEntryAge {
 			prev.last, prev.size, prev.count, prev.maxTime, prev.appended = e.last, prev.size+e.size, prev.count+e.count, e.maxTime, e.appended
 			p.bytes += int64(e.size)
 			p.advanceLocked(e.last + 1)
 			return
 		}
-	}
-	if relocated {
-		p.replaceLocked(e)
-		return
 	}
 	p.entries = append(p.entries, e)
 	p.bytes += int64(e.size)
@@ -85,11 +98,37 @@ func (p *partition) replaceLocked(e indexEntry) {
 	}
 	if i > 0 {
 		e.maxTime = max(e.maxTime, p.entries[i-1].maxTime)
-		e.appended = max(e.appended, p.entries[i-1].appended)
 	}
 	p.entries = append(p.entries[:i], append([]indexEntry{e}, p.entries[j:]...)...)
 	p.bytes += int64(e.size)
 	p.advanceLocked(e.last + 1)
+}
+
+// dropRangeLocked removes the entries lying inside [first, last]: the
+// cleaner's record that their records expired or were compacted away. If
+// they were the partition's first entries, its start moves past them.
+func (p *partition) dropRangeLocked(first, last uint64) int {
+	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].first >= first })
+	j := i
+	for j < len(p.entries) && p.entries[j].last <= last {
+		p.bytes -= int64(p.entries[j].size)
+		j++
+	}
+	if j == i {
+		return 0
+	}
+	p.entries = append(p.entries[:i], p.entries[j:]...)
+	if i == 0 {
+		if len(p.entries) > 0 {
+			p.start = max(p.start, p.entries[0].first)
+		} else {
+			p.start = max(p.start, p.end)
+		}
+	}
+	// Readers waiting at an offset that is gone must look again.
+	close(p.changed)
+	p.changed = make(chan struct{})
+	return j - i
 }
 
 func (p *partition) advanceLocked(end uint64) {

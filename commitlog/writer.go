@@ -45,6 +45,7 @@ type request struct {
 	sync       bool       // only fsync what was written so far
 	checkpoint bool       // fsync and write a checkpoint (the cleaner, before deleting)
 	size       int        // upper bound of the encoded size of batch
+	sections   int        // upper bound of the message sections of batch, as size assumes
 	err        error
 	done       chan struct{}       // closed when finished (synchronous callers)
 	promise    func(*Batch, error) // called when finished (AppendAsync)
@@ -119,10 +120,12 @@ func (l *Log) TryCommit(b *Batch) error {
 		return fmt.Errorf("commitlog: %d bytes of appends already queued: %w", l.cfg.queueBytes, ferry.ErrBackpressure)
 	}
 	r.sem = l.queueBytes
-	select {
-	case l.reqs <- r:
-	default:
+	queued, err := l.tryEnqueue(r)
+	if !queued {
 		r.finish()
+		if err != nil {
+			return err
+		}
 		return fmt.Errorf("commitlog: %d appends already queued: %w", cap(l.reqs), ferry.ErrBackpressure)
 	}
 	<-r.done
@@ -186,18 +189,66 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 			m.ID = ferry.NewID()
 		}
 	}
-	if total > l.cfg.maxBatchBytes {
-		return nil, fmt.Errorf("commitlog: batch of %d messages encodes to about %d bytes: the limit is %d: %w", len(b.Messages), total, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
-	}
 	if len(b.Offsets) > 0 && (b.Group == "" || len(b.Group) > 255) {
 		return nil, fmt.Errorf("commitlog: offsets need a consumer group name of 1 to 255 bytes, got %q: %w", b.Group, ferry.ErrInvalidArgument)
 	}
+	r := &request{batch: b}
+	r.sections = l.sectionBound(b)
+	// An upper bound of the encoded size, checked before anything is
+	// queued: the writer assigns offsets and dedup entries as it encodes,
+	// so it must never find a batch too large afterwards.
+	total += sectionHeaderSize * r.sections
+	if len(b.Offsets) > 0 {
+		total += sectionHeaderSize + len(b.Offsets)*offsetRecordSize(b.Group)
+	}
+	if total > l.cfg.maxBatchBytes {
+		return nil, fmt.Errorf("commitlog: batch of %d messages and %d offsets encodes to at most %d bytes: the limit is %d (WithMaxBatchBytes): %w", len(b.Messages), len(b.Offsets), total, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
+	}
 	b.Duplicates = 0
-	r := &request{batch: b, size: total + sectionHeaderSize*len(b.Offsets) + 64*len(b.Offsets)}
+	r.size = total
 	if l.cfg.observer != nil {
 		r.start = time.Now()
 	}
 	return r, nil
+}
+
+// sectionBound returns how many sections b's messages can take: one per
+// partition they go to, at most one per message. It reads the topics as
+// they are now; route checks the bound again against the topics the
+// writer sees.
+func (l *Log) sectionBound(b *Batch) int {
+	if len(b.Messages) == 0 {
+		return 0
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return sectionsFor(b, l.topics)
+}
+
+// sectionsFor bounds the sections of b's messages given topics.
+func sectionsFor(b *Batch, topics map[string]*topic) int {
+	n := 0
+	seen := ""
+	for i, m := range b.Messages {
+		if i > 0 && m.Topic == seen {
+			continue
+		}
+		t := topics[m.Topic]
+		if t == nil || i > 0 {
+			// Several topics (or an unknown one): one section a message.
+			return len(b.Messages)
+		}
+		seen = m.Topic
+		n = len(t.parts)
+	}
+	return min(n, len(b.Messages))
+}
+
+// offsetRecordSize bounds the encoded size of one consumer-offset record
+// of group (see controlOp.encode and appendRecord).
+func offsetRecordSize(group string) int {
+	payload := 1 + binary.MaxVarintLen64 + len(group) + 4 + 4 + 8
+	return recordSize(&ferry.Message{Payload: make([]byte, payload)})
 }
 
 // Healthy reports whether the log accepts appends: it returns why not
@@ -247,8 +298,19 @@ func (l *Log) reserve(ctx context.Context, r *request) error {
 }
 
 // enqueue waits for room in the writer's queue. Once queued, a request is
-// always finished by the writer, whatever happens to ctx.
+// always finished, whatever happens to ctx: by the writer, or by Close
+// with ferry.ErrClosed if the writer had stopped.
+//
+// Senders hold sendMu shared while they send, and Close takes it
+// exclusively after closing stop: so once Close holds it, every request
+// that will ever be queued is in the channel, and Close can finish what
+// the writer left there.
 func (l *Log) enqueue(ctx context.Context, r *request) error {
+	l.sendMu.RLock()
+	defer l.sendMu.RUnlock()
+	if l.closed.Load() {
+		return ferry.ErrClosed
+	}
 	select {
 	case l.reqs <- r:
 		return nil
@@ -256,6 +318,21 @@ func (l *Log) enqueue(ctx context.Context, r *request) error {
 		return ctx.Err()
 	case <-l.stop:
 		return ferry.ErrClosed
+	}
+}
+
+// tryEnqueue queues r if there is room at once.
+func (l *Log) tryEnqueue(r *request) (queued bool, err error) {
+	l.sendMu.RLock()
+	defer l.sendMu.RUnlock()
+	if l.closed.Load() {
+		return false, ferry.ErrClosed
+	}
+	select {
+	case l.reqs <- r:
+		return true, nil
+	default:
+		return false, nil
 	}
 }
 
@@ -284,15 +361,8 @@ func (l *Log) run() {
 				}
 				continue
 			case <-l.stop:
-				// Write what was queued before Close.
-				for {
-					select {
-					case r := <-l.reqs:
-						l.process(l.collect(r))
-					default:
-						return
-					}
-				}
+				l.drainOnStop()
+				return
 			}
 		}
 		g := l.collect(first)
@@ -306,6 +376,25 @@ func (l *Log) run() {
 			// waiting for two fsyncs per append.
 			runtime.Gosched()
 		}
+	}
+}
+
+// drainOnStop writes what was queued before Close, including a request
+// that collect held back for the next group. Requests still sent while it
+// runs are finished by Close (see enqueue).
+func (l *Log) drainOnStop() {
+	for {
+		var r *request
+		if l.scratch.carry != nil {
+			r, l.scratch.carry = l.scratch.carry, nil
+		} else {
+			select {
+			case r = <-l.reqs:
+			default:
+				return
+			}
+		}
+		l.process(l.collect(r))
 	}
 }
 
@@ -394,7 +483,7 @@ func (l *Log) processGroup(g []*request) {
 	var offsets []controlOp
 	live := 0
 	for _, r := range g {
-		if r.err = l.route(r.batch); r.err != nil {
+		if r.err = l.route(r); r.err != nil {
 			continue
 		}
 		live++
@@ -492,11 +581,18 @@ func (l *Log) newBucket(t *topic, idx int32, p *partition) *bucket {
 
 // route checks a batch against the current topics and sets each message's
 // partition. It changes nothing if it fails.
-func (l *Log) route(b *Batch) error {
+func (l *Log) route(r *request) error {
+	b := r.batch
 	for i, m := range b.Messages {
 		t := l.topics[m.Topic]
 		if t == nil {
 			return fmt.Errorf("commitlog: message %d: topic %q: %w", i, m.Topic, ferry.ErrTopicNotFound)
+		}
+		if t.config.Compact && len(m.Key) == 0 {
+			// Compaction keeps the latest message of each key: keyless
+			// messages would all count as one key and all but the last
+			// would vanish. Kafka refuses them too.
+			return fmt.Errorf("commitlog: message %d: topic %q is compacted, so every message needs a key (the latest message of each key is kept): %w", i, m.Topic, ferry.ErrInvalidArgument)
 		}
 		if m.PinPartition && (m.Partition < 0 || int(m.Partition) >= len(t.parts)) {
 			return fmt.Errorf("commitlog: message %d: partition %d of topic %q, which has partitions 0 to %d: %w", i, m.Partition, m.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)
@@ -509,6 +605,12 @@ func (l *Log) route(b *Batch) error {
 		}
 		if o.Partition < 0 || int(o.Partition) >= len(t.parts) {
 			return fmt.Errorf("commitlog: offset %d: partition %d of topic %q, which has partitions 0 to %d: %w", i, o.Partition, o.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)
+		}
+	}
+	if n := sectionsFor(b, l.topics); n > r.sections {
+		// A topic was recreated with more partitions since prepare.
+		if size := r.size + (n-r.sections)*sectionHeaderSize; size > l.cfg.maxBatchBytes {
+			return fmt.Errorf("commitlog: batch of %d messages encodes to at most %d bytes: the limit is %d (WithMaxBatchBytes): %w", len(b.Messages), size, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
 		}
 	}
 	for _, m := range b.Messages {
@@ -559,9 +661,11 @@ func encodeControlSection(buf []byte, ops []controlOp, now int64) []byte {
 // Any write or fsync error fails the log.
 func (l *Log) writeBatch(buf []byte) error {
 	if int64(len(buf)) > l.cfg.segmentBytes-batchHeaderSize {
-		// Limits are validated so that this cannot happen; refuse rather
-		// than write a batch no segment can hold.
-		return fmt.Errorf("commitlog: batch of %d bytes exceeds the segment size %d: %w", len(buf), l.cfg.segmentBytes, ferry.ErrInvalidArgument)
+		// prepare bounds every batch so that this cannot happen. If it
+		// does, offsets and dedup entries were already assigned to what
+		// will not be written: stop rather than acknowledge on top of a
+		// state the log does not hold (reopening rebuilds it).
+		return l.fail(fmt.Errorf("commitlog: bug: group of %d bytes exceeds the segment size %d", len(buf), l.cfg.segmentBytes))
 	}
 	if l.activeSize > 0 && l.activeSize+int64(len(buf)) > l.cfg.segmentBytes {
 		if err := l.roll(); err != nil {
