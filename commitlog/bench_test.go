@@ -3,6 +3,7 @@ package commitlog
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/internal/vfs"
 )
 
 // benchDir returns a directory on the real disk (FERRY_BENCH_DIR to choose
@@ -212,4 +214,59 @@ func BenchmarkReopenAfterCrash(b *testing.B) {
 		l2.Close()
 	}
 	b.ReportMetric(float64(mb), "MiB-log")
+}
+
+// BenchmarkReopenTornBatch measures Open after a crash tore the last
+// batch of the log, for torn batches of 128 KiB to 16 MiB (in memory, so
+// that what it measures is recovery's own work: telling the torn tail
+// from damage in the middle of the log, and cutting it).
+func BenchmarkReopenTornBatch(b *testing.B) {
+	for _, size := range []int{128 << 10, 1 << 20, 16 << 20} {
+		b.Run(fmt.Sprintf("batch=%dKiB", size>>10), func(b *testing.B) {
+			ctx := context.Background()
+			fs := vfs.NewMemFS()
+			opts := []Opt{WithFS(fs), WithMaxBatchBytes(17 << 20), WithMaxQueueBytes(64 << 20)}
+			l, err := Open(ctx, testDir, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := l.CreateTopic(ctx, "bench", TopicConfig{Partitions: 1}); err != nil {
+				b.Fatal(err)
+			}
+			// The torn batch carries random bytes, plus a copy of a valid
+			// batch, as a message holding a backup of a segment would.
+			rng := rand.New(rand.NewPCG(1, 2))
+			var msgs []*ferry.Message
+			for n := 0; n < size; n += 1 << 20 {
+				p := make([]byte, min(1<<20-256, size-n))
+				for i := range p {
+					p[i] = byte(rng.Uint32())
+				}
+				msgs = append(msgs, &ferry.Message{Topic: "bench", Payload: p})
+			}
+			if err := l.Append(ctx, msgs...); err != nil {
+				b.Fatal(err)
+			}
+			l.Close()
+			seg := lastSegment(b, fs)
+			end, _ := fs.Stat(seg)
+			// Tear: keep all but the last 100 bytes of the batch.
+			f, _ := fs.OpenRW(seg)
+			f.Truncate(end.Size() - 100)
+			f.Sync()
+			f.Close()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c := fs.CrashClone(nil)
+				l2, err := Open(ctx, testDir, append(opts, WithFS(c))...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if l2.Recovery().TornBytes == 0 {
+					b.Fatal("the torn batch was not cut")
+				}
+				l2.Close()
+			}
+		})
+	}
 }

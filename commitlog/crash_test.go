@@ -161,7 +161,7 @@ func removeCheckpoints(t *testing.T, fs *vfs.MemFS) {
 	fs.SyncDir(testDir + "/checkpoints")
 }
 
-func lastSegment(t *testing.T, fs vfs.FS) string {
+func lastSegment(t testing.TB, fs vfs.FS) string {
 	names, err := fs.List(testDir + "/wal")
 	if err != nil || len(names) == 0 {
 		t.Fatalf("no segments: %v", err)

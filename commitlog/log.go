@@ -86,7 +86,9 @@ type Recovery struct {
 	SegmentsScanned int
 	BytesScanned    int64
 	// TornFile and TornBytes describe an incomplete final batch that was
-	// cut off (an append that was never acknowledged). Zeros at its end
+	// cut off: an append that was never acknowledged or, with
+	// DurabilityInterval or DurabilityNone, what followed the last fsync
+	// (which those modes may lose, acknowledged or not). Zeros at its end
 	// count in ZeroTailBytes.
 	TornFile  string
 	TornBytes int64
@@ -215,6 +217,13 @@ func (l *Log) prepareDir() error {
 	}
 	if err := fsys.MkdirAll(l.dir); err != nil {
 		return fmt.Errorf("commitlog: create %s: %w", l.dir, err)
+	}
+	if fresh {
+		// The directory's own entry must be durable too, or a power loss
+		// could take back a log that acknowledged appends.
+		if err := fsys.SyncDir(filepath.Dir(filepath.Clean(l.dir))); err != nil {
+			return fmt.Errorf("commitlog: fsync the directory holding %s: %w", l.dir, err)
+		}
 	}
 	lk, err := fsys.Lock(filepath.Join(l.dir, lockFile))
 	if err != nil {

@@ -230,7 +230,11 @@ func (l *Log) truncateTorn(seg *segment, pos, size, zeros int64) error {
 	l.recovery.ZeroTailBytes = zeros
 	if torn > 0 {
 		l.recovery.TornFile, l.recovery.TornBytes = seg.path, torn
-		l.cfg.logger.Warn("truncating torn tail (an unacknowledged append)", "file", seg.path, "offset", pos, "bytes", torn, "zeros after it", l.recovery.ZeroTailBytes)
+		what := "truncating torn tail (an unacknowledged append)"
+		if l.cfg.durability != DurabilityAlways {
+			what = "truncating the tail after the last fsync (durability " + l.cfg.durability.String() + " may lose it)"
+		}
+		l.cfg.logger.Warn(what, "file", seg.path, "offset", pos, "bytes", torn, "zeros after it", l.recovery.ZeroTailBytes)
 	} else {
 		l.cfg.logger.Info("truncating zeros after the last batch", "file", seg.path, "offset", pos, "bytes", l.recovery.ZeroTailBytes)
 	}
