@@ -368,10 +368,13 @@ func (l *Log) copiesKnown(b []byte, h batchHeader, lastAppend int64) bool {
 }
 
 // nextValidBatch returns the position of the first complete, checksummed
-// batch in b that accept (if not nil) takes, or -1.
+// batch in b that accept (if not nil) takes, or -1. It costs one pass over
+// b however many positions look like a header (see rangeCRCs).
 func nextValidBatch(b []byte, accept func([]byte, batchHeader) bool) int {
+	var starts []int
+	var spans [][2]int
 	for i := 0; i+batchHeaderSize <= len(b); i++ {
-		// Cheap checks first, so that the CRC runs only where a header
+		// Cheap checks first, so that a CRC is wanted only where a header
 		// could start: magic, a length that fits, the version, and at
 		// least one section.
 		if b[i] != byte(batchMagic&0xff) || binary.LittleEndian.Uint32(b[i:]) != batchMagic {
@@ -381,8 +384,20 @@ func nextValidBatch(b []byte, accept func([]byte, batchHeader) bool) int {
 		if err != nil || int64(n) > int64(len(b)-i) || b[i+12] != batchVersion || b[i+14] == 0 && b[i+15] == 0 {
 			continue
 		}
-		h, err := decodeBatchHeader(b[i : i+int(n)])
-		if err == nil && (accept == nil || accept(b[i:i+int(n)], h)) {
+		starts = append(starts, i)
+		spans = append(spans, [2]int{i + 12, i + int(n)})
+	}
+	if len(starts) == 0 {
+		return -1
+	}
+	crcs := rangeCRCs(b, spans)
+	for k, i := range starts {
+		if crcs[k] != binary.LittleEndian.Uint32(b[i+8:]) {
+			continue
+		}
+		n := spans[k][1] - i
+		h, err := decodeBatchHeader(b[i : i+n])
+		if err == nil && (accept == nil || accept(b[i:i+n], h)) {
 			return i
 		}
 	}
