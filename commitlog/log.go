@@ -73,6 +73,19 @@ type Log struct {
 	wbuf       []byte   // writer
 	scratch    writerScratch
 
+	// The checkpoint chain (see checkpoint): the position of its newest
+	// checkpoint (writer), the consumer offsets committed since (under
+	// mu), and what the compactor weighs (atomics).
+	ckHave       bool
+	ckSeg        uint32
+	ckPos        uint64
+	ckOffsets    map[string]map[groupKey]bool
+	ckBaseBytes  atomic.Int64
+	ckDeltaBytes atomic.Int64
+	ckDeltas     atomic.Int32
+	ckKick       chan struct{}
+	ckDone       chan struct{}
+
 	recovery     Recovery
 	lastReplayed int64      // recovery: the newest append time of the batches it replayed
 	cleanMu      sync.Mutex // serializes cleaner runs
@@ -145,8 +158,11 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 	l.stop = make(chan struct{})
 	l.stopped = make(chan struct{})
 	l.cleanerDone = make(chan struct{})
+	l.ckKick = make(chan struct{}, 1)
+	l.ckDone = make(chan struct{})
 	go l.run()
 	go l.runCleaner()
+	go l.runCheckpointCompactor()
 	return l, nil
 }
 
@@ -158,6 +174,7 @@ func newLog(dir string, c cfg) *Log {
 		byID:   map[uint32]*topic{},
 		groups: map[string]map[groupKey]uint64{},
 		segs:   map[uint32]*segment{},
+		ckOffsets: map[string]map[groupKey]bool{},
 		// Topic IDs start at 1: 0 is the control topic.
 		nextTopicID: 1,
 	}
@@ -426,6 +443,7 @@ func (l *Log) Close() error {
 			}
 		}
 		<-l.cleanerDone
+		<-l.ckDone
 		// A Clean called by the user may still be running: it fails at its
 		// next request; its file removals must not interleave with ours.
 		l.cleanMu.Lock()

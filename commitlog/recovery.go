@@ -8,7 +8,6 @@ import (
 	"io"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/ferrymq/ferry"
 )
@@ -90,6 +89,7 @@ func (l *Log) recover(ctx context.Context) error {
 	if err := l.syncReplayed(ids, startSeg); err != nil {
 		return err
 	}
+	l.removeTemporaries()
 	if err := l.rebuildDedup(); err != nil {
 		return err
 	}
@@ -575,7 +575,12 @@ func (l *Log) applyControl(op controlOp) error {
 			offs = map[groupKey]uint64{}
 			l.groups[op.group] = offs
 		}
-		offs[groupKey{op.topicID, op.partition}] = op.offset
+		k := groupKey{op.topicID, op.partition}
+		offs[k] = op.offset
+		if l.ckOffsets[op.group] == nil {
+			l.ckOffsets[op.group] = map[groupKey]bool{}
+		}
+		l.ckOffsets[op.group][k] = true
 	}
 	return nil
 }
@@ -650,38 +655,6 @@ func (l *Log) rebuildDedup() error {
 	return nil
 }
 
-// loadCheckpoint returns the newest checkpoint that decodes and that fits
-// the segments on disk.
-func (l *Log) loadCheckpoint(ids []uint32) (*checkpoint, string) {
-	dir := filepath.Join(l.dir, checkpointDir)
-	names, err := l.cfg.fs.List(dir)
-	if err != nil {
-		return nil, ""
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(names)))
-	for _, n := range names {
-		if !strings.HasSuffix(n, ckptSuffix) {
-			continue
-		}
-		b, err := l.readFile(filepath.Join(dir, n))
-		if err != nil {
-			l.cfg.logger.Warn("skipping unreadable checkpoint", "file", n, "err", err)
-			continue
-		}
-		ck, err := decodeCheckpoint(b)
-		if err != nil {
-			l.cfg.logger.Warn("skipping corrupt checkpoint", "file", n, "err", err)
-			continue
-		}
-		if !l.checkpointFits(ck, ids) {
-			l.cfg.logger.Warn("skipping checkpoint ahead of the log", "file", n)
-			continue
-		}
-		return ck, n
-	}
-	return nil, ""
-}
-
 // checkpointFits reports whether the log on disk reaches the checkpoint's
 // position (a checkpoint must never describe data the log lost).
 func (l *Log) checkpointFits(ck *checkpoint, ids []uint32) bool {
@@ -734,6 +707,7 @@ func (l *Log) applyCheckpoint(ck *checkpoint) {
 			p := t.parts[i]
 			p.start, p.next, p.end = cp.start, cp.next, cp.next
 			p.entries = cp.entries
+			p.ckKeep = len(cp.entries)
 			for _, e := range cp.entries {
 				p.bytes += int64(e.size)
 			}
@@ -741,60 +715,97 @@ func (l *Log) applyCheckpoint(ck *checkpoint) {
 		l.topics[t.name], l.byID[t.id] = t, t
 	}
 	l.groups = ck.groups
+	l.ckHave, l.ckSeg, l.ckPos = true, ck.seg, ck.pos
 }
 
-// snapshot captures the state as a checkpoint at log position (seg, pos).
-// Only the writer (or Close after it stopped) calls it, so no batch is
-// applied concurrently.
-func (l *Log) snapshot(seg uint32, pos uint64) *checkpoint {
+// snapshot captures the state as a checkpoint at log position (seg, pos):
+// with delta, what changed since the chain's newest checkpoint, or else a
+// base. Only the writer (or Close after it stopped) calls it, so no batch
+// is applied concurrently. markCheckpointed records it once it is durable.
+func (l *Log) snapshot(seg uint32, pos uint64, delta bool) *checkpoint {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	ck := &checkpoint{seg: seg, pos: pos, nextTopicID: l.nextTopicID, groups: map[string]map[groupKey]uint64{}}
+	if delta {
+		ck.delta, ck.prevSeg, ck.prevPos = true, l.ckSeg, l.ckPos
+	}
 	for _, t := range l.topics {
 		ct := checkpointTopic{id: t.id, name: t.name, config: t.config}
 		for _, p := range t.parts {
 			p.mu.RLock()
+			cp := checkpointPartition{start: p.start, next: p.end}
 			// end, not next: a roll checkpoints in the middle of a group
 			// whose offsets are assigned (next) but not yet written.
-			ct.parts = append(ct.parts, checkpointPartition{start: p.start, next: p.end, entries: append([]indexEntry(nil), p.entries...)})
+			from := 0
+			if ck.delta {
+				cp.cut, cp.keep, from = p.ckCut, p.ckKeep, p.ckKeep
+			}
+			cp.entries = append([]indexEntry(nil), p.entries[from:]...)
+			ct.parts = append(ct.parts, cp)
 			p.mu.RUnlock()
 		}
 		ck.topics = append(ck.topics, ct)
 	}
 	sort.Slice(ck.topics, func(i, j int) bool { return ck.topics[i].id < ck.topics[j].id })
 	for g, offs := range l.groups {
-		c := make(map[groupKey]uint64, len(offs))
 		for k, v := range offs {
-			c[k] = v
+			if ck.delta && !l.ckOffsets[g][k] {
+				continue
+			}
+			if ck.groups[g] == nil {
+				ck.groups[g] = map[groupKey]uint64{}
+			}
+			ck.groups[g][k] = v
 		}
-		ck.groups[g] = c
 	}
 	return ck
 }
 
-func checkpointName(seg uint32, pos uint64) string {
-	return fmt.Sprintf("%020d-%020d%s", seg, pos, ckptSuffix)
+// markCheckpointed makes the checkpoint just written at (seg, pos) the
+// one the next delta follows.
+func (l *Log) markCheckpointed(seg uint32, pos uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, t := range l.topics {
+		for _, p := range t.parts {
+			p.mu.Lock()
+			p.ckCut, p.ckKeep = 0, len(p.entries)
+			p.mu.Unlock()
+		}
+	}
+	clear(l.ckOffsets)
+	l.ckHave, l.ckSeg, l.ckPos = true, seg, pos
 }
 
 // writeCheckpoint writes and fsyncs a checkpoint of the current state at
-// (seg, pos), then removes older ones. The log up to (seg, pos) must
-// already be durable.
+// (seg, pos): a delta after the chain's newest checkpoint (see
+// checkpoint). The log up to (seg, pos) must already be durable. At the
+// position of the newest checkpoint there is nothing to write: every
+// change of state is a batch of the log, so none happened since.
 func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
-	dir := filepath.Join(l.dir, checkpointDir)
-	name := checkpointName(seg, pos)
-	if err := l.replaceFile(filepath.Join(dir, name), encodeCheckpoint(l.snapshot(seg, pos))); err != nil {
-		return err
-	}
-	names, err := l.cfg.fs.List(dir)
-	if err != nil {
+	if l.ckHave && seg == l.ckSeg && pos == l.ckPos {
 		return nil
 	}
-	for _, n := range names {
-		if strings.HasSuffix(n, ckptSuffix) && n < name || strings.HasSuffix(n, tmpSuffix) {
-			if err := l.cfg.fs.Remove(filepath.Join(dir, n)); err != nil {
-				l.cfg.logger.Warn("removing old checkpoint failed", "file", n, "err", err)
+	ck := l.snapshot(seg, pos, l.ckHave)
+	b := encodeCheckpoint(ck)
+	name := checkpointName(seg, pos)
+	if ck.delta {
+		name = deltaName(seg, pos)
+	}
+	if err := l.replaceFile(filepath.Join(l.dir, checkpointDir, name), b); err != nil {
+		return err
+	}
+	l.markCheckpointed(seg, pos)
+	if ck.delta {
+		l.ckDeltas.Add(1)
+		if l.ckDeltaBytes.Add(int64(len(b))) > max(l.ckBaseBytes.Load(), minCompactBytes) || l.ckDeltas.Load() >= maxDeltas {
+			select {
+			case l.ckKick <- struct{}{}:
+			default:
 			}
 		}
+	} else {
+		l.ckBaseBytes.Store(int64(len(b)))
 	}
 	return nil
 }

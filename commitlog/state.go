@@ -48,6 +48,11 @@ type partition struct {
 	changed chan struct{}
 
 	next uint64 // writer: next offset to assign
+
+	// What changed since the last checkpoint (see checkpointPartition):
+	// the checkpoint's entries are now entries[:ckKeep] after ckCut of
+	// them were dropped from the front. Kept by the apply methods below.
+	ckCut, ckKeep int
 }
 
 func newPartition() *partition { return &partition{changed: make(chan struct{})} }
@@ -70,6 +75,7 @@ func (p *partition) addLocked(e indexEntry, relocated bool) {
 		if !prev.section && !e.section && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first &&
 			e.appended >= prev.appended && e.appended-prev.appended <= maxEntryAge {
 			prev.last, prev.size, prev.count, prev.maxTime, prev.appended = e.last, prev.size+e.size, prev.count+e.count, e.maxTime, e.appended
+			p.ckKeep = min(p.ckKeep, n-1)
 			p.bytes += int64(e.size)
 			p.advanceLocked(e.last + 1)
 			return
@@ -99,6 +105,7 @@ func (p *partition) replaceLocked(e indexEntry) {
 	if i > 0 {
 		e.maxTime = max(e.maxTime, p.entries[i-1].maxTime)
 	}
+	p.ckKeep = min(p.ckKeep, i)
 	p.entries = append(p.entries[:i], append([]indexEntry{e}, p.entries[j:]...)...)
 	p.bytes += int64(e.size)
 	p.advanceLocked(e.last + 1)
@@ -116,6 +123,12 @@ func (p *partition) dropRangeLocked(first, last uint64) int {
 	}
 	if j == i {
 		return 0
+	}
+	if i == 0 {
+		gone := min(j, p.ckKeep) // of the checkpoint's entries
+		p.ckCut, p.ckKeep = p.ckCut+gone, p.ckKeep-gone
+	} else {
+		p.ckKeep = min(p.ckKeep, i)
 	}
 	p.entries = append(p.entries[:i], p.entries[j:]...)
 	if i == 0 {
