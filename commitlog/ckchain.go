@@ -65,7 +65,9 @@ func (l *Log) listCheckpoints() []ckFile {
 		f.seg, f.pos = uint32(seg), pos
 		out = append(out, f)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].before(out[j]) || !out[j].before(out[i]) && !out[i].delta && out[j].delta })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].before(out[j]) || !out[j].before(out[i]) && !out[i].delta && out[j].delta
+	})
 	return out
 }
 

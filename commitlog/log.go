@@ -168,12 +168,12 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 
 func newLog(dir string, c cfg) *Log {
 	return &Log{
-		cfg:    c,
-		dir:    dir,
-		topics: map[string]*topic{},
-		byID:   map[uint32]*topic{},
-		groups: map[string]map[groupKey]uint64{},
-		segs:   map[uint32]*segment{},
+		cfg:       c,
+		dir:       dir,
+		topics:    map[string]*topic{},
+		byID:      map[uint32]*topic{},
+		groups:    map[string]map[groupKey]uint64{},
+		segs:      map[uint32]*segment{},
 		ckOffsets: map[string]map[groupKey]bool{},
 		// Topic IDs start at 1: 0 is the control topic.
 		nextTopicID: 1,
