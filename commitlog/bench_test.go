@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/internal/vfs"
@@ -285,5 +287,55 @@ func benchReopenTorn(b *testing.B, kind string, size int) {
 			b.Fatal("the torn batch was not cut")
 		}
 		l2.Close()
+	}
+}
+
+// BenchmarkAppendAcrossRolls measures the latency of synchronous appends
+// while the log rolls every 4 MiB with a large index: 8 partitions written
+// in shared 8-message batches (an index entry per partition per batch),
+// FERRY_INDEX_ENTRIES (default 200000) entries before the timer starts.
+// checkpoints=delta is the log as it is; checkpoints=full writes the whole
+// state at every roll, as it did before checkpoint deltas.
+func BenchmarkAppendAcrossRolls(b *testing.B) {
+	entries := 200_000
+	if s := os.Getenv("FERRY_INDEX_ENTRIES"); s != "" {
+		entries, _ = strconv.Atoi(s)
+	}
+	for _, full := range []bool{false, true} {
+		name := "checkpoints=delta"
+		if full {
+			name = "checkpoints=full"
+		}
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			l := openBench(b, WithSegmentBytes(4<<20), WithMaxBatchBytes(1<<20), WithMaxGroupBytes(1<<20), optFunc(func(c *cfg) { c.fullCheckpoints = full }))
+			batch := func(i int) []*ferry.Message {
+				ms := make([]*ferry.Message, 8)
+				for p := range ms {
+					ms[p] = &ferry.Message{Topic: "bench", Partition: int32(p), PinPartition: true, Payload: make([]byte, 100)}
+				}
+				return ms
+			}
+			for i := 0; i < entries/8; i++ {
+				if err := l.Append(ctx, batch(i)...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				if err := l.Append(ctx, batch(i)...); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			q := func(f float64) float64 { return float64(lat[min(len(lat)-1, int(f*float64(len(lat))))].Microseconds()) }
+			b.ReportMetric(q(0.5), "p50-µs")
+			b.ReportMetric(q(0.99), "p99-µs")
+			b.ReportMetric(float64(lat[len(lat)-1].Microseconds()), "max-µs")
+		})
 	}
 }

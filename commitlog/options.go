@@ -70,6 +70,7 @@ type cfg struct {
 	repair          bool
 	cleanInterval   time.Duration
 	noZeroAhead     bool
+	fullCheckpoints bool // tests and benchmarks: every checkpoint a base (as before deltas)
 }
 
 func defaultCfg() cfg {

@@ -786,7 +786,7 @@ func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
 	if l.ckHave && seg == l.ckSeg && pos == l.ckPos {
 		return nil
 	}
-	ck := l.snapshot(seg, pos, l.ckHave)
+	ck := l.snapshot(seg, pos, l.ckHave && !l.cfg.fullCheckpoints)
 	b := encodeCheckpoint(ck)
 	name := checkpointName(seg, pos)
 	if ck.delta {
