@@ -252,11 +252,14 @@ func (l *Log) deleteUnreferencedSegments(ctx context.Context, activeID uint32, s
 		return fmt.Errorf("commitlog: checkpoint before deleting segments: %w", err)
 	}
 	for _, s := range victims {
-		size, _ := s.f.Size()
+		var size int64
+		if fi, err := l.cfg.fs.Stat(s.path); err == nil {
+			size = fi.Size()
+		}
 		l.mu.Lock()
 		delete(l.segs, s.id)
 		l.mu.Unlock()
-		s.release()
+		s.remove()
 		if err := l.cfg.fs.Remove(s.path); err != nil {
 			return fmt.Errorf("commitlog: remove segment %s: %w", s.path, err)
 		}

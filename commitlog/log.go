@@ -54,6 +54,8 @@ type Log struct {
 	groups      map[string]map[groupKey]uint64
 	nextTopicID uint32
 	segs        map[uint32]*segment
+	openSegs    atomic.Int32 // segment files open (see segcache.go)
+	segClock    atomic.Int64 // orders segment uses, for the cache
 
 	reqs        chan *request
 	sendMu      sync.RWMutex        // held shared while sending on reqs, exclusively by Close (see enqueue)
@@ -111,19 +113,6 @@ type Recovery struct {
 	ZeroTailBytes int64
 	// Repaired lists what WithRepair cut from a corrupt log.
 	Repaired []string
-}
-
-type segment struct {
-	id   uint32
-	path string
-	f    vfs.File
-	refs atomic.Int32 // readers plus one for the log itself
-}
-
-func (s *segment) release() {
-	if s.refs.Add(-1) == 0 {
-		s.f.Close()
-	}
 }
 
 func segName(id uint32) string { return fmt.Sprintf("%020d%s", id, segSuffix) }
@@ -358,36 +347,6 @@ func (l *Log) listSegments() ([]uint32, error) {
 	return ids, nil
 }
 
-func (l *Log) openSegment(id uint32) (*segment, error) {
-	path := l.segPath(id)
-	var f vfs.File
-	var err error
-	if l.cfg.readOnly {
-		f, err = l.cfg.fs.Open(path)
-	} else {
-		f, err = l.cfg.fs.OpenRW(path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("commitlog: open segment: %w", err)
-	}
-	s := &segment{id: id, path: path, f: f}
-	s.refs.Store(1)
-	return s, nil
-}
-
-// acquireSegment returns the segment with a reference the caller must
-// release, or nil if it was deleted.
-func (l *Log) acquireSegment(id uint32) *segment {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	s := l.segs[id]
-	if s == nil {
-		return nil
-	}
-	s.refs.Add(1)
-	return s
-}
-
 // Recovery returns what Open found and did.
 func (l *Log) Recovery() Recovery { return l.recovery }
 
@@ -407,7 +366,7 @@ func (l *Log) closeFiles() {
 	}
 	for id, s := range l.segs {
 		delete(l.segs, id)
-		s.release()
+		s.remove()
 	}
 	l.mu.Unlock()
 	if l.lock != nil {

@@ -71,6 +71,7 @@ type cfg struct {
 	cleanInterval   time.Duration
 	noZeroAhead     bool
 	fullCheckpoints bool // tests and benchmarks: every checkpoint a base (as before deltas)
+	maxOpenSegments int
 }
 
 func defaultCfg() cfg {
@@ -87,6 +88,7 @@ func defaultCfg() cfg {
 		now:             time.Now,
 		logger:          slog.New(slog.DiscardHandler),
 		cleanInterval:   time.Minute,
+		maxOpenSegments: 256,
 	}
 }
 
@@ -109,6 +111,7 @@ func (c *cfg) validate() error {
 		{"max group size", int64(c.maxGroupBytes), 4 << 10, 256 << 20, "one group commit is one write buffer"},
 		{"sync interval", int64(c.syncInterval), int64(time.Millisecond), int64(time.Minute), "longer intervals risk more acknowledged data on power loss"},
 		{"clean interval", int64(c.cleanInterval), int64(time.Millisecond), int64(24 * time.Hour), "the cleaner must run to enforce retention"},
+		{"max open segments", int64(c.maxOpenSegments), 2, 1 << 20, "the active segment stays open, and a read needs one more"},
 	}
 	for _, b := range bounds {
 		if b.val < b.min || b.val > b.max {
@@ -222,3 +225,11 @@ func WithZeroAhead(on bool) Opt { return optFunc(func(c *cfg) { c.noZeroAhead = 
 // WithCleanInterval sets how often the cleaner enforces retention and
 // compaction (default 1m).
 func WithCleanInterval(d time.Duration) Opt { return optFunc(func(c *cfg) { c.cleanInterval = d }) }
+
+// WithMaxOpenSegments bounds the segment files the log keeps open (default
+// 256, at least 2). Reads of older segments open their file on demand;
+// the least recently used files nobody is reading are closed beyond the
+// limit. The active segment always stays open; a file being read stays
+// open until the read ends, so many concurrent readers of distinct old
+// segments can briefly exceed the limit.
+func WithMaxOpenSegments(n int) Opt { return optFunc(func(c *cfg) { c.maxOpenSegments = n }) }

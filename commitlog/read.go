@@ -136,7 +136,10 @@ func (l *Log) readEntry(t *topic, part int32, e indexEntry, fn func(*ferry.Messa
 // their CRCs, and calls fn for every record of the sections want accepts,
 // until fn returns false. The message passed to fn is reused between calls.
 func (l *Log) readSpan(e indexEntry, want func(sectionHeader) bool, fn func(sectionHeader, *ferry.Message) bool) error {
-	seg := l.acquireSegment(e.seg)
+	seg, err := l.acquireSegment(e.seg)
+	if err != nil {
+		return err
+	}
 	if seg == nil {
 		return fmt.Errorf("commitlog: segment %d was removed while reading: %w", e.seg, ferry.ErrOffsetOutOfRange)
 	}

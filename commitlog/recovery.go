@@ -53,10 +53,7 @@ func (l *Log) recover(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		seg, err := l.openSegment(id)
-		if err != nil {
-			return err
-		}
+		seg := l.newSegment(id)
 		l.segs[id] = seg
 		from := int64(0)
 		if id == startSeg {
@@ -72,22 +69,24 @@ func (l *Log) recover(ctx context.Context) error {
 			}
 			break
 		}
-	}
-	// Segments wholly before the checkpoint stay open for reads.
-	for _, id := range ids {
-		if id < startSeg && l.segs[id] == nil {
-			seg, err := l.openSegment(id)
-			if err != nil {
+		if !l.cfg.readOnly {
+			if err := l.syncReplayed(seg); err != nil {
 				return err
 			}
-			l.segs[id] = seg
+		}
+		l.evictSegments()
+	}
+	// Segments wholly before the checkpoint are opened when read.
+	for _, id := range ids {
+		if id < startSeg && l.segs[id] == nil {
+			l.segs[id] = l.newSegment(id)
 		}
 	}
 	if l.cfg.readOnly {
 		return l.rebuildDedup()
 	}
-	if err := l.syncReplayed(ids, startSeg); err != nil {
-		return err
+	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
+		return fmt.Errorf("commitlog: fsync %s after replaying it: %w", walDir, err)
 	}
 	l.removeTemporaries()
 	if err := l.rebuildDedup(); err != nil {
@@ -96,24 +95,20 @@ func (l *Log) recover(ctx context.Context) error {
 	return l.openActive(ids, startSeg)
 }
 
-// syncReplayed makes durable what recovery replayed after the checkpoint.
-// Recovery reads what the OS has, which after a crash of the process (not
-// of the machine), or after an fsync that failed, includes bytes that were
-// written but never synced. The log is about to serve them: reads, and
-// dedup hits that acknowledge a retry as a duplicate without writing it
-// again. Neither may rest on bytes a power loss would take back.
-func (l *Log) syncReplayed(ids []uint32, startSeg uint32) error {
-	for _, id := range ids {
-		s := l.segs[id]
-		if id < startSeg || s == nil {
-			continue
-		}
-		if err := s.f.Sync(); err != nil {
-			return fmt.Errorf("commitlog: fsync %s after replaying it: %w", s.path, err)
-		}
+// syncReplayed makes durable what recovery replayed of seg (after the
+// checkpoint). Recovery reads what the OS has, which after a crash of the
+// process (not of the machine), or after an fsync that failed, includes
+// bytes that were written but never synced. The log is about to serve
+// them: reads, and dedup hits that acknowledge a retry as a duplicate
+// without writing it again. Neither may rest on bytes a power loss would
+// take back. (recover then fsyncs the wal directory.)
+func (l *Log) syncReplayed(seg *segment) error {
+	f, err := seg.file()
+	if err != nil {
+		return err
 	}
-	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
-		return fmt.Errorf("commitlog: fsync %s after replaying it: %w", walDir, err)
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("commitlog: fsync %s after replaying it: %w", seg.path, err)
 	}
 	return nil
 }
@@ -123,11 +118,16 @@ func (l *Log) syncReplayed(ids []uint32, startSeg uint32) error {
 func (l *Log) openActive(ids []uint32, minID uint32) error {
 	if len(ids) > 0 && ids[len(ids)-1] >= minID {
 		if s := l.segs[ids[len(ids)-1]]; s != nil {
-			size, err := s.f.Size()
+			s.pin(true)
+			f, err := s.file()
+			if err != nil {
+				return err
+			}
+			size, err := f.Size()
 			if err != nil {
 				return fmt.Errorf("commitlog: size of %s: %w", s.path, err)
 			}
-			if _, err := s.f.Seek(size, io.SeekStart); err != nil {
+			if _, err := f.Seek(size, io.SeekStart); err != nil {
 				return fmt.Errorf("commitlog: seek %s: %w", s.path, err)
 			}
 			l.active, l.activeSize, l.zeroedTo = s, size, 0
@@ -153,12 +153,19 @@ func (l *Log) createSegment(id uint32) error {
 		f.Close()
 		return fmt.Errorf("commitlog: fsync %s after creating %s: %w", walDir, segName(id), err)
 	}
-	s := &segment{id: id, path: path, f: f}
-	s.refs.Store(1)
+	s := l.newSegment(id)
+	s.f, s.pinned = f, true
+	l.openSegs.Add(1)
 	l.mu.Lock()
 	l.segs[id] = s
 	l.mu.Unlock()
+	if l.active != nil {
+		l.active.pin(false)
+	}
 	l.active, l.activeSize, l.zeroedTo = s, 0, 0
+	if int(l.openSegs.Load()) > l.cfg.maxOpenSegments {
+		l.evictSegments()
+	}
 	return nil
 }
 
@@ -167,12 +174,16 @@ func (l *Log) createSegment(id uint32) error {
 // torn write (never acknowledged) and is cut off; anywhere else it is
 // corruption.
 func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
-	size, err := seg.f.Size()
+	f, err := seg.file()
+	if err != nil {
+		return err
+	}
+	size, err := f.Size()
 	if err != nil {
 		return fmt.Errorf("commitlog: size of %s: %w", seg.path, err)
 	}
 	l.recovery.SegmentsScanned++
-	r := newBatchReader(seg.f, from, size)
+	r := newBatchReader(f, from, size)
 	for {
 		pos := r.pos
 		b, err := r.next()
@@ -193,7 +204,7 @@ func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
 			if last {
 				// What follows the bad batch, read once.
 				tail := make([]byte, size-pos)
-				n, _ := seg.f.ReadAt(tail, pos)
+				n, _ := f.ReadAt(tail, pos)
 				tail = tail[:n]
 				if l.isTornTail(tail, l.lastReplayed) {
 					return l.truncateTorn(seg, pos, size, trailingZeros(tail, size-pos))
@@ -241,10 +252,14 @@ func (l *Log) truncateTorn(seg *segment, pos, size, zeros int64) error {
 	if l.cfg.readOnly {
 		return nil
 	}
-	if err := seg.f.Truncate(pos); err != nil {
+	f, err := seg.file()
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(pos); err != nil {
 		return fmt.Errorf("commitlog: truncate torn tail of %s at %d: %w", seg.path, pos, err)
 	}
-	if err := seg.f.Sync(); err != nil {
+	if err := f.Sync(); err != nil {
 		return fmt.Errorf("commitlog: fsync %s after truncating: %w", seg.path, err)
 	}
 	return nil
@@ -257,22 +272,26 @@ func (l *Log) repairAfter(seg *segment, later []uint32, cause error) error {
 	if !errors.As(cause, &ce) {
 		return cause
 	}
-	size, _ := seg.f.Size()
+	f, err := seg.file()
+	if err != nil {
+		return err
+	}
+	size, _ := f.Size()
 	l.recovery.Repaired = append(l.recovery.Repaired, fmt.Sprintf("%s: cut %d bytes from offset %d (%v)", seg.path, size-ce.Offset, ce.Offset, ce.Err))
 	if l.cfg.readOnly {
 		return nil
 	}
-	if err := seg.f.Truncate(ce.Offset); err != nil {
+	if err := f.Truncate(ce.Offset); err != nil {
 		return fmt.Errorf("commitlog: repair: truncate %s: %w", seg.path, err)
 	}
-	if err := seg.f.Sync(); err != nil {
+	if err := f.Sync(); err != nil {
 		return fmt.Errorf("commitlog: repair: fsync %s: %w", seg.path, err)
 	}
 	for _, id := range later {
 		p := l.segPath(id)
 		if s := l.segs[id]; s != nil {
 			delete(l.segs, id)
-			s.release()
+			s.remove()
 		}
 		if err := l.cfg.fs.Remove(p); err != nil {
 			return fmt.Errorf("commitlog: repair: remove %s: %w", p, err)
