@@ -217,8 +217,8 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 // they are now; route checks the bound again against the topics the
 // writer sees.
 func (l *Log) sectionBound(b *Batch) int {
-	if len(b.Messages) == 0 {
-		return 0
+	if len(b.Messages) <= 1 {
+		return len(b.Messages)
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -607,9 +607,11 @@ func (l *Log) route(r *request) error {
 			return fmt.Errorf("commitlog: offset %d: partition %d of topic %q, which has partitions 0 to %d: %w", i, o.Partition, o.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)
 		}
 	}
-	if n := sectionsFor(b, l.topics); n > r.sections {
-		// A topic was recreated with more partitions since prepare.
-		if size := r.size + (n-r.sections)*sectionHeaderSize; size > l.cfg.maxBatchBytes {
+	// prepare bounded the sections by the topics it saw; if a topic was
+	// recreated with more partitions since, the bound may be short.
+	if n := len(b.Messages); n > r.sections {
+		n = sectionsFor(b, l.topics)
+		if size := r.size + max(0, n-r.sections)*sectionHeaderSize; size > l.cfg.maxBatchBytes {
 			return fmt.Errorf("commitlog: batch of %d messages encodes to at most %d bytes: the limit is %d (WithMaxBatchBytes): %w", len(b.Messages), size, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
 		}
 	}
