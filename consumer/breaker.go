@@ -65,6 +65,11 @@ type breaker struct {
 // while the call ran: excluded from the breaker's counts.
 var errOverlapped = errors.New("consumer: success overlapped a failure")
 
+// errStopped marks a call the runtime itself cut short (its partition was
+// revoked, or the consumer stopped): whatever it returned says nothing
+// about the dependency, so it is excluded from the breaker's counts.
+var errStopped = errors.New("consumer: call cut short by the runtime")
+
 func newBreaker(name string, s *BreakerSettings, onChange func(from, to string)) *breaker {
 	st := gobreaker.Settings{
 		Name:        name,
@@ -73,7 +78,7 @@ func newBreaker(name string, s *BreakerSettings, onChange func(from, to string))
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= s.ConsecutiveFailures },
 		// The message's own faults say nothing about the dependency.
 		IsSuccessful: func(err error) bool { return err == nil || !retry.Classify(err).Retryable() },
-		IsExcluded:   func(err error) bool { return errors.Is(err, errOverlapped) },
+		IsExcluded:   func(err error) bool { return errors.Is(err, errOverlapped) || errors.Is(err, errStopped) },
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			if onChange != nil {
 				onChange(from.String(), to.String())
@@ -89,7 +94,8 @@ func (b *breaker) State() string { return b.cb.State().String() }
 // run makes one call through the breaker, first waiting (until ctx ends)
 // while it is open. counts reports whether the outcome should count as an
 // attempt: a failure that (re)opened the breaker does not, since it was
-// the dependency, not the message, that failed.
+// the dependency, not the message, that failed. ctx is the runtime's own
+// context for the call: once it is done, the outcome is excluded.
 func (b *breaker) run(ctx context.Context, call func() error) (err error, counts bool) {
 	for {
 		done, aerr := b.cb.Allow()
@@ -98,9 +104,12 @@ func (b *breaker) run(ctx context.Context, call func() error) (err error, counts
 			seen := b.failures
 			b.mu.Unlock()
 			err = call()
-			failed := err != nil && retry.Classify(err).Retryable()
+			stopped := ctx.Err() != nil
+			failed := err != nil && retry.Classify(err).Retryable() && !stopped
 			b.mu.Lock()
 			switch {
+			case stopped:
+				done(errStopped)
 			case failed:
 				b.failures++
 				done(err)

@@ -47,3 +47,34 @@ func TestBreakerIgnoresSuccessesThatOverlapAFailure(t *testing.T) {
 		t.Fatalf("failure, success, failure in sequence: breaker %s, want closed", b.State())
 	}
 }
+
+// A call the runtime cut short (a revoked partition, a stopping consumer)
+// fails with the cancellation, which is no sign that the dependency is
+// down: it must not count toward opening the breaker for the partitions
+// the member keeps (a rebalance made Healthy report "dependency is
+// failing").
+func TestBreakerIgnoresCancellationByTheRuntime(t *testing.T) {
+	settings := &BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour, Probes: 1}
+	b := newBreaker("rebalance", settings, nil)
+	for range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		started := make(chan struct{})
+		res := make(chan error, 1)
+		go func() {
+			err, _ := b.run(ctx, func() error { close(started); <-ctx.Done(); return ctx.Err() })
+			res <- err
+		}()
+		<-started
+		cancel()
+		if err := <-res; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cut-short call returned %v", err)
+		}
+	}
+	if b.State() != "closed" {
+		t.Fatalf("breaker %s after calls the runtime canceled, want closed", b.State())
+	}
+	// A real failure still opens it.
+	if _, counts := b.run(context.Background(), func() error { return errors.New("dependency down") }); counts || b.State() != "open" {
+		t.Fatalf("a failure with ConsecutiveFailures 1: breaker %s, counted %v; want open, not counted", b.State(), counts)
+	}
+}
