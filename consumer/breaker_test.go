@@ -69,9 +69,9 @@ func TestBreakerIgnoresCancellationByTheRuntime(t *testing.T) {
 		if err := <-res; !errors.Is(err, context.Canceled) {
 			t.Fatalf("cut-short call returned %v", err)
 		}
-	}
-	if b.State() != "closed" {
-		t.Fatalf("breaker %s after calls the runtime canceled, want closed", b.State())
+		if b.State() != "closed" {
+			t.Fatalf("breaker %s after a call the runtime canceled, want closed", b.State())
+		}
 	}
 	// A real failure still opens it.
 	if _, counts := b.run(context.Background(), func() error { return errors.New("dependency down") }); counts || b.State() != "open" {
