@@ -35,10 +35,11 @@ import (
 //	  | prev seg u32 | prev pos u64 | next topic ID u32
 //	  | topics: count, then id u32 | name | config | partitions: count,
 //	      then start u64 | next u64 | cut uvarint | keep uvarint | entries: count, then
-//	      first u64 | last u64 | maxTime varint | appended varint | seg u32 | pos u32 | size u32 | count u32 | section bool
+//	      first u64 | last u64 | maxTime varint | appended varint | oldest varint | seg u32 | pos u32 | size u32 | count u32 | section bool
 //	  | groups: count, then name | offsets: count, then topic u32 | partition u32 | offset u64
-//	Version 2 is a base without kind, prev, cut and keep; version 1 also
-//	lacks appended (its entries take maxTime for it).
+//	Version 2 is a base without kind, prev, cut, keep and oldest (which
+//	it takes from appended); version 1 also lacks appended (its entries
+//	take maxTime for it).
 const (
 	checkpointMagic   = 0x4b595246 // "FRYK"
 	checkpointVersion = 3
@@ -94,6 +95,7 @@ func encodeCheckpoint(c *checkpoint) []byte {
 				e.u64(x.last)
 				e.varint(x.maxTime)
 				e.varint(x.appended)
+				e.varint(x.oldest)
 				e.u32(x.seg)
 				e.u32(x.pos)
 				e.u32(x.size)
@@ -196,6 +198,10 @@ func decodeCheckpoint(b []byte) (*checkpoint, error) {
 				x.appended = x.maxTime
 				if version >= 2 {
 					x.appended = d.varint()
+				}
+				x.oldest = x.appended
+				if version >= 3 {
+					x.oldest = d.varint()
 				}
 				x.seg, x.pos, x.size, x.count, x.section = d.u32(), d.u32(), d.u32(), d.u32(), d.boolean()
 				if d.err == nil && (x.last < x.first || x.size == 0 || (k > 0 && x.first <= p.entries[k-1].last) || x.last >= p.next) {

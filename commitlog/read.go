@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -64,7 +65,27 @@ func (l *Log) Read(topicName string, part int32, offset uint64, o ReadOpts) (Rea
 	return l.read(t, part, p, offset, o.withDefaults())
 }
 
+// errSegmentGone: the cleaner deleted a segment between the index lookup
+// and the read (its records were relocated or dropped): look again.
+var errSegmentGone = errors.New("commitlog: segment removed while reading")
+
+// readAttempts bounds how often a read looks the index up again because
+// the cleaner removed what it pointed at.
+const readAttempts = 8
+
 func (l *Log) read(t *topic, part int32, p *partition, offset uint64, o ReadOpts) (ReadResult, error) {
+	for i := 1; ; i++ {
+		res, err := l.readOnce(t, part, p, offset, o)
+		if !errors.Is(err, errSegmentGone) {
+			return res, err
+		}
+		if i == readAttempts {
+			return res, fmt.Errorf("commitlog: %s/%d at %d: the cleaner kept removing what the index pointed at: %w", t.name, part, offset, ferry.ErrOffsetOutOfRange)
+		}
+	}
+}
+
+func (l *Log) readOnce(t *topic, part int32, p *partition, offset uint64, o ReadOpts) (ReadResult, error) {
 	if l.closed.Load() {
 		return ReadResult{}, ferry.ErrClosed
 	}
@@ -141,7 +162,10 @@ func (l *Log) readSpan(e indexEntry, want func(sectionHeader) bool, fn func(sect
 		return err
 	}
 	if seg == nil {
-		return fmt.Errorf("commitlog: segment %d was removed while reading: %w", e.seg, ferry.ErrOffsetOutOfRange)
+		if l.closed.Load() {
+			return ferry.ErrClosed
+		}
+		return errSegmentGone
 	}
 	defer seg.release()
 	pos := e.pos
@@ -265,6 +289,21 @@ func (l *Log) OffsetForTime(topicName string, part int32, ts time.Time) (uint64,
 	t, p, err := l.partition(topicName, part)
 	if err != nil {
 		return 0, err
+	}
+	for i := 1; ; i++ {
+		off, err := l.offsetForTime(t, part, p, ts)
+		if !errors.Is(err, errSegmentGone) {
+			return off, err
+		}
+		if i == readAttempts {
+			return 0, fmt.Errorf("commitlog: %s/%d: the cleaner kept removing what the index pointed at: %w", t.name, part, ferry.ErrOffsetOutOfRange)
+		}
+	}
+}
+
+func (l *Log) offsetForTime(t *topic, part int32, p *partition, ts time.Time) (uint64, error) {
+	if l.closed.Load() {
+		return 0, ferry.ErrClosed
 	}
 	want := ts.UnixNano()
 	p.mu.RLock()

@@ -195,7 +195,6 @@ func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
 			if h, err = decodeBatchHeader(b); err == nil {
 				if err = l.applyBatch(seg.id, uint32(pos), h, b); err == nil {
 					l.recovery.BytesScanned += int64(len(b))
-					l.lastReplayed = max(l.lastReplayed, h.appendTime)
 					continue
 				}
 			}
@@ -206,7 +205,7 @@ func (l *Log) scanSegment(seg *segment, from int64, last bool) error {
 				tail := make([]byte, size-pos)
 				n, _ := f.ReadAt(tail, pos)
 				tail = tail[:n]
-				if l.isTornTail(tail, l.lastReplayed) {
+				if l.isTornTail(tail) {
 					return l.truncateTorn(seg, pos, size, trailingZeros(tail, size-pos))
 				}
 			}
@@ -301,6 +300,21 @@ func (l *Log) repairAfter(seg *segment, later []uint32, cause error) error {
 	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, walDir)); err != nil {
 		return fmt.Errorf("commitlog: repair: fsync %s: %w", walDir, err)
 	}
+	// Checkpoints past the cut describe what is gone. Left there, one
+	// would seem to fit again once the log grew back past its position.
+	cut := ckFile{seg: seg.id, pos: uint64(ce.Offset)}
+	for _, f := range l.listCheckpoints() {
+		if cut.before(f) {
+			p := filepath.Join(l.dir, checkpointDir, f.name)
+			if err := l.cfg.fs.Remove(p); err != nil {
+				return fmt.Errorf("commitlog: repair: remove %s: %w", p, err)
+			}
+			l.recovery.Repaired = append(l.recovery.Repaired, "removed "+p)
+		}
+	}
+	if err := l.cfg.fs.SyncDir(filepath.Join(l.dir, checkpointDir)); err != nil {
+		return fmt.Errorf("commitlog: repair: fsync %s: %w", checkpointDir, err)
+	}
 	l.cfg.logger.Warn("repaired corrupt log", "cut", l.recovery.Repaired)
 	return nil
 }
@@ -329,67 +343,110 @@ func trailingZeros(tail []byte, n int64) int64 {
 //     the last fsync is the tail these modes may lose, and the disk may
 //     have written it back in any order (a later batch kept, an earlier
 //     one zeroed).
-//   - Otherwise it is torn unless a later write follows it. In this mode
-//     each group is fsynced before the next is written, so a valid batch
-//     written after the bad one proves the bad one was complete once:
-//     corruption. Any valid batch after the bad one's first byte counts,
-//     except a copy of what the log already holds — a segment carried in
-//     a message's payload, say (see copiesKnown) — unless it starts past
-//     the bad batch's end (when that end fits in the segment).
-func (l *Log) isTornTail(tail []byte, lastAppend int64) bool {
+//   - Otherwise it is torn unless a later write follows it: each group is
+//     fsynced before the next is written, right after it, so a later
+//     write proves the bad batch was complete once (corruption). Where
+//     the bad batch ends is told twice, by its header's length and by its
+//     sections' lengths (batchEnds), so that one damaged field cannot hide
+//     what follows: a valid batch at either end is a later write. If both
+//     ends lie past the end of the segment, the batch is incomplete: the
+//     last write, torn; a valid batch inside it is part of its payload (a
+//     copy of a segment carried as a message, say), no later write. If an
+//     end lies inside the segment and only zeros follow it, it is the last
+//     batch, damaged. Anything else — no header to go by, or bytes that are
+//     neither zeros nor a batch after its end — is corruption if a chain
+//     of valid batches anywhere after its first byte runs to the end of
+//     the segment's data (laterWrite).
+func (l *Log) isTornTail(tail []byte) bool {
 	if l.cfg.readOnly || l.cfg.durability != DurabilityAlways {
 		return true
 	}
-	if n, err := peekBatchLength(tail); err == nil && int64(n) <= int64(len(tail)) {
-		if nextValidBatch(tail[n:], nil) >= 0 {
+	if _, err := peekBatchLength(tail); err == nil {
+		inside := false
+		for _, end := range batchEnds(tail) {
+			if end > len(tail) {
+				continue
+			}
+			inside = true
+			if validBatchAt(tail[end:]) {
+				return false
+			}
+			if allZero(tail[end:]) {
+				return true
+			}
+		}
+		if !inside {
+			return true
+		}
+	}
+	return nextValidBatch(tail[min(1, len(tail)):], laterWrite) < 0
+}
+
+// batchEnds returns where the batch at the start of b ends according to
+// its header's length and according to its sections' lengths (each may
+// lie past the end of b).
+func batchEnds(b []byte) [2]int {
+	le := binary.LittleEndian
+	byLength := int(le.Uint32(b[4:]))
+	at := batchHeaderSize
+	for i := 0; i < int(le.Uint16(b[14:])); i++ {
+		if at+sectionHeaderSize > len(b) {
+			return [2]int{byLength, len(b) + 1}
+		}
+		at += sectionHeaderSize + int(le.Uint32(b[at+28:]))
+		if at > len(b) {
+			break
+		}
+	}
+	return [2]int{byLength, at}
+}
+
+// validBatchAt reports whether b starts with a complete, checksummed batch.
+func validBatchAt(b []byte) bool {
+	n, err := peekBatchLength(b)
+	if err != nil || int64(n) > int64(len(b)) {
+		return false
+	}
+	_, err = decodeBatchHeader(b[:n])
+	return err == nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
 			return false
 		}
 	}
-	later := func(b []byte, h batchHeader) bool { return !l.copiesKnown(b, h, lastAppend) }
-	return nextValidBatch(tail[min(1, len(tail)):], later) < 0
+	return true
 }
 
-// copiesKnown reports whether the valid batch b could be a copy of what
-// recovery has replayed already rather than a later write: appended no
-// later than the last batch replayed, its records below the end of their
-// partitions, its topic creations of topics that exist.
-func (l *Log) copiesKnown(b []byte, h batchHeader, lastAppend int64) bool {
-	if h.appendTime > lastAppend {
-		return false
+// laterWrite reports whether the valid batch at b[i:] starts a chain of
+// valid batches that runs to the end of the written data: the end of b,
+// zeros to it (written ahead), or a last batch cut short by it (torn).
+// That is what writes after a damaged batch leave; a batch carried inside
+// a message's payload is followed by the rest of the payload instead.
+func laterWrite(b []byte, i int) bool {
+	for i < len(b) {
+		n, err := peekBatchLength(b[i:])
+		switch {
+		case err != nil:
+			return allZero(b[i:])
+		case int(n) > len(b)-i:
+			return true // a last write, torn
+		}
+		if _, err := decodeBatchHeader(b[i : i+int(n)]); err != nil {
+			return false
+		}
+		i += int(n)
 	}
-	known := true
-	forEachSection(b, h, func(sh sectionHeader, body []byte, _ int) error {
-		if sh.topic == controlTopicID {
-			d := newRecordDecoder(sh, body)
-			var m ferry.Message
-			for known {
-				ok, err := d.next(&m)
-				if err != nil || !ok {
-					break
-				}
-				op, err := decodeControl(m.Payload)
-				known = err == nil && (op.op != opCreateTopic || op.topicID < l.nextTopicID)
-			}
-			return nil
-		}
-		t := l.byID[sh.topic]
-		if t == nil || int(sh.partition) >= len(t.parts) {
-			known = known && sh.topic < l.nextTopicID // a deleted topic
-			return nil
-		}
-		p := t.parts[sh.partition]
-		p.mu.RLock()
-		known = known && sh.first < p.end
-		p.mu.RUnlock()
-		return nil
-	})
-	return known
+	return true
 }
 
 // nextValidBatch returns the position of the first complete, checksummed
-// batch in b that accept (if not nil) takes, or -1. It costs one pass over
-// b however many positions look like a header (see rangeCRCs).
-func nextValidBatch(b []byte, accept func([]byte, batchHeader) bool) int {
+// batch in b that accept (if not nil) takes, given b and the position, or
+// -1. It costs one pass over b however many positions look like a header
+// (see rangeCRCs).
+func nextValidBatch(b []byte, accept func(b []byte, at int) bool) int {
 	var starts []int
 	var spans [][2]int
 	for i := 0; i+batchHeaderSize <= len(b); i++ {
@@ -415,8 +472,7 @@ func nextValidBatch(b []byte, accept func([]byte, batchHeader) bool) int {
 			continue
 		}
 		n := spans[k][1] - i
-		h, err := decodeBatchHeader(b[i : i+n])
-		if err == nil && (accept == nil || accept(b[i:i+n], h)) {
+		if _, err := decodeBatchHeader(b[i : i+n]); err == nil && (accept == nil || accept(b, i)) {
 			return i
 		}
 	}
@@ -519,7 +575,7 @@ func (l *Log) applyBatch(seg, pos uint32, h batchHeader, b []byte) error {
 			}
 			return nil
 		}
-		e := indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, appended: h.appendTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}
+		e := indexEntry{first: sh.first, last: sh.last, maxTime: sh.maxTime, appended: h.appendTime, oldest: h.appendTime, seg: seg, pos: pos, size: uint32(len(b)), count: sh.count}
 		if h.sections > 1 {
 			// The batch is shared: point at this partition's section only.
 			e.pos, e.size, e.section = pos+uint32(at), sectionHeaderSize+sh.bodyLen, true
@@ -631,13 +687,26 @@ func (l *Log) rebuildDedup() error {
 		for _, p := range t.parts {
 			p.mu.RLock()
 			n := 0
-			for i := len(p.entries) - 1; i >= 0 && p.entries[i].appended >= cutoff && n < t.config.DedupMaxIDs; i-- {
-				cands = append(cands, p.entries[i])
-				n += int(p.entries[i].count)
+			// Not only the newest entries: after the clock stepped back,
+			// an entry appended at a later time may lie before older ones.
+			for i := len(p.entries) - 1; i >= 0 && n < t.config.DedupMaxIDs; i-- {
+				if p.entries[i].appended >= cutoff {
+					cands = append(cands, p.entries[i])
+					n += int(p.entries[i].count)
+				}
 			}
 			p.mu.RUnlock()
 		}
-		sort.Slice(cands, func(i, j int) bool { return cands[i].appended > cands[j].appended })
+		// Newest first; the sections of one group commit share its time,
+		// so the later in the log goes first, as at runtime, where the
+		// window holds at least the last DedupMaxIDs appended.
+		sort.Slice(cands, func(i, j int) bool {
+			a, b := cands[i], cands[j]
+			if a.appended != b.appended {
+				return a.appended > b.appended
+			}
+			return a.seg > b.seg || a.seg == b.seg && a.pos > b.pos
+		})
 		budget := t.config.DedupMaxIDs
 		for _, e := range cands {
 			if budget <= 0 {

@@ -18,6 +18,7 @@ type indexEntry struct {
 	first, last uint64 // offsets covered (records may be sparse inside)
 	maxTime     int64  // max record time of this and every earlier entry (OffsetForTime searches it)
 	appended    int64  // max append time (batch header) of this entry's own batches
+	oldest      int64  // min append time of its batches (merging keeps appended-oldest within maxEntryAge)
 	seg         uint32 // segment ID
 	pos         uint32 // byte position of the first batch in the segment
 	size        uint32 // bytes from pos to the end of the last batch
@@ -73,7 +74,7 @@ func (p *partition) addLocked(e indexEntry, relocated bool) {
 		prev := &p.entries[n-1]
 		e.maxTime = max(e.maxTime, prev.maxTime)
 		if !prev.section && !e.section && prev.seg == e.seg && prev.pos+prev.size == e.pos && prev.size+e.size <= maxEntrySpan && prev.last < e.first &&
-			e.appended >= prev.appended && e.appended-prev.appended <= maxEntryAge {
+			e.appended >= prev.appended && e.appended-prev.oldest <= maxEntryAge {
 			prev.last, prev.size, prev.count, prev.maxTime, prev.appended = e.last, prev.size+e.size, prev.count+e.count, e.maxTime, e.appended
 			p.ckKeep = min(p.ckKeep, n-1)
 			p.bytes += int64(e.size)
@@ -94,13 +95,15 @@ func (p *partition) replaceLocked(e indexEntry) {
 	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].first >= e.first })
 	j := i
 	var appended int64
+	oldest := e.oldest
 	for j < len(p.entries) && p.entries[j].last <= e.last {
 		p.bytes -= int64(p.entries[j].size)
 		appended = max(appended, p.entries[j].appended)
+		oldest = min(oldest, p.entries[j].oldest)
 		j++
 	}
 	if j > i {
-		e.appended = appended
+		e.appended, e.oldest = appended, oldest
 	}
 	if i > 0 {
 		e.maxTime = max(e.maxTime, p.entries[i-1].maxTime)

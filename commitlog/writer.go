@@ -152,8 +152,8 @@ func (l *Log) AppendAsync(ctx context.Context, promise func(*Batch, error), msgs
 		return
 	}
 	if err := l.enqueue(ctx, r); err != nil {
-		r.finish()
-		promise(b, err)
+		r.err = err
+		r.finish() // calls the promise, once
 	}
 }
 
