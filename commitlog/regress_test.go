@@ -974,3 +974,59 @@ func TestRegressD2DataDirEntrySynced(t *testing.T) {
 	}
 	t.Fatalf("creating %s synced directories %v, never its parent %s", testDir, synced, parent)
 }
+
+// doneAtSecondLook is a context that is done from the second call of Done
+// on: AppendAsync's wait for queue bytes looks once and passes, its wait
+// for room in the queue then sees it done.
+type doneAtSecondLook struct {
+	context.Context
+	looks atomic.Int32
+	ch    chan struct{}
+	once  sync.Once
+}
+
+func (c *doneAtSecondLook) Done() <-chan struct{} {
+	if c.looks.Add(1) >= 2 {
+		c.once.Do(func() { close(c.ch) })
+	}
+	return c.ch
+}
+
+func (c *doneAtSecondLook) Err() error {
+	select {
+	case <-c.ch:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+
+// TestRegressAsyncPromiseOnce: an AppendAsync whose wait for room in the
+// queue ends (its context done) gets its promise called once, with the
+// error. It used to be called twice: first with no error, as if the batch
+// were durable, then with the error.
+func TestRegressAsyncPromiseOnce(t *testing.T) {
+	ctx := context.Background()
+	ffs := vfs.NewFaultFS(vfs.NewMemFS())
+	l := openTest(t, ffs, WithQueueDepth(1), WithCleanInterval(24*time.Hour))
+	defer l.Close()
+	mustCreate(t, l, "t", TopicConfig{})
+	entered, release := rgBlockNextSync(ffs)
+	defer release()
+	first := make(chan error, 2)
+	go func() { first <- l.Append(ctx, msg("t", "", "a")) }()
+	<-entered // the writer holds "a" in its fsync
+	go func() { first <- l.Append(ctx, msg("t", "", "b")) }()
+	rgWaitFor(t, "the queue full", func() bool { return len(l.reqs) == 1 })
+	var calls []error
+	l.AppendAsync(&doneAtSecondLook{Context: ctx, ch: make(chan struct{})}, func(_ *Batch, err error) { calls = append(calls, err) }, msg("t", "", "c"))
+	release()
+	for range 2 {
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(calls) != 1 || !errors.Is(calls[0], context.Canceled) {
+		t.Fatalf("promise called %d times with %v, want once with context.Canceled", len(calls), calls)
+	}
+}
