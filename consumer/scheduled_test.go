@@ -308,3 +308,57 @@ func TestEventStreamNeverBlocks(t *testing.T) {
 		t.Fatalf("%d buffered, %d dropped; want 2 and 3", got, s.Dropped())
 	}
 }
+
+// A redriven copy that fails again becomes its key's blocker, and the
+// next redrive must release the key when that copy's own copy arrives.
+// Redrive used to add a second ferry-redrive-of header to the copy of a
+// copy, naming the first original, so the copy never matched its blocker
+// and the key stayed parked for good (issue 16, defect 13).
+func TestRedriveOfACopyThatFailedAgain(t *testing.T) {
+	b := newBackend(t)
+	if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec := &handling{}
+	var mu sync.Mutex
+	failures := 2 // k/0, then its first copy
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		mu.Lock()
+		fail := string(m.Payload) == "k/0" && failures > 0
+		if fail {
+			failures--
+		}
+		mu.Unlock()
+		if fail {
+			return ferry.Permanent(errors.New("poison"))
+		}
+		rec.record(m, Attempt(ctx))
+		return nil
+	}
+	startConsumer(t, b, handler)
+	publish(t, b, "k/0", "k/1")
+	q := dlq.Open(b, "g.dlq")
+	dead := func(n int) func() bool {
+		return func() bool {
+			entries, _ := q.List(context.Background(), dlq.Filter{})
+			return len(entries) == n
+		}
+	}
+	waitFor(t, "k/0 dead and k/1 parked", dead(2))
+	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte("k")}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the copy of k/0 dead again and k/1 parked again", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return failures == 0 && dead(2)()
+	})
+	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte("k")}}); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "k/2")
+	waitFor(t, "the key released", func() bool { return rec.handled("k/2") })
+	if got, want := fmt.Sprint(rec.order("k/")), "[k/0@1 k/1@1 k/2@1]"; got != want {
+		t.Fatalf("key handled as %s, want %s", got, want)
+	}
+}

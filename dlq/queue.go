@@ -191,7 +191,7 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 			to = e.Original.Topic
 		}
 		out := &ferry.Message{ID: ferry.DeriveID("redrive", q.topic, e.Record.ID), Topic: to, Key: e.Original.Key, Payload: e.Original.Payload,
-			Headers: append(append([]ferry.Header(nil), e.Original.Headers...), ferry.Header{Key: HeaderRedriveOf, Value: []byte(e.Original.ID.String())})}
+			Headers: redriveHeaders(e.Original)}
 		if err := q.publishWithMarker(ctx, out, q.marker(e, StateRedriven)); err != nil {
 			return i, fmt.Errorf("dlq: redrive %s to %q: %w", e.Original.ID, to, err)
 		}
@@ -200,6 +200,21 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 		}
 	}
 	return len(entries), nil
+}
+
+// redriveHeaders returns the headers of orig's redriven copy: orig's own,
+// with one ferry-redrive-of naming orig. An original that was itself a
+// redriven copy (it failed again) carries the header already: it is
+// replaced, not repeated, or the new copy would name the first original
+// and never match its own blocker.
+func redriveHeaders(orig *ferry.Message) []ferry.Header {
+	hs := make([]ferry.Header, 0, len(orig.Headers)+1)
+	for _, h := range orig.Headers {
+		if h.Key != HeaderRedriveOf {
+			hs = append(hs, h)
+		}
+	}
+	return append(hs, ferry.Header{Key: HeaderRedriveOf, Value: []byte(orig.ID.String())})
 }
 
 // wholeKeys lists the dead entries matching f plus every dead entry that
