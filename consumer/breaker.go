@@ -15,7 +15,11 @@ import (
 
 // BreakerSettings configure the handler's circuit breaker.
 type BreakerSettings struct {
-	// ConsecutiveFailures of retryable kinds open the breaker (default 5).
+	// ConsecutiveFailures of retryable kinds open the breaker (default 5,
+	// or the retry policy's MaxAttempts if that is lower). The failure
+	// that opens the breaker does not count as an attempt, so with at most
+	// MaxAttempts a message never spends its last attempt on an outage; a
+	// larger value is refused, since an outage would then fill the DLQ.
 	ConsecutiveFailures uint32
 	// OpenFor is how long the breaker stays open before it lets probes
 	// through (default 5s).
@@ -31,9 +35,6 @@ type BreakerSettings struct {
 // message's fault (permanent, decode) never trip it.
 func WithCircuitBreaker(s BreakerSettings) Opt {
 	return optFunc(func(c *cfg) {
-		if s.ConsecutiveFailures == 0 {
-			s.ConsecutiveFailures = 5
-		}
 		if s.OpenFor <= 0 {
 			s.OpenFor = 5 * time.Second
 		}

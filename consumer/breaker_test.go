@@ -3,8 +3,12 @@ package consumer
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/retry"
 )
 
 // A success that overlapped a failure (the call started before the
@@ -76,5 +80,31 @@ func TestBreakerIgnoresCancellationByTheRuntime(t *testing.T) {
 	// A real failure still opens it.
 	if _, counts := b.run(context.Background(), func() error { return errors.New("dependency down") }); counts || b.State() != "open" {
 		t.Fatalf("a failure with ConsecutiveFailures 1: breaker %s, counted %v; want open, not counted", b.State(), counts)
+	}
+}
+
+// The breaker's threshold and the retry policy's attempts are checked
+// together: the default threshold (5) would let a message with 3 attempts
+// reach the DLQ during an outage before the breaker opened, so it is
+// derived (min(5, MaxAttempts)); a threshold above MaxAttempts is refused
+// with an error that says why.
+func TestBreakerThresholdFollowsAttempts(t *testing.T) {
+	b := newBackend(t)
+	h := func(context.Context, *ferry.Message) error { return nil }
+	three := WithRetryPolicy(retry.Policy{MaxAttempts: 3})
+	c, err := New(b, "g", []string{"in"}, h, three, WithCircuitBreaker(BreakerSettings{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.cfg.breaker.ConsecutiveFailures; got != 3 {
+		t.Fatalf("default threshold with MaxAttempts 3: %d, want 3", got)
+	}
+	c, err = New(b, "g", []string{"in"}, h, WithCircuitBreaker(BreakerSettings{}))
+	if err != nil || c.cfg.breaker.ConsecutiveFailures != 5 {
+		t.Fatalf("default threshold with the default policy: %v, %v; want 5", c, err)
+	}
+	_, err = New(b, "g", []string{"in"}, h, three, WithCircuitBreaker(BreakerSettings{ConsecutiveFailures: 4}))
+	if !errors.Is(err, ferry.ErrInvalidArgument) || !strings.Contains(err.Error(), "at most MaxAttempts") {
+		t.Fatalf("threshold 4 with MaxAttempts 3: %v, want ErrInvalidArgument saying why", err)
 	}
 }

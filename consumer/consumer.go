@@ -171,7 +171,18 @@ func (c *cfg) validate() error {
 	case c.durableAfter < 0:
 		return fmt.Errorf("%w: durable retry threshold %v: want 0 (off) or a positive delay", ferry.ErrInvalidArgument, c.durableAfter)
 	}
-	return c.policy.Validate()
+	if err := c.policy.Validate(); err != nil {
+		return err
+	}
+	if b := c.breaker; b != nil {
+		if b.ConsecutiveFailures == 0 {
+			b.ConsecutiveFailures = uint32(min(5, c.policy.MaxAttempts))
+		}
+		if int(b.ConsecutiveFailures) > c.policy.MaxAttempts {
+			return fmt.Errorf("%w: the circuit breaker opens after %d consecutive failures, but a message is dead-lettered after %d attempts: during an outage messages would reach the DLQ before the breaker opens; want ConsecutiveFailures at most MaxAttempts (0 takes min(5, MaxAttempts))", ferry.ErrInvalidArgument, b.ConsecutiveFailures, c.policy.MaxAttempts)
+		}
+	}
+	return nil
 }
 
 // Consumer runs a handler over a group's share of some topics.

@@ -414,10 +414,11 @@ func runOutage(t *testing.T, opts ...Opt) *checker {
 }
 
 // TestBreakerPausesInsteadOfDeadLettering takes a dependency down for a
-// while: with the breaker, nothing is dead-lettered and every message is
+// while: with the breaker at its default threshold (derived from the
+// policy's 3 attempts), nothing is dead-lettered and every message is
 // handled once it comes back.
 func TestBreakerPausesInsteadOfDeadLettering(t *testing.T) {
-	chk := runOutage(t, WithCircuitBreaker(BreakerSettings{ConsecutiveFailures: 3, OpenFor: 5 * time.Millisecond}))
+	chk := runOutage(t, WithCircuitBreaker(BreakerSettings{OpenFor: 5 * time.Millisecond}))
 	chk.mu.Lock()
 	defer chk.mu.Unlock()
 	if len(chk.dead) != 0 {

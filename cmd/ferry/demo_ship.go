@@ -75,7 +75,7 @@ func shipStage(ctx context.Context, l *commitlog.Log, tel *telemetry) ([]demoChe
 	c, err := consumer.New(b, "shipping", []string{"payments"}, handler,
 		consumer.WithConcurrency(32),
 		consumer.WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, MaxAttempts: 3}),
-		consumer.WithCircuitBreaker(consumer.BreakerSettings{ConsecutiveFailures: 5, OpenFor: 20 * time.Millisecond}),
+		consumer.WithCircuitBreaker(consumer.BreakerSettings{OpenFor: 20 * time.Millisecond}),
 		consumer.WithObserver(tel.observe("shipping", func(e consumer.Event) {
 			switch e.Kind {
 			case consumer.EventRetried:
