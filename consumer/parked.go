@@ -102,6 +102,18 @@ func (w *worker) park(m *ferry.Message) {
 	w.parked[string(m.Key)] = blocker{id: m.ID, offset: m.Offset}
 }
 
+// isBlocker reports whether m is the dead letter its key is parked behind
+// (not a redriven copy of it: those carry other IDs).
+func (w *worker) isBlocker(m *ferry.Message) bool {
+	if m.Key == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b, ok := w.parked[string(m.Key)]
+	return ok && b.drainUntil.IsZero() && b.id == m.ID
+}
+
 // parkedBehind reports whether m must park, and behind which dead letter.
 // The redriven copy of the blocker (or of the last entry a drain waits
 // for) passes, and releases the key if nothing of it is left in the DLQ.

@@ -313,6 +313,13 @@ func (w *worker) process(e *entry) bool {
 			return true
 		}
 	}
+	if w.isBlocker(e.m) {
+		// The key's blocker itself, redelivered from the uncommitted
+		// window (a crash or rebalance after it was dead-lettered): its
+		// outcome is in the DLQ, where it waits for a redrive.
+		c.cfg.logger.Info("skipping a redelivered dead letter: it waits in the DLQ", e.m.LogAttrs())
+		return true
+	}
 	if blocker, parked := w.parkedBehind(e.m); parked {
 		now := time.Now()
 		err := fmt.Errorf("key %q is parked behind dead letter %s", e.m.Key, blocker)
