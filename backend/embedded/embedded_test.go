@@ -132,3 +132,28 @@ func TestJoinRejectsBadInput(t *testing.T) {
 		t.Error("duplicate member accepted")
 	}
 }
+
+// A partition granted to a member and taken back before the member read
+// its assignment is free at once: the member never heard of it, so it will
+// never run or release it, and its desired owner must get it. The
+// coordinator used to replace the unread assignment and keep the member
+// as owner, so the partition stopped for the life of the group (40
+// consumers starting together stopped short in 4 of 10 rounds; issue 16,
+// defect 11).
+func TestUnreadGrantTakenBackIsFree(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	a, err := b.Join(ctx, "g", "a", []string{"t"}) // a is granted all 4, unread
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.Join(ctx, "g", "c", []string{"t"}) // two of them move to c before a looks
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := next(t, a)
+	theirs := next(t, c)
+	if len(mine)+len(theirs) != 4 {
+		t.Fatalf("a runs %v, c runs %v: %d of 4 partitions have a running owner", mine, theirs, len(mine)+len(theirs))
+	}
+}

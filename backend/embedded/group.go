@@ -29,6 +29,9 @@ type session struct {
 	now      func() time.Time
 	lastBeat time.Time // guarded by g.mu
 	gone     bool      // guarded by g.mu
+	// sent is the last assignment put in assign, known the last one the
+	// member took from it (guarded by g.mu): see deliverLocked.
+	sent, known []backend.TopicPartition
 }
 
 func (g *group) join(s *session, now time.Time) error {
@@ -59,33 +62,63 @@ func (g *group) desiredLocked() map[backend.TopicPartition]*session {
 // rebalanceLocked grants free partitions to their desired owners and tells
 // every member its current set.
 func (g *group) rebalanceLocked() {
-	desired := g.desiredLocked()
-	for tp, want := range desired {
-		if g.owner[tp] == nil {
-			g.owner[tp] = want
-		}
-	}
-	for _, s := range g.members {
-		var mine []backend.TopicPartition
-		for tp, o := range g.owner {
-			// A partition stays with its owner until released, but the
-			// owner is told it should let go: it is left out of its set.
-			if o == s && desired[tp] == s {
-				mine = append(mine, tp)
+	for {
+		desired := g.desiredLocked()
+		for tp, want := range desired {
+			if g.owner[tp] == nil {
+				g.owner[tp] = want
 			}
 		}
-		backend.SortPartitions(mine)
-		s.deliver(mine)
+		var orphans []backend.TopicPartition
+		for _, s := range g.members {
+			var mine []backend.TopicPartition
+			for tp, o := range g.owner {
+				// A partition stays with its owner until released, but the
+				// owner is told it should let go: it is left out of its set.
+				if o == s && desired[tp] == s {
+					mine = append(mine, tp)
+				}
+			}
+			backend.SortPartitions(mine)
+			orphans = append(orphans, s.deliverLocked(mine)...)
+		}
+		if len(orphans) == 0 {
+			return
+		}
+		// Granted and taken back before their owner ever saw them: it will
+		// never release them, so they are free now.
+		for _, tp := range orphans {
+			delete(g.owner, tp)
+		}
 	}
 }
 
-// deliver replaces any undelivered assignment with the latest.
-func (s *session) deliver(tps []backend.TopicPartition) {
+// deliverLocked replaces any assignment the member has not taken yet with
+// tps. It returns the partitions the member owns but will never hear of: in
+// neither the last assignment it took nor tps (they were granted only in
+// the assignment replaced). Left owned, no one would ever run them.
+func (s *session) deliverLocked(tps []backend.TopicPartition) []backend.TopicPartition {
 	select {
-	case <-s.assign:
+	case <-s.assign: // not taken: the member still knows s.known
 	default:
+		s.known = s.sent // taken
 	}
+	s.sent = tps
 	s.assign <- tps
+	heard := make(map[backend.TopicPartition]bool, len(s.known)+len(tps))
+	for _, tp := range s.known {
+		heard[tp] = true
+	}
+	for _, tp := range tps {
+		heard[tp] = true
+	}
+	var orphans []backend.TopicPartition
+	for tp, o := range s.g.owner {
+		if o == s && !heard[tp] {
+			orphans = append(orphans, tp)
+		}
+	}
+	return orphans
 }
 
 func (g *group) owns(s *session, tp backend.TopicPartition) bool {
