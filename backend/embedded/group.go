@@ -29,9 +29,11 @@ type session struct {
 	now      func() time.Time
 	lastBeat time.Time // guarded by g.mu
 	gone     bool      // guarded by g.mu
-	// sent is the last assignment put in assign, known the last one the
-	// member took from it (guarded by g.mu): see deliverLocked.
-	sent, known []backend.TopicPartition
+	// sent is the last assignment put in assign; known holds every
+	// partition the member has taken in an assignment since it last
+	// released it (guarded by g.mu): see deliverLocked.
+	sent  []backend.TopicPartition
+	known map[backend.TopicPartition]bool
 }
 
 func (g *group) join(s *session, now time.Time) error {
@@ -99,22 +101,24 @@ func (g *group) rebalanceLocked() {
 // the assignment replaced). Left owned, no one would ever run them.
 func (s *session) deliverLocked(tps []backend.TopicPartition) []backend.TopicPartition {
 	select {
-	case <-s.assign: // not taken: the member still knows s.known
+	case <-s.assign: // not taken: the member knows no more than before
 	default:
-		s.known = s.sent // taken
+		if s.known == nil {
+			s.known = map[backend.TopicPartition]bool{}
+		}
+		for _, tp := range s.sent { // taken
+			s.known[tp] = true
+		}
 	}
 	s.sent = tps
 	s.assign <- tps
-	heard := make(map[backend.TopicPartition]bool, len(s.known)+len(tps))
-	for _, tp := range s.known {
-		heard[tp] = true
-	}
+	in := make(map[backend.TopicPartition]bool, len(tps))
 	for _, tp := range tps {
-		heard[tp] = true
+		in[tp] = true
 	}
 	var orphans []backend.TopicPartition
 	for tp, o := range s.g.owner {
-		if o == s && !heard[tp] {
+		if o == s && !s.known[tp] && !in[tp] {
 			orphans = append(orphans, tp)
 		}
 	}
@@ -163,6 +167,7 @@ func (s *session) Release(tp backend.TopicPartition) {
 	defer g.mu.Unlock()
 	if g.owner[tp] == s {
 		delete(g.owner, tp)
+		delete(s.known, tp)
 		g.rebalanceLocked()
 	}
 }
