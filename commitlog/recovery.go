@@ -362,21 +362,26 @@ func (l *Log) isTornTail(tail []byte) bool {
 		return true
 	}
 	if _, err := peekBatchLength(tail); err == nil {
+		ends := batchEnds(tail)
 		inside := false
-		for _, end := range batchEnds(tail) {
-			if end > len(tail) {
-				continue
-			}
-			inside = true
-			if validBatchAt(tail[end:]) {
-				return false
-			}
-			if allZero(tail[end:]) {
-				return true
+		for _, end := range ends {
+			if end <= len(tail) {
+				inside = true
+				if validBatchAt(tail[end:]) {
+					return false
+				}
 			}
 		}
 		if !inside {
 			return true
+		}
+		// Only after both ends were tried for a later write: a damaged
+		// length can point into a later batch's payload, and payloads hold
+		// runs of zeros.
+		for _, end := range ends {
+			if end <= len(tail) && allZero(tail[end:]) {
+				return true
+			}
 		}
 	}
 	return nextValidBatch(tail[min(1, len(tail)):], laterWrite) < 0

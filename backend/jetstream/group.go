@@ -169,7 +169,8 @@ type session struct {
 	owners    map[backend.TopicPartition]*ownerView
 	released  map[backend.TopicPartition]bool // released by the runtime, to be freed
 	delivered []backend.TopicPartition
-	healthy   time.Time // since when heartbeats succeed without a break
+	known     map[backend.TopicPartition]bool // taken by the runtime in an assignment, until released
+	healthy   time.Time                       // since when heartbeats succeed without a break
 	gone      bool
 	err       error
 }
@@ -183,6 +184,7 @@ func (s *session) Assignments() <-chan []backend.TopicPartition { return s.assig
 func (s *session) Release(tp backend.TopicPartition) {
 	s.mu.Lock()
 	s.released[tp] = true
+	delete(s.known, tp)
 	s.mu.Unlock()
 	s.poke()
 }
@@ -459,12 +461,35 @@ func (s *session) step(ctx context.Context) {
 	}
 	backend.SortPartitions(mine)
 	if !equal(mine, s.delivered) {
-		s.delivered = mine
 		select {
-		case <-s.assign:
+		case <-s.assign: // not taken: the runtime knows no more than before
 		default:
+			if s.known == nil {
+				s.known = map[backend.TopicPartition]bool{}
+			}
+			for _, tp := range s.delivered { // taken
+				s.known[tp] = true
+			}
 		}
+		s.delivered = mine
 		s.assign <- mine
+		// A partition owned here, granted only in the assignment just
+		// replaced, was never seen by the runtime, which will never
+		// release it: free it for its desired owner.
+		in := make(map[backend.TopicPartition]bool, len(mine))
+		for _, tp := range mine {
+			in[tp] = true
+		}
+		orphaned := false
+		for tp, o := range s.owners {
+			if o.v.Owner == s.member && !in[tp] && !s.known[tp] {
+				s.released[tp] = true
+				orphaned = true
+			}
+		}
+		if orphaned {
+			s.poke()
+		}
 	}
 }
 
