@@ -329,6 +329,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 		defer func() { stopRetries(); <-retriesDone }()
 	}
 	workers := map[backend.TopicPartition]*worker{}
+	// Revoked partitions stop on their own goroutines, so that a slow
+	// handler never holds up heartbeats (the session would expire and the
+	// member's other partitions move while their workers run). Each is
+	// released once its worker stopped, or run again if it came back
+	// meanwhile.
+	stopping := map[backend.TopicPartition]bool{}
+	stopped := make(chan backend.TopicPartition)
+	want := map[backend.TopicPartition]bool{}
 	stopAll := func() {
 		var wg sync.WaitGroup
 		for tp, w := range workers {
@@ -337,7 +345,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 			delete(workers, tp)
 			c.setWorker(tp, nil)
 		}
+		for range stopping {
+			<-stopped
+		}
 		wg.Wait()
+	}
+	start := func(tp backend.TopicPartition) {
+		w := c.startWorker(s, tp)
+		workers[tp] = w
+		c.setWorker(tp, w)
+		c.kickRetries() // its due retries are this member's now
 	}
 	beat := time.NewTicker(c.cfg.heartbeat)
 	defer beat.Stop()
@@ -352,29 +369,34 @@ func (c *Consumer) Run(ctx context.Context) error {
 				return err
 			}
 			c.lastBeat.Store(time.Now().UnixNano())
+		case tp := <-stopped:
+			delete(stopping, tp)
+			if want[tp] {
+				start(tp) // assigned again while it stopped: still ours
+			} else {
+				s.Release(tp)
+			}
 		case tps, ok := <-s.Assignments():
 			if !ok {
 				stopAll()
 				return fmt.Errorf("consumer: member %s of %q: %w", c.cfg.member, c.group, backend.ErrSessionExpired)
 			}
-			want := map[backend.TopicPartition]bool{}
+			want = map[backend.TopicPartition]bool{}
 			for _, tp := range tps {
 				want[tp] = true
 			}
 			for tp, w := range workers {
 				if !want[tp] {
-					w.stop() // drains and commits before the partition moves
+					// It drains and commits before the partition moves.
 					delete(workers, tp)
 					c.setWorker(tp, nil)
-					s.Release(tp)
+					stopping[tp] = true
+					go func() { w.stop(); stopped <- tp }()
 				}
 			}
 			for tp := range want {
-				if workers[tp] == nil {
-					w := c.startWorker(s, tp)
-					workers[tp] = w
-					c.setWorker(tp, w)
-					c.kickRetries() // its due retries are this member's now
+				if workers[tp] == nil && !stopping[tp] {
+					start(tp)
 				}
 			}
 		}
