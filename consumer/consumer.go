@@ -112,8 +112,10 @@ func WithMaxBuffered(n int) Opt { return optFunc(func(c *cfg) { c.maxBuffered = 
 
 // WithMaxParkedKeys bounds the keys each partition holds parked behind a
 // dead letter or a scheduled retry (default 10000; the parked messages
-// themselves are in the DLQ, not in memory). At the bound, fetching from
-// the partition pauses until a key is released by a redrive.
+// themselves are in the DLQ, not in memory). At the bound, a message that
+// would park one more key waits — off the handler pool, at the head of its
+// key's lane, holding the partition's commit watermark — until a redrive
+// releases a key; other keys flow meanwhile.
 func WithMaxParkedKeys(n int) Opt { return optFunc(func(c *cfg) { c.maxParkedKeys = n }) }
 
 // WithRetryPolicy sets the retry policy (default retry.DefaultPolicy).

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
@@ -46,37 +45,59 @@ type blocker struct {
 	parked int
 }
 
-// roomToPark waits until m's key can be parked behind m — it is parked
-// already, or the partition holds fewer parked keys than the bound — and
-// parks it (reserving the slot, so concurrent failures cannot overshoot
-// the bound; m's lane runs nothing else of the key meanwhile). While it
-// waits, m waits in its lane like a retry: its key and the watermark wait
-// with it, other keys flow, and fetching goes on, so redriven copies
-// arrive and release keys. It returns false if the worker stopped first.
-func (w *worker) roomToPark(m *ferry.Message) bool {
+// reserveParkOrWait parks e's key behind e if the partition has room —
+// the key is parked already, or fewer keys are than the bound — reserving
+// the slot (so concurrent failures cannot overshoot the bound; e's lane
+// runs nothing else of the key meanwhile), and reports true. Otherwise it
+// sets e aside, with then as what to do once there is room, until a parked
+// key is released (resumeWaiting), and reports false. Both under one lock,
+// so a release cannot slip between the test and the wait.
+//
+// e waits off the handler pool, at the head of its lane: its key and the
+// watermark wait with it, other keys flow, and fetching goes on, so
+// redriven copies arrive, run and release keys. (Waiting on a pool
+// goroutine, as it once did, let as many waiting keys as the pool has
+// goroutines stop everything, the copies that would free them included.)
+// Messages without a key have no order to keep and always have room.
+func (w *worker) reserveParkOrWait(e *entry, then func() outcome) bool {
+	m := e.m
 	if m.Key == nil {
 		return true
 	}
-	warned := false
-	for {
-		w.mu.Lock()
-		_, already := w.parked[string(m.Key)]
-		n := len(w.parked)
-		if already || n < w.c.cfg.maxParkedKeys {
-			w.parked[string(m.Key)] = blocker{id: m.ID, offset: m.Offset}
-			w.mu.Unlock()
-			return true
-		}
+	w.mu.Lock()
+	if _, already := w.parked[string(m.Key)]; already || len(w.parked) < w.c.cfg.maxParkedKeys {
+		w.parked[string(m.Key)] = blocker{id: m.ID, offset: m.Offset}
 		w.mu.Unlock()
-		if !warned {
-			w.c.cfg.logger.Warn("parked-key bound reached; a failed message waits for a key to be released", "topic", w.tp.Topic, "partition", w.tp.Partition, "parked_keys", n, m.LogAttrs())
-			warned = true
+		return true
+	}
+	e.resume = then
+	w.roomWait = append(w.roomWait, e)
+	n := len(w.parked)
+	w.mu.Unlock()
+	w.c.cfg.logger.Warn("parked-key bound reached; a failed message waits for a key to be released", "topic", w.tp.Topic, "partition", w.tp.Partition, "parked_keys", n, m.LogAttrs())
+	return false
+}
+
+// resumeWaiting restarts, oldest first, the entries waiting for room to
+// park, as far as there is room now.
+func (w *worker) resumeWaiting() {
+	w.mu.Lock()
+	var ready []*entry
+	for len(w.roomWait) > 0 {
+		e := w.roomWait[0]
+		k := string(e.m.Key)
+		if _, already := w.parked[k]; !already && len(w.parked) >= w.c.cfg.maxParkedKeys {
+			break
 		}
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-w.ctx.Done():
-			return false
-		}
+		w.parked[k] = blocker{id: e.m.ID, offset: e.m.Offset}
+		w.roomWait = w.roomWait[1:]
+		ready = append(ready, e)
+	}
+	w.mu.Unlock()
+	for _, e := range ready {
+		// From a goroutine of its own: the caller may be a pool goroutine,
+		// and every other one may be busy.
+		go w.start(e)
 	}
 }
 
@@ -178,6 +199,7 @@ func (w *worker) releaseOrDrain(key []byte, b blocker) {
 	w.mu.Unlock()
 	if released {
 		w.c.emit(Event{Kind: EventReleased, Message: &ferry.Message{Topic: w.tp.Topic, Partition: w.tp.Partition, Key: key, ID: b.id}})
+		w.resumeWaiting()
 	}
 }
 

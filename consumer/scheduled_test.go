@@ -362,3 +362,49 @@ func TestRedriveOfACopyThatFailedAgain(t *testing.T) {
 		t.Fatalf("key handled as %s, want %s", got, want)
 	}
 }
+
+// At the parked-key bound, failed messages wait for room off the handler
+// pool: with a bound of 1 and a pool of 2, two keys waiting for room used
+// to hold both pool goroutines asleep, so neither the redriven copy that
+// would free a key nor any other key could run (issue 16, defect 5). Now
+// other keys flow while they wait, the copy runs, and the waiting keys
+// park in turn.
+func TestParkedKeyBoundDoesNotStopThePool(t *testing.T) {
+	b := newBackend(t)
+	if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec := &handling{}
+	var mu sync.Mutex
+	fixed := map[string]bool{}
+	handler := func(ctx context.Context, m *ferry.Message) error {
+		k, s, _ := cutKey(string(m.Payload))
+		mu.Lock()
+		ok := fixed[k]
+		mu.Unlock()
+		if k != "free" && s == "0" && !ok {
+			return ferry.Permanent(errors.New("poison"))
+		}
+		rec.record(m, Attempt(ctx))
+		return nil
+	}
+	startConsumer(t, b, handler, WithMaxParkedKeys(1), WithConcurrency(2))
+	publish(t, b, "a/0", "b/0", "c/0", "free/0", "free/1")
+	waitFor(t, "the free key while two keys wait for room to park", func() bool { return rec.handled("free/1") })
+	q := dlq.Open(b, "g.dlq")
+	entries, err := q.List(context.Background(), dlq.Filter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("DLQ: %d entries, %v; want the one parked key's", len(entries), err)
+	}
+	first := string(entries[0].Original.Key)
+	mu.Lock()
+	fixed[first] = true
+	mu.Unlock()
+	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte(first)}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the redriven key handled, and the next waiting key parked", func() bool {
+		entries, _ := q.List(context.Background(), dlq.Filter{})
+		return rec.handled(first+"/0") && len(entries) == 1 && string(entries[0].Original.Key) != first
+	})
+}

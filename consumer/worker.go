@@ -35,13 +35,27 @@ type worker struct {
 	ready     chan struct{}    // closed once init has set next, committed and parked
 	fenced    bool
 	parked    map[string]blocker // key -> the dead letter its later messages wait behind
+	roomWait  []*entry           // failed messages waiting for room to park their key, oldest first
 }
 
 type entry struct {
 	m      *ferry.Message
 	offset uint64
 	done   bool
+	// resume, when set, is what to do once the partition has room to
+	// park one more key: the message failed for good (or for long) while
+	// the parked-key bound was reached, and waits off the handler pool.
+	resume func() outcome
 }
+
+// outcome is how processing a message ended.
+type outcome int
+
+const (
+	handled   outcome = iota // handled or dead-lettered: the lane moves on
+	abandoned                // the worker stopped first: it will be redelivered
+	suspended                // waiting for room to park its key (see waitForRoom)
+)
 
 // lane holds the messages of one key waiting behind the one in flight.
 type lane struct{ waiting []*entry }
@@ -212,8 +226,11 @@ func (w *worker) start(e *entry) bool {
 func (w *worker) runLane(e *entry) {
 	defer w.wg.Done()
 	for e != nil {
-		if !w.process(e) {
-			return // abandoned: the lane stops; the partition is stopping
+		switch w.process(e) {
+		case abandoned:
+			return // the lane stops; the partition is stopping
+		case suspended:
+			return // e stays at its lane's head; resumeWaiting restarts it
 		}
 		e = w.finish(e)
 	}
@@ -299,9 +316,24 @@ func (w *worker) commit(ctx context.Context) {
 }
 
 // process runs the handler with retries until the message is handled or
-// dead-lettered (true), or the worker stops first (false: abandoned, it
-// will be redelivered).
-func (w *worker) process(e *entry) bool {
+// dead-lettered, or the worker stops first (abandoned: it will be
+// redelivered), or it must wait for room to park its key (suspended).
+func (w *worker) process(e *entry) outcome {
+	if r := e.resume; r != nil {
+		e.resume = nil
+		return r()
+	}
+	return w.processFresh(e)
+}
+
+func asOutcome(ok bool) outcome {
+	if ok {
+		return handled
+	}
+	return abandoned
+}
+
+func (w *worker) processFresh(e *entry) outcome {
 	c := w.c
 	var rng *rand.Rand // only failures need jitter
 	if eo := c.cfg.exactlyOnce; eo != nil {
@@ -310,7 +342,7 @@ func (w *worker) process(e *entry) bool {
 			// log already.
 			c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: 1})
 			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: 0})
-			return true
+			return handled
 		}
 	}
 	if w.isBlocker(e.m) {
@@ -318,16 +350,16 @@ func (w *worker) process(e *entry) bool {
 		// window (a crash or rebalance after it was dead-lettered): its
 		// outcome is in the DLQ, where it waits for a redrive.
 		c.cfg.logger.Info("skipping a redelivered dead letter: it waits in the DLQ", e.m.LogAttrs())
-		return true
+		return handled
 	}
 	if blocker, parked := w.parkedBehind(e.m); parked {
 		now := time.Now()
 		err := fmt.Errorf("key %q is parked behind dead letter %s", e.m.Key, blocker)
 		if !w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its blocker is redriven"}) {
-			return false
+			return abandoned
 		}
 		w.countParked(e.m.Key)
-		return true
+		return handled
 	}
 	// A redriven scheduled retry continues its count.
 	prior, first := priorAttempts(e.m)
@@ -346,14 +378,14 @@ func (w *worker) process(e *entry) bool {
 		if err == nil {
 			if !w.publishOutputs(e.m, out.msgs) {
 				c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt})
-				return false
+				return abandoned
 			}
 			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt, Duration: took})
-			return true
+			return handled
 		}
 		if w.ctx.Err() != nil {
 			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
-			return false
+			return abandoned
 		}
 		now := time.Now()
 		if first.IsZero() {
@@ -370,26 +402,35 @@ func (w *worker) process(e *entry) bool {
 			rng = rand.New(rand.NewPCG(c.cfg.seed, e.offset))
 		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
-		if (!d.Retry || (c.cfg.durableAfter > 0 && d.Delay >= c.cfg.durableAfter)) && !w.roomToPark(e.m) {
-			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
-			return false
-		}
-		if !d.Retry {
-			if !w.deadLetter(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}) {
-				return false
+		durable := c.cfg.durableAfter > 0 && d.Delay >= c.cfg.durableAfter
+		var park func() outcome
+		switch {
+		case !d.Retry:
+			f := failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}
+			park = func() outcome {
+				if !w.deadLetter(e.m, f) {
+					return abandoned
+				}
+				w.park(e.m)
+				return handled
 			}
-			w.park(e.m)
-			return true
+		case durable:
+			c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay, Duration: took})
+			f, delay := failure{attempts: attempt, first: first, last: now, err: err, class: d.Class}, d.Delay
+			park = func() outcome { return asOutcome(w.schedule(e.m, f, delay)) }
+		}
+		if park != nil {
+			if !w.reserveParkOrWait(e, park) {
+				return suspended
+			}
+			return park()
 		}
 		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay, Duration: took})
-		if t := c.cfg.durableAfter; t > 0 && d.Delay >= t {
-			return w.schedule(e.m, failure{attempts: attempt, first: first, last: now, err: err, class: d.Class}, d.Delay)
-		}
 		select {
 		case <-time.After(d.Delay):
 		case <-w.ctx.Done():
 			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
-			return false
+			return abandoned
 		}
 	}
 }
