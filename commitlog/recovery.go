@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -356,7 +357,7 @@ func trailingZeros(tail []byte, n int64) int64 {
 //     batch, damaged. Anything else — no header to go by, or bytes that are
 //     neither zeros nor a batch after its end — is corruption if a chain
 //     of valid batches anywhere after its first byte runs to the end of
-//     the segment's data (laterWrite).
+//     the segment's data (laterWriteIn).
 func (l *Log) isTornTail(tail []byte) bool {
 	if l.cfg.readOnly || l.cfg.durability != DurabilityAlways {
 		return true
@@ -384,7 +385,7 @@ func (l *Log) isTornTail(tail []byte) bool {
 			}
 		}
 	}
-	return nextValidBatch(tail[min(1, len(tail)):], laterWrite) < 0
+	return !laterWriteIn(tail[min(1, len(tail)):])
 }
 
 // batchEnds returns where the batch at the start of b ends according to
@@ -425,39 +426,79 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// laterWrite reports whether the valid batch at b[i:] starts a chain of
-// valid batches that runs to the end of the written data: the end of b,
-// zeros to it (written ahead), or a last batch cut short by it (torn).
-// That is what writes after a damaged batch leave; a batch carried inside
-// a message's payload is followed by the rest of the payload instead.
-func laterWrite(b []byte, i int) bool {
-	for i < len(b) {
-		n, err := peekBatchLength(b[i:])
+// laterWriteIn reports whether b holds a valid batch that starts a chain
+// of valid batches running to the end of the written data: the end of b,
+// zeros to it (written ahead), or a last write cut short by it (a batch
+// whose length runs past the end, or fewer bytes than a header that begin
+// like one). That is what the writes after a damaged batch leave; a batch
+// carried inside a message's payload is followed by the rest of the
+// payload instead.
+//
+// It costs one pass however the candidates nest: their CRCs come from
+// rangeCRCs, and whether each one's chain runs to the end is worked out
+// from the last candidate back, each once.
+func laterWriteIn(b []byte) bool {
+	cands := candidateBatches(b)
+	if len(cands) == 0 {
+		return false
+	}
+	lastNonZero := len(b) - 1
+	for lastNonZero >= 0 && b[lastNonZero] == 0 {
+		lastNonZero--
+	}
+	var magic [4]byte
+	binary.LittleEndian.PutUint32(magic[:], batchMagic)
+	// endsData reports whether the data from i on is an end: nothing or
+	// zeros, or a last write cut short — the first bytes of a header with
+	// only zeros after them, a batch whose length runs past the end, or a
+	// damaged batch with only zeros after it.
+	endsData := func(i int) bool {
 		switch {
-		case err != nil:
-			return allZero(b[i:])
-		case int(n) > len(b)-i:
-			return true // a last write, torn
-		}
-		if _, err := decodeBatchHeader(b[i : i+int(n)]); err != nil {
+		case i > lastNonZero:
+			return true
+		case lastNonZero < i+batchHeaderSize:
+			return bytes.HasPrefix(magic[:], b[i:min(i+4, lastNonZero+1)])
+		case binary.LittleEndian.Uint32(b[i:]) != batchMagic:
 			return false
 		}
-		i += int(n)
+		end := i + int(binary.LittleEndian.Uint32(b[i+4:]))
+		return end >= i+batchHeaderSize && (end > len(b) || end > lastNonZero)
 	}
-	return true
+	reaches := make(map[int]bool, len(cands))
+	for k := len(cands) - 1; k >= 0; k-- {
+		c := cands[k]
+		if !c.valid {
+			continue
+		}
+		end := c.at + c.n
+		r := endsData(end)
+		if !r {
+			r = reaches[end] // a valid batch right after it, whose chain runs on
+		}
+		reaches[c.at] = r
+	}
+	for _, c := range cands {
+		if c.valid && reaches[c.at] {
+			return true
+		}
+	}
+	return false
 }
 
-// nextValidBatch returns the position of the first complete, checksummed
-// batch in b that accept (if not nil) takes, given b and the position, or
-// -1. It costs one pass over b however many positions look like a header
-// (see rangeCRCs).
-func nextValidBatch(b []byte, accept func(b []byte, at int) bool) int {
-	var starts []int
+// candidate is a position of b where a batch could start, and whether one
+// does (its CRC matches).
+type candidate struct {
+	at, n int
+	valid bool
+}
+
+// candidateBatches finds every position where a complete batch could
+// start — magic, a length that fits, the version, at least one section —
+// and checks all their CRCs in one pass (see rangeCRCs).
+func candidateBatches(b []byte) []candidate {
+	var cands []candidate
 	var spans [][2]int
 	for i := 0; i+batchHeaderSize <= len(b); i++ {
-		// Cheap checks first, so that a CRC is wanted only where a header
-		// could start: magic, a length that fits, the version, and at
-		// least one section.
 		if b[i] != byte(batchMagic&0xff) || binary.LittleEndian.Uint32(b[i:]) != batchMagic {
 			continue
 		}
@@ -465,20 +506,25 @@ func nextValidBatch(b []byte, accept func(b []byte, at int) bool) int {
 		if err != nil || int64(n) > int64(len(b)-i) || b[i+12] != batchVersion || b[i+14] == 0 && b[i+15] == 0 {
 			continue
 		}
-		starts = append(starts, i)
+		cands = append(cands, candidate{at: i, n: int(n)})
 		spans = append(spans, [2]int{i + 12, i + int(n)})
 	}
-	if len(starts) == 0 {
-		return -1
+	if len(cands) == 0 {
+		return nil
 	}
-	crcs := rangeCRCs(b, spans)
-	for k, i := range starts {
-		if crcs[k] != binary.LittleEndian.Uint32(b[i+8:]) {
-			continue
-		}
-		n := spans[k][1] - i
-		if _, err := decodeBatchHeader(b[i : i+n]); err == nil && (accept == nil || accept(b, i)) {
-			return i
+	for k, crc := range rangeCRCs(b, spans) {
+		cands[k].valid = crc == binary.LittleEndian.Uint32(b[cands[k].at+8:])
+	}
+	return cands
+}
+
+// nextValidBatch returns the position of the first complete, checksummed
+// batch in b, or -1. It costs one pass over b however many positions look
+// like a header (see candidateBatches).
+func nextValidBatch(b []byte) int {
+	for _, c := range candidateBatches(b) {
+		if c.valid {
+			return c.at
 		}
 	}
 	return -1

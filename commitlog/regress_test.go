@@ -780,7 +780,7 @@ func TestRegress11TornBatchHoldingABatch(t *testing.T) {
 	f.ReadAt(segBytes, 0)
 	f.Close()
 	ls.Close()
-	if nextValidBatch(segBytes, nil) < 0 {
+	if nextValidBatch(segBytes) < 0 {
 		t.Fatal("setup: no valid batch in the payload")
 	}
 

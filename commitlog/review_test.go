@@ -209,7 +209,7 @@ func TestReviewTornBatchCarryingForeignBatch(t *testing.T) {
 	fm := &ferry.Message{ID: ferry.NewID(), Offset: 1000, Time: time.Unix(1, 0), Payload: []byte("other log")}
 	foreign = encodeSection(foreign, 77, 0, []*ferry.Message{fm}, 1)
 	putBatchHeader(foreign, 0, 1, 1)
-	if nextValidBatch(foreign, nil) != 0 {
+	if nextValidBatch(foreign) != 0 {
 		t.Fatal("setup: not a valid batch")
 	}
 	mem := vfs.NewMemFS()
