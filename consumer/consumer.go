@@ -278,6 +278,12 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 		o.apply(&c)
 	}
 	c.policy = c.policy.WithDefaults()
+	if c.breaker != nil {
+		// The option's settings are shared by every consumer made with it;
+		// validate fills in this one's threshold.
+		bs := *c.breaker
+		c.breaker = &bs
+	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -324,6 +330,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 	pool := c.startPool()
 	defer pool()
+	wctx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); c.watchPurges(wctx) }()
+	defer func() { stopWatch(); <-watchDone }()
 	if c.cfg.durableAfter > 0 {
 		rctx, stopRetries := context.WithCancel(ctx)
 		retriesDone := make(chan struct{})

@@ -192,6 +192,13 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 		}
 		out := &ferry.Message{ID: ferry.DeriveID("redrive", q.topic, e.Record.ID), Topic: to, Key: e.Original.Key, Payload: e.Original.Payload,
 			Headers: redriveHeaders(e.Original)}
+		if o.To == "" {
+			// Back to the partition it came from, whatever its key hashes
+			// to: that is where its key is parked (a message published to
+			// a chosen partition would otherwise come back elsewhere and
+			// leave the key parked for good).
+			out.Partition, out.PinPartition = e.Original.Partition, true
+		}
 		if err := q.publishWithMarker(ctx, out, q.marker(e, StateRedriven)); err != nil {
 			return i, fmt.Errorf("dlq: redrive %s to %q: %w", e.Original.ID, to, err)
 		}
