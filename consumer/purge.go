@@ -19,7 +19,14 @@ import (
 // usual. (Purges made while no consumer ran need nothing: a partition's
 // parked keys are loaded from the dead entries when it starts.)
 
-// watchPurges follows the DLQ topic from its end until ctx ends.
+// purgePoll is how often watchPurges looks at the end of the DLQ topic.
+const purgePoll = 250 * time.Millisecond
+
+// watchPurges follows the DLQ topic from its end until ctx ends. It looks
+// at the topic's end and fetches only what is there: a fetch that waits
+// for new records would hold, on backends that share one fetcher per
+// partition (Kafka, JetStream), every other reader of the DLQ — the
+// worker releasing a key among them.
 func (c *Consumer) watchPurges(ctx context.Context) {
 	tp := backend.TopicPartition{Topic: c.cfg.dlqTopic, Partition: 0}
 	var off uint64
@@ -29,14 +36,21 @@ func (c *Consumer) watchPurges(ctx context.Context) {
 			off = end
 			break
 		}
-		if !sleepCtx(ctx, 100*time.Millisecond) {
+		if !sleepCtx(ctx, purgePoll) {
 			return
 		}
 	}
 	for {
+		_, end, err := c.b.Bounds(ctx, tp)
+		if err != nil || end <= off {
+			if !sleepCtx(ctx, purgePoll) {
+				return
+			}
+			continue
+		}
 		res, err := c.b.Fetch(ctx, tp, off, 1000)
 		if err != nil {
-			if !sleepCtx(ctx, 100*time.Millisecond) {
+			if !sleepCtx(ctx, purgePoll) {
 				return
 			}
 			continue
@@ -90,12 +104,19 @@ func (w *worker) reevaluate(purged map[ferry.ID]bool) {
 		}
 	}
 	w.mu.Unlock()
-	if len(stale) == 0 {
-		return
+	if len(stale) > 0 {
+		w.refreshKeys(stale)
 	}
+}
+
+// refreshKeys re-reads the given parked keys from the DLQ: a key whose
+// blocker is no longer dead is parked behind its first dead entry, or
+// released if it has none. A key whose blocker changed since stale was
+// taken is left as it is.
+func (w *worker) refreshKeys(stale map[string]blocker) {
 	entries, err := dlq.Open(w.c.b, w.c.cfg.dlqTopic).List(w.ctx, dlq.Filter{SourceTopic: w.tp.Topic})
 	if err != nil {
-		w.c.cfg.logger.Warn("re-reading keys parked behind purged dead letters failed; they stay parked until a restart", "topic", w.tp.Topic, "partition", w.tp.Partition, "err", err)
+		w.c.cfg.logger.Warn("re-reading parked keys from the DLQ failed; they stay parked until the next purge, redrive or restart", "topic", w.tp.Topic, "partition", w.tp.Partition, "err", err)
 		return
 	}
 	left := map[string][]dlq.Entry{}
@@ -109,11 +130,13 @@ func (w *worker) reevaluate(purged map[ferry.ID]bool) {
 	var released [][]byte
 	w.mu.Lock()
 	for k, was := range stale {
-		if cur, ok := w.parked[k]; !ok || cur != was {
+		if cur, ok := w.parked[k]; !ok || cur.id != was.id || cur.drainUntil != was.drainUntil {
 			continue // changed meanwhile
 		}
 		if dead := left[k]; len(dead) > 0 {
-			w.parked[k] = blocker{id: dead[0].Original.ID, offset: dead[0].Original.Offset, parked: len(dead) - 1}
+			if dead[0].Original.ID != was.id {
+				w.parked[k] = blocker{id: dead[0].Original.ID, offset: dead[0].Original.Offset, parked: len(dead) - 1}
+			}
 			continue
 		}
 		delete(w.parked, k)
