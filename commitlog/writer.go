@@ -347,10 +347,8 @@ func (l *Log) run() {
 	}
 	l.scratch.byPart = map[*partition]*bucket{}
 	for {
-		var first *request
-		if l.scratch.carry != nil {
-			first, l.scratch.carry = l.scratch.carry, nil
-		} else {
+		first := l.takeCarry()
+		if first == nil {
 			select {
 			case first = <-l.reqs:
 			case <-tick:
@@ -384,10 +382,8 @@ func (l *Log) run() {
 // runs are finished by Close (see enqueue).
 func (l *Log) drainOnStop() {
 	for {
-		var r *request
-		if l.scratch.carry != nil {
-			r, l.scratch.carry = l.scratch.carry, nil
-		} else {
+		r := l.takeCarry()
+		if r == nil {
 			select {
 			case r = <-l.reqs:
 			default:
@@ -396,6 +392,14 @@ func (l *Log) drainOnStop() {
 		}
 		l.process(l.collect(r))
 	}
+}
+
+// takeCarry returns the request collect held back for the next group, if
+// any, and forgets it.
+func (l *Log) takeCarry() *request {
+	r := l.scratch.carry
+	l.scratch.carry = nil
+	return r
 }
 
 // waiters counts the requests of g whose callers wait for the outcome
