@@ -57,6 +57,7 @@ func Run(t *testing.T, h Harness) {
 		fn   func(*testing.T, Harness)
 	}{
 		{"PublishFetch", testPublishFetch},
+		{"ConcurrentFetchesOfOnePartition", testConcurrentFetches},
 		{"KeyToPartition", testKeyToPartition},
 		{"Dedup", testDedup},
 		{"ReplayFromOffsetAndTime", testReplay},
@@ -124,6 +125,50 @@ func readAll(t *testing.T, b backend.Backend, tp backend.TopicPartition, from ui
 		off = res.Next
 	}
 	return out
+}
+
+// testConcurrentFetches reads one partition twice at once: one fetch
+// waits at the end for new messages (a consumer, or a DLQ follower),
+// another reads from the start (a second group, a DLQ scan). The second
+// must not wait for the first (backends that shared one reader per
+// partition held it through the first's wait: issue 16, defect 12).
+func testConcurrentFetches(t *testing.T, h Harness) {
+	b := h.New(t)
+	ctx := ctxFor(t)
+	ensure(t, b, "cf", 1)
+	for i := range 5 {
+		if err := b.Publish(ctx, msg("cf", "k", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tp := backend.TopicPartition{Topic: "cf", Partition: 0}
+	_, end, err := b.Bounds(ctx, tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := b.Fetch(waitCtx, tp, end, 10) // nothing there: waits
+		waiting <- err
+	}()
+	defer func() { stopWaiting(); <-waiting }()
+	for range 3 {
+		// Bounded so that a fetch stuck behind the waiting one fails the
+		// test instead of hanging it (the waiting one never ends by
+		// itself).
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		res, err := b.Fetch(rctx, tp, 0, 10)
+		cancel()
+		if err != nil || len(res.Messages) != 5 {
+			t.Fatalf("a fetch from the start beside one waiting at the end: %d messages, %v", len(res.Messages), err)
+		}
+	}
+	select {
+	case err := <-waiting:
+		t.Fatalf("the fetch waiting at the end returned: %v", err)
+	default:
+	}
 }
 
 func testPublishFetch(t *testing.T, h Harness) {

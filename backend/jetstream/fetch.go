@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,16 +16,23 @@ func base64Encode(b []byte) string { return base64.RawURLEncoding.EncodeToString
 
 func base64Decode(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
 
-// puller reads one partition: an ordered consumer (which rebuilds itself
-// after a server restart) positioned where the runtime reads, and the
-// messages it delivered that were not returned yet (beyond max, or not
-// due before their NotBefore).
+// puller reads one partition for one caller at a time (see
+// backend.Pullers): an ordered consumer (which rebuilds itself after a
+// server restart) positioned where its caller reads, and the messages it
+// delivered that were not returned yet (beyond max, or not due before
+// their NotBefore).
 type puller struct {
-	mu   sync.Mutex
 	cons jetstream.Consumer
 	next uint64 // the offset the caller reads next
 	held []*ferry.Message
 }
+
+// Position implements backend.Puller.
+func (p *puller) Position() uint64 { return p.next }
+
+// Close implements backend.Puller: the server deletes the ordered
+// consumer once it is idle.
+func (p *puller) Close() { p.drop() }
 
 // Fetch implements backend.Backend. Messages with a NotBefore in the
 // future are held back, and so is everything after them in the
@@ -35,17 +41,11 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 	if max <= 0 {
 		max = 500
 	}
-	b.mu.Lock()
-	p := b.pullers[tp]
-	if p == nil {
+	p, ok := b.pullers.Take(tp, offset)
+	if !ok {
 		p = &puller{}
-		b.pullers[tp] = p
 	}
-	b.mu.Unlock()
-	// One goroutine reads a partition at a time in the runtime; the lock
-	// keeps a second reader safe.
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer b.pullers.Put(tp, p)
 	if p.cons == nil || offset != p.next {
 		if err := b.position(ctx, p, tp, offset); err != nil {
 			return backend.Fetched{Next: offset}, err

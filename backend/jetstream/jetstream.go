@@ -62,7 +62,7 @@ type Backend struct {
 
 	mu         sync.Mutex
 	partitions map[string]int // topic -> partition count
-	pullers    map[backend.TopicPartition]*puller
+	pullers    backend.Pullers[*puller]
 	closed     bool
 }
 
@@ -118,7 +118,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	b := &Backend{nc: nc, js: js, cfg: c, partitions: map[string]int{}, pullers: map[backend.TopicPartition]*puller{}}
+	b := &Backend{nc: nc, js: js, cfg: c, partitions: map[string]int{}}
 	if b.topics, err = b.bucket(ctx, c.prefix+"_topics"); err != nil {
 		return nil, err
 	}
@@ -418,6 +418,6 @@ func (b *Backend) Close() error {
 		return ferry.ErrClosed
 	}
 	b.closed = true
-	b.pullers = map[backend.TopicPartition]*puller{} // the server deletes idle consumers
+	b.pullers.Close() // the server deletes idle consumers
 	return nil
 }

@@ -61,7 +61,7 @@ type Backend struct {
 
 	mu      sync.Mutex
 	parts   map[string]int
-	pullers map[backend.TopicPartition]*puller
+	pullers backend.Pullers[*puller]
 	closed  bool
 }
 
@@ -124,7 +124,7 @@ func New(ctx context.Context, seeds []string, opts ...Option) (*Backend, error) 
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	b := &Backend{seeds: seeds, cfg: c, prod: prod, adm: kadm.NewClient(prod), parts: map[string]int{}, pullers: map[backend.TopicPartition]*puller{}}
+	b := &Backend{seeds: seeds, cfg: c, prod: prod, adm: kadm.NewClient(prod), parts: map[string]int{}}
 	if err := prod.Ping(ctx); err != nil {
 		prod.Close()
 		return nil, fmt.Errorf("kafka: brokers %v unreachable: %w", seeds, err)
@@ -371,14 +371,8 @@ func (b *Backend) Close() error {
 		return ferry.ErrClosed
 	}
 	b.closed = true
-	pullers := b.pullers
-	b.pullers = nil
 	b.mu.Unlock()
-	for _, p := range pullers {
-		p.mu.Lock()
-		p.close()
-		p.mu.Unlock()
-	}
+	b.pullers.Close()
 	b.prod.Close()
 	b.txnMu.Lock()
 	if b.txnProd != nil {
@@ -388,10 +382,10 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// puller reads one partition with a client of its own, positioned where
-// the runtime reads.
+// puller reads one partition for one caller at a time (see
+// backend.Pullers), with a client of its own positioned where its caller
+// reads.
 type puller struct {
-	mu     sync.Mutex
 	cl     *kgo.Client
 	next   uint64           // where the runtime reads next
 	held   []*ferry.Message // polled, not returned yet (not due, or over max)
@@ -405,24 +399,28 @@ func (p *puller) close() {
 	p.cl, p.held = nil, nil
 }
 
+// Position implements backend.Puller.
+func (p *puller) Position() uint64 { return p.next }
+
+// Close implements backend.Puller.
+func (p *puller) Close() { p.close() }
+
 // Fetch implements backend.Backend.
 func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
 	if max <= 0 {
 		max = 500
 	}
 	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
 		return backend.Fetched{Next: offset}, ferry.ErrClosed
 	}
-	p := b.pullers[tp]
-	if p == nil {
+	p, ok := b.pullers.Take(tp, offset)
+	if !ok {
 		p = &puller{}
-		b.pullers[tp] = p
 	}
-	b.mu.Unlock()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer b.pullers.Put(tp, p)
 	if p.cl == nil || offset != p.next {
 		p.close()
 		cl, err := kgo.NewClient(append([]kgo.Opt{
