@@ -265,9 +265,13 @@ func (s *session) run(ctx context.Context, w jetstream.KeyWatcher) {
 			}
 			if e != nil {
 				s.observe(e)
+				// Drain what else arrived before acting.
+				continue
 			}
-			// Drain what else arrived before acting.
-			continue
+			// The end of the initial values: the view is complete, so act
+			// now rather than at the next tick (a quarter of the session
+			// timeout, which every member waited for its first
+			// assignment).
 		case <-s.wake:
 		case <-t.C:
 		}

@@ -139,3 +139,30 @@ func TestConformanceRealServer(t *testing.T) {
 		New: func(t *testing.T) backend.Backend { return connect(t, url, true) },
 	})
 }
+
+// A member that joins an idle group gets its first assignment as soon as
+// it has read the group's state, not at the next heartbeat tick (a
+// quarter of the session timeout: 15 s here, 2.5 s with the default,
+// which every member used to wait; issue 16, defect 12).
+func TestFirstAssignmentWithoutWaitingForATick(t *testing.T) {
+	ns := startServer(t)
+	b := connect(t, ns.url(), false, jetstream.WithSessionTimeout(time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := b.EnsureTopic(ctx, "first", 2); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Join(ctx, "g", "m", []string{"first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Leave()
+	select {
+	case tps := <-s.Assignments():
+		if len(tps) != 2 {
+			t.Fatalf("first assignment %v, want both partitions", tps)
+		}
+	case <-time.After(10 * time.Second): // well before the 15 s tick
+		t.Fatal("no assignment before the heartbeat tick")
+	}
+}
