@@ -225,25 +225,35 @@ func redriveHeaders(orig *ferry.Message) []ferry.Header {
 }
 
 // wholeKeys lists the dead entries matching f plus every dead entry that
-// shares a key with one of them, in dead-letter order.
+// shares a key with one of them, in dead-letter order. A key is one
+// group's, in one source partition: two groups sharing a DLQ topic park
+// their keys apart, and each releases its own.
 func (q *Queue) wholeKeys(ctx context.Context, f Filter) ([]Entry, error) {
 	all, err := q.List(ctx, Filter{})
 	if err != nil {
 		return nil, err
 	}
-	keys := map[string]bool{}
+	type keyOf struct {
+		group, topic string
+		partition    int32
+		key          string
+	}
+	id := func(e Entry) keyOf {
+		return keyOf{e.Group, e.Original.Topic, e.Original.Partition, string(e.Original.Key)}
+	}
+	keys := map[keyOf]bool{}
 	chosen := map[int]bool{}
 	for i, e := range all {
 		if f.Match(e) {
 			chosen[i] = true
 			if e.Original.Key != nil {
-				keys[e.Original.Topic+"\x00"+string(e.Original.Key)] = true
+				keys[id(e)] = true
 			}
 		}
 	}
 	var out []Entry
 	for i, e := range all {
-		if chosen[i] || (e.Original.Key != nil && keys[e.Original.Topic+"\x00"+string(e.Original.Key)]) {
+		if chosen[i] || (e.Original.Key != nil && keys[id(e)]) {
 			out = append(out, e)
 		}
 	}

@@ -163,3 +163,43 @@ func TestPurgeAndFilters(t *testing.T) {
 		t.Fatalf("negative rate: %v", err)
 	}
 }
+
+// A redrive moves whole keys, but a key is one group's: two groups that
+// share a DLQ topic park the same key apart, and redriving one group's
+// entries must not send the other's along (it would release, or
+// duplicate, what the other group still holds parked).
+func TestRedriveKeepsGroupsApart(t *testing.T) {
+	ctx := context.Background()
+	b, _ := setup(t)
+	for _, tp := range []string{"orders", "shared.dlq"} {
+		if err := b.EnsureTopic(ctx, tp, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := dlq.Open(b, "shared.dlq")
+	for _, g := range []string{"billing", "shipping"} {
+		m := &ferry.Message{ID: ferry.NewID(), Topic: "orders", Key: []byte("k"), Payload: []byte(g)}
+		e := dlq.NewEntry(m, "shared.dlq", dlq.Failure{Group: g, Handler: "h", Attempts: 1, First: time.Now(), Last: time.Now(), Err: errors.New("poison"), Class: retry.ClassPermanent})
+		if err := b.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := q.List(ctx, dlq.Filter{})
+	if err != nil || len(all) != 2 {
+		t.Fatalf("setup: %d entries, %v", len(all), err)
+	}
+	var billing ferry.ID
+	for _, e := range all {
+		if e.Group == "billing" {
+			billing = e.Original.ID
+		}
+	}
+	n, err := q.Redrive(ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: []ferry.ID{billing}}})
+	if err != nil || n != 1 {
+		t.Fatalf("redrive of billing's entry moved %d entries (%v), want 1: shipping's entry of the same key went along", n, err)
+	}
+	left, _ := q.List(ctx, dlq.Filter{})
+	if len(left) != 1 || left[0].Group != "shipping" {
+		t.Fatalf("left in the DLQ: %v, want shipping's entry", left)
+	}
+}
