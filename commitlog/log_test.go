@@ -344,7 +344,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		text string
 	}{
 		{"oversize", func() error { return l.Append(ctx, msg("t", "", strings.Repeat("x", 2000))) }, ferry.ErrInvalidArgument, "limit is 1024"},
-		{"bad topic name", func() error { return l.Append(ctx, msg("bad topic", "", "x")) }, ferry.ErrInvalidArgument, "allowed are letters"},
+		{"bad topic name", func() error { return l.Append(ctx, msg("bad topic", "", "x")) }, ferry.ErrInvalidArgument, "allowed are ASCII letters"},
 		{"reserved name", func() error { return l.CreateTopic(ctx, "__x", TopicConfig{}) }, ferry.ErrInvalidArgument, "reserved"},
 		{"empty name", func() error { return l.CreateTopic(ctx, "", TopicConfig{}) }, ferry.ErrInvalidArgument, "empty topic name"},
 		{"too many partitions", func() error { return l.CreateTopic(ctx, "big", TopicConfig{Partitions: 5000}) }, ferry.ErrInvalidArgument, "5000 partitions"},
@@ -643,5 +643,14 @@ func TestDedupAgesByAppendTimeNotMessageTime(t *testing.T) {
 	b := &Batch{Messages: []*ferry.Message{{ID: origs[0].ID, Topic: "t", Key: origs[0].Key, Payload: []byte("x")}}}
 	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 0 {
 		t.Fatalf("past the window: err=%v dups=%d", err, b.Duplicates)
+	}
+}
+
+// A topic name with a non-ASCII letter is refused naming that letter (not
+// the first byte of its encoding) and saying that letters means ASCII.
+func TestTopicNameErrorNamesTheCharacter(t *testing.T) {
+	err := ValidateTopicName("zamówienia")
+	if err == nil || !strings.Contains(err.Error(), "'ó' at byte 3") || !strings.Contains(err.Error(), "ASCII letters") {
+		t.Fatalf("ValidateTopicName(zamówienia): %v", err)
 	}
 }

@@ -87,10 +87,9 @@ func ValidateTopicName(name string) error {
 	if len(name) >= 2 && name[:2] == "__" {
 		return fmt.Errorf("%w: topic name %q: names starting with \"__\" are reserved", ferry.ErrInvalidArgument, name)
 	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
+	for i, c := range name {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%w: topic name %q has %q at byte %d: allowed are letters, digits, '.', '_' and '-'", ferry.ErrInvalidArgument, name, c, i)
+			return fmt.Errorf("%w: topic name %q has %q at byte %d: allowed are ASCII letters, digits, '.', '_' and '-'", ferry.ErrInvalidArgument, name, c, i)
 		}
 	}
 	return nil

@@ -113,7 +113,7 @@ func TestBadInputExitCodes(t *testing.T) {
 		{dir, []string{"produce", "orders", "-H", "novalue", "x"}, "want NAME=VALUE"},
 		{dir, []string{"produce", "orders", "--file", big}, "the limit is 1048576"},
 		{dir, []string{"produce", "orders", "-p", "5", "x"}, "partitions 0 to 0"},
-		{dir, []string{"topics", "create", "bad/name"}, "allowed are letters"},
+		{dir, []string{"topics", "create", "bad/name"}, "allowed are ASCII letters"},
 		{dir, []string{"topics", "create", "orders"}, "already exists"},
 		{dir, []string{"groups", "describe", "nobody"}, `no consumer group "nobody"`},
 		{dir, []string{"dlq", "list"}, "--group"},
