@@ -442,6 +442,9 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 		if len(p.held) == 0 {
 			fs := p.cl.PollRecords(ctx, max)
 			if err := ctx.Err(); err != nil {
+				// The client may have polled records it will not give
+				// again: it is past the position this puller claims.
+				p.close()
 				return backend.Fetched{Next: offset}, err
 			}
 			var ferr error
