@@ -235,19 +235,7 @@ func TestParkedKeysBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &handling{}
-	var mu sync.Mutex
-	fixed := map[string]bool{}
-	handler := func(ctx context.Context, m *ferry.Message) error {
-		k, s, _ := cutKey(string(m.Payload))
-		mu.Lock()
-		ok := fixed[k]
-		mu.Unlock()
-		if k != "free" && s == "0" && !ok {
-			return ferry.Permanent(errors.New("poison"))
-		}
-		rec.record(m, Attempt(ctx))
-		return nil
-	}
+	handler, fix := poisonUntilFixed(rec)
 	c, _ := startConsumer(t, b, handler, WithMaxParkedKeys(2))
 	publish(t, b, "a/0", "a/1", "b/0", "b/1", "c/0", "c/1", "free/0", "free/1", "free/2")
 	waitFor(t, "the free key", func() bool { return rec.handled("free/2") })
@@ -274,9 +262,7 @@ func TestParkedKeysBounded(t *testing.T) {
 	for k := range keys {
 		release = k
 	}
-	mu.Lock()
-	fixed[release] = true
-	mu.Unlock()
+	fix(release)
 	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte(release)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -375,9 +361,33 @@ func TestParkedKeyBoundDoesNotStopThePool(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &handling{}
+	handler, fix := poisonUntilFixed(rec)
+	startConsumer(t, b, handler, WithMaxParkedKeys(1), WithConcurrency(2))
+	publish(t, b, "a/0", "b/0", "c/0", "free/0", "free/1")
+	waitFor(t, "the free key while two keys wait for room to park", func() bool { return rec.handled("free/1") })
+	q := dlq.Open(b, "g.dlq")
+	entries, err := q.List(context.Background(), dlq.Filter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("DLQ: %d entries, %v; want the one parked key's", len(entries), err)
+	}
+	first := string(entries[0].Original.Key)
+	fix(first)
+	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte(first)}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the redriven key handled, and the next waiting key parked", func() bool {
+		entries, _ := q.List(context.Background(), dlq.Filter{})
+		return rec.handled(first+"/0") && len(entries) == 1 && string(entries[0].Original.Key) != first
+	})
+}
+
+// poisonUntilFixed returns a handler that fails message 0 of every key but
+// "free" permanently until fix is called for its key, recording what it
+// handles in rec.
+func poisonUntilFixed(rec *handling) (Handler, func(key string)) {
 	var mu sync.Mutex
 	fixed := map[string]bool{}
-	handler := func(ctx context.Context, m *ferry.Message) error {
+	h := func(ctx context.Context, m *ferry.Message) error {
 		k, s, _ := cutKey(string(m.Payload))
 		mu.Lock()
 		ok := fixed[k]
@@ -388,23 +398,9 @@ func TestParkedKeyBoundDoesNotStopThePool(t *testing.T) {
 		rec.record(m, Attempt(ctx))
 		return nil
 	}
-	startConsumer(t, b, handler, WithMaxParkedKeys(1), WithConcurrency(2))
-	publish(t, b, "a/0", "b/0", "c/0", "free/0", "free/1")
-	waitFor(t, "the free key while two keys wait for room to park", func() bool { return rec.handled("free/1") })
-	q := dlq.Open(b, "g.dlq")
-	entries, err := q.List(context.Background(), dlq.Filter{})
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("DLQ: %d entries, %v; want the one parked key's", len(entries), err)
+	return h, func(key string) {
+		mu.Lock()
+		fixed[key] = true
+		mu.Unlock()
 	}
-	first := string(entries[0].Original.Key)
-	mu.Lock()
-	fixed[first] = true
-	mu.Unlock()
-	if _, err := q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte(first)}}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the redriven key handled, and the next waiting key parked", func() bool {
-		entries, _ := q.List(context.Background(), dlq.Filter{})
-		return rec.handled(first+"/0") && len(entries) == 1 && string(entries[0].Original.Key) != first
-	})
 }
