@@ -27,6 +27,7 @@ import (
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/idempotency"
 	"github.com/ferrymq/ferry/retry"
 )
@@ -199,7 +200,8 @@ type Consumer struct {
 
 	breaker *breaker // nil without WithCircuitBreaker
 
-	rescan chan struct{} // wakes the retry loop (scheduled.go)
+	index  *dlq.Index    // the group's DLQ, followed by followDLQ (settle.go)
+	rescan chan struct{} // wakes followDLQ
 
 	running  atomic.Bool  // Run is running
 	lastBeat atomic.Int64 // unix nanoseconds of the last successful heartbeat
@@ -235,10 +237,9 @@ func (c *Consumer) Stats() Stats {
 		st.Buffered += w.buffered
 		st.Pending += len(w.pending)
 		st.Keys += len(w.lanes)
-		st.ParkedKeys += len(w.parked)
-		for _, b := range w.parked {
-			st.ParkedMessages += b.parked
-		}
+		keys, entries := c.index.Parked(w.pk())
+		st.ParkedKeys += keys
+		st.ParkedMessages += entries - keys
 		for _, l := range w.lanes {
 			st.Waiting += len(l.waiting)
 		}
@@ -296,7 +297,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	for i := len(c.middleware) - 1; i >= 0; i-- {
 		h = c.middleware[i](h)
 	}
-	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, rescan: make(chan struct{}, 1)}
+	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, rescan: make(chan struct{}, 1), index: dlq.NewIndex(b, c.dlqTopic)}
 	if c.breaker != nil {
 		cons.breaker = newBreaker(c.handlerName, c.breaker, func(from, to string) {
 			c.logger.Warn("circuit breaker changed state", "handler", c.handlerName, "from", from, "to", to)
@@ -330,16 +331,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 	pool := c.startPool()
 	defer pool()
-	wctx, stopWatch := context.WithCancel(ctx)
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); c.watchPurges(wctx) }()
-	defer func() { stopWatch(); <-watchDone }()
-	if c.cfg.durableAfter > 0 {
-		rctx, stopRetries := context.WithCancel(ctx)
-		retriesDone := make(chan struct{})
-		go func() { defer close(retriesDone); c.retryLoop(rctx) }()
-		defer func() { stopRetries(); <-retriesDone }()
-	}
+	fctx, stopFollow := context.WithCancel(ctx)
+	followDone := make(chan struct{})
+	go func() { defer close(followDone); c.followDLQ(fctx) }()
+	defer func() { stopFollow(); <-followDone }()
 	workers := map[backend.TopicPartition]*worker{}
 	// Revoked partitions stop on their own goroutines, so that a slow
 	// handler never holds up heartbeats (the session would expire and the
@@ -366,7 +361,6 @@ func (c *Consumer) Run(ctx context.Context) error {
 		w := c.startWorker(s, tp)
 		workers[tp] = w
 		c.setWorker(tp, w)
-		c.kickRetries() // its due retries are this member's now
 	}
 	beat := time.NewTicker(c.cfg.heartbeat)
 	defer beat.Stop()

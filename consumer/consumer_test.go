@@ -255,19 +255,15 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 			}
 		}
 	}
-	// G2: every message ended handled or dead-lettered, never both.
-	for _, m := range msgs {
-		if chk.handled[m.ID] > 0 && chk.dead[m.ID] > 0 {
-			t.Errorf("message %s both handled and dead-lettered", m.ID)
-		}
-	}
 	redriven := 0
 	// The DLQ holds each dead letter once, with why it failed.
 	deadLetters := readTopic(t, b, "g.dlq")
 	seen := map[string]bool{}
 	for _, d := range deadLetters {
-		if _, marker := d.Header(dlq.HeaderState); marker {
-			redriven++
+		if state, marker := d.Header(dlq.HeaderState); marker {
+			if string(state) == dlq.StateRedriven {
+				redriven++
+			}
 			continue
 		}
 		orig, _ := d.Header(dlq.HeaderOriginalID)

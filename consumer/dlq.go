@@ -38,17 +38,5 @@ func (w *worker) writeDeadLetter(m *ferry.Message, f failure) bool {
 	}
 	dl := dlq.NewEntry(m, c.cfg.dlqTopic, dlq.Failure{Group: c.group, Handler: c.cfg.handlerName, Attempts: f.attempts,
 		First: f.first, Last: f.last, Err: f.err, Class: class, Reason: f.why, RetryAt: f.retryAt})
-	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := c.b.Publish(w.ctx, dl)
-		if err == nil {
-			return true
-		}
-		c.cfg.logger.Warn("dead-letter write failed; retrying", m.LogAttrs(), "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-w.ctx.Done():
-			c.emit(Event{Kind: EventAbandoned, Message: m, Attempt: f.attempts, Err: err})
-			return false
-		}
-	}
+	return w.publishDLQ(dl, m)
 }

@@ -65,12 +65,15 @@ func Emit(ctx context.Context, msgs ...*ferry.Message) error {
 }
 
 // publishOutputs writes what the handler emitted for input m, with the
-// processed record in exactly-once mode, retrying until it succeeds or the
-// worker stops (false: the input is abandoned and will be redelivered).
-func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message) bool {
+// processed record in exactly-once mode and, for an input handled from the
+// DLQ, its entry's marker (in the same atomic batch under exactly-once, so
+// a crash can neither repeat the outputs nor lose the marker; after the
+// outputs otherwise), retrying until it succeeds or the worker stops
+// (false: the input is abandoned and will be handled again).
+func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message, marker *ferry.Message) bool {
 	c := w.c
 	if len(out) == 0 && c.cfg.exactlyOnce == nil {
-		return true
+		return marker == nil || w.writeMarker(marker)
 	}
 	for i, o := range out {
 		if o.ID.IsZero() {
@@ -81,6 +84,9 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message) bool {
 	if eo := c.cfg.exactlyOnce; eo != nil {
 		tx := c.b.(backend.Transactional)
 		batch := append(append([]*ferry.Message(nil), out...), eo.Marker(m.ID))
+		if marker != nil {
+			batch = append(batch, marker)
+		}
 		publish = func() error {
 			// The partition's watermark rides along: a backend that fences
 			// by group membership (Kafka) then refuses the batch of a
@@ -91,13 +97,18 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message) bool {
 			if err := tx.PublishAndCommit(w.ctx, w.s, batch, wm); err != nil {
 				return err
 			}
+			if marker != nil {
+				if err := c.index.CatchUp(w.ctx); err != nil {
+					return err
+				}
+			}
 			return eo.Confirm(w.ctx, m.ID)
 		}
 	}
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		err := publish()
 		if err == nil {
-			return true
+			return c.cfg.exactlyOnce != nil || marker == nil || w.writeMarker(marker)
 		}
 		c.cfg.logger.Warn("publishing handler outputs failed; retrying", m.LogAttrs(), "err", err)
 		select {

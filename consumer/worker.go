@@ -32,16 +32,25 @@ type worker struct {
 	next      uint64           // fetch position
 	committed uint64           // last committed offset
 	room      chan struct{}    // signaled when buffered drops
-	ready     chan struct{}    // closed once init has set next, committed and parked
+	started   chan struct{}    // closed once init has set next and committed and settled the parked keys
 	fenced    bool
-	parked    map[string]blocker // key -> the dead letter its later messages wait behind
-	roomWait  []*entry           // failed messages waiting for room to park their key, oldest first
+	reserved  map[string]bool // keys whose first dead letter is being written (parked.go)
+	roomWait  []*entry        // failed messages waiting for room to park their key, oldest first
+	settling  map[string]bool // lanes with a settle job queued that has not started (settle.go)
+	ready     []*entry        // lane heads for starterLoop to start
+	readyKick chan struct{}
+	due       map[string]time.Time // lanes to settle again when a scheduled retry is due
+	dueKick   chan struct{}
 }
 
 type entry struct {
 	m      *ferry.Message
 	offset uint64
 	done   bool
+	// settle marks a settle job (settle.go) for key: it holds no offset
+	// of the partition.
+	settle bool
+	key    []byte
 	// resume, when set, is what to do once the partition has room to
 	// park one more key: the message failed for good (or for long) while
 	// the parked-key bound was reached, and waits off the handler pool.
@@ -62,27 +71,37 @@ type lane struct{ waiting []*entry }
 
 func (c *Consumer) startWorker(s backend.Session, tp backend.TopicPartition) *worker {
 	wctx, cancel := context.WithCancel(context.Background())
-	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, room: make(chan struct{}, 1), ready: make(chan struct{})}
-	w.wg.Add(2)
+	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, room: make(chan struct{}, 1), started: make(chan struct{}),
+		reserved: map[string]bool{}, settling: map[string]bool{}, readyKick: make(chan struct{}, 1), due: map[string]time.Time{}, dueKick: make(chan struct{}, 1)}
+	w.wg.Add(4)
 	go w.fetchLoop()
 	go w.commitLoop()
+	go w.starterLoop()
+	go w.dueLoop()
 	return w
 }
 
 // init reads where the partition resumes (its committed offset, or its
-// start) and which keys are parked. The backend may be away (a server
+// start), catches the DLQ index up and queues a settle job on the lane of
+// every parked key whose entries may go, before anything is fetched: so
+// they run before any message of their key. The backend may be away (a server
 // restarting, a network partition): init then retries until it answers or
 // the worker stops, so an outage pauses the partition instead of ending
 // the consumer.
 func (w *worker) init() bool {
 	delay := 50 * time.Millisecond
 	for {
-		off, parked, err := w.c.resumeState(w.ctx, w.tp)
+		off, err := w.c.resumeState(w.ctx, w.tp)
 		if err == nil {
 			w.mu.Lock()
-			w.next, w.committed, w.parked = off, off, parked
+			w.next, w.committed = off, off
 			w.mu.Unlock()
-			close(w.ready)
+			w.c.index.Changes(w.pk()) // every key is settled now
+			for _, k := range w.c.index.Keys(w.pk()) {
+				w.settleKey(k)
+			}
+			w.settleKey(nil)
+			close(w.started)
 			return true
 		}
 		if w.ctx.Err() != nil {
@@ -98,38 +117,42 @@ func (w *worker) init() bool {
 	}
 }
 
-// resumeState returns the offset a partition resumes at and its parked keys.
-func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (uint64, map[string]blocker, error) {
+// resumeState returns the offset a partition resumes at, with the
+// exactly-once markers and the DLQ index caught up.
+func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (uint64, error) {
 	off, ok, err := c.b.Committed(ctx, c.group, tp)
 	if err != nil {
-		return 0, nil, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
 	start, _, err := c.b.Bounds(ctx, tp)
 	if err != nil {
-		return 0, nil, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
 	if eo := c.cfg.exactlyOnce; eo != nil {
 		// Markers the previous owner wrote (on another machine, perhaps)
 		// before it committed are read now, so its inputs are skipped.
 		if err := eo.Sync(ctx); err != nil {
-			return 0, nil, fmt.Errorf("consumer: exactly-once markers: %w", err)
+			return 0, fmt.Errorf("consumer: exactly-once markers: %w", err)
 		}
 	}
 	if !ok || off < start {
 		off = start
 	}
-	parked, err := c.loadParked(ctx, tp)
-	if err != nil {
-		return 0, nil, err
+	// Everything the previous owner dead-lettered is in the index before
+	// a message is fetched.
+	if err := c.index.CatchUp(ctx); err != nil {
+		return 0, fmt.Errorf("consumer: load parked keys of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
-	return off, parked, nil
+	return off, nil
 }
 
 // stop ends fetching, waits for in-flight messages (their handlers see a
 // canceled context; those that do not finish are abandoned and will be
 // redelivered) and commits the watermark.
 func (w *worker) stop() {
-	w.cancel()
+	w.mu.Lock()
+	w.cancel() // under mu: start's wg.Add either happened or sees it
+	w.mu.Unlock()
 	w.wg.Wait()
 	w.commit(context.Background())
 }
@@ -211,7 +234,13 @@ func (w *worker) dispatch(m *ferry.Message) bool {
 // stalls the fetch loop when every one is busy). It returns false if the
 // worker stopped first.
 func (w *worker) start(e *entry) bool {
+	w.mu.Lock()
+	if w.ctx.Err() != nil {
+		w.mu.Unlock()
+		return false
+	}
 	w.wg.Add(1)
+	w.mu.Unlock()
 	select {
 	case w.c.work <- laneJob{w, e}:
 		return true
@@ -239,15 +268,20 @@ func (w *worker) runLane(e *entry) {
 // finish marks e done, advances the watermark, and returns the next
 // message of its key, if one is waiting.
 func (w *worker) finish(e *entry) *entry {
-	k := laneKey(e.m)
-	w.mu.Lock()
-	e.done, e.m = true, nil
-	w.buffered--
-	n := 0
-	for n < len(w.pending) && w.pending[n].done {
-		n++
+	k := settleLane(e.key)
+	if !e.settle {
+		k = laneKey(e.m)
 	}
-	w.pending = w.pending[n:]
+	w.mu.Lock()
+	if !e.settle {
+		e.done, e.m = true, nil
+		w.buffered--
+		n := 0
+		for n < len(w.pending) && w.pending[n].done {
+			n++
+		}
+		w.pending = w.pending[n:]
+	}
 	var next *entry
 	if l := w.lanes[k]; l != nil && len(l.waiting) > 0 {
 		next, l.waiting = l.waiting[0], l.waiting[1:]
@@ -276,7 +310,7 @@ func (w *worker) watermarkLocked() uint64 {
 func (w *worker) commitLoop() {
 	defer w.wg.Done()
 	select {
-	case <-w.ready:
+	case <-w.started:
 	case <-w.ctx.Done():
 		return
 	}
@@ -323,6 +357,9 @@ func (w *worker) process(e *entry) outcome {
 		e.resume = nil
 		return r()
 	}
+	if e.settle {
+		return w.settle(e)
+	}
 	return w.processFresh(e)
 }
 
@@ -335,7 +372,6 @@ func asOutcome(ok bool) outcome {
 
 func (w *worker) processFresh(e *entry) outcome {
 	c := w.c
-	var rng *rand.Rand // only failures need jitter
 	if eo := c.cfg.exactlyOnce; eo != nil {
 		if seen, err := eo.Seen(w.ctx, e.m.ID); err == nil && seen {
 			// Processed before a crash or rebalance: its outputs are in the
@@ -345,47 +381,85 @@ func (w *worker) processFresh(e *entry) outcome {
 			return handled
 		}
 	}
-	if w.isBlocker(e.m) {
-		// The key's blocker itself, redelivered from the uncommitted
-		// window (a crash or rebalance after it was dead-lettered): its
-		// outcome is in the DLQ, where it waits for a redrive.
-		c.cfg.logger.Info("skipping a redelivered dead letter: it waits in the DLQ", e.m.LogAttrs())
+	if c.index.Known(c.group, e.m.ID) {
+		// Dead-lettered before (a blocker or a parked message redelivered
+		// from the uncommitted window after a crash or rebalance, or an
+		// entry handled from the DLQ since): its outcome is in the DLQ.
+		c.cfg.logger.Info("skipping a redelivered message: its outcome is in the DLQ", e.m.LogAttrs())
 		return handled
 	}
-	if blocker, parked := w.parkedBehind(e.m); parked {
+	if w.isParked(e.m) {
 		now := time.Now()
-		err := fmt.Errorf("key %q is parked behind dead letter %s", e.m.Key, blocker)
-		if !w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its blocker is redriven"}) {
+		err := fmt.Errorf("key %q is parked behind an earlier dead letter", e.m.Key)
+		if !w.deadLetter(e.m, failure{first: now, last: now, err: err, class: dlq.ClassParked, why: "parked to keep the key's order until its earlier dead letters are handled"}) {
 			return abandoned
 		}
-		w.countParked(e.m.Key)
 		return handled
 	}
-	// A redriven scheduled retry continues its count.
+	// A message scheduled for a durable retry by an older version carries
+	// its count in headers.
 	prior, first := priorAttempts(e.m)
+	r := w.attempts(e.m, e.offset, prior, first)
+	switch {
+	case r.abandoned:
+		return abandoned
+	case r.ok:
+		if !w.publishOutputs(e.m, r.out, nil) {
+			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: r.attempt})
+			return abandoned
+		}
+		c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: r.attempt, Duration: r.took})
+		return handled
+	}
+	park := func() outcome {
+		defer w.unreserve(e.m.Key)
+		if r.durable {
+			return asOutcome(w.schedule(e.m, r.f, r.delay))
+		}
+		return asOutcome(w.deadLetter(e.m, r.f))
+	}
+	if !w.reserveParkOrWait(e, park) {
+		return suspended
+	}
+	return park()
+}
+
+// result is how a message's attempts ended: ok (with its staged outputs),
+// abandoned (the worker stopped), or failed for good or for long (durable:
+// retry after delay through the DLQ).
+type result struct {
+	ok, abandoned, durable bool
+	out                    []*ferry.Message
+	attempt                int
+	took                   time.Duration
+	f                      failure
+	delay                  time.Duration
+}
+
+// attempts runs the handler on m until it succeeds, fails for good, needs
+// a retry delay of at least the durable threshold, or the worker stops.
+// prior is how many attempts m had before, first when it first failed.
+func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.Time) result {
+	c := w.c
+	var rng *rand.Rand // only failures need jitter
 	for attempt := prior + 1; ; attempt++ {
-		c.emit(Event{Kind: EventStarted, Message: e.m, Attempt: attempt})
+		c.emit(Event{Kind: EventStarted, Message: m, Attempt: attempt})
 		out := &outputs{}
 		var began time.Time
 		if c.cfg.observer != nil {
 			began = time.Now()
 		}
-		err, counts := w.callGuarded(e.m, attempt, out)
+		err, counts := w.callGuarded(m, attempt, out)
 		var took time.Duration
 		if c.cfg.observer != nil {
 			took = time.Since(began)
 		}
 		if err == nil {
-			if !w.publishOutputs(e.m, out.msgs) {
-				c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt})
-				return abandoned
-			}
-			c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: attempt, Duration: took})
-			return handled
+			return result{ok: true, out: out.msgs, attempt: attempt, took: took}
 		}
 		if w.ctx.Err() != nil {
-			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
-			return abandoned
+			c.emit(Event{Kind: EventAbandoned, Message: m, Attempt: attempt, Err: err})
+			return result{abandoned: true}
 		}
 		now := time.Now()
 		if first.IsZero() {
@@ -394,43 +468,25 @@ func (w *worker) processFresh(e *entry) outcome {
 		if !counts {
 			// The breaker opened: the dependency is down. Try again when it
 			// lets calls through, without spending an attempt.
-			c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: retry.Classify(err)})
+			c.emit(Event{Kind: EventRetried, Message: m, Attempt: attempt, Err: err, Class: retry.Classify(err)})
 			attempt--
 			continue
 		}
 		if rng == nil {
-			rng = rand.New(rand.NewPCG(c.cfg.seed, e.offset))
+			rng = rand.New(rand.NewPCG(c.cfg.seed, seed))
 		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
-		durable := c.cfg.durableAfter > 0 && d.Delay >= c.cfg.durableAfter
-		var park func() outcome
-		switch {
-		case !d.Retry:
-			f := failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}
-			park = func() outcome {
-				if !w.deadLetter(e.m, f) {
-					return abandoned
-				}
-				w.park(e.m)
-				return handled
-			}
-		case durable:
-			c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay, Duration: took})
-			f, delay := failure{attempts: attempt, first: first, last: now, err: err, class: d.Class}, d.Delay
-			park = func() outcome { return asOutcome(w.schedule(e.m, f, delay)) }
+		f := failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}
+		if !d.Retry {
+			return result{f: f, attempt: attempt}
 		}
-		if park != nil {
-			if !w.reserveParkOrWait(e, park) {
-				return suspended
-			}
-			return park()
+		c.emit(Event{Kind: EventRetried, Message: m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay, Duration: took})
+		if c.cfg.durableAfter > 0 && d.Delay >= c.cfg.durableAfter {
+			return result{durable: true, f: f, delay: d.Delay, attempt: attempt}
 		}
-		c.emit(Event{Kind: EventRetried, Message: e.m, Attempt: attempt, Err: err, Class: d.Class, Delay: d.Delay, Duration: took})
-		select {
-		case <-time.After(d.Delay):
-		case <-w.ctx.Done():
-			c.emit(Event{Kind: EventAbandoned, Message: e.m, Attempt: attempt, Err: err})
-			return abandoned
+		if !sleepCtx(w.ctx, d.Delay) {
+			c.emit(Event{Kind: EventAbandoned, Message: m, Attempt: attempt, Err: err})
+			return result{abandoned: true}
 		}
 	}
 }

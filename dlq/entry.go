@@ -5,11 +5,13 @@
 //
 // A dead-letter queue is a topic. An entry is the original message — key,
 // payload and headers untouched — plus ferry-dlq-* headers saying where it
-// came from and why it failed. Redriving or purging an entry appends a
-// marker record for it (header ferry-dlq-state); the entry's state is its
-// latest record. A redrive writes the republished message and the marker
-// in one atomic batch where the backend supports it, and the republished
-// message's ID is derived from the entry, so a redrive run twice does not
+// came from and why it failed. Changing an entry's state appends a marker
+// record for it (header ferry-dlq-state); the entry's state is its latest
+// marker's. A redrive back to the source topic is a request marker: the
+// consumer owning the source partition handles the entry from the DLQ
+// (Index is how it follows the topic). A move to another topic writes the
+// copy and the marker in one atomic batch where the backend supports it,
+// with the copy's ID derived from the entry, so a move run twice does not
 // duplicate anything.
 package dlq
 
@@ -41,10 +43,10 @@ const (
 	HeaderStack        = "ferry-dlq-stack"
 	// HeaderRetryAt is the time a scheduled retry is due.
 	HeaderRetryAt = "ferry-dlq-retry-at"
-	// HeaderState marks a state record: "redriven" or "purged".
+	// HeaderState marks a state record (a marker): the entry's new state.
 	HeaderState = "ferry-dlq-state"
-	// HeaderRedriveOf is set on a redriven message: the ID of the message
-	// it re-delivers.
+	// HeaderRedriveOf is set on a message handled from the DLQ, and on a
+	// copy moved to another topic: the ID of the original message.
 	HeaderRedriveOf = "ferry-redrive-of"
 
 	maxErrorBytes = 4 << 10
@@ -76,10 +78,6 @@ type Failure struct {
 // derived from the group and m's ID, so dead-lettering m again (after a
 // crash before the offset commit) is deduplicated by the log.
 func NewEntry(m *ferry.Message, dlqTopic string, f Failure) *ferry.Message {
-	text := f.Err.Error()
-	if len(text) > maxErrorBytes {
-		text = text[:maxErrorBytes]
-	}
 	hdr := append([]ferry.Header(nil), m.Headers...)
 	add := func(k, v string) { hdr = append(hdr, ferry.Header{Key: k, Value: []byte(v)}) }
 	add(HeaderOriginalID, m.ID.String())
@@ -88,6 +86,26 @@ func NewEntry(m *ferry.Message, dlqTopic string, f Failure) *ferry.Message {
 	add(HeaderOffset, strconv.FormatUint(m.Offset, 10))
 	add(HeaderOriginalTime, m.Time.UTC().Format(time.RFC3339Nano))
 	add(HeaderGroup, f.Group)
+	hdr = append(hdr, failureHeaders(f)...)
+	payload := m.Payload
+	if payload == nil {
+		payload = []byte{}
+	}
+	return &ferry.Message{ID: ferry.DeriveID("dlq", f.Group, m.ID), Topic: dlqTopic, Key: m.Key, Payload: payload, Headers: hdr}
+}
+
+// failureHeaders are the headers that say how a message failed: on its
+// dead letter, and on the marker of an entry that failed again.
+func failureHeaders(f Failure) []ferry.Header {
+	text := ""
+	if f.Err != nil {
+		text = f.Err.Error()
+	}
+	if len(text) > maxErrorBytes {
+		text = text[:maxErrorBytes]
+	}
+	var hdr []ferry.Header
+	add := func(k, v string) { hdr = append(hdr, ferry.Header{Key: k, Value: []byte(v)}) }
 	add(HeaderHandler, f.Handler)
 	add(HeaderAttempts, strconv.Itoa(f.Attempts))
 	add(HeaderFirstFailure, f.First.UTC().Format(time.RFC3339Nano))
@@ -102,11 +120,7 @@ func NewEntry(m *ferry.Message, dlqTopic string, f Failure) *ferry.Message {
 	if errors.As(f.Err, &pe) {
 		add(HeaderStack, string(pe.Stack))
 	}
-	payload := m.Payload
-	if payload == nil {
-		payload = []byte{}
-	}
-	return &ferry.Message{ID: ferry.DeriveID("dlq", f.Group, m.ID), Topic: dlqTopic, Key: m.Key, Payload: payload, Headers: hdr}
+	return hdr
 }
 
 // Entry is a parsed dead letter.
@@ -128,8 +142,10 @@ type Entry struct {
 	Stack        string
 	// RetryAt is when a scheduled retry is due (zero for other classes).
 	RetryAt time.Time
-	// State is "dead" until the entry is redriven or purged.
-	State string
+	// State is "dead" until the entry is requested (for its owner to
+	// handle it), redriven or purged; see StateDead.
+	State   string
+	stateAt uint64 // offset of the marker that set State (0: none)
 }
 
 // Parse reads a dead letter's metadata. A record that is not a dead letter

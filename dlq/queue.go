@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -14,11 +16,16 @@ import (
 	"github.com/ferrymq/ferry/retry"
 )
 
-// Entry states.
+// Entry states. An entry is dead when written; a redrive back to its
+// source topic makes it requested, and the consumer that owns its source
+// partition then handles it from the DLQ: redriven when handled, dead
+// again (with how it failed) when it fails again. A redrive to another
+// topic (a move) makes it redriven at once; a purge, purged.
 const (
-	StateDead     = "dead"
-	StateRedriven = "redriven"
-	StatePurged   = "purged"
+	StateDead      = "dead"
+	StateRequested = "requested"
+	StateRedriven  = "redriven"
+	StatePurged    = "purged"
 )
 
 // Queue operates one dead-letter topic.
@@ -39,6 +46,9 @@ type Filter struct {
 	Since       time.Time   // last failure at or after
 	Until       time.Time   // last failure before
 	IDs         []ferry.ID  // original message IDs
+	// State selects dead or requested entries (List never returns
+	// resolved ones).
+	State string
 }
 
 // Match reports whether e passes the filter.
@@ -49,6 +59,8 @@ func (f Filter) Match(e Entry) bool {
 	case f.Key != nil && !bytes.Equal(f.Key, e.Original.Key):
 		return false
 	case f.SourceTopic != "" && e.Original.Topic != f.SourceTopic:
+		return false
+	case f.State != "" && e.State != f.State:
 		return false
 	case !f.Since.IsZero() && e.LastFailure.Before(f.Since):
 		return false
@@ -67,14 +79,15 @@ func (f Filter) Match(e Entry) bool {
 }
 
 // scan reads the whole topic and returns its entries in order, each with
-// its current state.
+// its current state (its latest marker's).
 func (q *Queue) scan(ctx context.Context) ([]Entry, error) {
 	n, err := q.b.Partitions(ctx, q.topic)
 	if err != nil {
 		return nil, fmt.Errorf("dlq: %q: %w", q.topic, err)
 	}
 	var entries []Entry
-	state := map[ferry.ID]string{}
+	latest := map[groupID]*ferry.Message{} // the newest marker of each entry
+	var legacy []*ferry.Message            // markers without a group, in order
 	for p := 0; p < n; p++ {
 		tp := backend.TopicPartition{Topic: q.topic, Partition: int32(p)}
 		start, end, err := q.b.Bounds(ctx, tp)
@@ -87,9 +100,15 @@ func (q *Queue) scan(ctx context.Context) ([]Entry, error) {
 				return nil, fmt.Errorf("dlq: read %q at %d: %w", q.topic, off, err)
 			}
 			for _, r := range res.Messages {
-				if s, ok := r.Header(HeaderState); ok {
-					if id, err := ferry.ParseID(headerString(r, HeaderOriginalID)); err == nil {
-						state[id] = string(s)
+				if _, ok := r.Header(HeaderState); ok {
+					id, err := ferry.ParseID(headerString(r, HeaderOriginalID))
+					if err != nil {
+						continue
+					}
+					if g, ok := r.Header(HeaderGroup); ok {
+						latest[groupID{string(g), id}] = r
+					} else {
+						legacy = append(legacy, r)
 					}
 					continue
 				}
@@ -102,9 +121,27 @@ func (q *Queue) scan(ctx context.Context) ([]Entry, error) {
 			off = res.Next
 		}
 	}
+	for _, r := range legacy {
+		id, _ := ferry.ParseID(headerString(r, HeaderOriginalID))
+		for _, e := range entries {
+			if gid := (groupID{e.Group, id}); e.Original.ID == id && (latest[gid] == nil || latest[gid].Offset < r.Offset) {
+				latest[gid] = r
+			}
+		}
+	}
 	for i := range entries {
-		if s, ok := state[entries[i].Original.ID]; ok {
-			entries[i].State = s
+		e := &entries[i]
+		r := latest[groupID{e.Group, e.Original.ID}]
+		if r == nil {
+			continue
+		}
+		e.State, e.stateAt = headerString(r, HeaderState), r.Offset
+		if _, ok := r.Header(HeaderClass); ok && e.State == StateDead {
+			// It failed again: the marker says how.
+			e.Class, e.Error, e.Reason = retry.Class(headerString(r, HeaderClass)), headerString(r, HeaderError), headerString(r, HeaderReason)
+			e.Attempts, _ = strconv.Atoi(headerString(r, HeaderAttempts))
+			e.LastFailure, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderLastFailure))
+			e.RetryAt, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderRetryAt))
 		}
 	}
 	return entries, nil
@@ -115,8 +152,8 @@ func headerString(m *ferry.Message, k string) string {
 	return string(v)
 }
 
-// List returns the dead entries (not redriven, not purged) that match f, in
-// the order they were dead-lettered.
+// List returns the unresolved entries (dead, or requested and not handled
+// yet) that match f, in the order they were dead-lettered.
 func (q *Queue) List(ctx context.Context, f Filter) ([]Entry, error) {
 	all, err := q.scan(ctx)
 	if err != nil {
@@ -124,7 +161,7 @@ func (q *Queue) List(ctx context.Context, f Filter) ([]Entry, error) {
 	}
 	var out []Entry
 	for _, e := range all {
-		if e.State == StateDead && f.Match(e) {
+		if unresolved(e.State) && f.Match(e) {
 			out = append(out, e)
 		}
 	}
@@ -151,30 +188,47 @@ func (q *Queue) Get(ctx context.Context, id ferry.ID) (Entry, error) {
 // RedriveOpts configure a redrive.
 type RedriveOpts struct {
 	Filter Filter
-	// To sends every entry to this topic instead of its source topic.
+	// To moves every selected entry to this topic (a copy with an ID
+	// derived from the entry, and the entry marked redriven) instead of
+	// requesting that its source partition's owner handle it.
 	To string
-	// PerSecond limits the redrive rate (0: unlimited).
+	// PerSecond limits how many entries a second are requested or moved
+	// (0: unlimited). How fast the owner handles requested entries is the
+	// consumer's own pace (its rate limit, WithRateLimit).
 	PerSecond float64
 	// Progress, if set, is called after each entry with how many of how
 	// many are done.
 	Progress func(done, total int)
 }
 
-// Redrive re-publishes the dead entries matching the filter, in the order
-// they were dead-lettered, and marks them redriven. It returns how many it
-// redrove. Keys move whole: when an entry is selected, every dead entry of
-// its key goes with it, in order, so the consumer sees the key's messages
-// in their original order (and the parked ones are released behind their
-// blocker). Each republished message keeps the original key, payload and
-// headers, gets an ID derived from the entry (so a repeated redrive is
-// deduplicated) and a ferry-redrive-of header naming the original.
+// Redrive brings the dead entries matching the filter back into
+// processing and returns how many it took. Keys move whole: when an entry
+// is selected, every dead entry of its key (the same group, source
+// partition and key) goes with it, in order.
+//
+// Back to the source topic (To empty), Redrive does not publish anything
+// to it: it writes a request marker per entry, and the consumer that owns
+// the entry's source partition handles the key's entries straight from
+// the DLQ, in their original order, before any later message of the key —
+// at once if it runs, when it starts otherwise. Only that owner brings a
+// partition's dead letters back, so overlapping redrives, restarts and
+// messages published meanwhile cannot duplicate or reorder a key. Entries
+// requested already are left as they are; a rerun requests nothing twice.
+//
+// With To set, each entry is moved: re-published to To with an ID derived
+// from the entry (a rerun is deduplicated), a ferry-redrive-of header
+// naming the original, and marked redriven, atomically where the backend
+// can.
 func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
+	if o.PerSecond < 0 {
+		return 0, fmt.Errorf("dlq: redrive rate %v: want 0 (unlimited) or more: %w", o.PerSecond, ferry.ErrInvalidArgument)
+	}
 	entries, err := q.wholeKeys(ctx, o.Filter)
 	if err != nil {
 		return 0, err
 	}
-	if o.PerSecond < 0 {
-		return 0, fmt.Errorf("dlq: redrive rate %v: %w", o.PerSecond, ferry.ErrInvalidArgument)
+	if o.To == "" {
+		entries = slices.DeleteFunc(entries, func(e Entry) bool { return e.State != StateDead })
 	}
 	var lim *rate.Limiter
 	if o.PerSecond > 0 {
@@ -186,21 +240,16 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 				return i, err
 			}
 		}
-		to := o.To
-		if to == "" {
-			to = e.Original.Topic
-		}
-		out := &ferry.Message{ID: ferry.DeriveID("redrive", q.topic, e.Record.ID), Topic: to, Key: e.Original.Key, Payload: e.Original.Payload,
-			Headers: redriveHeaders(e.Original)}
 		if o.To == "" {
-			// Back to the partition it came from, whatever its key hashes
-			// to: that is where its key is parked (a message published to
-			// a chosen partition would otherwise come back elsewhere and
-			// leave the key parked for good).
-			out.Partition, out.PinPartition = e.Original.Partition, true
-		}
-		if err := q.publishWithMarker(ctx, out, q.marker(e, StateRedriven)); err != nil {
-			return i, fmt.Errorf("dlq: redrive %s to %q: %w", e.Original.ID, to, err)
+			if err := q.b.Publish(ctx, Marker(q.topic, e.Group, e.Indexed(), StateRequested, nil)); err != nil {
+				return i, fmt.Errorf("dlq: request redrive of %s: %w", e.Original.ID, err)
+			}
+		} else {
+			out := &ferry.Message{ID: ferry.DeriveID("redrive", q.topic, e.Record.ID), Topic: o.To, Key: e.Original.Key, Payload: e.Original.Payload,
+				Headers: RedriveHeaders(e.Original)}
+			if err := q.publishWithMarker(ctx, out, Marker(q.topic, e.Group, e.Indexed(), StateRedriven, nil)); err != nil {
+				return i, fmt.Errorf("dlq: move %s to %q: %w", e.Original.ID, o.To, err)
+			}
 		}
 		if o.Progress != nil {
 			o.Progress(i+1, len(entries))
@@ -209,12 +258,11 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 	return len(entries), nil
 }
 
-// redriveHeaders returns the headers of orig's redriven copy: orig's own,
-// with one ferry-redrive-of naming orig. An original that was itself a
-// redriven copy (it failed again) carries the header already: it is
-// replaced, not repeated, or the new copy would name the first original
-// and never match its own blocker.
-func redriveHeaders(orig *ferry.Message) []ferry.Header {
+// RedriveHeaders returns the headers of orig as redelivered from the DLQ:
+// orig's own, with one ferry-redrive-of naming orig. An original that
+// carries the header already (a copy moved before) has it replaced, not
+// repeated.
+func RedriveHeaders(orig *ferry.Message) []ferry.Header {
 	hs := make([]ferry.Header, 0, len(orig.Headers)+1)
 	for _, h := range orig.Headers {
 		if h.Key != HeaderRedriveOf {
@@ -224,10 +272,10 @@ func redriveHeaders(orig *ferry.Message) []ferry.Header {
 	return append(hs, ferry.Header{Key: HeaderRedriveOf, Value: []byte(orig.ID.String())})
 }
 
-// wholeKeys lists the dead entries matching f plus every dead entry that
-// shares a key with one of them, in dead-letter order. A key is one
-// group's, in one source partition: two groups sharing a DLQ topic park
-// their keys apart, and each releases its own.
+// wholeKeys lists the unresolved entries matching f plus every unresolved
+// entry that shares a key with one of them, in dead-letter order. A key is
+// one group's, in one source partition: two groups sharing a DLQ topic
+// park their keys apart, and each releases its own.
 func (q *Queue) wholeKeys(ctx context.Context, f Filter) ([]Entry, error) {
 	all, err := q.List(ctx, Filter{})
 	if err != nil {
@@ -260,30 +308,50 @@ func (q *Queue) wholeKeys(ctx context.Context, f Filter) ([]Entry, error) {
 	return out, nil
 }
 
-// Purge marks the dead entries matching f purged (they no longer list or
-// redrive) and returns how many.
+// Purge marks the unresolved entries matching f purged (they no longer
+// list or redrive, and a key parked behind them moves on) and returns how
+// many.
 func (q *Queue) Purge(ctx context.Context, f Filter) (int, error) {
 	entries, err := q.List(ctx, f)
 	if err != nil {
 		return 0, err
 	}
 	for i, e := range entries {
-		if err := q.b.Publish(ctx, q.marker(e, StatePurged)); err != nil {
+		if err := q.b.Publish(ctx, Marker(q.topic, e.Group, e.Indexed(), StatePurged, nil)); err != nil {
 			return i, fmt.Errorf("dlq: purge %s: %w", e.Original.ID, err)
 		}
 	}
 	return len(entries), nil
 }
 
-func (q *Queue) marker(e Entry, state string) *ferry.Message {
-	return &ferry.Message{ID: ferry.DeriveID(state, q.topic, e.Record.ID), Topic: q.topic, Key: e.Record.Key, Payload: []byte{},
-		Headers: []ferry.Header{{Key: HeaderOriginalID, Value: []byte(e.Original.ID.String())}, {Key: HeaderState, Value: []byte(state)}}}
+// Indexed returns the index's view of e.
+func (e Entry) Indexed() Indexed {
+	return Indexed{Record: e.Record.Offset, ID: e.Original.ID, Key: e.Original.Key, Offset: e.Original.Offset, Class: e.Class,
+		Attempts: e.Attempts, FirstFailure: e.FirstFailure, RetryAt: e.RetryAt, State: e.State, stateAt: e.stateAt}
+}
+
+// Marker returns the record that moves group's entry e of dlqTopic to
+// state. A marker of state dead (the entry failed again) carries f, how.
+// Its ID is derived from the entry and the marker it follows, so writing
+// the same transition twice is deduplicated, while the entry can go
+// through the same state again later (requested, dead, requested).
+func Marker(dlqTopic, group string, e Indexed, state string, f *Failure) *ferry.Message {
+	hs := []ferry.Header{
+		{Key: HeaderOriginalID, Value: []byte(e.ID.String())},
+		{Key: HeaderGroup, Value: []byte(group)},
+		{Key: HeaderState, Value: []byte(state)},
+	}
+	if f != nil {
+		hs = append(hs, failureHeaders(*f)...)
+	}
+	return &ferry.Message{ID: ferry.DeriveID(state, dlqTopic+"\x00"+group+"\x00"+strconv.FormatUint(e.stateAt, 10), e.ID), Topic: dlqTopic,
+		Key: e.Key, Payload: []byte{}, Headers: hs}
 }
 
 // publishWithMarker writes msg and its entry's marker atomically when the
 // backend can; otherwise msg first, so a crash in between leaves the entry
-// dead and a rerun re-publishes msg with the same ID (deduplicated within
-// the log's window).
+// unresolved and a rerun re-publishes msg with the same ID (deduplicated
+// within the log's window).
 func (q *Queue) publishWithMarker(ctx context.Context, msg, marker *ferry.Message) error {
 	if tx, ok := q.b.(backend.Transactional); ok {
 		return tx.PublishAndCommit(ctx, nil, []*ferry.Message{msg, marker})

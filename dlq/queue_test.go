@@ -198,8 +198,11 @@ func TestRedriveKeepsGroupsApart(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("redrive of billing's entry moved %d entries (%v), want 1: shipping's entry of the same key went along", n, err)
 	}
-	left, _ := q.List(ctx, dlq.Filter{})
+	left, _ := q.List(ctx, dlq.Filter{State: dlq.StateDead})
 	if len(left) != 1 || left[0].Group != "shipping" {
-		t.Fatalf("left in the DLQ: %v, want shipping's entry", left)
+		t.Fatalf("left dead in the DLQ: %v, want shipping's entry", left)
+	}
+	if req, _ := q.List(ctx, dlq.Filter{State: dlq.StateRequested}); len(req) != 1 || req[0].Group != "billing" {
+		t.Fatalf("requested: %v, want billing's entry", req)
 	}
 }

@@ -208,18 +208,26 @@ func TestDLQListShowRedrivePurge(t *testing.T) {
 		t.Fatalf("purge: %s", out)
 	}
 	out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing")
-	if !strings.Contains(out, "redriven 2/2") || !strings.Contains(out, "redrove 2 entries") {
+	if !strings.Contains(out, "requested 2/2") || !strings.Contains(out, "requested 2 entries") {
 		t.Fatalf("redrive output (not a terminal: plain progress lines):\n%s", out)
 	}
-	if out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing"); !strings.Contains(out, "redrove 0 entries") {
+	if out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing"); !strings.Contains(out, "requested 0 entries") {
 		t.Fatalf("second redrive: %s", out)
 	}
-	if out := mustRun(t, dir, "", "dlq", "list", "-g", "billing"); strings.Count(out, "\n") != 1 {
+	// No consumer runs: the two entries wait, requested, for their owner.
+	if out := mustRun(t, dir, "", "dlq", "list", "-g", "billing"); strings.Count(out, "\n") != 3 || strings.Count(out, "requested") != 2 {
 		t.Fatalf("entries left after redrive and purge:\n%s", out)
 	}
 	consumed := mustRun(t, dir, "", "consume", "orders")
-	if n := strings.Count(consumed, "poison"); n != 3+2 {
-		t.Fatalf("orders holds %d poison messages, want 3 originals + 2 redriven:\n%s", n, consumed)
+	if n := strings.Count(consumed, "poison"); n != 3 {
+		t.Fatalf("orders holds %d poison messages, want the 3 originals (a redrive publishes nothing there):\n%s", n, consumed)
+	}
+	mustRun(t, dir, "", "topics", "create", "orders.retry")
+	if out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing", "--to", "orders.retry"); !strings.Contains(out, `moved 2 entries to "orders.retry"`) {
+		t.Fatalf("move: %s", out)
+	}
+	if out := mustRun(t, dir, "", "dlq", "list", "-g", "billing"); strings.Count(out, "\n") != 1 {
+		t.Fatalf("entries left after the move:\n%s", out)
 	}
 }
 
@@ -298,7 +306,7 @@ func TestRedriveProgressBarInTerminal(t *testing.T) {
 			sawBar = true
 		}
 		if _, err := os.Stat(done); err == nil {
-			if !strings.Contains(s, "redrove 3000 entries") {
+			if !strings.Contains(s, "requested 3000 entries") {
 				t.Fatalf("final screen:\n%s", s)
 			}
 			break

@@ -90,7 +90,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 	var lf dlqFlags
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List dead entries",
+		Short: "List unresolved entries (dead, or requested for their consumer to handle)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withQueue(cmd.Context(), g, &lf, false, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
@@ -105,6 +105,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 					Offset      uint64 `json:"offset"`
 					Key         string `json:"key"`
 					Class       string `json:"class"`
+					State       string `json:"state"`
 					Attempts    int    `json:"attempts"`
 					LastFailure string `json:"last_failure"`
 					Error       string `json:"error"`
@@ -112,12 +113,12 @@ func newDLQCmd(g *globals) *cobra.Command {
 				var rows []row
 				for _, e := range entries {
 					rows = append(rows, row{e.Original.ID.String(), e.Original.Topic, e.Original.Partition, e.Original.Offset, string(e.Original.Key),
-						string(e.Class), e.Attempts, e.LastFailure.UTC().Format(time.RFC3339), e.Error})
+						string(e.Class), e.State, e.Attempts, e.LastFailure.UTC().Format(time.RFC3339), e.Error})
 				}
 				return g.print(cmd.OutOrStdout(), rows, func(w *tabwriter.Writer) {
-					fmt.Fprintln(w, "ID\tSOURCE\tKEY\tCLASS\tATTEMPTS\tLAST FAILURE\tERROR")
+					fmt.Fprintln(w, "ID\tSOURCE\tKEY\tCLASS\tSTATE\tATTEMPTS\tLAST FAILURE\tERROR")
 					for _, r := range rows {
-						fmt.Fprintf(w, "%s\t%s/%d@%d\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Topic, r.Partition, r.Offset, r.Key, r.Class, r.Attempts, r.LastFailure, firstLine(r.Error))
+						fmt.Fprintf(w, "%s\t%s/%d@%d\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Topic, r.Partition, r.Offset, r.Key, r.Class, r.State, r.Attempts, r.LastFailure, firstLine(r.Error))
 					}
 				})
 			})
@@ -161,11 +162,15 @@ func newDLQCmd(g *globals) *cobra.Command {
 	var perSecond float64
 	redrive := &cobra.Command{
 		Use:   "redrive",
-		Short: "Send dead entries back to their topic (or --to), whole keys in order",
+		Short: "Have dead entries handled again by their partition's consumer (or move them --to a topic), whole keys in order",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withQueue(cmd.Context(), g, &rf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
 				out := cmd.OutOrStdout()
+				verb := "requested"
+				if to != "" {
+					verb = "moved"
+				}
 				var bar *progressbar.ProgressBar
 				opts := dlq.RedriveOpts{Filter: flt, To: to, PerSecond: perSecond, Progress: func(done, total int) {
 					if isTerminal(out) {
@@ -175,7 +180,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 						}
 						bar.Set(done)
 					} else if done == total || done%1000 == 0 {
-						fmt.Fprintf(out, "redriven %d/%d\n", done, total)
+						fmt.Fprintf(out, "%s %d/%d\n", verb, done, total)
 					}
 				}}
 				n, err := q.Redrive(cmd.Context(), opts)
@@ -186,7 +191,11 @@ func newDLQCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("after %d redriven: %w", n, err)
 				}
-				fmt.Fprintf(out, "redrove %d entries\n", n)
+				if to != "" {
+					fmt.Fprintf(out, "moved %d entries to %q\n", n, to)
+				} else {
+					fmt.Fprintf(out, "requested %d entries: each partition's consumer handles them in key order (now, or when it starts)\n", n)
+				}
 				return nil
 			})
 		},

@@ -1,0 +1,375 @@
+package dlq
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// Index follows a dead-letter topic and keeps, per group and source
+// partition, each key's unresolved entries (dead or requested) in the order
+// they were dead-lettered, plus every original ID the group ever
+// dead-lettered. It holds no payloads (an entry's record is fetched by its
+// offset when needed), so its memory is a few hundred bytes per entry, and
+// it reads each record once: catching up costs what was appended since.
+//
+// It is what the runtime decides by: a key is parked exactly while its
+// partition's index holds an unresolved entry of it, and a message whose
+// ID is in the index has its outcome recorded in the DLQ. Both follow from
+// the records alone, so a crash or restart anywhere cannot change them.
+type Index struct {
+	b     backend.Backend
+	topic string
+
+	catchMu sync.Mutex // one catch-up at a time
+
+	mu    sync.Mutex
+	next  uint64 // the next DLQ offset to read
+	byID  map[groupID]*Indexed
+	parts map[PartitionKey]*partIndex
+	names map[string]string // interned group, topic and class names
+}
+
+// PartitionKey names one group's share of a source partition.
+type PartitionKey struct {
+	Group     string
+	Topic     string
+	Partition int32
+}
+
+type groupID struct {
+	group string
+	id    ferry.ID
+}
+
+type partIndex struct {
+	keys  map[string][]*Indexed // unresolved entries of each key, in record order
+	loose []*Indexed            // unresolved entries without a key, in record order
+	// changed collects keys whose entries changed since the last Changes;
+	// looseChanged, whether an entry without a key did.
+	changed      map[string]bool
+	looseChanged bool
+}
+
+// Indexed is the index's view of one dead letter: where it is and what
+// its state is, without its payload.
+type Indexed struct {
+	Record       uint64 // offset of the dead letter in the DLQ topic
+	ID           ferry.ID
+	Key          []byte
+	Offset       uint64 // the original's offset in its partition
+	Class        retry.Class
+	Attempts     int
+	FirstFailure time.Time
+	RetryAt      time.Time
+	State        string
+	stateAt      uint64 // offset of the marker that set State (0: none)
+	part         PartitionKey
+}
+
+// NewIndex returns an empty index of the DLQ topic; CatchUp fills it.
+func NewIndex(b backend.Backend, topic string) *Index {
+	return &Index{b: b, topic: topic, byID: map[groupID]*Indexed{}, parts: map[PartitionKey]*partIndex{}, names: map[string]string{}}
+}
+
+// CatchUp reads the DLQ topic from where the index stopped to its current
+// end. When it returns nil, every record appended before it was called is
+// applied.
+func (x *Index) CatchUp(ctx context.Context) error {
+	x.catchMu.Lock()
+	defer x.catchMu.Unlock()
+	tp := backend.TopicPartition{Topic: x.topic}
+	_, end, err := x.b.Bounds(ctx, tp)
+	if err != nil {
+		return fmt.Errorf("dlq: index %q: %w", x.topic, err)
+	}
+	x.mu.Lock()
+	off := x.next
+	x.mu.Unlock()
+	for off < end {
+		res, err := x.b.Fetch(ctx, tp, off, 1000)
+		if err != nil {
+			return fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
+		}
+		if err := x.Apply(res.Messages...); err != nil {
+			return err
+		}
+		off = max(off, res.Next)
+		x.mu.Lock()
+		x.next = max(x.next, off)
+		x.mu.Unlock()
+	}
+	return nil
+}
+
+// Apply adds records of the DLQ topic (dead letters and state markers)
+// whose offsets are set, as Publish sets them. A record applied twice, or
+// out of order with CatchUp, changes nothing more: entries are known by
+// group and original ID, and a marker takes effect only over older ones.
+func (x *Index) Apply(records ...*ferry.Message) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, r := range records {
+		if r.Topic != "" && r.Topic != x.topic {
+			continue
+		}
+		if s, ok := r.Header(HeaderState); ok {
+			x.applyMarkerLocked(r, string(s))
+			continue
+		}
+		e, err := Parse(r)
+		if err != nil {
+			return err
+		}
+		x.addLocked(e)
+	}
+	return nil
+}
+
+func (x *Index) intern(s string) string {
+	if v, ok := x.names[s]; ok {
+		return v
+	}
+	x.names[s] = s
+	return s
+}
+
+func (x *Index) addLocked(e Entry) {
+	gid := groupID{e.Group, e.Original.ID}
+	if _, ok := x.byID[gid]; ok {
+		return
+	}
+	pk := PartitionKey{x.intern(e.Group), x.intern(e.Original.Topic), e.Original.Partition}
+	ix := &Indexed{Record: e.Record.Offset, ID: e.Original.ID, Key: e.Original.Key, Offset: e.Original.Offset,
+		Class: retry.Class(x.intern(string(e.Class))), Attempts: e.Attempts, FirstFailure: e.FirstFailure, RetryAt: e.RetryAt,
+		State: StateDead, part: pk}
+	x.byID[gid] = ix
+	p := x.partLocked(pk)
+	if e.Original.Key == nil {
+		// No order to keep: nothing parks behind it.
+		p.loose = insertByRecord(p.loose, ix)
+		p.looseChanged = true
+		return
+	}
+	k := string(e.Original.Key)
+	p.keys[k] = insertByRecord(p.keys[k], ix)
+	p.changed[k] = true
+}
+
+func insertByRecord(es []*Indexed, ix *Indexed) []*Indexed {
+	i, _ := slices.BinarySearchFunc(es, ix.Record, func(a *Indexed, r uint64) int { return cmpU64(a.Record, r) })
+	return slices.Insert(es, i, ix)
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (x *Index) partLocked(pk PartitionKey) *partIndex {
+	p := x.parts[pk]
+	if p == nil {
+		p = &partIndex{keys: map[string][]*Indexed{}, changed: map[string]bool{}}
+		x.parts[pk] = p
+	}
+	return p
+}
+
+// applyMarkerLocked sets the state of the entry (or entries, for a marker
+// of an older format without a group) a marker names.
+func (x *Index) applyMarkerLocked(r *ferry.Message, state string) {
+	id, err := ferry.ParseID(headerString(r, HeaderOriginalID))
+	if err != nil {
+		return
+	}
+	var targets []*Indexed
+	if g, ok := r.Header(HeaderGroup); ok {
+		if ix := x.byID[groupID{string(g), id}]; ix != nil {
+			targets = append(targets, ix)
+		}
+	} else {
+		for gid, ix := range x.byID {
+			if gid.id == id {
+				targets = append(targets, ix)
+			}
+		}
+	}
+	for _, ix := range targets {
+		if r.Offset <= ix.stateAt && ix.stateAt != 0 {
+			continue // an older marker read after a newer one
+		}
+		ix.stateAt = r.Offset
+		was := ix.State
+		ix.State = state
+		if _, ok := r.Header(HeaderClass); ok && state == StateDead {
+			// The entry failed again: its marker says how.
+			if c, ok := r.Header(HeaderClass); ok {
+				ix.Class = retry.Class(x.intern(string(c)))
+			}
+			if a, err := strconv.Atoi(headerString(r, HeaderAttempts)); err == nil {
+				ix.Attempts = a
+			}
+			ix.RetryAt, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderRetryAt))
+		}
+		p := x.partLocked(ix.part)
+		drop := unresolved(was) && !unresolved(state)
+		if ix.Key == nil {
+			p.looseChanged = true
+			if drop {
+				p.loose = slices.DeleteFunc(p.loose, func(e *Indexed) bool { return e == ix })
+			}
+			continue
+		}
+		k := string(ix.Key)
+		p.changed[k] = true
+		if drop {
+			p.keys[k] = slices.DeleteFunc(p.keys[k], func(e *Indexed) bool { return e == ix })
+			if len(p.keys[k]) == 0 {
+				delete(p.keys, k)
+			}
+		}
+	}
+}
+
+func unresolved(state string) bool { return state == StateDead || state == StateRequested }
+
+// Known reports whether group dead-lettered the message id: its outcome
+// is recorded in the DLQ, whatever the entry's state now.
+func (x *Index) Known(group string, id ferry.ID) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	_, ok := x.byID[groupID{group, id}]
+	return ok
+}
+
+// Unresolved returns copies of key's unresolved entries in partition pk,
+// in dead-letter order (nil if the key is not parked). A nil key asks for
+// the entries without a key.
+func (x *Index) Unresolved(pk PartitionKey, key []byte) []Indexed {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	if p == nil {
+		return nil
+	}
+	es := p.loose
+	if key != nil {
+		es = p.keys[string(key)]
+	}
+	out := make([]Indexed, len(es))
+	for i, e := range es {
+		out[i] = *e
+	}
+	return out
+}
+
+// Parked returns how many keys of pk have unresolved entries, and how many
+// entries they hold.
+func (x *Index) Parked(pk PartitionKey) (keys, entries int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	if p == nil {
+		return 0, 0
+	}
+	for _, es := range p.keys {
+		entries += len(es)
+	}
+	return len(p.keys), entries
+}
+
+// Keys returns the keys of pk that have unresolved entries.
+func (x *Index) Keys(pk PartitionKey) [][]byte {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	if p == nil {
+		return nil
+	}
+	out := make([][]byte, 0, len(p.keys))
+	for k := range p.keys {
+		out = append(out, []byte(k))
+	}
+	return out
+}
+
+// Changes returns the keys of pk whose entries changed since the last call
+// (a new entry, a marker), and whether an entry without a key did, and
+// forgets them.
+func (x *Index) Changes(pk PartitionKey) (keys [][]byte, loose bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	if p == nil {
+		return nil, false
+	}
+	for k := range p.changed {
+		keys = append(keys, []byte(k))
+	}
+	clear(p.changed)
+	loose, p.looseChanged = p.looseChanged, false
+	return keys, loose
+}
+
+// Record fetches the dead letter of e from the DLQ topic and parses it.
+func (x *Index) Record(ctx context.Context, e Indexed) (Entry, error) {
+	tp := backend.TopicPartition{Topic: x.topic}
+	res, err := x.b.Fetch(ctx, tp, e.Record, 1)
+	if err != nil {
+		return Entry{}, fmt.Errorf("dlq: read entry at %d of %q: %w", e.Record, x.topic, err)
+	}
+	for _, r := range res.Messages {
+		if r.Offset == e.Record {
+			ent, err := Parse(r)
+			if err != nil {
+				return Entry{}, err
+			}
+			if ent.Original.ID != e.ID {
+				return Entry{}, fmt.Errorf("dlq: entry at %d of %q is %s, want %s: %w", e.Record, x.topic, ent.Original.ID, e.ID, ferry.ErrCorrupt)
+			}
+			ent.State = e.State
+			return ent, nil
+		}
+	}
+	return Entry{}, fmt.Errorf("dlq: entry at %d of %q is gone (retention?): %w", e.Record, x.topic, ErrNotFound)
+}
+
+// Has reports whether key has unresolved entries in pk: whether it is
+// parked.
+func (x *Index) Has(pk PartitionKey, key []byte) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	return p != nil && len(p.keys[string(key)]) > 0
+}
+
+// Head returns key's first unresolved entry in pk (a nil key: the first
+// without a key), if there is one.
+func (x *Index) Head(pk PartitionKey, key []byte) (Indexed, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	if p == nil {
+		return Indexed{}, false
+	}
+	es := p.loose
+	if key != nil {
+		es = p.keys[string(key)]
+	}
+	if len(es) == 0 {
+		return Indexed{}, false
+	}
+	return *es[0], true
+}
