@@ -23,7 +23,7 @@ import (
 	"github.com/ferrymq/ferry/retry"
 )
 
-func newBackend(t *testing.T) *embedded.Backend {
+func newBackend(t testing.TB) *embedded.Backend {
 	t.Helper()
 	b := embedded.New(memlog.Open(t, commitlog.WithDurability(commitlog.DurabilityNone)), embedded.WithSessionTimeout(2*time.Second))
 	t.Cleanup(func() { b.Close() })

@@ -35,7 +35,18 @@ type Index struct {
 	byID  map[groupID]*Indexed
 	parts map[PartitionKey]*partIndex
 	names map[string]string // interned group, topic and class names
+
+	cacheMu sync.Mutex
+	cache   map[uint64]*ferry.Message // records read ahead by Record, by offset
+	cached  []uint64                  // their offsets, oldest first
 }
+
+// Read-ahead of Record: a settle job reads one entry, and the entries of
+// other keys redriven with it are usually next to it.
+const (
+	readAhead = 32
+	maxCached = 4096
+)
 
 // PartitionKey names one group's share of a source partition.
 type PartitionKey struct {
@@ -70,13 +81,14 @@ type Indexed struct {
 	FirstFailure time.Time
 	RetryAt      time.Time
 	State        string
-	stateAt      uint64 // offset of the marker that set State (0: none)
-	part         PartitionKey
+	stateAt      uint64     // offset of the marker that set State (0: none)
+	part         *partIndex // where the index keeps it (nil in a copy from an Entry)
 }
 
 // NewIndex returns an empty index of the DLQ topic; CatchUp fills it.
 func NewIndex(b backend.Backend, topic string) *Index {
-	return &Index{b: b, topic: topic, byID: map[groupID]*Indexed{}, parts: map[PartitionKey]*partIndex{}, names: map[string]string{}}
+	return &Index{b: b, topic: topic, byID: map[groupID]*Indexed{}, parts: map[PartitionKey]*partIndex{}, names: map[string]string{},
+		cache: map[uint64]*ferry.Message{}}
 }
 
 // CatchUp reads the DLQ topic from where the index stopped to its current
@@ -124,11 +136,9 @@ func (x *Index) Apply(records ...*ferry.Message) error {
 			x.applyMarkerLocked(r, string(s))
 			continue
 		}
-		e, err := Parse(r)
-		if err != nil {
+		if err := x.addLocked(r); err != nil {
 			return err
 		}
-		x.addLocked(e)
 	}
 	return nil
 }
@@ -141,26 +151,44 @@ func (x *Index) intern(s string) string {
 	return s
 }
 
-func (x *Index) addLocked(e Entry) {
-	gid := groupID{e.Group, e.Original.ID}
-	if _, ok := x.byID[gid]; ok {
-		return
+// addLocked indexes the dead letter r. It reads only the headers the
+// index keeps (Parse would copy the original message and parse every
+// time), and copies the key, so nothing of the fetched record stays
+// referenced.
+func (x *Index) addLocked(r *ferry.Message) error {
+	id, err := ferry.ParseID(headerString(r, HeaderOriginalID))
+	if err != nil {
+		return fmt.Errorf("dlq: record at offset %d is not a dead letter: %w", r.Offset, err)
 	}
-	pk := PartitionKey{x.intern(e.Group), x.intern(e.Original.Topic), e.Original.Partition}
-	ix := &Indexed{Record: e.Record.Offset, ID: e.Original.ID, Key: e.Original.Key, Offset: e.Original.Offset,
-		Class: retry.Class(x.intern(string(e.Class))), Attempts: e.Attempts, FirstFailure: e.FirstFailure, RetryAt: e.RetryAt,
-		State: StateDead, part: pk}
-	x.byID[gid] = ix
+	group := headerString(r, HeaderGroup)
+	gid := groupID{group, id}
+	if _, ok := x.byID[gid]; ok {
+		return nil
+	}
+	part, _ := strconv.Atoi(headerString(r, HeaderPartition))
+	pk := PartitionKey{x.intern(group), x.intern(headerString(r, HeaderTopic)), int32(part)}
 	p := x.partLocked(pk)
-	if e.Original.Key == nil {
+	ix := &Indexed{Record: r.Offset, ID: id, Class: retry.Class(x.intern(headerString(r, HeaderClass))), State: StateDead, part: p}
+	ix.Offset, _ = strconv.ParseUint(headerString(r, HeaderOffset), 10, 64)
+	if ix.Class == ClassScheduled {
+		// Only a scheduled retry needs its count and times: it continues
+		// them when it comes due.
+		ix.Attempts, _ = strconv.Atoi(headerString(r, HeaderAttempts))
+		ix.FirstFailure, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderFirstFailure))
+		ix.RetryAt, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderRetryAt))
+	}
+	x.byID[gid] = ix
+	if r.Key == nil {
 		// No order to keep: nothing parks behind it.
 		p.loose = insertByRecord(p.loose, ix)
 		p.looseChanged = true
-		return
+		return nil
 	}
-	k := string(e.Original.Key)
+	k := string(r.Key)
+	ix.Key = []byte(k)
 	p.keys[k] = insertByRecord(p.keys[k], ix)
 	p.changed[k] = true
+	return nil
 }
 
 func insertByRecord(es []*Indexed, ix *Indexed) []*Indexed {
@@ -221,9 +249,10 @@ func (x *Index) applyMarkerLocked(r *ferry.Message, state string) {
 			if a, err := strconv.Atoi(headerString(r, HeaderAttempts)); err == nil {
 				ix.Attempts = a
 			}
+			ix.FirstFailure, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderFirstFailure))
 			ix.RetryAt, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderRetryAt))
 		}
-		p := x.partLocked(ix.part)
+		p := ix.part
 		drop := unresolved(was) && !unresolved(state)
 		if ix.Key == nil {
 			p.looseChanged = true
@@ -290,7 +319,8 @@ func (x *Index) Parked(pk PartitionKey) (keys, entries int) {
 	return len(p.keys), entries
 }
 
-// Keys returns the keys of pk that have unresolved entries.
+// Keys returns the keys of pk that have unresolved entries, in the order
+// of their first ones (so that settling them reads the DLQ forward).
 func (x *Index) Keys(pk PartitionKey) [][]byte {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -302,11 +332,24 @@ func (x *Index) Keys(pk PartitionKey) [][]byte {
 	for k := range p.keys {
 		out = append(out, []byte(k))
 	}
+	p.sortLocked(out)
 	return out
 }
 
+// sortLocked orders keys by their first unresolved entry (keys without
+// one first).
+func (p *partIndex) sortLocked(keys [][]byte) {
+	head := func(k []byte) uint64 {
+		if es := p.keys[string(k)]; len(es) > 0 {
+			return es[0].Record
+		}
+		return 0
+	}
+	slices.SortFunc(keys, func(a, b []byte) int { return cmpU64(head(a), head(b)) })
+}
+
 // Changes returns the keys of pk whose entries changed since the last call
-// (a new entry, a marker), and whether an entry without a key did, and
+// (a new entry, a marker), ordered as Keys orders them, and whether an entry without a key did, and
 // forgets them.
 func (x *Index) Changes(pk PartitionKey) (keys [][]byte, loose bool) {
 	x.mu.Lock()
@@ -318,32 +361,63 @@ func (x *Index) Changes(pk PartitionKey) (keys [][]byte, loose bool) {
 	for k := range p.changed {
 		keys = append(keys, []byte(k))
 	}
+	p.sortLocked(keys)
 	clear(p.changed)
 	loose, p.looseChanged = p.looseChanged, false
 	return keys, loose
 }
 
 // Record fetches the dead letter of e from the DLQ topic and parses it.
+// It reads ahead, and the records read ahead serve the next calls.
 func (x *Index) Record(ctx context.Context, e Indexed) (Entry, error) {
-	tp := backend.TopicPartition{Topic: x.topic}
-	res, err := x.b.Fetch(ctx, tp, e.Record, 1)
+	r, err := x.record(ctx, e.Record)
 	if err != nil {
-		return Entry{}, fmt.Errorf("dlq: read entry at %d of %q: %w", e.Record, x.topic, err)
+		return Entry{}, err
 	}
-	for _, r := range res.Messages {
-		if r.Offset == e.Record {
-			ent, err := Parse(r)
-			if err != nil {
-				return Entry{}, err
+	ent, err := Parse(r)
+	if err != nil {
+		return Entry{}, err
+	}
+	if ent.Original.ID != e.ID {
+		return Entry{}, fmt.Errorf("dlq: entry at %d of %q is %s, want %s: %w", e.Record, x.topic, ent.Original.ID, e.ID, ferry.ErrCorrupt)
+	}
+	ent.State = e.State
+	return ent, nil
+}
+
+func (x *Index) record(ctx context.Context, off uint64) (*ferry.Message, error) {
+	x.cacheMu.Lock()
+	r := x.cache[off]
+	delete(x.cache, off) // an entry is handled once
+	x.cacheMu.Unlock()
+	if r != nil {
+		return r, nil
+	}
+	res, err := x.b.Fetch(ctx, backend.TopicPartition{Topic: x.topic}, off, readAhead)
+	if err != nil {
+		return nil, fmt.Errorf("dlq: read entry at %d of %q: %w", off, x.topic, err)
+	}
+	x.cacheMu.Lock()
+	defer x.cacheMu.Unlock()
+	for _, m := range res.Messages {
+		switch {
+		case m.Offset == off:
+			r = m
+		case m.Offset > off:
+			if _, marker := m.Header(HeaderState); !marker {
+				x.cache[m.Offset] = m
+				x.cached = append(x.cached, m.Offset)
 			}
-			if ent.Original.ID != e.ID {
-				return Entry{}, fmt.Errorf("dlq: entry at %d of %q is %s, want %s: %w", e.Record, x.topic, ent.Original.ID, e.ID, ferry.ErrCorrupt)
-			}
-			ent.State = e.State
-			return ent, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("dlq: entry at %d of %q is gone (retention?): %w", e.Record, x.topic, ErrNotFound)
+	for len(x.cached) > maxCached {
+		delete(x.cache, x.cached[0])
+		x.cached = x.cached[1:]
+	}
+	if r == nil {
+		return nil, fmt.Errorf("dlq: entry at %d of %q is gone (retention?): %w", off, x.topic, ErrNotFound)
+	}
+	return r, nil
 }
 
 // Has reports whether key has unresolved entries in pk: whether it is

@@ -234,22 +234,45 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 	if o.PerSecond > 0 {
 		lim = rate.NewLimiter(rate.Limit(o.PerSecond), 1)
 	}
+	if o.To == "" {
+		// Requests go in batches (each one atomic on the embedded log),
+		// one entry at a time when rate-limited.
+		chunk := 256
+		if lim != nil {
+			chunk = 1
+		}
+		for i := 0; i < len(entries); i += chunk {
+			part := entries[i:min(i+chunk, len(entries))]
+			if lim != nil {
+				if err := lim.Wait(ctx); err != nil {
+					return i, err
+				}
+			}
+			markers := make([]*ferry.Message, len(part))
+			for j, e := range part {
+				markers[j] = Marker(q.topic, e.Group, e.Indexed(), StateRequested, nil)
+			}
+			if err := q.b.Publish(ctx, markers...); err != nil {
+				return i, fmt.Errorf("dlq: request redrive of %s: %w", part[0].Original.ID, err)
+			}
+			if o.Progress != nil {
+				for j := range part {
+					o.Progress(i+j+1, len(entries))
+				}
+			}
+		}
+		return len(entries), nil
+	}
 	for i, e := range entries {
 		if lim != nil {
 			if err := lim.Wait(ctx); err != nil {
 				return i, err
 			}
 		}
-		if o.To == "" {
-			if err := q.b.Publish(ctx, Marker(q.topic, e.Group, e.Indexed(), StateRequested, nil)); err != nil {
-				return i, fmt.Errorf("dlq: request redrive of %s: %w", e.Original.ID, err)
-			}
-		} else {
-			out := &ferry.Message{ID: ferry.DeriveID("redrive", q.topic, e.Record.ID), Topic: o.To, Key: e.Original.Key, Payload: e.Original.Payload,
-				Headers: RedriveHeaders(e.Original)}
-			if err := q.publishWithMarker(ctx, out, Marker(q.topic, e.Group, e.Indexed(), StateRedriven, nil)); err != nil {
-				return i, fmt.Errorf("dlq: move %s to %q: %w", e.Original.ID, o.To, err)
-			}
+		out := &ferry.Message{ID: ferry.DeriveID("redrive", q.topic, e.Record.ID), Topic: o.To, Key: e.Original.Key, Payload: e.Original.Payload,
+			Headers: RedriveHeaders(e.Original)}
+		if err := q.publishWithMarker(ctx, out, Marker(q.topic, e.Group, e.Indexed(), StateRedriven, nil)); err != nil {
+			return i, fmt.Errorf("dlq: move %s to %q: %w", e.Original.ID, o.To, err)
 		}
 		if o.Progress != nil {
 			o.Progress(i+1, len(entries))
