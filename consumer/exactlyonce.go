@@ -97,18 +97,19 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message, marker *
 			if err := tx.PublishAndCommit(w.ctx, w.s, batch, wm); err != nil {
 				return err
 			}
-			if marker != nil {
-				if err := c.index.CatchUp(w.ctx); err != nil {
-					return err
-				}
-			}
 			return eo.Confirm(w.ctx, m.ID)
 		}
 	}
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		err := publish()
 		if err == nil {
-			return c.cfg.exactlyOnce != nil || marker == nil || w.writeMarker(marker)
+			switch {
+			case marker == nil:
+				return true
+			case c.cfg.exactlyOnce != nil:
+				return w.catchUp() // the marker went with the batch
+			}
+			return w.writeMarker(marker)
 		}
 		c.cfg.logger.Warn("publishing handler outputs failed; retrying", m.LogAttrs(), "err", err)
 		select {

@@ -311,13 +311,13 @@ func (w *worker) replay(d dlq.Indexed) outcome {
 	return suspended
 }
 
-// writeMarker writes a marker of the group's DLQ and applies it to the
-// index, retrying until it is written (true) or the worker stops (false).
+// writeMarker writes a marker of the group's DLQ and catches the index
+// up, retrying until it is written (true) or the worker stops (false).
 func (w *worker) writeMarker(marker *ferry.Message) bool {
 	return w.publishDLQ(marker, nil)
 }
 
-// publishDLQ writes a record of the DLQ topic and applies it to the index,
+// publishDLQ writes a record of the DLQ topic and catches the index up,
 // retrying until it is written (true) or the worker stops (false; m, if
 // set, is then reported abandoned).
 func (w *worker) publishDLQ(rec *ferry.Message, m *ferry.Message) bool {
@@ -325,16 +325,32 @@ func (w *worker) publishDLQ(rec *ferry.Message, m *ferry.Message) bool {
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		err := c.b.Publish(w.ctx, rec)
 		if err == nil {
-			if err := c.index.Apply(rec); err != nil {
-				c.cfg.logger.Warn("applying a DLQ record to the index failed; catching up instead", "err", err)
-			}
-			return true
+			// The index reads it back, in the DLQ's order: applying it out
+			// of turn would put it before an operator's marker written
+			// just ahead of it (a purge of the entry this worker was
+			// handling), which the DLQ itself orders first.
+			return w.catchUp()
 		}
 		c.cfg.logger.Warn("DLQ write failed; retrying", "dlq", c.cfg.dlqTopic, "err", err)
 		if !sleepCtx(w.ctx, backoff) {
 			if m != nil {
 				c.emit(Event{Kind: EventAbandoned, Message: m, Err: err})
 			}
+			return false
+		}
+	}
+}
+
+// catchUp brings the index up to the DLQ's end, retrying until it does
+// (true) or the worker stops (false).
+func (w *worker) catchUp() bool {
+	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		err := w.c.index.CatchUp(w.ctx)
+		if err == nil {
+			return true
+		}
+		w.c.cfg.logger.Warn("reading the DLQ failed; retrying", "dlq", w.c.cfg.dlqTopic, "err", err)
+		if !sleepCtx(w.ctx, backoff) {
 			return false
 		}
 	}

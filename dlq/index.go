@@ -110,7 +110,7 @@ func (x *Index) CatchUp(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
 		}
-		if err := x.Apply(res.Messages...); err != nil {
+		if err := x.apply(res.Messages...); err != nil {
 			return err
 		}
 		off = max(off, res.Next)
@@ -121,11 +121,11 @@ func (x *Index) CatchUp(ctx context.Context) error {
 	return nil
 }
 
-// Apply adds records of the DLQ topic (dead letters and state markers)
-// whose offsets are set, as Publish sets them. A record applied twice, or
-// out of order with CatchUp, changes nothing more: entries are known by
-// group and original ID, and a marker takes effect only over older ones.
-func (x *Index) Apply(records ...*ferry.Message) error {
+// apply adds records of the DLQ topic (dead letters and state markers),
+// in the topic's order. A record applied twice changes nothing more:
+// entries are known by group and original ID, and a marker takes effect
+// only over older ones.
+func (x *Index) apply(records ...*ferry.Message) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, r := range records {
@@ -237,6 +237,12 @@ func (x *Index) applyMarkerLocked(r *ferry.Message, state string) {
 	for _, ix := range targets {
 		if r.Offset <= ix.stateAt && ix.stateAt != 0 {
 			continue // an older marker read after a newer one
+		}
+		if !unresolved(ix.State) {
+			// Redriven and purged are final: an owner that was handling
+			// the entry when an operator purged it writes its outcome
+			// after the purge, and the purge stands.
+			continue
 		}
 		ix.stateAt = r.Offset
 		was := ix.State

@@ -106,7 +106,10 @@ func (q *Queue) scan(ctx context.Context) ([]Entry, error) {
 						continue
 					}
 					if g, ok := r.Header(HeaderGroup); ok {
-						latest[groupID{string(g), id}] = r
+						gid := groupID{string(g), id}
+						if cur := latest[gid]; cur == nil || unresolved(headerString(cur, HeaderState)) {
+							latest[gid] = r // redriven and purged are final (see Index)
+						}
 					} else {
 						legacy = append(legacy, r)
 					}
@@ -124,7 +127,7 @@ func (q *Queue) scan(ctx context.Context) ([]Entry, error) {
 	for _, r := range legacy {
 		id, _ := ferry.ParseID(headerString(r, HeaderOriginalID))
 		for _, e := range entries {
-			if gid := (groupID{e.Group, id}); e.Original.ID == id && (latest[gid] == nil || latest[gid].Offset < r.Offset) {
+			if gid := (groupID{e.Group, id}); e.Original.ID == id && (latest[gid] == nil || latest[gid].Offset < r.Offset && unresolved(headerString(latest[gid], HeaderState))) {
 				latest[gid] = r
 			}
 		}
