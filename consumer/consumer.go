@@ -321,6 +321,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err := c.b.EnsureTopic(ctx, c.cfg.dlqTopic, 1); err != nil {
 		return fmt.Errorf("consumer: dead-letter topic %q: %w", c.cfg.dlqTopic, err)
 	}
+	if n, err := c.b.Partitions(ctx, c.cfg.dlqTopic); err != nil {
+		return fmt.Errorf("consumer: dead-letter topic %q: %w", c.cfg.dlqTopic, err)
+	} else if n != 1 {
+		// A key's dead letters and the markers that change them must be
+		// read in one order: the runtime keeps its DLQ in one partition.
+		return fmt.Errorf("%w: dead-letter topic %q has %d partitions; the runtime needs it to have 1 (its entries and their state markers are read in one order): delete it or choose another with WithDLQTopic", ferry.ErrInvalidArgument, c.cfg.dlqTopic, n)
+	}
 	s, err := c.b.Join(ctx, c.group, c.cfg.member, c.topics)
 	if err != nil {
 		return fmt.Errorf("consumer: join group %q: %w", c.group, err)

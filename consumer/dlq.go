@@ -38,5 +38,5 @@ func (w *worker) writeDeadLetter(m *ferry.Message, f failure) bool {
 	}
 	dl := dlq.NewEntry(m, c.cfg.dlqTopic, dlq.Failure{Group: c.group, Handler: c.cfg.handlerName, Attempts: f.attempts,
 		First: f.first, Last: f.last, Err: f.err, Class: class, Reason: f.why, RetryAt: f.retryAt})
-	return w.publishDLQ(dl, m)
+	return w.publishDLQ(w.ctx, dl, m)
 }

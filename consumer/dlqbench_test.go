@@ -18,16 +18,20 @@ import (
 // keys of 8 partitions (a blocker and 9 parked messages a key), written
 // 16 to a batch (as concurrent dead-letter writes share a group commit).
 // It reports
+//
 //   - start_ms: from Run until every partition handles a new message (each
 //     start reads the DLQ index, caught up once for the consumer);
+//
 //   - index_MiB: the heap the index of the 100k entries holds;
+//
 //   - index_build_ms: reading the 100k entries into an index (what the
 //     consumer's first partition start waits for; later ones read only
 //     what was appended since);
+//
 //   - release_s: from a redrive of everything until all 100k entries were
 //     handled and the 10k keys released.
 //
-//	go test -run '^$' -bench BenchmarkDLQ100k -benchtime 1x ./consumer/
+//     go test -run '^$' -bench BenchmarkDLQ100k -benchtime 1x ./consumer/
 func BenchmarkDLQ100k(b *testing.B) {
 	const keys, perKey, parts = 10000, 10, 8
 	for b.Loop() {
@@ -113,4 +117,3 @@ func BenchmarkDLQ100k(b *testing.B) {
 		}
 	}
 }
-

@@ -73,7 +73,7 @@ func Emit(ctx context.Context, msgs ...*ferry.Message) error {
 func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message, marker *ferry.Message) bool {
 	c := w.c
 	if len(out) == 0 && c.cfg.exactlyOnce == nil {
-		return marker == nil || w.writeMarker(marker)
+		return marker == nil || w.writeOutcome(marker)
 	}
 	for i, o := range out {
 		if o.ID.IsZero() {
@@ -107,9 +107,9 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message, marker *
 			case marker == nil:
 				return true
 			case c.cfg.exactlyOnce != nil:
-				return w.catchUp() // the marker went with the batch
+				return w.catchUp(w.ctx) // the marker went with the batch
 			}
-			return w.writeMarker(marker)
+			return w.writeOutcome(marker)
 		}
 		c.cfg.logger.Warn("publishing handler outputs failed; retrying", m.LogAttrs(), "err", err)
 		select {

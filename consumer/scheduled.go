@@ -81,6 +81,6 @@ func (w *worker) schedule(m *ferry.Message, f failure, delay time.Duration) bool
 		return false
 	}
 	w.c.emit(Event{Kind: EventScheduled, Message: m, Attempt: f.attempts, Err: f.err, Class: f.class, Delay: delay})
-	w.wakeAt(settleLane(m.Key), due)
+	w.wakeAt(refOf(m.Key), due)
 	return true
 }

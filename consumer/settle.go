@@ -30,7 +30,8 @@ import (
 // due one is handled on the partition's keyless settle lane.
 
 // looseLane is the lane of the partition's settle jobs for entries without
-// a key.
+// a key. (A key of that name shares the lane, which only serializes the
+// two; what is settled is told by settleRef, not by the lane's name.)
 const looseLane = "\x00dlq"
 
 func settleLane(key []byte) string {
@@ -38,6 +39,22 @@ func settleLane(key []byte) string {
 		return looseLane
 	}
 	return string(key)
+}
+
+// settleRef names what a settle job settles: a key, or (loose) the
+// entries without one.
+type settleRef struct {
+	key   string
+	loose bool
+}
+
+func refOf(key []byte) settleRef { return settleRef{key: string(key), loose: key == nil} }
+
+func (r settleRef) keyBytes() []byte {
+	if r.loose {
+		return nil
+	}
+	return []byte(r.key)
 }
 
 // eligible reports whether e, the head of its key, may be handled now.
@@ -69,7 +86,7 @@ func (w *worker) settleKey(key []byte) {
 				break
 			}
 			if e.Class == dlq.ClassScheduled {
-				w.wakeAt(looseLane, e.RetryAt)
+				w.wakeAt(refOf(nil), e.RetryAt)
 			}
 		}
 		if !ok {
@@ -81,17 +98,17 @@ func (w *worker) settleKey(key []byte) {
 	}
 	if !eligible(head, now) {
 		if head.Class == dlq.ClassScheduled {
-			w.wakeAt(settleLane(key), head.RetryAt)
+			w.wakeAt(refOf(key), head.RetryAt)
 		}
 		return
 	}
 	lk := settleLane(key)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.settling[lk] || w.ctx.Err() != nil {
+	if w.settling[refOf(key)] || w.ctx.Err() != nil {
 		return // a job is queued and has not started: it will see this
 	}
-	w.settling[lk] = true
+	w.settling[refOf(key)] = true
 	e := &entry{settle: true, key: key}
 	if l := w.lanes[lk]; l != nil {
 		l.waiting = append(l.waiting, e)
@@ -143,12 +160,12 @@ func (w *worker) starterLoop() {
 	}
 }
 
-// wakeAt asks for lane's key to be settled again at t (a scheduled retry
-// comes due).
-func (w *worker) wakeAt(lane string, t time.Time) {
+// wakeAt asks for r to be settled again at t (a scheduled retry comes
+// due).
+func (w *worker) wakeAt(r settleRef, t time.Time) {
 	w.mu.Lock()
-	if cur, ok := w.due[lane]; !ok || t.Before(cur) {
-		w.due[lane] = t
+	if cur, ok := w.due[r]; !ok || t.Before(cur) {
+		w.due[r] = t
 	}
 	w.mu.Unlock()
 	select {
@@ -165,7 +182,7 @@ func (w *worker) dueLoop() {
 	for {
 		now := time.Now()
 		next := now.Add(time.Hour)
-		var due []string
+		var due []settleRef
 		w.mu.Lock()
 		for k, t := range w.due {
 			if !t.After(now) {
@@ -176,12 +193,8 @@ func (w *worker) dueLoop() {
 			}
 		}
 		w.mu.Unlock()
-		for _, k := range due {
-			if k == looseLane {
-				w.settleKey(nil)
-			} else {
-				w.settleKey([]byte(k))
-			}
+		for _, r := range due {
+			w.settleKey(r.keyBytes())
 		}
 		timer.Reset(time.Until(next))
 		select {
@@ -213,9 +226,8 @@ func (w *worker) dlqChanged() {
 // settle runs a settle job: key's eligible entries, in order, until one
 // fails or none is left.
 func (w *worker) settle(e *entry) outcome {
-	lk := settleLane(e.key)
 	w.mu.Lock()
-	delete(w.settling, lk) // a change from now on queues another job
+	delete(w.settling, refOf(e.key)) // a change from now on queues another job
 	w.mu.Unlock()
 	pk := w.pk()
 	for w.ctx.Err() == nil {
@@ -314,25 +326,38 @@ func (w *worker) replay(d dlq.Indexed) outcome {
 // writeMarker writes a marker of the group's DLQ and catches the index
 // up, retrying until it is written (true) or the worker stops (false).
 func (w *worker) writeMarker(marker *ferry.Message) bool {
-	return w.publishDLQ(marker, nil)
+	return w.publishDLQ(w.ctx, marker, nil)
 }
 
+// writeOutcome writes the marker of an entry just handled. The handler's
+// effect happened, so a stop that comes meanwhile does not abandon the
+// write (the entry would be handled again by the next owner): it gets
+// finalWriteTimeout of its own.
+func (w *worker) writeOutcome(marker *ferry.Message) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.ctx), finalWriteTimeout)
+	defer cancel()
+	return w.publishDLQ(ctx, marker, nil)
+}
+
+// finalWriteTimeout bounds writeOutcome after the worker stopped.
+const finalWriteTimeout = 10 * time.Second
+
 // publishDLQ writes a record of the DLQ topic and catches the index up,
-// retrying until it is written (true) or the worker stops (false; m, if
-// set, is then reported abandoned).
-func (w *worker) publishDLQ(rec *ferry.Message, m *ferry.Message) bool {
+// retrying until it is written (true) or ctx ends (false; m, if set, is
+// then reported abandoned).
+func (w *worker) publishDLQ(ctx context.Context, rec *ferry.Message, m *ferry.Message) bool {
 	c := w.c
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := c.b.Publish(w.ctx, rec)
+		err := c.b.Publish(ctx, rec)
 		if err == nil {
 			// The index reads it back, in the DLQ's order: applying it out
 			// of turn would put it before an operator's marker written
 			// just ahead of it (a purge of the entry this worker was
 			// handling), which the DLQ itself orders first.
-			return w.catchUp()
+			return w.catchUp(ctx)
 		}
 		c.cfg.logger.Warn("DLQ write failed; retrying", "dlq", c.cfg.dlqTopic, "err", err)
-		if !sleepCtx(w.ctx, backoff) {
+		if !sleepCtx(ctx, backoff) {
 			if m != nil {
 				c.emit(Event{Kind: EventAbandoned, Message: m, Err: err})
 			}
@@ -342,15 +367,15 @@ func (w *worker) publishDLQ(rec *ferry.Message, m *ferry.Message) bool {
 }
 
 // catchUp brings the index up to the DLQ's end, retrying until it does
-// (true) or the worker stops (false).
-func (w *worker) catchUp() bool {
+// (true) or ctx ends (false).
+func (w *worker) catchUp(ctx context.Context) bool {
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := w.c.index.CatchUp(w.ctx)
+		err := w.c.index.CatchUp(ctx)
 		if err == nil {
 			return true
 		}
 		w.c.cfg.logger.Warn("reading the DLQ failed; retrying", "dlq", w.c.cfg.dlqTopic, "err", err)
-		if !sleepCtx(w.ctx, backoff) {
+		if !sleepCtx(ctx, backoff) {
 			return false
 		}
 	}

@@ -34,12 +34,12 @@ type worker struct {
 	room      chan struct{}    // signaled when buffered drops
 	started   chan struct{}    // closed once init has set next and committed and settled the parked keys
 	fenced    bool
-	reserved  map[string]bool // keys whose first dead letter is being written (parked.go)
-	roomWait  []*entry        // failed messages waiting for room to park their key, oldest first
-	settling  map[string]bool // lanes with a settle job queued that has not started (settle.go)
-	ready     []*entry        // lane heads for starterLoop to start
+	reserved  map[string]bool    // keys whose first dead letter is being written (parked.go)
+	roomWait  []*entry           // failed messages waiting for room to park their key, oldest first
+	settling  map[settleRef]bool // keys with a settle job queued that has not started (settle.go)
+	ready     []*entry           // lane heads for starterLoop to start
 	readyKick chan struct{}
-	due       map[string]time.Time // lanes to settle again when a scheduled retry is due
+	due       map[settleRef]time.Time // keys to settle again when a scheduled retry is due
 	dueKick   chan struct{}
 }
 
@@ -72,7 +72,7 @@ type lane struct{ waiting []*entry }
 func (c *Consumer) startWorker(s backend.Session, tp backend.TopicPartition) *worker {
 	wctx, cancel := context.WithCancel(context.Background())
 	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, room: make(chan struct{}, 1), started: make(chan struct{}),
-		reserved: map[string]bool{}, settling: map[string]bool{}, readyKick: make(chan struct{}, 1), due: map[string]time.Time{}, dueKick: make(chan struct{}, 1)}
+		reserved: map[string]bool{}, settling: map[settleRef]bool{}, readyKick: make(chan struct{}, 1), due: map[settleRef]time.Time{}, dueKick: make(chan struct{}, 1)}
 	w.wg.Add(4)
 	go w.fetchLoop()
 	go w.commitLoop()
