@@ -411,12 +411,15 @@ func (w *worker) processFresh(e *entry) outcome {
 		c.emit(Event{Kind: EventHandled, Message: e.m, Attempt: r.attempt, Duration: r.took})
 		return handled
 	}
+	// Copies: a closure over r would move r to the heap on every call,
+	// successes included.
+	f, delay, durable := r.f, r.delay, r.durable
 	park := func() outcome {
 		defer w.unreserve(e.m.Key)
-		if r.durable {
-			return asOutcome(w.schedule(e.m, r.f, r.delay))
+		if durable {
+			return asOutcome(w.schedule(e.m, f, delay))
 		}
-		return asOutcome(w.deadLetter(e.m, r.f))
+		return asOutcome(w.deadLetter(e.m, f))
 	}
 	if !w.reserveParkOrWait(e, park) {
 		return suspended
