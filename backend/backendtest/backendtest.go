@@ -65,6 +65,7 @@ func Run(t *testing.T, h Harness) {
 		{"BadInput", testBadInput},
 		{"RuntimeOrderAcrossMembers", testRuntimeOrder},
 		{"RuntimeDLQParkedRedrive", testDLQRoundTrip},
+		{"RuntimeRedriveOperations", testRedriveOperations},
 		{"RuntimeDurableRetry", testDurableRetry},
 		{"AtomicPublishCommit", testAtomic},
 		{"RuntimeExactlyOnce", testExactlyOnce},
