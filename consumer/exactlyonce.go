@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
@@ -100,22 +99,14 @@ func (w *worker) publishOutputs(m *ferry.Message, out []*ferry.Message, marker *
 			return eo.Confirm(w.ctx, m.ID)
 		}
 	}
-	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := publish()
-		if err == nil {
-			switch {
-			case marker == nil:
-				return true
-			case c.cfg.exactlyOnce != nil:
-				return w.catchUp(w.ctx) // the marker went with the batch
-			}
-			return w.writeOutcome(marker)
-		}
-		c.cfg.logger.Warn("publishing handler outputs failed; retrying", m.LogAttrs(), "err", err)
-		select {
-		case <-time.After(backoff):
-		case <-w.ctx.Done():
-			return false
-		}
+	if w.retry(w.ctx, "publishing handler outputs of "+m.ID.String(), publish) != nil {
+		return false
 	}
+	switch {
+	case marker == nil:
+		return true
+	case c.cfg.exactlyOnce != nil:
+		return w.catchUp(w.ctx) // the marker went with the batch
+	}
+	return w.writeOutcome(marker)
 }

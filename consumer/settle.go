@@ -268,15 +268,8 @@ func (w *worker) settle(e *entry) outcome {
 func (w *worker) replay(d dlq.Indexed) outcome {
 	c := w.c
 	var rec dlq.Entry
-	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		var err error
-		if rec, err = c.index.Record(w.ctx, d); err == nil {
-			break
-		}
-		c.cfg.logger.Warn("reading a dead letter to handle it failed; retrying", "dlq", c.cfg.dlqTopic, "offset", d.Record, "err", err)
-		if !sleepCtx(w.ctx, backoff) {
-			return abandoned
-		}
+	if w.retry(w.ctx, "reading a dead letter to handle it", func() (err error) { rec, err = c.index.Record(w.ctx, d); return err }) != nil {
+		return abandoned
 	}
 	m := rec.Original
 	m.Headers = dlq.RedriveHeaders(m)
@@ -346,37 +339,37 @@ const finalWriteTimeout = 10 * time.Second
 // retrying until it is written (true) or ctx ends (false; m, if set, is
 // then reported abandoned).
 func (w *worker) publishDLQ(ctx context.Context, rec *ferry.Message, m *ferry.Message) bool {
-	c := w.c
-	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := c.b.Publish(ctx, rec)
-		if err == nil {
-			// The index reads it back, in the DLQ's order: applying it out
-			// of turn would put it before an operator's marker written
-			// just ahead of it (a purge of the entry this worker was
-			// handling), which the DLQ itself orders first.
-			return w.catchUp(ctx)
+	err := w.retry(ctx, "DLQ write", func() error { return w.c.b.Publish(ctx, rec) })
+	if err != nil {
+		if m != nil {
+			w.c.emit(Event{Kind: EventAbandoned, Message: m, Err: err})
 		}
-		c.cfg.logger.Warn("DLQ write failed; retrying", "dlq", c.cfg.dlqTopic, "err", err)
-		if !sleepCtx(ctx, backoff) {
-			if m != nil {
-				c.emit(Event{Kind: EventAbandoned, Message: m, Err: err})
-			}
-			return false
-		}
+		return false
 	}
+	// The index reads it back, in the DLQ's order: applying it out of turn
+	// would put it before an operator's marker written just ahead of it (a
+	// purge of the entry this worker was handling), which the DLQ itself
+	// orders first.
+	return w.catchUp(ctx)
 }
 
 // catchUp brings the index up to the DLQ's end, retrying until it does
 // (true) or ctx ends (false).
 func (w *worker) catchUp(ctx context.Context) bool {
+	return w.retry(ctx, "reading the DLQ", func() error { return w.c.index.CatchUp(ctx) }) == nil
+}
+
+// retry calls fn until it succeeds (nil) or ctx ends (fn's last error),
+// backing off from 10 ms to 5 s and logging each failure as what.
+func (w *worker) retry(ctx context.Context, what string, fn func() error) error {
 	for backoff := 10 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-		err := w.c.index.CatchUp(ctx)
+		err := fn()
 		if err == nil {
-			return true
+			return nil
 		}
-		w.c.cfg.logger.Warn("reading the DLQ failed; retrying", "dlq", w.c.cfg.dlqTopic, "err", err)
+		w.c.cfg.logger.Warn(what+" failed; retrying", "topic", w.tp.Topic, "partition", w.tp.Partition, "dlq", w.c.cfg.dlqTopic, "err", err)
 		if !sleepCtx(ctx, backoff) {
-			return false
+			return err
 		}
 	}
 }
