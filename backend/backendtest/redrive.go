@@ -21,7 +21,7 @@ import (
 // order.
 func testRedriveOperations(t *testing.T, h Harness) {
 	t.Run("WhileNoConsumerRuns", func(t *testing.T) {
-		r := newRedriveRig(t, h, "rn")
+		r := newRedriveRig(t, h, "redrive-idle")
 		r.poison("s:0")
 		stop := r.run()
 		r.publish("s", 0, 3)
@@ -34,7 +34,7 @@ func testRedriveOperations(t *testing.T, h Harness) {
 		r.waitHandled(4)
 	})
 	t.Run("RestartMidRedrive", func(t *testing.T) {
-		r := newRedriveRig(t, h, "rr")
+		r := newRedriveRig(t, h, "redrive-restart")
 		r.poison("s:0")
 		stop := r.run()
 		r.publish("s", 0, 4)
@@ -50,7 +50,7 @@ func testRedriveOperations(t *testing.T, h Harness) {
 		r.waitHandled(5)
 	})
 	t.Run("PurgeOfABlocker", func(t *testing.T) {
-		r := newRedriveRig(t, h, "rp")
+		r := newRedriveRig(t, h, "redrive-purge")
 		r.poison("s:0")
 		r.run()
 		r.publish("s", 0, 3)
@@ -63,7 +63,7 @@ func testRedriveOperations(t *testing.T, h Harness) {
 		r.waitHandled(3) // s:1..3; s:0 was purged
 	})
 	t.Run("OverlappingRedrives", func(t *testing.T) {
-		r := newRedriveRig(t, h, "ro")
+		r := newRedriveRig(t, h, "redrive-overlap")
 		r.poison("s:0")
 		r.run()
 		r.publish("s", 0, 6)
@@ -104,6 +104,8 @@ type redriveRig struct {
 	gone    map[ferry.ID]bool
 }
 
+// newRedriveRig makes a rig on topic, a name no other test of the suite
+// uses (a harness may share one cluster between tests).
 func newRedriveRig(t *testing.T, h Harness, topic string) *redriveRig {
 	b := h.New(t)
 	ensure(t, b, topic, 1)
