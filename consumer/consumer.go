@@ -200,8 +200,7 @@ type Consumer struct {
 
 	breaker *breaker // nil without WithCircuitBreaker
 
-	index  *dlq.Index    // the group's DLQ, followed by followDLQ (settle.go)
-	rescan chan struct{} // wakes followDLQ
+	index *dlq.Index // the group's DLQ, followed by followDLQ (settle.go)
 
 	running  atomic.Bool  // Run is running
 	lastBeat atomic.Int64 // unix nanoseconds of the last successful heartbeat
@@ -297,7 +296,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	for i := len(c.middleware) - 1; i >= 0; i-- {
 		h = c.middleware[i](h)
 	}
-	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, rescan: make(chan struct{}, 1), index: dlq.NewIndex(b, c.dlqTopic)}
+	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, index: dlq.NewIndex(b, c.dlqTopic)}
 	if c.breaker != nil {
 		cons.breaker = newBreaker(c.handlerName, c.breaker, func(from, to string) {
 			c.logger.Warn("circuit breaker changed state", "handler", c.handlerName, "from", from, "to", to)

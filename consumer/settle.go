@@ -2,6 +2,8 @@ package consumer
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/ferrymq/ferry"
@@ -75,31 +77,7 @@ func eligible(e dlq.Indexed, now time.Time) bool {
 // timer for a scheduled one, or reports the key released if it holds
 // nothing any more.
 func (w *worker) settleKey(key []byte) {
-	pk := w.pk()
-	now := time.Now()
-	var head dlq.Indexed
-	var ok bool
-	if key == nil {
-		for _, e := range w.c.index.Unresolved(pk, nil) {
-			if eligible(e, now) {
-				head, ok = e, true
-				break
-			}
-			if e.Class == dlq.ClassScheduled {
-				w.wakeAt(refOf(nil), e.RetryAt)
-			}
-		}
-		if !ok {
-			return
-		}
-	} else if head, ok = w.c.index.Head(pk, key); !ok {
-		w.released(key)
-		return
-	}
-	if !eligible(head, now) {
-		if head.Class == dlq.ClassScheduled {
-			w.wakeAt(refOf(key), head.RetryAt)
-		}
+	if _, ok := w.dueEntry(key); !ok {
 		return
 	}
 	lk := settleLane(key)
@@ -116,6 +94,38 @@ func (w *worker) settleKey(key []byte) {
 	}
 	w.lanes[lk] = &lane{}
 	w.queueLocked(e)
+}
+
+// dueEntry returns the entry of key to handle now: its head, if that may
+// go (a nil key: the first entry without a key that may). Otherwise it
+// reports the key released if it holds nothing, or arms the due timer for
+// a scheduled entry, and returns false.
+func (w *worker) dueEntry(key []byte) (dlq.Indexed, bool) {
+	pk := w.pk()
+	now := time.Now()
+	if key == nil {
+		for _, e := range w.c.index.Unresolved(pk, nil) {
+			if eligible(e, now) {
+				return e, true
+			}
+			if e.Class == dlq.ClassScheduled {
+				w.wakeAt(refOf(nil), e.RetryAt)
+			}
+		}
+		return dlq.Indexed{}, false
+	}
+	head, ok := w.c.index.Head(pk, key)
+	switch {
+	case !ok:
+		w.released(key)
+		return dlq.Indexed{}, false
+	case !eligible(head, now):
+		if head.Class == dlq.ClassScheduled {
+			w.wakeAt(refOf(key), head.RetryAt)
+		}
+		return dlq.Indexed{}, false
+	}
+	return head, true
 }
 
 // released reports key no longer parked, and lets messages waiting for
@@ -229,27 +239,9 @@ func (w *worker) settle(e *entry) outcome {
 	w.mu.Lock()
 	delete(w.settling, refOf(e.key)) // a change from now on queues another job
 	w.mu.Unlock()
-	pk := w.pk()
 	for w.ctx.Err() == nil {
-		now := time.Now()
-		var head dlq.Indexed
-		var ok bool
-		if e.key == nil {
-			for _, d := range w.c.index.Unresolved(pk, nil) {
-				if eligible(d, now) {
-					head, ok = d, true
-					break
-				}
-			}
-			if !ok {
-				w.settleKey(nil) // arms the timer of a scheduled one
-				return handled
-			}
-		} else if head, ok = w.c.index.Head(pk, e.key); !ok {
-			w.released(e.key)
-			return handled
-		} else if !eligible(head, now) {
-			w.settleKey(e.key)
+		head, ok := w.dueEntry(e.key)
+		if !ok {
 			return handled
 		}
 		switch w.replay(head) {
@@ -388,10 +380,7 @@ func (c *Consumer) followDLQ(ctx context.Context) {
 			c.cfg.logger.Warn("following the DLQ failed; retrying", "dlq", c.cfg.dlqTopic, "err", err)
 		} else {
 			c.mu.Lock()
-			ws := make([]*worker, 0, len(c.workers))
-			for _, w := range c.workers {
-				ws = append(ws, w)
-			}
+			ws := slices.Collect(maps.Values(c.workers))
 			c.mu.Unlock()
 			for _, w := range ws {
 				w.dlqChanged()
@@ -399,7 +388,6 @@ func (c *Consumer) followDLQ(ctx context.Context) {
 		}
 		select {
 		case <-time.After(dlqPoll):
-		case <-c.rescan:
 		case <-ctx.Done():
 			return
 		}
