@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ferrymq/ferry"
@@ -15,7 +16,9 @@ import (
 
 // The regression tests of issue 16's redrive defects: each runs the
 // operations of its report, in its order, and checks that every message of
-// the key is handled once, in publication order.
+// the key is handled once, in publication order. Each runs in a
+// testing/synctest bubble: the waits below (a scheduled retry coming due,
+// the pause that lets a late duplicate show) pass in virtual time.
 
 // script is a handler whose failures the test changes as it goes: a
 // poison payload fails for good, a held one blocks until released (or its
@@ -130,155 +133,169 @@ func setupIn(t *testing.T) (backend.Backend, *dlq.Queue) {
 // it, and an operator's rate-limited redrive of the key overlapping the
 // consumer's own: each message once, in order.
 func TestRegress16OverlappingRedrivesNeitherDuplicateNorReorder(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.durable, true, "k/0")
-	release := s.hold("k/1")
-	startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1", "k/2", "k/3", "k/4", "k/5", "k/6", "k/7")
-	waitDead(t, q, 8)
-	go func() {
-		// The operator's redrive runs while the consumer handles the key.
-		q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte("k")}, PerSecond: 20})
-	}()
-	waitFor(t, "k/1 started", func() bool { return s.startedCount("k/1") > 0 })
-	release()
-	s.wantHandled(t, "k/0", "k/1", "k/2", "k/3", "k/4", "k/5", "k/6", "k/7")
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.durable, true, "k/0")
+		release := s.hold("k/1")
+		startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1", "k/2", "k/3", "k/4", "k/5", "k/6", "k/7")
+		waitDead(t, q, 8)
+		go func() {
+			// The operator's redrive runs while the consumer handles the key.
+			q.Redrive(context.Background(), dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte("k")}, PerSecond: 20})
+		}()
+		waitFor(t, "k/1 started", func() bool { return s.startedCount("k/1") > 0 })
+		release()
+		s.wantHandled(t, "k/0", "k/1", "k/2", "k/3", "k/4", "k/5", "k/6", "k/7")
+	})
 }
 
 // Defect 2a: the consumer is stopped with k/0 dead and k/1 parked; k/2 is
 // published; the operator redrives; the consumer starts. k/2 is newer and
 // must come last.
 func TestRegress16RedriveWhileStoppedKeepsOrder(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.poison, true, "k/0")
-	_, stop := startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1")
-	waitDead(t, q, 2)
-	stop()
-	publish(t, b, "k/2")
-	s.set(s.poison, false, "k/0")
-	redriveKey(t, q, "k")
-	startConsumer(t, b, s.handle)
-	s.wantHandled(t, "k/0", "k/1", "k/2")
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.poison, true, "k/0")
+		_, stop := startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1")
+		waitDead(t, q, 2)
+		stop()
+		publish(t, b, "k/2")
+		s.set(s.poison, false, "k/0")
+		redriveKey(t, q, "k")
+		startConsumer(t, b, s.handle)
+		s.wantHandled(t, "k/0", "k/1", "k/2")
+	})
 }
 
 // Defect 2b: a scheduled retry that is due when the partition is assigned
 // runs before the key's newer messages, however slowly the start goes.
 func TestRegress16DueRetryAtStartKeepsOrder(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.durable, true, "k/0")
-	_, stop := startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1")
-	waitDead(t, q, 2)
-	stop()
-	publish(t, b, "k/2")
-	time.Sleep(200 * time.Millisecond) // k/0 is due
-	startConsumer(t, b, s.handle)
-	s.wantHandled(t, "k/0", "k/1", "k/2")
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.durable, true, "k/0")
+		_, stop := startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1")
+		waitDead(t, q, 2)
+		stop()
+		publish(t, b, "k/2")
+		time.Sleep(200 * time.Millisecond) // k/0 is due
+		startConsumer(t, b, s.handle)
+		s.wantHandled(t, "k/0", "k/1", "k/2")
+	})
 }
 
 // Defect 2c: a restart while a redriven key is being handled, with a newer
 // message published meanwhile.
 func TestRegress16RestartMidRedriveKeepsOrder(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.poison, true, "k/0")
-	_, stop := startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1", "k/2")
-	waitDead(t, q, 3)
-	s.set(s.poison, false, "k/0")
-	release := s.hold("k/1")
-	redriveKey(t, q, "k")
-	waitFor(t, "k/1 started from the DLQ", func() bool { return s.startedCount("k/1") > 0 })
-	stop() // k/1's handler sees its context end: abandoned
-	release()
-	publish(t, b, "k/3")
-	startConsumer(t, b, s.handle)
-	s.wantHandled(t, "k/0", "k/1", "k/2", "k/3")
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.poison, true, "k/0")
+		_, stop := startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1", "k/2")
+		waitDead(t, q, 3)
+		s.set(s.poison, false, "k/0")
+		release := s.hold("k/1")
+		redriveKey(t, q, "k")
+		waitFor(t, "k/1 started from the DLQ", func() bool { return s.startedCount("k/1") > 0 })
+		stop() // k/1's handler sees its context end: abandoned
+		release()
+		publish(t, b, "k/3")
+		startConsumer(t, b, s.handle)
+		s.wantHandled(t, "k/0", "k/1", "k/2", "k/3")
+	})
 }
 
 // Defect 14: a message of the key published while a multi-entry redrive
 // of the key runs comes after every redriven entry.
 func TestRegress16PublishDuringRedriveComesLast(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.poison, true, "k/0")
-	startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1", "k/2", "k/3")
-	waitDead(t, q, 4)
-	s.set(s.poison, false, "k/0")
-	release := s.hold("k/1")
-	redriveKey(t, q, "k")
-	waitFor(t, "k/1 started from the DLQ", func() bool { return s.startedCount("k/1") > 0 })
-	publish(t, b, "k/4")
-	time.Sleep(50 * time.Millisecond)
-	release()
-	s.wantHandled(t, "k/0", "k/1", "k/2", "k/3", "k/4")
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.poison, true, "k/0")
+		startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1", "k/2", "k/3")
+		waitDead(t, q, 4)
+		s.set(s.poison, false, "k/0")
+		release := s.hold("k/1")
+		redriveKey(t, q, "k")
+		waitFor(t, "k/1 started from the DLQ", func() bool { return s.startedCount("k/1") > 0 })
+		publish(t, b, "k/4")
+		time.Sleep(50 * time.Millisecond)
+		release()
+		s.wantHandled(t, "k/0", "k/1", "k/2", "k/3", "k/4")
+	})
 }
 
 // Defect 15: an entry that fails again while its key is redriven parks the
 // key behind itself, in its original place: the later entries and a newer
 // message follow it, in order, after a restart and a second redrive.
 func TestRegress16EntryFailingAgainKeepsItsPlace(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.poison, true, "k/0", "k/2")
-	_, stop := startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1", "k/2", "k/3")
-	waitDead(t, q, 4)
-	s.set(s.poison, false, "k/0")
-	redriveKey(t, q, "k")
-	waitFor(t, "k/2 failed again", func() bool { return s.startedCount("k/2") > 0 })
-	publish(t, b, "k/4")
-	waitFor(t, "k/4 parked", func() bool { // k/2 dead again, k/3 still requested, k/4 parked
-		es, _ := q.List(context.Background(), dlq.Filter{})
-		return len(es) == 3
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.poison, true, "k/0", "k/2")
+		_, stop := startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1", "k/2", "k/3")
+		waitDead(t, q, 4)
+		s.set(s.poison, false, "k/0")
+		redriveKey(t, q, "k")
+		waitFor(t, "k/2 failed again", func() bool { return s.startedCount("k/2") > 0 })
+		publish(t, b, "k/4")
+		waitFor(t, "k/4 parked", func() bool { // k/2 dead again, k/3 still requested, k/4 parked
+			es, _ := q.List(context.Background(), dlq.Filter{})
+			return len(es) == 3
+		})
+		if es, _ := q.List(context.Background(), dlq.Filter{}); len(es) != 3 || string(es[0].Original.Payload) != "k/2" || es[0].State != dlq.StateDead {
+			t.Fatalf("after k/2 failed again the key's entries are %v", payloads(es))
+		}
+		stop()
+		s.set(s.poison, false, "k/2")
+		startConsumer(t, b, s.handle)
+		redriveKey(t, q, "k")
+		s.wantHandled(t, "k/0", "k/1", "k/2", "k/3", "k/4")
 	})
-	if es, _ := q.List(context.Background(), dlq.Filter{}); len(es) != 3 || string(es[0].Original.Payload) != "k/2" || es[0].State != dlq.StateDead {
-		t.Fatalf("after k/2 failed again the key's entries are %v", payloads(es))
-	}
-	stop()
-	s.set(s.poison, false, "k/2")
-	startConsumer(t, b, s.handle)
-	redriveKey(t, q, "k")
-	s.wantHandled(t, "k/0", "k/1", "k/2", "k/3", "k/4")
 }
 
 // Purge: purging a key's blocker lets the messages parked behind it go in
 // order, and purging every entry of a key lets its new messages flow,
 // with the consumer running throughout (defect 6).
 func TestRegress16PurgeMovesTheKeyOn(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.poison, true, "k/0", "j/0")
-	startConsumer(t, b, s.handle)
-	publish(t, b, "k/0", "k/1", "k/2", "j/0", "j/1")
-	waitDead(t, q, 5)
-	ctx := context.Background()
-	es, _ := q.List(ctx, dlq.Filter{Key: []byte("k")})
-	if _, err := q.Purge(ctx, dlq.Filter{IDs: []ferry.ID{es[0].Original.ID}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := q.Purge(ctx, dlq.Filter{Key: []byte("j")}); err != nil {
-		t.Fatal(err)
-	}
-	publish(t, b, "k/3", "j/2")
-	waitFor(t, "k and j moved on", func() bool { return len(s.handled()) >= 4 })
-	got := s.handled()
-	var k, j []string
-	for _, p := range got {
-		if p[0] == 'k' {
-			k = append(k, p)
-		} else {
-			j = append(j, p)
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.poison, true, "k/0", "j/0")
+		startConsumer(t, b, s.handle)
+		publish(t, b, "k/0", "k/1", "k/2", "j/0", "j/1")
+		waitDead(t, q, 5)
+		ctx := context.Background()
+		es, _ := q.List(ctx, dlq.Filter{Key: []byte("k")})
+		if _, err := q.Purge(ctx, dlq.Filter{IDs: []ferry.ID{es[0].Original.ID}}); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if !slices.Equal(k, []string{"k/1", "k/2", "k/3"}) || !slices.Equal(j, []string{"j/2"}) {
-		t.Fatalf("after the purges: k %v (want k/1 k/2 k/3), j %v (want j/2)", k, j)
-	}
+		if _, err := q.Purge(ctx, dlq.Filter{Key: []byte("j")}); err != nil {
+			t.Fatal(err)
+		}
+		publish(t, b, "k/3", "j/2")
+		waitFor(t, "k and j moved on", func() bool { return len(s.handled()) >= 4 })
+		got := s.handled()
+		var k, j []string
+		for _, p := range got {
+			if p[0] == 'k' {
+				k = append(k, p)
+			} else {
+				j = append(j, p)
+			}
+		}
+		if !slices.Equal(k, []string{"k/1", "k/2", "k/3"}) || !slices.Equal(j, []string{"j/2"}) {
+			t.Fatalf("after the purges: k %v (want k/1 k/2 k/3), j %v (want j/2)", k, j)
+		}
+	})
 }
 
 func payloads(es []dlq.Entry) []string {
@@ -294,18 +311,20 @@ func payloads(es []dlq.Entry) []string {
 // restart (hold/0, of another key, held the watermark). Its outcome is in
 // the DLQ, so it is not handled again.
 func TestRegress16HandledEntryNotHandledAgainFromItsPartition(t *testing.T) {
-	b, q := setupIn(t)
-	s := newScript()
-	s.set(s.poison, true, "k/0")
-	release := s.hold("hold/0")
-	_, stop := startConsumer(t, b, s.handle)
-	publish(t, b, "hold/0", "k/0", "k/1")
-	waitDead(t, q, 2)
-	s.set(s.poison, false, "k/0")
-	redriveKey(t, q, "k")
-	waitFor(t, "k handled from the DLQ", func() bool { return len(s.handled()) == 2 })
-	stop() // hold/0 abandoned: the committed offset stays at 0
-	release()
-	startConsumer(t, b, s.handle)
-	s.wantHandled(t, "k/0", "k/1", "hold/0")
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		s.set(s.poison, true, "k/0")
+		release := s.hold("hold/0")
+		_, stop := startConsumer(t, b, s.handle)
+		publish(t, b, "hold/0", "k/0", "k/1")
+		waitDead(t, q, 2)
+		s.set(s.poison, false, "k/0")
+		redriveKey(t, q, "k")
+		waitFor(t, "k handled from the DLQ", func() bool { return len(s.handled()) == 2 })
+		stop() // hold/0 abandoned: the committed offset stays at 0
+		release()
+		startConsumer(t, b, s.handle)
+		s.wantHandled(t, "k/0", "k/1", "hold/0")
+	})
 }
