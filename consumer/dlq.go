@@ -38,5 +38,11 @@ func (w *worker) writeDeadLetter(m *ferry.Message, f failure) bool {
 	}
 	dl := dlq.NewEntry(m, c.cfg.dlqTopic, dlq.Failure{Group: c.group, Handler: c.cfg.handlerName, Attempts: f.attempts,
 		First: f.first, Last: f.last, Err: f.err, Class: class, Reason: f.why, RetryAt: f.retryAt})
-	return w.publishDLQ(w.ctx, dl, m)
+	if !w.publishDLQ(w.ctx, dl, m) {
+		return false
+	}
+	if m.Key != nil {
+		w.markParked(m.Key)
+	}
+	return true
 }

@@ -115,6 +115,9 @@ func (w *worker) dueEntry(key []byte) (dlq.Indexed, bool) {
 		return dlq.Indexed{}, false
 	}
 	head, ok := w.c.index.Head(pk, key)
+	if ok {
+		w.markParked(key)
+	}
 	switch {
 	case !ok:
 		w.released(key)
@@ -130,9 +133,24 @@ func (w *worker) dueEntry(key []byte) (dlq.Indexed, bool) {
 
 // released reports key no longer parked, and lets messages waiting for
 // room to park go.
+// It reports each release once: a key is announced released only if the
+// worker saw it parked since it last did.
 func (w *worker) released(key []byte) {
-	w.c.emit(Event{Kind: EventReleased, Message: &ferry.Message{Topic: w.tp.Topic, Partition: w.tp.Partition, Key: key}})
+	w.mu.Lock()
+	was := w.seenParked[string(key)]
+	delete(w.seenParked, string(key))
+	w.mu.Unlock()
+	if was {
+		w.c.emit(Event{Kind: EventReleased, Message: &ferry.Message{Topic: w.tp.Topic, Partition: w.tp.Partition, Key: key}})
+	}
 	w.resumeWaiting()
+}
+
+// markParked records that the worker saw key parked.
+func (w *worker) markParked(key []byte) {
+	w.mu.Lock()
+	w.seenParked[string(key)] = true
+	w.mu.Unlock()
 }
 
 // queueLocked hands e, the head of its lane, to the pool from the

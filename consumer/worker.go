@@ -41,6 +41,9 @@ type worker struct {
 	readyKick chan struct{}
 	due       map[settleRef]time.Time // keys to settle again when a scheduled retry is due
 	dueKick   chan struct{}
+	// seenParked holds the keys seen parked and not yet reported released
+	// (so a release is reported once).
+	seenParked map[string]bool
 }
 
 type entry struct {
@@ -72,7 +75,7 @@ type lane struct{ waiting []*entry }
 func (c *Consumer) startWorker(s backend.Session, tp backend.TopicPartition) *worker {
 	wctx, cancel := context.WithCancel(context.Background())
 	w := &worker{c: c, s: s, tp: tp, ctx: wctx, cancel: cancel, lanes: map[string]*lane{}, room: make(chan struct{}, 1), started: make(chan struct{}),
-		reserved: map[string]bool{}, settling: map[settleRef]bool{}, readyKick: make(chan struct{}, 1), due: map[settleRef]time.Time{}, dueKick: make(chan struct{}, 1)}
+		reserved: map[string]bool{}, settling: map[settleRef]bool{}, readyKick: make(chan struct{}, 1), due: map[settleRef]time.Time{}, dueKick: make(chan struct{}, 1), seenParked: map[string]bool{}}
 	w.wg.Add(4)
 	go w.fetchLoop()
 	go w.commitLoop()
