@@ -90,6 +90,15 @@ type Session interface {
 	// Heartbeat keeps the session alive; a member that stops heartbeating
 	// for the session timeout loses its partitions.
 	Heartbeat() error
+	// Lease returns until when the member's partitions are its own on the
+	// strength of the heartbeats that succeeded so far, on this process's
+	// clock: no other member can be given them before then, and after it
+	// they may already be another's. It is the zero time once the session
+	// has ended. The runtime starts no handler and writes no dead letter
+	// for a partition once the lease has passed, so a member that resumes
+	// after a pause longer than its session (SIGSTOP, a stalled host)
+	// cannot run a message beside its new owner.
+	Lease() time.Time
 	// Leave ends the session and frees its partitions.
 	Leave()
 }

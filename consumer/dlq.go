@@ -38,6 +38,10 @@ func (w *worker) writeDeadLetter(m *ferry.Message, f failure) bool {
 	}
 	dl := dlq.NewEntry(m, c.cfg.dlqTopic, dlq.Failure{Group: c.group, Handler: c.cfg.handlerName, Attempts: f.attempts,
 		First: f.first, Last: f.last, Err: f.err, Class: class, Reason: f.why, RetryAt: f.retryAt})
+	if err := w.awaitLease(); err != nil {
+		c.emit(Event{Kind: EventAbandoned, Message: m, Err: err})
+		return false
+	}
 	if !w.publishDLQ(w.ctx, dl, m) {
 		return false
 	}

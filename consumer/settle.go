@@ -329,7 +329,7 @@ func (w *worker) replay(d dlq.Indexed) outcome {
 // writeMarker writes a marker of the group's DLQ and catches the index
 // up, retrying until it is written (true) or the worker stops (false).
 func (w *worker) writeMarker(marker *ferry.Message) bool {
-	return w.publishDLQ(w.ctx, marker, nil)
+	return w.awaitLease() == nil && w.publishDLQ(w.ctx, marker, nil)
 }
 
 // writeOutcome writes the marker of an entry just handled. The handler's

@@ -497,6 +497,36 @@ func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.T
 	}
 }
 
+// awaitLease returns once the member's session lease covers now, or the
+// worker's context error if it stops first. Fencing at commit comes too
+// late for a handler: a member that resumes after a pause longer than its
+// session (SIGSTOP, a stalled host) would start its lanes' next messages
+// while the partition's new owner runs the same keys. So no handler
+// starts and no dead letter or marker is written past the lease: the
+// worker waits for a heartbeat to renew it, or for the session's end to
+// stop it (the message is then left to the next owner). A handler already
+// running when the lease passes is not interrupted; its commit and its
+// exactly-once outputs are fenced by the backend.
+func (w *worker) awaitLease() error {
+	for warned := false; ; {
+		lease := w.s.Lease()
+		if time.Now().Before(lease) {
+			return nil
+		}
+		if !warned {
+			warned = true
+			w.c.cfg.logger.Warn("session lease passed: the partition may have another owner; waiting for a heartbeat before starting anything",
+				"topic", w.tp.Topic, "partition", w.tp.Partition, "lease", lease)
+		}
+		if !sleepCtx(w.ctx, leasePoll) {
+			return w.ctx.Err()
+		}
+	}
+}
+
+// leasePoll is how often a worker whose lease passed looks again.
+const leasePoll = 10 * time.Millisecond
+
 // callGuarded is call through the circuit breaker, if there is one.
 func (w *worker) callGuarded(m *ferry.Message, attempt int, out *outputs) (error, bool) {
 	if w.c.breaker == nil {
@@ -530,6 +560,9 @@ func (w *worker) call(m *ferry.Message, attempt int, out *outputs) (err error) {
 		if err := l.Wait(w.ctx); err != nil {
 			return err
 		}
+	}
+	if err := w.awaitLease(); err != nil {
+		return err
 	}
 	ctx := context.WithValue(w.ctx, callKey{}, &callInfo{attempt: attempt, out: out})
 	if t := w.c.cfg.policy.AttemptTimeout; t > 0 {

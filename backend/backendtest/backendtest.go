@@ -62,6 +62,7 @@ func Run(t *testing.T, h Harness) {
 		{"Dedup", testDedup},
 		{"ReplayFromOffsetAndTime", testReplay},
 		{"GroupRebalanceResumeFence", testGroup},
+		{"SessionLease", testLease},
 		{"BadInput", testBadInput},
 		{"RuntimeOrderAcrossMembers", testRuntimeOrder},
 		{"RuntimeDLQParkedRedrive", testDLQRoundTrip},
@@ -423,6 +424,56 @@ func testGroup(t *testing.T, h Harness) {
 		t.Fatal("another group has a committed offset")
 	}
 	bm.Leave()
+}
+
+// testLease: a session that heartbeats as the runtime does holds a lease
+// that covers the present and moves on with time, and it has none once it
+// left (the runtime starts no handler past it: issue 16, defect 17).
+func testLease(t *testing.T, h Harness) {
+	b := h.New(t)
+	ctx := ctxFor(t)
+	ensure(t, b, "lease", 1)
+	s, err := b.Join(ctx, "leases", "a", []string{"lease"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, 1)
+	beat := func() {
+		if err := s.Heartbeat(); err != nil {
+			t.Fatalf("heartbeat: %v", err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for beat(); !time.Now().Before(s.Lease()); beat() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no lease 10s after the member got its partition (lease %v)", s.Lease())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	first := s.Lease()
+	if limit := time.Now().Add(10 * time.Minute); first.After(limit) {
+		t.Fatalf("lease %v runs past any session timeout", first)
+	}
+	// Past the first lease, with heartbeats as the runtime sends them: the
+	// lease is renewed, never lapsing for more than a moment.
+	lapsed := time.Duration(0)
+	for last := time.Now(); time.Now().Before(first.Add(500 * time.Millisecond)); last = time.Now() {
+		beat()
+		if !time.Now().Before(s.Lease()) {
+			lapsed += time.Since(last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if lapsed > time.Second {
+		t.Fatalf("the lease lapsed for %v although the member heartbeat throughout", lapsed)
+	}
+	if !s.Lease().After(first) {
+		t.Fatalf("lease %v not renewed past %v", s.Lease(), first)
+	}
+	s.Leave()
+	if l := s.Lease(); !l.IsZero() {
+		t.Fatalf("lease after Leave: %v, want none", l)
+	}
 }
 
 func testBadInput(t *testing.T, h Harness) {

@@ -208,7 +208,7 @@ func (b *Backend) Join(ctx context.Context, groupName, member string, topics []s
 		b.groups[groupName] = g
 	}
 	b.mu.Unlock()
-	s := &session{g: g, member: member, topics: tps, assign: make(chan []backend.TopicPartition, 1), now: b.now}
+	s := &session{g: g, member: member, topics: tps, assign: make(chan []backend.TopicPartition, 1), now: b.now, timeout: b.sessionTimeout}
 	if err := g.join(s, b.now()); err != nil {
 		return nil, err
 	}

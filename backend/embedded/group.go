@@ -27,6 +27,7 @@ type session struct {
 	topics   []backend.TopicPartition
 	assign   chan []backend.TopicPartition
 	now      func() time.Time
+	timeout  time.Duration // the session timeout: expiry comes after lastBeat+timeout
 	lastBeat time.Time // guarded by g.mu
 	gone     bool      // guarded by g.mu
 	// sent is the last assignment put in assign; known holds every
@@ -181,6 +182,20 @@ func (s *session) Heartbeat() error {
 	}
 	s.lastBeat = s.now()
 	return nil
+}
+
+// Lease implements backend.Session: the coordinator removes a member only
+// once it has been silent for longer than the session timeout. What is
+// left of it on the backend's clock (WithClock) is returned on the
+// process's.
+func (s *session) Lease() time.Time {
+	g := s.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if s.gone {
+		return time.Time{}
+	}
+	return time.Now().Add(s.lastBeat.Add(s.timeout).Sub(s.now()))
 }
 
 func (s *session) Leave() {

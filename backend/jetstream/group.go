@@ -94,9 +94,10 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 	nonce := ferry.NewID().String()
 	mine, _ := json.Marshal(memberValue{Partitions: tps, Session: nonce})
 	key := b.memberKey(group, member)
+	sent := time.Now()
 	rev, err := b.groups.Create(ctx, key, mine)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		rev, err = b.rejoin(ctx, key, mine)
+		rev, sent, err = b.rejoin(ctx, key, mine)
 		if isConflict(err) {
 			return nil, fmt.Errorf("jetstream: member %q is alive in group %q (its heartbeat goes on): %w", member, group, ferry.ErrInvalidArgument)
 		}
@@ -115,6 +116,7 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 		b: b, group: group, member: member, key: key, tps: tps, myRev: rev, nonce: nonce,
 		assign: make(chan []backend.TopicPartition, 1), members: map[string]*memberView{}, owners: map[backend.TopicPartition]*ownerView{},
 		released: map[backend.TopicPartition]bool{}, wake: make(chan struct{}, 1), stop: cancel, done: make(chan struct{}),
+		lease: sent.Add(b.cfg.sessionTimeout),
 	}
 	go s.run(wctx, w)
 	return s, nil
@@ -123,18 +125,21 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 // rejoin takes over the key of a member with this name that is gone
 // without leaving (killed, say): if the key's revision does not change
 // for a session timeout, it is replaced. A live member keeps
-// heartbeating, and the takeover fails with a conflict.
-func (b *Backend) rejoin(ctx context.Context, key string, value []byte) (uint64, error) {
+// heartbeating, and the takeover fails with a conflict. It returns when
+// the write that took the key over was sent.
+func (b *Backend) rejoin(ctx context.Context, key string, value []byte) (uint64, time.Time, error) {
 	e, err := b.groups.Get(ctx, key)
 	if err != nil {
-		return 0, err
+		return 0, time.Time{}, err
 	}
 	select {
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, time.Time{}, ctx.Err()
 	case <-time.After(b.cfg.sessionTimeout + b.cfg.sessionTimeout/4):
 	}
-	return b.groups.Update(ctx, key, value, e.Revision())
+	sent := time.Now()
+	rev, err := b.groups.Update(ctx, key, value, e.Revision())
+	return rev, sent, err
 }
 
 type memberView struct {
@@ -171,6 +176,7 @@ type session struct {
 	delivered []backend.TopicPartition
 	known     map[backend.TopicPartition]bool // taken by the runtime in an assignment, until released
 	healthy   time.Time                       // since when heartbeats succeed without a break
+	lease     time.Time                       // when the last successful heartbeat was sent, plus the session timeout
 	gone      bool
 	err       error
 }
@@ -198,6 +204,20 @@ func (s *session) Heartbeat() error {
 		return fmt.Errorf("jetstream: member %q of group %q: %w", s.member, s.group, errors.Join(backend.ErrSessionExpired, s.err))
 	}
 	return nil
+}
+
+// Lease implements backend.Session. Other members remove this one once
+// they have seen no new revision of its key for the session timeout, on
+// their own clocks; a revision is seen no sooner than it was sent, so the
+// partitions stay this member's until the last successful heartbeat's
+// send time plus the timeout (given clocks that run at the same rate).
+func (s *session) Lease() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone || s.myRev == 0 {
+		return time.Time{}
+	}
+	return s.lease
 }
 
 // Leave implements backend.Session: owned partitions are freed and the
@@ -366,6 +386,7 @@ func (s *session) heartbeat(ctx context.Context) error {
 		return backend.ErrSessionExpired
 	}
 	v, _ := json.Marshal(memberValue{Partitions: s.tps, Session: s.nonce, Beat: beat + 1})
+	sent := time.Now()
 	nrev, err := s.b.groups.Update(ctx, s.key, v, rev)
 	if isConflict(err) {
 		// Either the group removed this member, or an earlier heartbeat
@@ -386,6 +407,7 @@ func (s *session) heartbeat(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.myRev = nrev
+	s.lease = sent.Add(s.b.cfg.sessionTimeout)
 	s.members[s.key] = &memberView{rev: nrev, seenAt: time.Now(), tps: s.tps}
 	if s.healthy.IsZero() {
 		s.healthy = time.Now()

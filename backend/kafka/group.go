@@ -38,6 +38,7 @@ type session struct {
 	released chan backend.TopicPartition
 	leaving  bool
 	gone     bool
+	lease    time.Time // when the last heartbeat the coordinator took was sent, plus the session timeout
 }
 
 // Join implements backend.Backend.
@@ -83,6 +84,7 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 		return nil, fmt.Errorf("kafka: join %s as %s: transactional producer: %w", group, member, err)
 	}
 	go s.txnLoop()
+	go s.leaseLoop()
 	// The group client joins on its first poll; the poll returns nothing
 	// (every topic is paused) and the rest runs in the background.
 	go s.pollLoop()
@@ -163,15 +165,16 @@ func (s *session) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[stri
 	}
 	s.deliverLocked()
 	s.mu.Unlock()
-	timeout := time.After(s.b.cfg.sessionTimeout)
+	// No deadline of its own: franz-go heartbeats while this waits, and
+	// the broker moves the partitions only after the member rejoined
+	// without them or the rebalance timeout removed it. Giving up sooner
+	// would hand a partition on while its worker still runs.
 	for len(waiting) > 0 {
 		select {
 		case tp := <-s.released:
 			delete(waiting, tp)
 		case <-ctx.Done():
 			waiting = nil
-		case <-timeout:
-			waiting = nil // the runtime is stuck; Kafka's rebalance cannot wait forever
 		}
 	}
 	s.mu.Lock()
@@ -217,6 +220,56 @@ func (s *session) Heartbeat() error {
 		return fmt.Errorf("kafka: member %q of group %q: %w", s.member, s.group, backend.ErrSessionExpired)
 	}
 	return nil
+}
+
+// Lease implements backend.Session. franz-go heartbeats on its own and
+// does not say when a heartbeat succeeded, so the session sends its own
+// (leaseLoop): the broker removes a member that sent none for the session
+// timeout, counted from when it received the last, which is no sooner
+// than it was sent.
+func (s *session) Lease() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone {
+		return time.Time{}
+	}
+	return s.lease
+}
+
+// leaseLoop heartbeats the member's current generation every quarter of
+// the session timeout and renews the lease when the coordinator took the
+// heartbeat: it answered without error, or with REBALANCE_IN_PROGRESS,
+// which also resets the member's session timer (its partitions stay its
+// own until it revokes them). Any other answer (the member unknown, its
+// generation stale) leaves the lease to run out; onLost follows.
+func (s *session) leaseLoop() {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-s.quit; cancel() }()
+	every := max(s.b.cfg.sessionTimeout/4, 25*time.Millisecond)
+	for {
+		wait := min(every, 20*time.Millisecond) // until the member has joined and a heartbeat was taken
+		if member, gen := s.cl.GroupMetadata(); member != "" && gen >= 0 {
+			req := kmsg.NewPtrHeartbeatRequest()
+			req.Group, req.Generation, req.MemberID = s.group, gen, member
+			sent := time.Now()
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			resp, err := req.RequestWith(rctx, s.cl)
+			rcancel()
+			if err == nil && (resp.ErrorCode == 0 || resp.ErrorCode == kerr.RebalanceInProgress.Code) {
+				s.mu.Lock()
+				if sent.Add(s.b.cfg.sessionTimeout).After(s.lease) {
+					s.lease = sent.Add(s.b.cfg.sessionTimeout)
+				}
+				s.mu.Unlock()
+				wait = every
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // Leave implements backend.Session: the member leaves the group at once.
