@@ -28,8 +28,8 @@ type session struct {
 	assign   chan []backend.TopicPartition
 	now      func() time.Time
 	timeout  time.Duration // the session timeout: expiry comes after lastBeat+timeout
-	lastBeat time.Time // guarded by g.mu
-	gone     bool      // guarded by g.mu
+	lastBeat time.Time     // guarded by g.mu
+	gone     bool          // guarded by g.mu
 	// sent is the last assignment put in assign; known holds every
 	// partition the member has taken in an assignment since it last
 	// released it (guarded by g.mu): see deliverLocked.
