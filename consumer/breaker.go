@@ -32,7 +32,11 @@ type BreakerSettings struct {
 // WithCircuitBreaker puts a circuit breaker around the handler. While it is
 // open, the consumer pauses: messages wait, attempts are not spent, nothing
 // is dead-lettered because a dependency is down. Failures that are the
-// message's fault (permanent, decode) never trip it.
+// message's fault (permanent, decode) never trip it. With a breaker, a
+// retryable failure is retried at least until the message has failed
+// ConsecutiveFailures times, even where the policy's MaxElapsed or a long
+// Retry-After would give up sooner, and the time a message waits while
+// the breaker is open does not count toward MaxElapsed.
 func WithCircuitBreaker(s BreakerSettings) Opt {
 	return optFunc(func(c *cfg) {
 		if s.OpenFor <= 0 {
@@ -47,8 +51,9 @@ func WithCircuitBreaker(s BreakerSettings) Opt {
 
 // breaker wraps gobreaker's two-step breaker.
 type breaker struct {
-	cb   *gobreaker.TwoStepCircuitBreaker[struct{}]
-	wait time.Duration
+	cb        *gobreaker.TwoStepCircuitBreaker[struct{}]
+	wait      time.Duration
+	threshold int // consecutive failures that open it
 
 	// mu orders the reports of outcomes to cb with failures, which counts
 	// the dependency's failures reported so far: a call that succeeds
@@ -86,7 +91,7 @@ func newBreaker(name string, s *BreakerSettings, onChange func(from, to string))
 			}
 		},
 	}
-	return &breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](st), wait: max(s.OpenFor/10, time.Millisecond)}
+	return &breaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](st), wait: max(s.OpenFor/10, time.Millisecond), threshold: int(s.ConsecutiveFailures)}
 }
 
 // State returns "closed", "open" or "half-open".

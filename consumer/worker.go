@@ -451,15 +451,9 @@ func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.T
 	for attempt := prior + 1; ; attempt++ {
 		c.emit(Event{Kind: EventStarted, Message: m, Attempt: attempt})
 		out := &outputs{}
-		var began time.Time
-		if c.cfg.observer != nil {
-			began = time.Now()
-		}
+		began := time.Now()
 		err, counts := w.callGuarded(m, attempt, out)
-		var took time.Duration
-		if c.cfg.observer != nil {
-			took = time.Since(began)
-		}
+		took := time.Since(began)
 		if err == nil {
 			return result{ok: true, out: out.msgs, attempt: attempt, took: took}
 		}
@@ -468,20 +462,38 @@ func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.T
 			return result{abandoned: true}
 		}
 		now := time.Now()
-		if first.IsZero() {
-			first = now
-		}
 		if !counts {
 			// The breaker opened: the dependency is down. Try again when it
-			// lets calls through, without spending an attempt.
+			// lets calls through, without spending an attempt, and without
+			// counting the outage toward the policy's MaxElapsed (the
+			// message would be dead-lettered the moment the dependency is
+			// back): the time of this call, waiting while the breaker was
+			// open included, is taken off the message's time in failure.
+			if !first.IsZero() {
+				first = first.Add(took)
+			}
 			c.emit(Event{Kind: EventRetried, Message: m, Attempt: attempt, Err: err, Class: retry.Classify(err)})
 			attempt--
 			continue
+		}
+		if first.IsZero() {
+			first = now
 		}
 		if rng == nil {
 			rng = rand.New(rand.NewPCG(c.cfg.seed, seed))
 		}
 		d := c.cfg.policy.Next(attempt, now.Sub(first), err, rng)
+		if !d.Retry && d.Class.Retryable() && c.breaker != nil && attempt < c.breaker.threshold {
+			// An outage is not a DLQ flood: until the message has failed as
+			// often as it takes to open the breaker, a retryable failure is
+			// retried although MaxElapsed (or a long Retry-After) says give
+			// up, or the first failures of an outage would be dead-lettered
+			// while the breaker is still closed. MaxAttempts is at least the
+			// threshold (validated), so only the time limit is lifted.
+			p := c.cfg.policy
+			p.MaxElapsed = 0
+			d = p.Next(attempt, 0, err, rng)
+		}
 		f := failure{attempts: attempt, first: first, last: now, err: err, class: d.Class, why: d.Why}
 		if !d.Retry {
 			return result{f: f, attempt: attempt}
