@@ -44,6 +44,13 @@
 //     one output per handled input and none for the others;
 //  5. DLQ accounting: at the end nothing is dead in the DLQ and handled ∪
 //     purged is every published input;
+//  6. lease: a member whose heartbeats were paused ("pause": they stop
+//     reaching the group for twice the session timeout while its handlers
+//     and backend calls go on; a new member starts at once) starts no
+//     invocation after its lease ended (the last heartbeat the group took
+//     plus the session timeout). An invocation it started in time and that
+//     ran on past the lease is left out of the overlap check: nothing can
+//     stop a handler already running;
 //
 // and quiescence: the drain ends (a key that stays parked for good shows
 // as "quiescence" plus "lost"). "Handled" means an EventHandled, an
@@ -227,6 +234,7 @@ const (
 	sFix
 	sBreak
 	sWait
+	sPause
 )
 
 type step struct {
@@ -256,6 +264,8 @@ func (s step) String() string {
 		d = fmt.Sprintf("kill member #%d (cancel, no wait) + start one", s.pick)
 	case sCrash:
 		d = fmt.Sprintf("crash member #%d (freeze) + start one", s.pick)
+	case sPause:
+		d = fmt.Sprintf("pause member #%d's heartbeats for twice the session timeout (its handlers go on) + start one", s.pick)
 	case sRedriveKey:
 		d = "redrive key " + s.key
 	case sRedriveClass:
@@ -367,9 +377,13 @@ func generate(seed uint64, n int, static bool) *scenario {
 			if running == 0 {
 				continue
 			}
-			s.kind = sKill
-			if r >= 52 {
+			switch {
+			case r < 52:
+				s.kind = sKill
+			case r < 54:
 				s.kind = sCrash
+			default:
+				s.kind = sPause
 			}
 		case r < 60:
 			s.kind, s.key = sRedriveKey, key()
@@ -411,6 +425,19 @@ var errCrashed = errors.New("sim: member crashed")
 type memberBackend struct {
 	base *embedded.Backend
 	dead atomic.Bool
+	// paused: its heartbeats do not reach the group, everything else goes
+	// on (a stalled heartbeat, or the moments after a SIGSTOP ends before
+	// the member learns its session is gone). lastBeat is when the group
+	// last took one (unix nanoseconds): the member's lease ends a session
+	// timeout later.
+	paused     atomic.Bool
+	pausedEver atomic.Bool
+	lastBeat   atomic.Int64
+}
+
+// lease is when the member's partitions may be another's.
+func (m *memberBackend) lease() time.Time {
+	return time.Unix(0, m.lastBeat.Load()).Add(simSession)
 }
 
 var (
@@ -510,6 +537,7 @@ func (m *memberBackend) Join(ctx context.Context, group, member string, topics [
 	if err != nil {
 		return nil, err
 	}
+	m.lastBeat.Store(time.Now().UnixNano())
 	return &memberSession{Session: s, mb: m}, nil
 }
 
@@ -521,10 +549,14 @@ type memberSession struct {
 }
 
 func (s *memberSession) Heartbeat() error {
-	if s.mb.dead.Load() {
-		return nil // frozen: no heartbeat reaches the group; the session expires
+	if s.mb.dead.Load() || s.mb.paused.Load() {
+		return nil // frozen or paused: no heartbeat reaches the group; the session expires
 	}
-	return s.Session.Heartbeat()
+	err := s.Session.Heartbeat()
+	if err == nil {
+		s.mb.lastBeat.Store(time.Now().UnixNano())
+	}
+	return err
 }
 
 func (s *memberSession) Release(tp backend.TopicPartition) {
@@ -553,7 +585,7 @@ type member struct {
 	crashCh chan struct{}
 	crashed bool   // guarded by run.mu
 	crashAt uint64 // tick of the crash
-	state   string // running, stopped, killed, crashed
+	state   string // running, stopped, killed, crashed, paused
 	started uint64 // tick of the start
 }
 
@@ -577,6 +609,10 @@ type invocation struct {
 	start     uint64
 	end       uint64 // 0 while running
 	outcome   string
+	// pastLease: its member was paused and it ran on past the member's
+	// lease, which nothing can stop (it started in time): the overlap
+	// check leaves it out. Starting past the lease is a violation.
+	pastLease bool
 }
 
 func (iv *invocation) String() string {
@@ -627,6 +663,10 @@ type run struct {
 	events   []event
 	allFixed bool
 	mutate   string // FERRY_SIM_MUTATE
+	// leaseViolations: invocations started by a paused member after its
+	// lease ended.
+	leaseViolations []*invocation
+	bg              sync.WaitGroup // the goroutines that end pauses
 	mutated  bool
 	purged   map[string]map[int]bool // key -> purged seqs
 	log      []string                // what each step did
@@ -668,8 +708,9 @@ func runScenario(t *testing.T, sc *scenario) *run {
 	b := embedded.New(l, embedded.WithSessionTimeout(simSession))
 	r := &run{t: t, sc: sc, ctx: ctx, b: b, q: dlq.Open(b, simDLQ), inputs: map[string][]*inputState{}, purged: map[string]map[int]bool{}, mutate: os.Getenv("FERRY_SIM_MUTATE")}
 	defer func() {
-		// Whatever happened, end every member before the log, or the
-		// bubble cannot end.
+		// Whatever happened, end every member before the log, and every
+		// pause, or the bubble cannot end.
+		r.bg.Wait()
 		for _, m := range r.members {
 			m.cancel()
 		}
@@ -824,6 +865,21 @@ func (r *run) do(s step) {
 		r.mu.Unlock()
 		r.logf("  %s crashed", m.id)
 		r.start()
+	case sPause:
+		m := r.pickRunning(s.pick)
+		if m == nil {
+			r.logf("  no member runs")
+			return
+		}
+		m.state = "paused"
+		m.mb.pausedEver.Store(true)
+		m.mb.paused.Store(true)
+		r.logf("  %s paused (lease until +%v)", m.id, time.Until(m.mb.lease()))
+		r.start()
+		r.bg.Go(func() {
+			time.Sleep(2 * simSession)
+			m.mb.paused.Store(false) // its next heartbeat finds the session gone
+		})
 	case sRedriveKey, sRedriveClass, sRedriveAll:
 		f := dlq.Filter{}
 		switch s.kind {
@@ -1008,6 +1064,10 @@ func (r *run) handler(m *member) consumer.Handler {
 			r.mu.Unlock()
 			return errCrashed
 		}
+		if m.mb.pausedEver.Load() && !time.Now().Before(m.mb.lease()) {
+			iv.outcome = "started past its member's lease"
+			r.leaseViolations = append(r.leaseViolations, iv)
+		}
 		if seq >= len(r.inputs[key]) {
 			iv.end, iv.outcome = r.tickLocked(), "unknown input"
 			r.mu.Unlock()
@@ -1045,6 +1105,9 @@ func (r *run) handler(m *member) consumer.Handler {
 				return
 			}
 			iv.outcome = outcome
+			if m.mb.pausedEver.Load() && !time.Now().Before(m.mb.lease()) {
+				iv.pastLease = true
+			}
 		}
 		if delay > 0 {
 			tm := time.NewTimer(delay)
@@ -1231,6 +1294,14 @@ func (r *run) check() []violation {
 	if r.drainErr != "" {
 		add("quiescence", r.drainErr)
 	}
+	// 6: single ownership: a paused member starts nothing once its lease
+	// has ended (its partitions may be another's by then).
+	for i, iv := range r.leaseViolations {
+		if i == 3 {
+			break
+		}
+		add("lease", fmt.Sprintf("key %s: %v started after its member's lease ended", iv.key, iv), iv.key)
+	}
 	handled := r.handledSeqs()
 
 	// 1 and 5: lost inputs; accounting.
@@ -1314,7 +1385,7 @@ func (r *run) check() []violation {
 	}
 	byKey := map[string][]*invocation{}
 	for _, iv := range r.invs {
-		if strings.HasPrefix(iv.outcome, "zombie") {
+		if strings.HasPrefix(iv.outcome, "zombie") || iv.pastLease {
 			continue
 		}
 		byKey[iv.key] = append(byKey[iv.key], iv)
