@@ -667,11 +667,11 @@ type run struct {
 	// lease ended.
 	leaseViolations []*invocation
 	bg              sync.WaitGroup // the goroutines that end pauses
-	mutated  bool
-	purged   map[string]map[int]bool // key -> purged seqs
-	log      []string                // what each step did
-	members  []*member
-	nextID   int
+	mutated         bool
+	purged          map[string]map[int]bool // key -> purged seqs
+	log             []string                // what each step did
+	members         []*member
+	nextID          int
 
 	drainErr string
 	dead     []dlq.Entry            // dead at the end
