@@ -140,7 +140,15 @@ func (l *Log) TryCommit(b *Batch) error {
 // goroutine, so they must be quick and must not call back into the log
 // synchronously. ctx bounds only the wait for room in the queue.
 func (l *Log) AppendAsync(ctx context.Context, promise func(*Batch, error), msgs ...*ferry.Message) {
-	b := &Batch{Messages: msgs}
+	l.CommitAsync(ctx, &Batch{Messages: msgs}, promise)
+}
+
+// CommitAsync is Commit without waiting: b is queued behind every batch
+// queued before it returns (the log writes them in queue order), and
+// promise is called once, as for AppendAsync. A caller that must order
+// its batches in the log, such as a group member whose offsets must never
+// go back, queues them one after the other and waits outside its lock.
+func (l *Log) CommitAsync(ctx context.Context, b *Batch, promise func(*Batch, error)) {
 	r, err := l.prepare(b)
 	if err != nil {
 		promise(b, err)

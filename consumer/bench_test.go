@@ -10,6 +10,7 @@ import (
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/idempotency"
 	"github.com/ferrymq/ferry/internal/memlog"
 )
 
@@ -36,10 +37,18 @@ func publishBacklog(b *testing.B, l *commitlog.Log, be *embedded.Backend, n, key
 // timeConsume times a consumer of "in" running handler until n messages
 // are handled, and reports msgs/s.
 func timeConsume(b *testing.B, be *embedded.Backend, n int, handler func(), opts ...Opt) {
+	timeConsumeCtx(b, be, n, func(context.Context, *ferry.Message) error { handler(); return nil }, opts...)
+}
+
+// timeConsumeCtx is timeConsume with a handler that sees its context and
+// message.
+func timeConsumeCtx(b *testing.B, be *embedded.Backend, n int, handler Handler, opts ...Opt) {
 	var handled atomic.Int64
 	all := make(chan struct{})
 	c, err := New(be, "bench", []string{"in"}, func(ctx context.Context, m *ferry.Message) error {
-		handler()
+		if err := handler(ctx, m); err != nil {
+			return err
+		}
 		if handled.Add(1) == int64(n) {
 			close(all)
 		}
@@ -91,4 +100,24 @@ func BenchmarkLanes1ms(b *testing.B) {
 	mean := time.Duration(slept.Load() / int64(b.N))
 	b.ReportMetric(float64(mean.Microseconds()), "µs/handler")
 	b.ReportMetric(rate/(64/mean.Seconds())*100, "%-of-measured-bound")
+}
+
+// BenchmarkExactlyOnce: exactly-once consume-transform-produce, each input
+// emitting one output (1000 keys over 8 partitions, concurrency 64, the
+// idempotency store in the log): every input is one atomic batch of
+// output, processed marker and watermark.
+func BenchmarkExactlyOnce(b *testing.B) {
+	be, l := memlog.Backend(b, commitlog.WithDurability(commitlog.DurabilityNone))
+	publishBacklog(b, l, be, b.N, 1000)
+	ctx := context.Background()
+	if err := be.EnsureTopic(ctx, "out", 8); err != nil {
+		b.Fatal(err)
+	}
+	store, err := idempotency.OpenLog(ctx, be, "bench.processed", time.Hour, 1_000_000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	timeConsumeCtx(b, be, b.N, func(ctx context.Context, m *ferry.Message) error {
+		return Emit(ctx, &ferry.Message{Topic: "out", Key: m.Key, Payload: m.Payload})
+	}, WithConcurrency(64), WithMaxBuffered(8192), WithCommitInterval(100*time.Millisecond), WithExactlyOnce(store))
 }

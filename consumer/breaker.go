@@ -102,10 +102,12 @@ func (b *breaker) State() string { return b.cb.State().String() }
 // attempt: a failure that (re)opened the breaker does not, since it was
 // the dependency, not the message, that failed. ctx is the runtime's own
 // context for the call: once it is done, the outcome is excluded.
-func (b *breaker) run(ctx context.Context, call func() error) (err error, counts bool) {
+func (b *breaker) run(ctx context.Context, call func() error) (err error, counts bool, waited time.Duration) {
+	began := time.Now()
 	for {
 		done, aerr := b.cb.Allow()
 		if aerr == nil {
+			waited = time.Since(began)
 			b.mu.Lock()
 			seen := b.failures
 			b.mu.Unlock()
@@ -126,17 +128,17 @@ func (b *breaker) run(ctx context.Context, call func() error) (err error, counts
 			}
 			b.mu.Unlock()
 			if failed && b.cb.State() != gobreaker.StateClosed {
-				return err, false
+				return err, false, waited
 			}
-			return err, true
+			return err, true, waited
 		}
 		if !errors.Is(aerr, gobreaker.ErrOpenState) && !errors.Is(aerr, gobreaker.ErrTooManyRequests) {
-			return fmt.Errorf("%w: circuit breaker: %v", ferry.ErrInvalidArgument, aerr), true
+			return fmt.Errorf("%w: circuit breaker: %v", ferry.ErrInvalidArgument, aerr), true, time.Since(began)
 		}
 		select {
 		case <-time.After(b.wait):
 		case <-ctx.Done():
-			return ctx.Err(), true
+			return ctx.Err(), true, time.Since(began)
 		}
 	}
 }

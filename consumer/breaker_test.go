@@ -26,24 +26,24 @@ func TestBreakerIgnoresSuccessesThatOverlapAFailure(t *testing.T) {
 	b := newBreaker("overlap", settings, nil)
 	started, release, slow := make(chan struct{}), make(chan struct{}), make(chan error)
 	go func() {
-		err, _ := b.run(ctx, func() error { close(started); <-release; return nil })
+		err, _, _ := b.run(ctx, func() error { close(started); <-release; return nil })
 		slow <- err
 	}()
 	<-started
-	if _, counts := b.run(ctx, func() error { return down }); !counts {
+	if _, counts, _ := b.run(ctx, func() error { return down }); !counts {
 		t.Fatal("the first failure of a closed breaker did not count as an attempt")
 	}
 	close(release)
 	if err := <-slow; err != nil {
 		t.Fatal(err)
 	}
-	if _, counts := b.run(ctx, func() error { return down }); counts || b.State() != "open" {
+	if _, counts, _ := b.run(ctx, func() error { return down }); counts || b.State() != "open" {
 		t.Fatalf("second consecutive failure: breaker %s, counted as an attempt: %v; want open and not counted (the success in between overlapped the first failure)", b.State(), counts)
 	}
 
 	b = newBreaker("sequential", settings, nil)
 	for i, outcome := range []error{down, nil, down} {
-		if err, _ := b.run(ctx, func() error { return outcome }); err != outcome {
+		if err, _, _ := b.run(ctx, func() error { return outcome }); err != outcome {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
@@ -65,7 +65,7 @@ func TestBreakerIgnoresCancellationByTheRuntime(t *testing.T) {
 		started := make(chan struct{})
 		res := make(chan error, 1)
 		go func() {
-			err, _ := b.run(ctx, func() error { close(started); <-ctx.Done(); return ctx.Err() })
+			err, _, _ := b.run(ctx, func() error { close(started); <-ctx.Done(); return ctx.Err() })
 			res <- err
 		}()
 		<-started
@@ -78,7 +78,7 @@ func TestBreakerIgnoresCancellationByTheRuntime(t *testing.T) {
 		}
 	}
 	// A real failure still opens it.
-	if _, counts := b.run(context.Background(), func() error { return errors.New("dependency down") }); counts || b.State() != "open" {
+	if _, counts, _ := b.run(context.Background(), func() error { return errors.New("dependency down") }); counts || b.State() != "open" {
 		t.Fatalf("a failure with ConsecutiveFailures 1: breaker %s, counted %v; want open, not counted", b.State(), counts)
 	}
 }

@@ -452,8 +452,15 @@ func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.T
 		c.emit(Event{Kind: EventStarted, Message: m, Attempt: attempt})
 		out := &outputs{}
 		began := time.Now()
-		err, counts := w.callGuarded(m, attempt, out)
+		err, counts, waited := w.callGuarded(m, attempt, out)
 		took := time.Since(began)
+		if !first.IsZero() {
+			// Waiting while the breaker was open is the dependency's time,
+			// not the message's: it does not count toward MaxElapsed (the
+			// message would be dead-lettered the moment the dependency is
+			// back).
+			first = first.Add(waited)
+		}
 		if err == nil {
 			return result{ok: true, out: out.msgs, attempt: attempt, took: took}
 		}
@@ -465,12 +472,9 @@ func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.T
 		if !counts {
 			// The breaker opened: the dependency is down. Try again when it
 			// lets calls through, without spending an attempt, and without
-			// counting the outage toward the policy's MaxElapsed (the
-			// message would be dead-lettered the moment the dependency is
-			// back): the time of this call, waiting while the breaker was
-			// open included, is taken off the message's time in failure.
+			// counting this call toward MaxElapsed either.
 			if !first.IsZero() {
-				first = first.Add(took)
+				first = first.Add(took - waited)
 			}
 			c.emit(Event{Kind: EventRetried, Message: m, Attempt: attempt, Err: err, Class: retry.Classify(err)})
 			attempt--
@@ -540,9 +544,9 @@ func (w *worker) awaitLease() error {
 const leasePoll = 10 * time.Millisecond
 
 // callGuarded is call through the circuit breaker, if there is one.
-func (w *worker) callGuarded(m *ferry.Message, attempt int, out *outputs) (error, bool) {
+func (w *worker) callGuarded(m *ferry.Message, attempt int, out *outputs) (err error, counts bool, waited time.Duration) {
 	if w.c.breaker == nil {
-		return w.call(m, attempt, out), true
+		return w.call(m, attempt, out), true, 0
 	}
 	return w.c.breaker.run(w.ctx, func() error { return w.call(m, attempt, out) })
 }

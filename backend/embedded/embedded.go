@@ -143,13 +143,25 @@ func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs 
 		}
 	}
 	batch := &commitlog.Batch{Messages: msgs, Group: sess.g.name}
-	for _, o := range offsets {
-		batch.Offsets = append(batch.Offsets, commitlog.Offset{Topic: o.Topic, Partition: o.Partition, Offset: o.Offset})
-	}
-	if len(batch.Messages) == 0 && len(batch.Offsets) == 0 {
+	if len(msgs) == 0 && len(offsets) == 0 {
 		return nil
 	}
-	return b.log.Commit(ctx, batch)
+	// A member's offsets never go back: batches captured concurrently (a
+	// lane's exactly-once outputs with the watermark it saw, the commit
+	// loop's later watermark) may reach here in either order, so each is
+	// raised to the furthest this session sent, and queued in the log in
+	// that order. Only the queueing is serialized; the batches share
+	// fsyncs as before.
+	sess.commitMu.Lock()
+	for _, o := range offsets {
+		off := max(o.Offset, sess.offsetsSent[o.TopicPartition])
+		sess.offsetsSent[o.TopicPartition] = off
+		batch.Offsets = append(batch.Offsets, commitlog.Offset{Topic: o.Topic, Partition: o.Partition, Offset: off})
+	}
+	done := make(chan error, 1)
+	b.log.CommitAsync(ctx, batch, func(_ *commitlog.Batch, err error) { done <- err })
+	sess.commitMu.Unlock()
+	return <-done
 }
 
 // Close stops session expiry. It does not close the log.
@@ -208,7 +220,7 @@ func (b *Backend) Join(ctx context.Context, groupName, member string, topics []s
 		b.groups[groupName] = g
 	}
 	b.mu.Unlock()
-	s := &session{g: g, member: member, topics: tps, assign: make(chan []backend.TopicPartition, 1), now: b.now, timeout: b.sessionTimeout}
+	s := &session{g: g, member: member, topics: tps, assign: make(chan []backend.TopicPartition, 1), now: b.now, timeout: b.sessionTimeout, offsetsSent: map[backend.TopicPartition]uint64{}}
 	if err := g.join(s, b.now()); err != nil {
 		return nil, err
 	}

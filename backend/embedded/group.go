@@ -35,6 +35,10 @@ type session struct {
 	// released it (guarded by g.mu): see deliverLocked.
 	sent  []backend.TopicPartition
 	known map[backend.TopicPartition]bool
+	// commitMu orders the member's commits into the log; offsetsSent is
+	// the furthest offset it sent per partition (see PublishAndCommit).
+	commitMu    sync.Mutex
+	offsetsSent map[backend.TopicPartition]uint64
 }
 
 func (g *group) join(s *session, now time.Time) error {

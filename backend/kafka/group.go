@@ -38,7 +38,7 @@ type session struct {
 	released chan backend.TopicPartition
 	leaving  bool
 	gone     bool
-	lease    time.Time // when the last heartbeat the coordinator took was sent, plus the session timeout
+	lease    time.Time // when the last heartbeat the coordinator took was sent, plus the span (see leaseLoop)
 }
 
 // Join implements backend.Backend.
@@ -168,12 +168,16 @@ func (s *session) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[stri
 	// No deadline of its own: franz-go heartbeats while this waits, and
 	// the broker moves the partitions only after the member rejoined
 	// without them or the rebalance timeout removed it. Giving up sooner
-	// would hand a partition on while its worker still runs.
+	// would hand a partition on while its worker still runs. Leave ends
+	// the wait (franz-go cannot leave the group while this runs, and the
+	// runtime leaves only after its workers stopped).
 	for len(waiting) > 0 {
 		select {
 		case tp := <-s.released:
 			delete(waiting, tp)
 		case <-ctx.Done():
+			waiting = nil
+		case <-s.quit:
 			waiting = nil
 		}
 	}
@@ -237,15 +241,26 @@ func (s *session) Lease() time.Time {
 }
 
 // leaseLoop heartbeats the member's current generation every quarter of
-// the session timeout and renews the lease when the coordinator took the
-// heartbeat: it answered without error, or with REBALANCE_IN_PROGRESS,
-// which also resets the member's session timer (its partitions stay its
-// own until it revokes them). Any other answer (the member unknown, its
-// generation stale) leaves the lease to run out; onLost follows.
+// the session timeout and renews the lease when the coordinator answered
+// without error. REBALANCE_IN_PROGRESS does not renew it: the broker
+// removes a member that has not rejoined by the rebalance's deadline
+// whatever its heartbeats, so during a rebalance longer than the session
+// timeout (a revoked partition whose handler is slow to stop) the
+// member's other partitions start no handlers until it rejoined. Any
+// other answer (the member unknown, its generation stale) leaves the
+// lease to run out; onLost follows. The lease is the send time of the
+// last heartbeat answered without error plus the shorter of the session
+// and rebalance timeouts: a rebalance that began after that answer ends
+// no sooner than its start plus the rebalance timeout, and with no
+// rebalance the session timeout is the bound.
 func (s *session) leaseLoop() {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-s.quit; cancel() }()
 	every := max(s.b.cfg.sessionTimeout/4, 25*time.Millisecond)
+	span := s.b.cfg.sessionTimeout
+	if rt, ok := s.cl.OptValue(kgo.RebalanceTimeout).(time.Duration); ok && rt > 0 {
+		span = min(span, rt)
+	}
 	for {
 		wait := min(every, 20*time.Millisecond) // until the member has joined and a heartbeat was taken
 		if member, gen := s.cl.GroupMetadata(); member != "" && gen >= 0 {
@@ -255,10 +270,10 @@ func (s *session) leaseLoop() {
 			rctx, rcancel := context.WithTimeout(ctx, every)
 			resp, err := req.RequestWith(rctx, s.cl)
 			rcancel()
-			if err == nil && (resp.ErrorCode == 0 || resp.ErrorCode == kerr.RebalanceInProgress.Code) {
+			if err == nil && resp.ErrorCode == 0 {
 				s.mu.Lock()
-				if sent.Add(s.b.cfg.sessionTimeout).After(s.lease) {
-					s.lease = sent.Add(s.b.cfg.sessionTimeout)
+				if sent.Add(span).After(s.lease) {
+					s.lease = sent.Add(span)
 				}
 				s.mu.Unlock()
 				wait = every
