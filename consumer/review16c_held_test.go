@@ -18,22 +18,22 @@ func TestReview16cHeldMaxParkedOne(t *testing.T) {
 		c, _ := startConsumer(t, b, s.handle, WithMaxParkedKeys(1))
 		publish(t, b, "a/0", "a/1", "b/0", "b/1", "c/0", "c/1", "x/0")
 		waitDead(t, q, 2)
-		if st := c.Stats(); st.ParkedKeys != 1 || st.ParkedMessages != 1 {
-			t.Fatalf("stats %+v", st)
-		}
+		// The DLQ lists an entry a moment before the worker has followed
+		// its own write and counted it.
+		waitFor(t, "one parked key with one parked message", func() bool {
+			st := c.Stats()
+			return st.ParkedKeys == 1 && st.ParkedMessages == 1
+		})
 		s.set(s.poison, false, "a/0", "b/0", "c/0")
-		for i := 0; i < 3; i++ {
-			var es []dlq.Entry
-			waitFor(t, "a key dead", func() bool {
-				es, _ = q.List(context.Background(), dlq.Filter{State: dlq.StateDead})
-				return len(es) > 0
-			})
-			redriveKey(t, q, string(es[0].Original.Key))
-			waitFor(t, "released", func() bool {
-				es2, _ := q.List(context.Background(), dlq.Filter{Key: es[0].Original.Key})
-				return len(es2) == 0
-			})
-		}
+		// Redrive each key that is dead until all are handled: a key that
+		// waited for room to park is tried again once room frees, and may
+		// then succeed without ever reaching the DLQ.
+		waitFor(t, "every message handled", func() bool {
+			if es, _ := q.List(context.Background(), dlq.Filter{State: dlq.StateDead}); len(es) > 0 {
+				redriveKey(t, q, string(es[0].Original.Key))
+			}
+			return len(s.handled()) >= 7
+		})
 		time.Sleep(300 * time.Millisecond)
 		got := s.handled()
 		pos := map[string]int{}
