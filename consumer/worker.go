@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrymq/ferry"
@@ -24,6 +25,9 @@ type worker struct {
 	ctx    context.Context // canceled on stop: fetch ends, handlers see it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // fetch loop, commit loop, message goroutines
+	// leaseUntil caches the session's lease (unix nanoseconds; see
+	// awaitLease).
+	leaseUntil atomic.Int64
 
 	mu        sync.Mutex
 	pending   []*entry         // dispatched, in offset order; head is the watermark
@@ -524,9 +528,17 @@ func (w *worker) attempts(m *ferry.Message, seed uint64, prior int, first time.T
 // running when the lease passes is not interrupted; its commit and its
 // exactly-once outputs are fenced by the backend.
 func (w *worker) awaitLease() error {
+	if time.Now().UnixNano() < w.leaseUntil.Load() {
+		return nil
+	}
 	for warned := false; ; {
 		lease := w.s.Lease()
 		if time.Now().Before(lease) {
+			// A lease once granted stays a promise until its time (the
+			// group removes a member only after it), so the worker keeps
+			// it and asks the session again only when it has passed: the
+			// session's lock is not taken on every call.
+			w.leaseUntil.Store(lease.UnixNano())
 			return nil
 		}
 		if !warned {
