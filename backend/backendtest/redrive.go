@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,6 +86,66 @@ func testRedriveOperations(t *testing.T, h Harness) {
 		r.publish("s", 6, 7)
 		r.waitHandled(7)
 	})
+	t.Run("CrashBetweenHandlingAndMarker", func(t *testing.T) {
+		// The owner handles s:0 from the DLQ and dies before its
+		// "redriven" marker is written (on a backend without transactions
+		// the handler's effect and the marker cannot be one write; without
+		// exactly-once they are not on any backend). The next owner finds
+		// s:0 still requested: it handles it again (at least once), then
+		// s:1 and s:2, in order, and the DLQ ends empty.
+		r := newRedriveRig(t, h, "redrive-crash")
+		r.poison("s:0")
+		stop := r.run()
+		r.publish("s", 0, 3)
+		r.waitUnresolved(3)
+		stop()
+		r.fix("s:0")
+		r.redrive(dlq.RedriveOpts{Filter: dlq.Filter{Key: []byte("s")}})
+		dying := &crashAtMarker{Backend: r.b}
+		stopDying := runConsumer(t, dying, r.group, r.topic, r.handle)
+		waitUntil(t, "s:0 handled and its marker refused", dying.crashed.Load)
+		stopDying() // every later write of the dead member fails
+		r.publish("s", 3, 4)
+		r.run()
+		waitUntil(t, "4 messages handled", func() bool { return r.rec.count() >= 4 })
+		r.rec.check(t, 4)
+		r.mu.Lock()
+		for id, c := range r.success {
+			if c > 2 {
+				t.Errorf("message %s handled %d times (once before the crash, once after, at most)", id, c)
+			}
+		}
+		r.mu.Unlock()
+		r.waitEmpty()
+	})
+}
+
+// crashAtMarker is a member's backend that dies at its first "redriven"
+// marker: that write and every write after it fail.
+type crashAtMarker struct {
+	backend.Backend
+	crashed atomic.Bool
+}
+
+var errCrashed = errors.New("backendtest: the member crashed")
+
+func (c *crashAtMarker) Publish(ctx context.Context, msgs ...*ferry.Message) error {
+	for _, m := range msgs {
+		if v, ok := m.Header(dlq.HeaderState); ok && string(v) == dlq.StateRedriven {
+			c.crashed.Store(true)
+		}
+	}
+	if c.crashed.Load() {
+		return errCrashed
+	}
+	return c.Backend.Publish(ctx, msgs...)
+}
+
+func (c *crashAtMarker) Commit(ctx context.Context, s backend.Session, offsets ...backend.Offset) error {
+	if c.crashed.Load() {
+		return errCrashed
+	}
+	return c.Backend.Commit(ctx, s, offsets...)
 }
 
 // redriveRig is one scenario's backend, topic, consumer and handler.
@@ -204,8 +265,14 @@ func (r *redriveRig) waitHandled(n int) {
 			r.t.Errorf("purged message %s handled", id)
 		}
 	}
-	// An entry handled from the DLQ is marked redriven just after its
-	// handler returned, so the last one may still show for a moment.
+	r.waitEmpty()
+}
+
+// waitEmpty waits until the DLQ lists nothing unresolved. An entry handled
+// from the DLQ is marked redriven just after its handler returned, so the
+// last one may still show for a moment.
+func (r *redriveRig) waitEmpty() {
+	r.t.Helper()
 	var left []dlq.Entry
 	deadline := time.Now().Add(10 * time.Second)
 	for left, _ = r.q.List(r.ctx, dlq.Filter{}); len(left) != 0 && time.Now().Before(deadline); left, _ = r.q.List(r.ctx, dlq.Filter{}) {
