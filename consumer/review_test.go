@@ -238,7 +238,26 @@ func TestReviewRedriveOfPinnedMessageReleasesKey(t *testing.T) {
 // open breaker and then failed once more (the breaker closed again on
 // another message's success) was dead-lettered at once: its time in
 // failure included the outage. The outage's time is not the message's.
+// The second case is the review's: the breaker stays open longer than
+// MaxElapsed, and a/0's failing call after the outage counts (only the
+// wait before calls that ended with the breaker open was taken off).
 func TestBreakerOpenTimeDoesNotCountTowardMaxElapsed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		openFor time.Duration
+		bAt     time.Duration // when b/0, whose success closes the breaker, is published
+	}{
+		{"BreakerReopensDuringOutage", time.Second, 10 * time.Second},
+		{"WaitBeforeACountedCall", 10 * time.Second, 10500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) { breakerOutage(t, tc.openFor, tc.bAt) })
+	}
+}
+
+// breakerOutage: the dependency is down for 10 s; a/0 fails into the open
+// breaker, fails once more after the outage, and must be handled, not
+// dead-lettered for MaxElapsed (3 s).
+func breakerOutage(t *testing.T, openFor, bAt time.Duration) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBackend(t)
 		if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
@@ -262,10 +281,10 @@ func TestBreakerOpenTimeDoesNotCountTowardMaxElapsed(t *testing.T) {
 		events := NewEventStream(10000)
 		c, stop := startConsumer(t, b, handler, WithDurableRetry(0), WithConcurrency(2),
 			WithRetryPolicy(retry.Policy{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxAttempts: 10, MaxElapsed: 3 * time.Second}),
-			WithCircuitBreaker(BreakerSettings{ConsecutiveFailures: 3, OpenFor: time.Second}),
+			WithCircuitBreaker(BreakerSettings{ConsecutiveFailures: 3, OpenFor: openFor}),
 			WithObserver(events.Observe))
 		publish(t, b, "a/0")
-		time.Sleep(10 * time.Second)
+		time.Sleep(bAt)
 		publish(t, b, "b/0") // its success closes the breaker again
 		time.Sleep(5 * time.Second)
 		stop()
@@ -274,7 +293,7 @@ func TestBreakerOpenTimeDoesNotCountTowardMaxElapsed(t *testing.T) {
 			e := <-events.Events()
 			switch e.Kind {
 			case EventDeadLettered:
-				t.Fatalf("%s dead-lettered after the outage (%v): the outage counted toward MaxElapsed; breaker %s", e.Message.Payload, e.Err, c.Stats().Breaker)
+				t.Fatalf("%s dead-lettered at attempt %d after the outage (%v): the wait behind the open breaker counted toward MaxElapsed; breaker %s", e.Message.Payload, e.Attempt, e.Err, c.Stats().Breaker)
 			case EventHandled:
 				handled = append(handled, string(e.Message.Payload))
 			}
