@@ -801,9 +801,11 @@ func (r *run) running() []*member {
 	return ms
 }
 
+// pickRunning picks a running member by pick, or logs that none runs.
 func (r *run) pickRunning(pick uint32) *member {
 	ms := r.running()
 	if len(ms) == 0 {
+		r.logf("  no member runs")
 		return nil
 	}
 	return ms[int(pick)%len(ms)]
@@ -833,7 +835,6 @@ func (r *run) do(s step) {
 	case sStop:
 		m := r.pickRunning(s.pick)
 		if m == nil {
-			r.logf("  no member runs")
 			return
 		}
 		m.state = "stopped"
@@ -843,7 +844,6 @@ func (r *run) do(s step) {
 	case sKill:
 		m := r.pickRunning(s.pick)
 		if m == nil {
-			r.logf("  no member runs")
 			return
 		}
 		m.state = "killed"
@@ -853,7 +853,6 @@ func (r *run) do(s step) {
 	case sCrash:
 		m := r.pickRunning(s.pick)
 		if m == nil {
-			r.logf("  no member runs")
 			return
 		}
 		m.state = "crashed"
@@ -868,7 +867,6 @@ func (r *run) do(s step) {
 	case sPause:
 		m := r.pickRunning(s.pick)
 		if m == nil {
-			r.logf("  no member runs")
 			return
 		}
 		m.state = "paused"

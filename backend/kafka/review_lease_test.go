@@ -56,36 +56,40 @@ func hasPartition(tps []backend.TopicPartition, tp backend.TopicPartition) bool 
 	return false
 }
 
-// Leave must end the session even when a revoked partition was never
-// released (the consumer's stopAll on shutdown, for one, receives the
-// stopped worker but does not call Release). onRevoked no longer has a
-// deadline: it waits for s.released or the client's context, which
-// Client.Close cancels only after the group was left, and leaving waits
-// for the manage goroutine, which sits in onRevoked: Close never returns.
-func TestReviewLeaseLeaveHangsWithUnreleasedRevocation(t *testing.T) {
+// revokingPair runs member a alone on a 2-partition topic, then joins b:
+// a is told to let one partition go, and never releases it (a worker
+// still stopping). It returns the backend, both sessions and the
+// partition a keeps.
+func revokingPair(t *testing.T, topic string, opts ...kafka.Option) (be *kafka.Backend, a, bm backend.Session, kept backend.TopicPartition) {
+	t.Helper()
 	c := startCluster(t)
 	ctx := context.Background()
-	b, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second))
+	be, err := kafka.New(ctx, c.seeds(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	if err := b.EnsureTopic(ctx, "lh", 2); err != nil {
+	t.Cleanup(func() { be.Close() })
+	if err := be.EnsureTopic(ctx, topic, 2); err != nil {
 		t.Fatal(err)
 	}
-	a, err := b.Join(ctx, "lh-g", "a", []string{"lh"})
-	if err != nil {
+	if a, err = be.Join(ctx, topic+"-g", "a", []string{topic}); err != nil {
 		t.Fatal(err)
 	}
 	waitAssigned(t, a, 2, 30*time.Second)
-	bm, err := b.Join(ctx, "lh-g", "b", []string{"lh"})
-	if err != nil {
+	if bm, err = be.Join(ctx, topic+"-g", "b", []string{topic}); err != nil {
 		t.Fatal(err)
 	}
-	defer bm.Leave()
-	// a is told to let one go; it never releases it (its worker is
-	// still stopping when the runtime shuts down).
-	waitAssigned(t, a, 1, 30*time.Second)
+	t.Cleanup(bm.Leave)
+	kept = waitAssigned(t, a, 1, 30*time.Second)[0]
+	return be, a, bm, kept
+}
+
+// Leave ends the session even when a revoked partition was never
+// released (a consumer shutting down while a partition is still
+// stopping). onRevoked waits for the release with no deadline of its own,
+// and franz-go's Close waits for onRevoked: Leave ends that wait.
+func TestReviewLeaseLeaveHangsWithUnreleasedRevocation(t *testing.T) {
+	_, a, _, _ := revokingPair(t, "lh", kafka.WithSessionTimeout(time.Second))
 	left := make(chan struct{})
 	start := time.Now()
 	go func() { a.Leave(); close(left) }()
@@ -97,40 +101,18 @@ func TestReviewLeaseLeaveHangsWithUnreleasedRevocation(t *testing.T) {
 	}
 }
 
-// The lease must not outlast the member's hold on its partitions. Kafka
+// The lease never outlasts the member's hold on its partitions. Kafka
 // removes a member that does not rejoin a rebalance within the rebalance
-// timeout whatever its heartbeats; leaseLoop counts REBALANCE_IN_PROGRESS
-// answers as renewals for a full session timeout. Member a is stuck in
-// onRevoked (a partition it was told to let go has not been released: a
-// slow handler), a third member joins, the rebalance times a out and
-// hands its kept partition to another member, and a's lease still covers
-// that moment: a's worker for the kept partition goes on starting
-// handlers beside the new owner.
+// timeout whatever its heartbeats (REBALANCE_IN_PROGRESS answers renewed
+// the lease for a full session timeout before the fix). Member a is stuck
+// in onRevoked (a slow handler on the partition it lets go), a third
+// member joins, the rebalance times a out and hands its kept partition to
+// another member: a's lease must have ended by then, or a's worker for
+// the kept partition would start handlers beside the new owner.
 func TestReviewLeaseLeaseOutlastsRebalanceTimeout(t *testing.T) {
-	c := startCluster(t)
-	ctx := context.Background()
-	const session = 4 * time.Second
-	b, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(session),
+	be, a, bm, kept := revokingPair(t, "lr", kafka.WithSessionTimeout(4*time.Second),
 		kafka.WithClientOptions(kgo.RebalanceTimeout(1500*time.Millisecond)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	if err := b.EnsureTopic(ctx, "lr", 2); err != nil {
-		t.Fatal(err)
-	}
-	a, err := b.Join(ctx, "lr-g", "a", []string{"lr"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitAssigned(t, a, 2, 30*time.Second)
-	bm, err := b.Join(ctx, "lr-g", "b", []string{"lr"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bm.Leave()
-	kept := waitAssigned(t, a, 1, 30*time.Second)[0] // the other is revoking, never released
-	cm, err := b.Join(ctx, "lr-g", "c", []string{"lr"})
+	cm, err := be.Join(context.Background(), "lr-g", "c", []string{"lr"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,10 +143,10 @@ func TestReviewLeaseLeaseOutlastsRebalanceTimeout(t *testing.T) {
 }
 
 // A consumer stopped while one of its partitions is being revoked (its
-// worker waiting for a handler that finishes a moment later) must still
-// return from Run. stopAll receives the stopped worker but does not
-// Release the partition, and Leave then waits forever on onRevoked (see
-// TestReviewLeaseLeaveHangsWithUnreleasedRevocation): Run never returns.
+// worker waiting for a handler that finishes a moment later) still
+// returns from Run: stopAll does not Release the partition, and Leave
+// ends onRevoked's wait (see
+// TestReviewLeaseLeaveHangsWithUnreleasedRevocation).
 func TestReviewLeaseRunHangsWhenStoppedDuringRevocation(t *testing.T) {
 	c := startCluster(t)
 	ctx := context.Background()
@@ -211,9 +193,13 @@ func TestReviewLeaseRunHangsWhenStoppedDuringRevocation(t *testing.T) {
 			t.Fatal("no partition was revoked from a")
 		}
 	}
-	stop()                            // shut down while a partition is stopping
-	time.Sleep(50 * time.Millisecond) // Run is in stopAll
-	close(unblock)
+	stop() // shut down while a partition is stopping
+	for deadline := time.Now().Add(30 * time.Second); cons.Stats().Partitions != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not begin to stop its workers")
+		}
+	}
+	close(unblock) // Run is in stopAll: its workers are gone from Stats
 	select {
 	case err := <-done:
 		t.Logf("Run returned %v", err)
