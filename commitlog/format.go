@@ -286,6 +286,10 @@ type recordDecoder struct {
 	pos  int
 	sh   sectionHeader
 	left uint32
+	// keys are the header keys of the record decoded last: the records of
+	// a section mostly repeat them, so an equal key reuses its string
+	// instead of allocating one per header.
+	keys []string
 }
 
 func newRecordDecoder(sh sectionHeader, body []byte) recordDecoder {
@@ -406,7 +410,12 @@ func (d *recordDecoder) next(m *ferry.Message) (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			m.Headers[i] = ferry.Header{Key: string(k), Value: v}
+			if i >= len(d.keys) {
+				d.keys = append(d.keys, string(k))
+			} else if d.keys[i] != string(k) {
+				d.keys[i] = string(k)
+			}
+			m.Headers[i] = ferry.Header{Key: d.keys[i], Value: v}
 		}
 	}
 	return true, nil

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/retry"
@@ -31,8 +33,8 @@ type Index struct {
 	catchMu sync.Mutex // one catch-up at a time
 
 	mu    sync.Mutex
-	next  uint64 // the next DLQ offset to read
-	byID  map[groupID]*Indexed
+	next  uint64                           // the next DLQ offset to read
+	byID  map[string]map[ferry.ID]*Indexed // by group, then original ID
 	parts map[PartitionKey]*partIndex
 	names map[string]string // interned group, topic and class names
 
@@ -40,6 +42,9 @@ type Index struct {
 	cache   map[uint64]*ferry.Message // records read ahead by Record, by offset
 	cached  []uint64                  // their offsets, oldest first
 }
+
+// catchUpBatch is how many records CatchUp reads at a time.
+const catchUpBatch = 1000
 
 // Read-ahead of Record: a settle job reads one entry, and the entries of
 // other keys redriven with it are usually next to it.
@@ -53,11 +58,6 @@ type PartitionKey struct {
 	Group     string
 	Topic     string
 	Partition int32
-}
-
-type groupID struct {
-	group string
-	id    ferry.ID
 }
 
 type partIndex struct {
@@ -74,7 +74,7 @@ type partIndex struct {
 type Indexed struct {
 	Record       uint64 // offset of the dead letter in the DLQ topic
 	ID           ferry.ID
-	Key          []byte
+	Key          []byte // shared with the key's other entries: read-only
 	Offset       uint64 // the original's offset in its partition
 	Class        retry.Class
 	Attempts     int
@@ -83,11 +83,12 @@ type Indexed struct {
 	State        string
 	stateAt      uint64     // offset of the marker that set State (0: none)
 	part         *partIndex // where the index keeps it (nil in a copy from an Entry)
+	key          string     // Key, shared by the key's entries in the index
 }
 
 // NewIndex returns an empty index of the DLQ topic; CatchUp fills it.
 func NewIndex(b backend.Backend, topic string) *Index {
-	return &Index{b: b, topic: topic, byID: map[groupID]*Indexed{}, parts: map[PartitionKey]*partIndex{}, names: map[string]string{},
+	return &Index{b: b, topic: topic, byID: map[string]map[ferry.ID]*Indexed{}, parts: map[PartitionKey]*partIndex{}, names: map[string]string{},
 		cache: map[uint64]*ferry.Message{}}
 }
 
@@ -105,20 +106,63 @@ func (x *Index) CatchUp(ctx context.Context) error {
 	x.mu.Lock()
 	off := x.next
 	x.mu.Unlock()
-	for off < end {
-		res, err := x.b.Fetch(ctx, tp, off, 1000)
-		if err != nil {
-			return fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
+	if off >= end {
+		return nil
+	}
+	if end-off <= catchUpBatch {
+		// The usual case once caught up: a few records, one read.
+		for off < end {
+			res, err := x.b.Fetch(ctx, tp, off, catchUpBatch)
+			if err != nil {
+				return fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
+			}
+			if err := x.apply(res.Messages...); err != nil {
+				return err
+			}
+			off = max(off, res.Next)
+			x.mu.Lock()
+			x.next = max(x.next, off)
+			x.mu.Unlock()
 		}
+		return nil
+	}
+	// Reading and decoding the next records overlaps applying the last
+	// ones: a first catch-up of a large DLQ costs about the larger of
+	// the two rather than their sum.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fetched := make(chan backend.Fetched, 2)
+	failed := make(chan error, 1)
+	go func() {
+		defer close(fetched)
+		for off < end {
+			res, err := x.b.Fetch(ctx, tp, off, catchUpBatch)
+			if err != nil {
+				failed <- fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
+				return
+			}
+			off = max(off, res.Next)
+			select {
+			case fetched <- res:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for res := range fetched {
 		if err := x.apply(res.Messages...); err != nil {
 			return err
 		}
-		off = max(off, res.Next)
 		x.mu.Lock()
-		x.next = max(x.next, off)
+		x.next = max(x.next, res.Next)
 		x.mu.Unlock()
 	}
-	return nil
+	select {
+	case err := <-failed:
+		return err
+	default:
+		return nil
+	}
 }
 
 // apply adds records of the DLQ topic (dead letters and state markers),
@@ -143,12 +187,58 @@ func (x *Index) apply(records ...*ferry.Message) error {
 	return nil
 }
 
-func (x *Index) intern(s string) string {
-	if v, ok := x.names[s]; ok {
+// intern returns the index's copy of the name b (a group, topic or
+// class), allocating only the first time it sees it.
+func (x *Index) intern(b []byte) string {
+	if v, ok := x.names[string(b)]; ok {
 		return v
 	}
+	s := string(b)
 	x.names[s] = s
 	return s
+}
+
+// deadLetter holds the headers of a dead letter the index keeps, each
+// the first of its name (as Message.Header reads them), found in one pass
+// over the record's headers.
+type deadLetter struct {
+	id, group, topic, partition, offset, class, attempts, first, retryAt []byte
+}
+
+func readDeadLetter(r *ferry.Message) deadLetter {
+	var d deadLetter
+	for _, h := range r.Headers {
+		var f *[]byte
+		switch h.Key {
+		case HeaderOriginalID:
+			f = &d.id
+		case HeaderGroup:
+			f = &d.group
+		case HeaderTopic:
+			f = &d.topic
+		case HeaderPartition:
+			f = &d.partition
+		case HeaderOffset:
+			f = &d.offset
+		case HeaderClass:
+			f = &d.class
+		case HeaderAttempts:
+			f = &d.attempts
+		case HeaderFirstFailure:
+			f = &d.first
+		case HeaderRetryAt:
+			f = &d.retryAt
+		default:
+			continue
+		}
+		if *f == nil {
+			*f = h.Value[:len(h.Value):len(h.Value)]
+			if *f == nil {
+				*f = []byte{}
+			}
+		}
+	}
+	return d
 }
 
 // addLocked indexes the dead letter r. It reads only the headers the
@@ -156,38 +246,51 @@ func (x *Index) intern(s string) string {
 // time), and copies the key, so nothing of the fetched record stays
 // referenced.
 func (x *Index) addLocked(r *ferry.Message) error {
-	id, err := ferry.ParseID(headerString(r, HeaderOriginalID))
+	d := readDeadLetter(r)
+	u, err := uuid.ParseBytes(d.id)
 	if err != nil {
-		return fmt.Errorf("dlq: record at offset %d is not a dead letter: %w", r.Offset, err)
+		return fmt.Errorf("dlq: record at offset %d is not a dead letter: original ID %q: %w", r.Offset, d.id, err)
 	}
-	group := headerString(r, HeaderGroup)
-	gid := groupID{group, id}
-	if _, ok := x.byID[gid]; ok {
+	id := ferry.ID(u)
+	group := x.intern(d.group)
+	ids := x.byID[group]
+	if ids == nil {
+		ids = map[ferry.ID]*Indexed{}
+		x.byID[group] = ids
+	}
+	if _, ok := ids[id]; ok {
 		return nil
 	}
-	part, _ := strconv.Atoi(headerString(r, HeaderPartition))
-	pk := PartitionKey{x.intern(group), x.intern(headerString(r, HeaderTopic)), int32(part)}
+	part, _ := strconv.Atoi(string(d.partition))
+	pk := PartitionKey{group, x.intern(d.topic), int32(part)}
 	p := x.partLocked(pk)
-	ix := &Indexed{Record: r.Offset, ID: id, Class: retry.Class(x.intern(headerString(r, HeaderClass))), State: StateDead, part: p}
-	ix.Offset, _ = strconv.ParseUint(headerString(r, HeaderOffset), 10, 64)
+	ix := &Indexed{Record: r.Offset, ID: id, Class: retry.Class(x.intern(d.class)), State: StateDead, part: p}
+	ix.Offset, _ = strconv.ParseUint(string(d.offset), 10, 64)
 	if ix.Class == ClassScheduled {
 		// Only a scheduled retry needs its count and times: it continues
 		// them when it comes due.
-		ix.Attempts, _ = strconv.Atoi(headerString(r, HeaderAttempts))
-		ix.FirstFailure, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderFirstFailure))
-		ix.RetryAt, _ = time.Parse(time.RFC3339Nano, headerString(r, HeaderRetryAt))
+		ix.Attempts, _ = strconv.Atoi(string(d.attempts))
+		ix.FirstFailure, _ = time.Parse(time.RFC3339Nano, string(d.first))
+		ix.RetryAt, _ = time.Parse(time.RFC3339Nano, string(d.retryAt))
 	}
-	x.byID[gid] = ix
+	ids[id] = ix
 	if r.Key == nil {
 		// No order to keep: nothing parks behind it.
 		p.loose = insertByRecord(p.loose, ix)
 		p.looseChanged = true
 		return nil
 	}
-	k := string(r.Key)
-	ix.Key = []byte(k)
-	p.keys[k] = insertByRecord(p.keys[k], ix)
-	p.changed[k] = true
+	// The entries of a key share one copy of it (the map's key, and
+	// Key's bytes), made for the first.
+	es := p.keys[string(r.Key)]
+	if len(es) > 0 {
+		ix.key, ix.Key = es[0].key, es[0].Key
+	} else {
+		ix.key = string(r.Key)
+		ix.Key = []byte(ix.key)
+	}
+	p.keys[ix.key] = insertByRecord(es, ix)
+	p.changed[ix.key] = true
 	return nil
 }
 
@@ -224,12 +327,12 @@ func (x *Index) applyMarkerLocked(r *ferry.Message, state string) {
 	}
 	var targets []*Indexed
 	if g, ok := r.Header(HeaderGroup); ok {
-		if ix := x.byID[groupID{string(g), id}]; ix != nil {
+		if ix := x.byID[string(g)][id]; ix != nil {
 			targets = append(targets, ix)
 		}
 	} else {
-		for gid, ix := range x.byID {
-			if gid.id == id {
+		for _, ids := range x.byID {
+			if ix := ids[id]; ix != nil {
 				targets = append(targets, ix)
 			}
 		}
@@ -250,7 +353,7 @@ func (x *Index) applyMarkerLocked(r *ferry.Message, state string) {
 		if _, ok := r.Header(HeaderClass); ok && state == StateDead {
 			// The entry failed again: its marker says how.
 			if c, ok := r.Header(HeaderClass); ok {
-				ix.Class = retry.Class(x.intern(string(c)))
+				ix.Class = retry.Class(x.intern(c))
 			}
 			if a, err := strconv.Atoi(headerString(r, HeaderAttempts)); err == nil {
 				ix.Attempts = a
@@ -267,7 +370,7 @@ func (x *Index) applyMarkerLocked(r *ferry.Message, state string) {
 			}
 			continue
 		}
-		k := string(ix.Key)
+		k := ix.key
 		p.changed[k] = true
 		if drop {
 			p.keys[k] = slices.DeleteFunc(p.keys[k], func(e *Indexed) bool { return e == ix })
@@ -285,7 +388,7 @@ func unresolved(state string) bool { return state == StateDead || state == State
 func (x *Index) Known(group string, id ferry.ID) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	_, ok := x.byID[groupID{group, id}]
+	_, ok := x.byID[group][id]
 	return ok
 }
 

@@ -78,6 +78,12 @@ func (f Filter) Match(e Entry) bool {
 	return false
 }
 
+// groupID names one group's entry of an original message.
+type groupID struct {
+	group string
+	id    ferry.ID
+}
+
 // scan reads the whole topic and returns its entries in order, each with
 // its current state (its latest marker's).
 func (q *Queue) scan(ctx context.Context) ([]Entry, error) {

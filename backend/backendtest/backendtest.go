@@ -746,6 +746,23 @@ func testAtomic(t *testing.T, h Harness) {
 	if got := readAll(t, b, backend.TopicPartition{Topic: "out"}, 0); len(got) != 1 {
 		t.Fatalf("%d outputs", len(got))
 	}
+
+	// The runtime's exactly-once batch carries the partition's watermark
+	// as it was when the batch was made; a plain commit of a newer one
+	// can land first (issue 16's suspicion, confirmed). The member's
+	// committed offset must not go back.
+	if err := b.Commit(ctx, s, backend.Offset{TopicPartition: tp, Offset: 12}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.PublishAndCommit(ctx, s, []*ferry.Message{msg("out", "k", 1)}, backend.Offset{TopicPartition: tp, Offset: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if off, ok, _ := b.Committed(ctx, "eo", tp); !ok || off != 12 {
+		t.Fatalf("a transaction carrying offset 9 after a commit of 12 left the group at %d (found %v): the committed offset went back", off, ok)
+	}
+	if got := readAll(t, b, backend.TopicPartition{Topic: "out"}, 0); len(got) != 2 {
+		t.Fatalf("%d outputs, want 2", len(got))
+	}
 }
 
 // testExactlyOnce runs consume-transform-produce with the exactly-once

@@ -26,11 +26,11 @@ type session struct {
 	txn    *kgo.GroupTransactSession
 	cl     *kgo.Client
 	assign chan []backend.TopicPartition
-	// txns queues PublishAndCommit calls for txnLoop: Kafka runs one
-	// transaction at a time per producer, so calls waiting together share
-	// the next one.
-	txns chan *txnReq
-	quit chan struct{} // closed by Leave; txnLoop ends
+	// offsets queues Commit and PublishAndCommit calls for offsetLoop,
+	// the one writer of the member's offsets (Kafka runs one transaction
+	// at a time per producer, so calls waiting together share the next).
+	offsets chan *offsetReq
+	quit    chan struct{} // closed by Leave; offsetLoop ends
 
 	mu       sync.Mutex
 	owned    map[backend.TopicPartition]bool // commits allowed
@@ -39,6 +39,9 @@ type session struct {
 	leaving  bool
 	gone     bool
 	lease    time.Time // when the last heartbeat the coordinator took was sent, plus the span (see leaseLoop)
+	// landed is the furthest offset of each partition this session
+	// committed: no later write of the session sends one below it.
+	landed map[backend.TopicPartition]int64
 }
 
 // Join implements backend.Backend.
@@ -52,8 +55,8 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 		}
 	}
 	s := &session{b: b, group: group, member: member, assign: make(chan []backend.TopicPartition, 1),
-		txns: make(chan *txnReq), quit: make(chan struct{}),
-		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, released: make(chan backend.TopicPartition, 1024)}
+		offsets: make(chan *offsetReq), quit: make(chan struct{}),
+		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, landed: map[backend.TopicPartition]int64{}, released: make(chan backend.TopicPartition, 1024)}
 	txn, err := kgo.NewGroupTransactSession(append([]kgo.Opt{
 		kgo.SeedBrokers(b.seeds...),
 		kgo.ClientID(member),
@@ -83,7 +86,7 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 		cl.Close()
 		return nil, fmt.Errorf("kafka: join %s as %s: transactional producer: %w", group, member, err)
 	}
-	go s.txnLoop()
+	go s.offsetLoop()
 	go s.leaseLoop()
 	// The group client joins on its first poll; the poll returns nothing
 	// (every topic is paused) and the rest runs in the background.
@@ -308,21 +311,65 @@ func (s *session) Leave() {
 	s.mu.Unlock()
 }
 
-// Commit implements backend.Backend.
+// Commit implements backend.Backend. A member's commits and transactions
+// are written in turn by one goroutine (offsetLoop), so the group's
+// committed offset never goes back within a session. The exception is a
+// partition being revoked: franz-go holds every transaction of the member
+// from landing while the revocation runs (they abort), so the commit its
+// stopping worker makes goes out at once rather than behind a transaction
+// that is waiting for that worker to stop.
 func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...backend.Offset) error {
 	sess, ok := s.(*session)
 	if !ok || sess.b != b {
 		return fmt.Errorf("kafka: session from another backend: %w", ferry.ErrInvalidArgument)
 	}
-	commit, err := sess.ownedOffsets(offsets)
+	if _, err := sess.ownedOffsets(offsets); err != nil {
+		return err
+	}
+	if len(offsets) == 0 {
+		return nil
+	}
+	sess.mu.Lock()
+	revoking := true
+	for _, o := range offsets {
+		revoking = revoking && sess.revoking[o.TopicPartition]
+	}
+	sess.mu.Unlock()
+	if revoking {
+		return sess.commitPlain(ctx, offsets)
+	}
+	return sess.queue(ctx, &offsetReq{ctx: ctx, plain: true, offsets: offsets, done: make(chan error, 1)})
+}
+
+// commitPlain commits offsets with an OffsetCommit request (outside any
+// transaction), bound to the caller's ctx: a commit its caller gave up on
+// is not sent later. Offsets the session committed already, or passed,
+// are left out, and a partition the member no longer owns fails it.
+func (s *session) commitPlain(ctx context.Context, offsets []backend.Offset) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	marks, err := s.ownedOffsets(offsets)
 	if err != nil {
 		return err
 	}
-	if len(commit) == 0 {
+	s.mu.Lock()
+	for topic, parts := range marks {
+		for p, eo := range parts {
+			if cur, ok := s.landed[backend.TopicPartition{Topic: topic, Partition: p}]; ok && cur >= eo.Offset {
+				delete(parts, p)
+			}
+		}
+		if len(parts) == 0 {
+			delete(marks, topic)
+		}
+	}
+	s.mu.Unlock()
+	if len(marks) == 0 {
 		return nil
 	}
 	var cerr error
-	sess.cl.CommitOffsetsSync(ctx, commit, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+	s.cl.CommitOffsetsSync(ctx, marks, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
 			cerr = err
 			return
@@ -337,12 +384,25 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 	})
 	switch {
 	case cerr == nil:
+		s.raiseLanded(marks)
 		return nil
 	case errors.Is(cerr, kerr.IllegalGeneration), errors.Is(cerr, kerr.UnknownMemberID),
 		errors.Is(cerr, kerr.RebalanceInProgress), errors.Is(cerr, kerr.FencedInstanceID):
-		return fmt.Errorf("kafka: commit by %s: %v: %w", sess.member, cerr, backend.ErrFenced)
+		return fmt.Errorf("kafka: commit by %s: %v: %w", s.member, cerr, backend.ErrFenced)
 	default:
-		return fmt.Errorf("kafka: commit by %s: %w", sess.member, cerr)
+		return fmt.Errorf("kafka: commit by %s: %w", s.member, cerr)
+	}
+}
+
+// raiseLanded records that marks were committed.
+func (s *session) raiseLanded(marks map[string]map[int32]kgo.EpochOffset) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for topic, parts := range marks {
+		for p, eo := range parts {
+			tp := backend.TopicPartition{Topic: topic, Partition: p}
+			s.landed[tp] = max(s.landed[tp], eo.Offset)
+		}
 	}
 }
 
@@ -356,9 +416,13 @@ const txnTimeout = 30 * time.Second
 // transaction aborts, and PublishAndCommit returns an error wrapping
 // backend.ErrFenced, if the group rebalanced while it ran or the member's
 // generation is stale. Transactions of one member run one at a time;
-// calls made while one runs share the next. If ctx ends first, PublishAndCommit returns ctx's error while the
-// transaction finishes in the background; its outcome is then unknown to
-// the caller (a new owner of the partition waits for it: see Committed).
+// calls made while one runs share the next. An offset older than one the
+// member committed before is raised to it (the runtime's batch carries
+// the watermark of when it was made; a newer plain commit may have landed
+// since). If ctx ends first, PublishAndCommit returns ctx's error while
+// the transaction finishes in the background; its outcome is then unknown
+// to the caller (a new owner of the partition waits for it: see
+// Committed).
 func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs []*ferry.Message, offsets ...backend.Offset) error {
 	if s == nil && len(offsets) == 0 {
 		return b.publishAtomically(ctx, msgs)
@@ -378,42 +442,57 @@ func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs 
 	if len(recs) == 0 && len(marks) == 0 {
 		return nil
 	}
-	req := &txnReq{msgs: msgs, recs: recs, marks: marks, done: make(chan error, 1)}
+	err = sess.queue(ctx, &offsetReq{msgs: msgs, recs: recs, offsets: offsets, done: make(chan error, 1)})
+	if err != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("kafka: transaction of %s: outcome unknown: %w", sess.member, err)
+	}
+	return err
+}
+
+// queue hands r to offsetLoop and waits for its outcome or ctx.
+func (s *session) queue(ctx context.Context, r *offsetReq) error {
 	select {
-	case sess.txns <- req:
-	case <-sess.quit:
-		return fmt.Errorf("kafka: member %s left: %w", sess.member, ferry.ErrClosed)
+	case s.offsets <- r:
+	case <-s.quit:
+		return fmt.Errorf("kafka: member %s left: %w", s.member, ferry.ErrClosed)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case err := <-req.done:
+	case err := <-r.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("kafka: transaction of %s: outcome unknown: %w", sess.member, ctx.Err())
+		return ctx.Err()
 	}
 }
 
-// txnReq is one PublishAndCommit call waiting for its transaction.
-type txnReq struct {
-	msgs  []*ferry.Message
-	recs  []*kgo.Record
-	marks map[string]map[int32]kgo.EpochOffset
-	done  chan error
+// offsetReq is one Commit or PublishAndCommit call waiting for its turn.
+type offsetReq struct {
+	ctx     context.Context // a plain commit's caller: not sent once it ended
+	plain   bool            // Commit: offsets only, outside a transaction
+	msgs    []*ferry.Message
+	recs    []*kgo.Record
+	offsets []backend.Offset
+	done    chan error
 }
 
 // maxTxnCalls bounds how many PublishAndCommit calls share a transaction.
 const maxTxnCalls = 256
 
-// txnLoop runs the member's transactions one after the other, each for
-// every call that queued while the previous one ran: with many lanes
-// emitting at once, the round trips of a transaction are paid once for
-// all of them. A failed transaction fails every call in it.
-func (s *session) txnLoop() {
+// offsetLoop writes the member's offsets: it runs the commits and
+// transactions queued to it one after the other, in the order they came,
+// each finished (landed or failed) before the next starts, and none
+// sends an offset below one the session committed before (a plain commit
+// leaves it out, a transaction raises it), so no order in which the
+// runtime's calls arrive moves the group back. Transactions queued
+// together share one: with many lanes emitting at once, its round trips
+// are paid once for all of them; a failed transaction fails every call
+// in it.
+func (s *session) offsetLoop() {
 	for {
-		var batch []*txnReq
+		var batch []*offsetReq
 		select {
-		case r := <-s.txns:
+		case r := <-s.offsets:
 			batch = append(batch, r)
 		case <-s.quit:
 			return
@@ -421,33 +500,34 @@ func (s *session) txnLoop() {
 	more:
 		for len(batch) < maxTxnCalls {
 			select {
-			case r := <-s.txns:
+			case r := <-s.offsets:
 				batch = append(batch, r)
 			default:
 				break more
 			}
 		}
-		var msgs []*ferry.Message
-		var recs []*kgo.Record
-		marks := map[string]map[int32]kgo.EpochOffset{}
-		for _, r := range batch {
-			msgs, recs = append(msgs, r.msgs...), append(recs, r.recs...)
-			for topic, parts := range r.marks {
-				if marks[topic] == nil {
-					marks[topic] = map[int32]kgo.EpochOffset{}
-				}
-				for p, eo := range parts {
-					// Each is a watermark the runtime reached: the
-					// furthest is the one to keep.
-					if cur, ok := marks[topic][p]; !ok || cur.Offset < eo.Offset {
-						marks[topic][p] = eo
-					}
-				}
+		for len(batch) > 0 {
+			if r := batch[0]; r.plain {
+				batch = batch[1:]
+				r.done <- s.commitPlain(r.ctx, r.offsets)
+				continue
 			}
-		}
-		err := s.transact(msgs, recs, marks)
-		for _, r := range batch {
-			r.done <- err
+			n := 1
+			for n < len(batch) && !batch[n].plain {
+				n++
+			}
+			txn := batch[:n]
+			batch = batch[n:]
+			var msgs []*ferry.Message
+			var recs []*kgo.Record
+			var offsets []backend.Offset
+			for _, r := range txn {
+				msgs, recs, offsets = append(msgs, r.msgs...), append(recs, r.recs...), append(offsets, r.offsets...)
+			}
+			err := s.transact(msgs, recs, offsets)
+			for _, r := range txn {
+				r.done <- err
+			}
 		}
 	}
 }
@@ -495,7 +575,7 @@ func (b *Backend) publishAtomically(ctx context.Context, msgs []*ferry.Message) 
 }
 
 // ownedOffsets checks that the member owns every partition of offsets and
-// returns them in franz-go's form.
+// returns them in franz-go's form, the furthest of each partition's.
 func (s *session) ownedOffsets(offsets []backend.Offset) (map[string]map[int32]kgo.EpochOffset, error) {
 	out := map[string]map[int32]kgo.EpochOffset{}
 	s.mu.Lock()
@@ -507,13 +587,15 @@ func (s *session) ownedOffsets(offsets []backend.Offset) (map[string]map[int32]k
 		if out[o.Topic] == nil {
 			out[o.Topic] = map[int32]kgo.EpochOffset{}
 		}
-		out[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: int64(o.Offset)}
+		if cur, ok := out[o.Topic][o.Partition]; !ok || cur.Offset < int64(o.Offset) {
+			out[o.Topic][o.Partition] = kgo.EpochOffset{Epoch: -1, Offset: int64(o.Offset)}
+		}
 	}
 	return out, nil
 }
 
 // transact runs one transaction: begin, produce, mark the offsets, end.
-func (s *session) transact(msgs []*ferry.Message, recs []*kgo.Record, marks map[string]map[int32]kgo.EpochOffset) error {
+func (s *session) transact(msgs []*ferry.Message, recs []*kgo.Record, offsets []backend.Offset) error {
 	ctx, cancel := context.WithTimeout(context.Background(), txnTimeout)
 	defer cancel()
 	if err := s.txn.Begin(); err != nil {
@@ -531,8 +613,27 @@ func (s *session) transact(msgs []*ferry.Message, recs []*kgo.Record, marks map[
 	// The session commits the offsets it polled; this client polls
 	// nothing, so the runtime's offsets are put into the transaction's
 	// offset commit (sent with the member's generation, which the
-	// coordinator checks) through franz-go's hook for that request.
+	// coordinator checks) through franz-go's hook for that request. They
+	// are decided as it is sent: a partition the member no longer owns
+	// aborts the transaction (a call queued before its partition was
+	// revoked), and each offset is the furthest of the calls' and of what
+	// the session committed before (a call's offset is the watermark of
+	// when the runtime made it).
+	var marks map[string]map[int32]kgo.EpochOffset
 	ctx = kgo.PreTxnCommitFnContext(ctx, func(req *kmsg.TxnOffsetCommitRequest) error {
+		var err error
+		if marks, err = s.ownedOffsets(offsets); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		for topic, parts := range marks {
+			for p, eo := range parts {
+				if cur := s.landed[backend.TopicPartition{Topic: topic, Partition: p}]; cur > eo.Offset {
+					parts[p] = kgo.EpochOffset{Epoch: eo.Epoch, Offset: cur}
+				}
+			}
+		}
+		s.mu.Unlock()
 		for topic, parts := range marks {
 			rt := kmsg.NewTxnOffsetCommitRequestTopic()
 			rt.Topic = topic
@@ -552,5 +653,6 @@ func (s *session) transact(msgs []*ferry.Message, recs []*kgo.Record, marks map[
 	case !committed:
 		return fmt.Errorf("kafka: transaction of %s aborted: the group rebalanced or the generation is stale: %w", s.member, backend.ErrFenced)
 	}
+	s.raiseLanded(marks)
 	return nil
 }
