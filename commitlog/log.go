@@ -234,7 +234,7 @@ func (l *Log) prepareDir() error {
 	lk, err := fsys.Lock(filepath.Join(l.dir, lockFile))
 	if err != nil {
 		if errors.Is(err, vfs.ErrLockHeld) {
-			return fmt.Errorf("commitlog: %s is in use by process %s (open it read-only to inspect it): %w", l.dir, l.lockHolder(), ferry.ErrLocked)
+			return fmt.Errorf("commitlog: %s is in use by process %s: %w", l.dir, l.lockHolder(), ferry.ErrLocked)
 		}
 		return fmt.Errorf("commitlog: lock %s: %w", l.dir, err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/commitlog"
 )
 
@@ -28,7 +30,8 @@ func addGlobals(root *cobra.Command) *globals {
 }
 
 // open opens the data directory: read-only commands work while another
-// process owns it; writers get the owner's PID in the error. Only
+// process owns it; writers get the owner's PID in the error, and what to
+// do. Only
 // create (topics create) makes a missing directory: anywhere else a
 // mistyped --dir must not leave a new directory behind.
 func (g *globals) open(ctx context.Context, write bool) (*commitlog.Log, error) {
@@ -42,7 +45,13 @@ func (g *globals) openDir(ctx context.Context, write, create bool, opts ...commi
 	if !write {
 		opts = append(opts, commitlog.WithReadOnly())
 	}
-	return commitlog.Open(ctx, g.dir, opts...)
+	l, err := commitlog.Open(ctx, g.dir, opts...)
+	if write && errors.Is(err, ferry.ErrLocked) {
+		// The reading commands open read-only beside the owner; that
+		// would not help a writer.
+		return nil, fmt.Errorf("%w; writing needs the directory to itself: stop that process, or write through it", err)
+	}
+	return l, err
 }
 
 // print writes v as JSON, or calls table to write a human table.

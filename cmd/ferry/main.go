@@ -39,7 +39,7 @@ func run(ctx context.Context, args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(os.Stderr, "ferry:", err)
+	fmt.Fprintln(os.Stderr, "ferry:", sayOnce(err))
 	var ue usageError
 	// cobra reports unknown commands and wrong arguments as plain errors.
 	unknown := strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)")
@@ -48,6 +48,17 @@ func run(ctx context.Context, args []string) int {
 		return exitBadInput
 	}
 	return exitFailure
+}
+
+// sayOnce renders err for a person: the packages' prefixes that wrapping
+// repeats ("ferry: commitlog: ...: ferry: topic not found") are dropped,
+// as "ferry:" is printed once before the message.
+func sayOnce(err error) string {
+	msg := err.Error()
+	for _, prefix := range []string{"ferry: ", "commitlog: ", "embedded: ", "dlq: "} {
+		msg = strings.ReplaceAll(msg, prefix, "")
+	}
+	return msg
 }
 
 // usageError marks errors in how the command was called.
