@@ -125,7 +125,8 @@ func WithRetryPolicy(p retry.Policy) Opt { return optFunc(func(c *cfg) { c.polic
 // WithDLQTopic sets the dead-letter topic (default "<group>.dlq").
 func WithDLQTopic(t string) Opt { return optFunc(func(c *cfg) { c.dlqTopic = t }) }
 
-// WithHandlerName names the handler in dead letters (default "handler").
+// WithHandlerName names the handler in dead letters and logs (default:
+// the group's name).
 func WithHandlerName(n string) Opt { return optFunc(func(c *cfg) { c.handlerName = n }) }
 
 // WithCommitInterval sets how often offsets are committed (default 1s; they
@@ -266,7 +267,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 		fetchMax:       256,
 		policy:         retry.DefaultPolicy,
 		dlqTopic:       group + ".dlq",
-		handlerName:    "handler",
+		handlerName:    group,
 		commitInterval: time.Second,
 		heartbeat:      time.Second,
 		logger:         slog.New(slog.DiscardHandler),

@@ -46,8 +46,9 @@ type Filter struct {
 	Since       time.Time   // last failure at or after
 	Until       time.Time   // last failure before
 	IDs         []ferry.ID  // original message IDs
-	// State selects dead or requested entries (List never returns
-	// resolved ones).
+	// State selects entries in one state. List returns the unresolved
+	// entries (dead and requested) unless State names a resolved one
+	// (redriven, purged).
 	State string
 }
 
@@ -162,7 +163,8 @@ func headerString(m *ferry.Message, k string) string {
 }
 
 // List returns the unresolved entries (dead, or requested and not handled
-// yet) that match f, in the order they were dead-lettered.
+// yet) that match f, in the order they were dead-lettered; with f.State
+// StateRedriven or StatePurged, the entries resolved that way instead.
 func (q *Queue) List(ctx context.Context, f Filter) ([]Entry, error) {
 	all, err := q.scan(ctx)
 	if err != nil {
@@ -170,7 +172,7 @@ func (q *Queue) List(ctx context.Context, f Filter) ([]Entry, error) {
 	}
 	var out []Entry
 	for _, e := range all {
-		if unresolved(e.State) && f.Match(e) {
+		if (unresolved(e.State) || f.State != "" && !unresolved(f.State)) && f.Match(e) {
 			out = append(out, e)
 		}
 	}

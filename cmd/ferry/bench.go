@@ -9,15 +9,17 @@ import (
 	"github.com/ferrymq/ferry/internal/bench"
 )
 
-func newBenchCmd() *cobra.Command {
-	var dir, plot string
-	var quick, asJSON bool
+func newBenchCmd(g *globals) *cobra.Command {
+	var plot string
+	var quick bool
 	var only []string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure ferry side by side with NATS JetStream and Watermill",
 		Long: `bench runs ferry and its peers in one process, on one disk, in one run, and
-prints throughput and latency percentiles with ratios:
+prints throughput and latency percentiles with ratios (--json: the report as
+JSON). The disk scenarios run under --dir when it is given (the disk you
+want measured), else in the system's temporary directory:
 
   publish         256-byte messages from 1, 16 and 64 synchronous publishers:
                   ferry (fsync before ack) vs an in-process NATS JetStream
@@ -39,6 +41,10 @@ minute (its numbers are too small to quote). --plot writes the latency
 distribution as SVG.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir := "" // the global --dir, when given: the disk to measure
+			if cmd.Flags().Changed("dir") {
+				dir = g.dir
+			}
 			o := bench.Options{Dir: dir, Quick: quick, Only: only, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
@@ -57,15 +63,13 @@ distribution as SVG.`,
 					return err
 				}
 			}
-			if asJSON {
+			if g.json {
 				return r.WriteJSON(cmd.OutOrStdout())
 			}
 			return r.WriteTable(cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "directory for the disk scenarios (default: the system's temporary directory; use the disk you want measured)")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke run of well under a minute")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios (publish, publish-pipelined, append-vs-disk, consume, latency, router)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
 	return cmd

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,16 +21,27 @@ import (
 )
 
 type dlqFlags struct {
-	group, topic, class, key, since string
+	group, topic, class, key, since, state string
+	limit                                  int
 }
 
-func (f *dlqFlags) add(cmd *cobra.Command) {
+// addQueue adds the flags that name the DLQ.
+func (f *dlqFlags) addQueue(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.group, "group", "g", "", "consumer group (its DLQ is GROUP.dlq)")
 	cmd.Flags().StringVar(&f.topic, "dlq-topic", "", "the DLQ topic, if not GROUP.dlq")
-	cmd.Flags().StringVar(&f.class, "class", "", "only entries of this failure class (transient, permanent, decode, timeout, panic, parked)")
+}
+
+// add adds the flags that name the DLQ and select entries.
+func (f *dlqFlags) add(cmd *cobra.Command) {
+	f.addQueue(cmd)
+	cmd.Flags().StringVar(&f.class, "class", "", "only entries of this failure class: "+strings.Join(classNames, ", "))
 	cmd.Flags().StringVar(&f.key, "key", "", "only entries of this message key")
 	cmd.Flags().StringVar(&f.since, "since", "", "only entries that last failed after this: a duration ago (1h) or an RFC 3339 time")
 }
+
+// classNames are the failure classes an entry can have.
+var classNames = []string{string(retry.ClassTransient), string(retry.ClassPermanent), string(retry.ClassDecode), string(retry.ClassTimeout),
+	string(retry.ClassPanic), string(dlq.ClassParked), string(dlq.ClassScheduled)}
 
 func (f *dlqFlags) queueTopic() (string, error) {
 	switch {
@@ -41,11 +55,18 @@ func (f *dlqFlags) queueTopic() (string, error) {
 
 func (f *dlqFlags) filter() (dlq.Filter, error) {
 	var flt dlq.Filter
-	switch retry.Class(f.class) {
-	case "", retry.ClassTransient, retry.ClassPermanent, retry.ClassDecode, retry.ClassTimeout, retry.ClassPanic, dlq.ClassParked:
-		flt.Class = retry.Class(f.class)
+	if f.class != "" && !slices.Contains(classNames, f.class) {
+		return flt, usageError{fmt.Errorf("--class %q: want one of %s", f.class, strings.Join(classNames, ", "))}
+	}
+	flt.Class = retry.Class(f.class)
+	switch f.state {
+	case "", dlq.StateDead, dlq.StateRequested, dlq.StateRedriven, dlq.StatePurged:
+		flt.State = f.state
 	default:
-		return flt, usageError{fmt.Errorf("--class %q: want transient, permanent, decode, timeout, panic or parked", f.class)}
+		return flt, usageError{fmt.Errorf("--state %q: want dead, requested, redriven or purged", f.state)}
+	}
+	if f.limit < 0 {
+		return flt, usageError{fmt.Errorf("--limit %d: want 0 (no limit) or more", f.limit)}
 	}
 	if f.key != "" {
 		flt.Key = []byte(f.key)
@@ -62,7 +83,12 @@ func (f *dlqFlags) filter() (dlq.Filter, error) {
 	return flt, nil
 }
 
-// withQueue opens the directory and the DLQ and runs fn.
+// errNoDLQ: the DLQ topic does not exist yet (nothing was dead-lettered).
+var errNoDLQ = errors.New("no dead letters yet")
+
+// withQueue opens the directory and the DLQ and runs fn. A DLQ topic that
+// does not exist yet returns errNoDLQ: its consumer creates it when it
+// starts, so there is nothing in it.
 func withQueue(ctx context.Context, g *globals, f *dlqFlags, write bool, fn func(*commitlog.Log, *dlq.Queue, dlq.Filter) error) error {
 	topic, err := f.queueTopic()
 	if err != nil {
@@ -77,12 +103,23 @@ func withQueue(ctx context.Context, g *globals, f *dlqFlags, write bool, fn func
 		return err
 	}
 	defer l.Close()
-	if _, err := l.Topic(topic); err != nil {
-		return usageError{fmt.Errorf("dead-letter topic %q: %w", topic, err)}
+	if _, err := l.Topic(topic); errors.Is(err, ferry.ErrTopicNotFound) {
+		return fmt.Errorf("%w: the DLQ topic %q does not exist (a consumer of the group creates it when it starts)", errNoDLQ, topic)
+	} else if err != nil {
+		return err
 	}
 	b := embedded.New(l)
 	defer b.Close()
 	return fn(l, dlq.Open(b, topic), flt)
+}
+
+// nothingYet reports errNoDLQ as an empty result (exit 0): empty is
+// printed as JSON, the reason as text.
+func nothingYet(g *globals, w io.Writer, err error, empty any) error {
+	if !errors.Is(err, errNoDLQ) {
+		return err
+	}
+	return g.print(w, empty, func(tw *tabwriter.Writer) { fmt.Fprintln(tw, err) })
 }
 
 func newDLQCmd(g *globals) *cobra.Command {
@@ -93,7 +130,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Short: "List unresolved entries (dead, or requested for their consumer to handle)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withQueue(cmd.Context(), g, &lf, false, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
+			err := withQueue(cmd.Context(), g, &lf, false, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
 				entries, err := q.List(cmd.Context(), flt)
 				if err != nil {
 					return err
@@ -110,7 +147,10 @@ func newDLQCmd(g *globals) *cobra.Command {
 					LastFailure string `json:"last_failure"`
 					Error       string `json:"error"`
 				}
-				var rows []row
+				if lf.limit > 0 && len(entries) > lf.limit {
+					entries = entries[:lf.limit]
+				}
+				rows := []row{}
 				for _, e := range entries {
 					rows = append(rows, row{e.Original.ID.String(), e.Original.Topic, e.Original.Partition, e.Original.Offset, string(e.Original.Key),
 						string(e.Class), e.State, e.Attempts, e.LastFailure.UTC().Format(time.RFC3339), e.Error})
@@ -122,9 +162,12 @@ func newDLQCmd(g *globals) *cobra.Command {
 					}
 				})
 			})
+			return nothingYet(g, cmd.OutOrStdout(), err, []any{})
 		},
 	}
 	lf.add(list)
+	list.Flags().StringVar(&lf.state, "state", "", "only entries in this state: dead, requested (the default lists both), redriven or purged")
+	list.Flags().IntVar(&lf.limit, "limit", 0, "at most this many entries, oldest first (0: all)")
 
 	var sf dlqFlags
 	show := &cobra.Command{
@@ -136,26 +179,47 @@ func newDLQCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return usageError{err}
 			}
-			return withQueue(cmd.Context(), g, &sf, false, func(_ *commitlog.Log, q *dlq.Queue, _ dlq.Filter) error {
+			err = withQueue(cmd.Context(), g, &sf, false, func(_ *commitlog.Log, q *dlq.Queue, _ dlq.Filter) error {
 				e, err := q.Get(cmd.Context(), id)
 				if err != nil {
 					return usageError{err}
 				}
-				out := map[string]any{"id": e.Original.ID.String(), "state": e.State, "source": fmt.Sprintf("%s/%d@%d", e.Original.Topic, e.Original.Partition, e.Original.Offset),
-					"key": string(e.Original.Key), "payload": string(e.Original.Payload), "group": e.Group, "handler": e.Handler, "attempts": e.Attempts,
-					"first_failure": e.FirstFailure.UTC(), "last_failure": e.LastFailure.UTC(), "class": string(e.Class), "error": e.Error, "reason": e.Reason, "stack": e.Stack}
+				type shown struct {
+					ID           string `json:"id"`
+					State        string `json:"state"`
+					Topic        string `json:"topic"`
+					Partition    int32  `json:"partition"`
+					Offset       uint64 `json:"offset"`
+					Key          string `json:"key"`
+					Payload      string `json:"payload"`
+					Group        string `json:"group"`
+					Handler      string `json:"handler"`
+					Attempts     int    `json:"attempts"`
+					FirstFailure string `json:"first_failure"`
+					LastFailure  string `json:"last_failure"`
+					Class        string `json:"class"`
+					Error        string `json:"error"`
+					Reason       string `json:"reason"`
+					Stack        string `json:"stack,omitempty"`
+				}
+				out := shown{e.Original.ID.String(), e.State, e.Original.Topic, e.Original.Partition, e.Original.Offset, string(e.Original.Key), string(e.Original.Payload),
+					e.Group, e.Handler, e.Attempts, e.FirstFailure.UTC().Format(time.RFC3339), e.LastFailure.UTC().Format(time.RFC3339), string(e.Class), e.Error, e.Reason, e.Stack}
 				return g.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
-					for _, k := range []string{"id", "state", "source", "key", "payload", "group", "handler", "attempts", "first_failure", "last_failure", "class", "error", "reason"} {
-						fmt.Fprintf(w, "%s\t%v\n", k, out[k])
-					}
+					fmt.Fprintf(w, "id\t%s\nstate\t%s\nsource\t%s/%d@%d\nkey\t%s\npayload\t%s\ngroup\t%s\nhandler\t%s\nattempts\t%d\n",
+						out.ID, out.State, out.Topic, out.Partition, out.Offset, out.Key, out.Payload, out.Group, out.Handler, out.Attempts)
+					fmt.Fprintf(w, "first failure\t%s\nlast failure\t%s\nclass\t%s\nerror\t%s\nreason\t%s\n", out.FirstFailure, out.LastFailure, out.Class, out.Error, out.Reason)
 					if e.Stack != "" {
 						fmt.Fprintf(w, "stack\t\n%s\n", e.Stack)
 					}
 				})
 			})
+			if errors.Is(err, errNoDLQ) {
+				return usageError{fmt.Errorf("entry %s: %w", id, err)}
+			}
+			return err
 		},
 	}
-	sf.add(show)
+	sf.addQueue(show)
 
 	var rf dlqFlags
 	var to string
@@ -165,8 +229,12 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Short: "Have dead entries handled again by their partition's consumer (or move them --to a topic), whole keys in order",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withQueue(cmd.Context(), g, &rf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
+			result := redriveResult{To: to}
+			err := withQueue(cmd.Context(), g, &rf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
 				out := cmd.OutOrStdout()
+				if g.json {
+					out = io.Discard // progress is for people
+				}
 				verb := "requested"
 				if to != "" {
 					verb = "moved"
@@ -191,13 +259,16 @@ func newDLQCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("after %d redriven: %w", n, err)
 				}
-				if to != "" {
-					fmt.Fprintf(out, "moved %d entries to %q\n", n, to)
-				} else {
-					fmt.Fprintf(out, "requested %d entries: each partition's consumer handles them in key order (now, or when it starts)\n", n)
-				}
-				return nil
+				result.Entries = n
+				return g.print(cmd.OutOrStdout(), result, func(w *tabwriter.Writer) {
+					if to != "" {
+						fmt.Fprintf(w, "moved %d entries to %q\n", n, to)
+					} else {
+						fmt.Fprintf(w, "requested %d entries: each partition's consumer handles them in key order (now, or when it starts)\n", n)
+					}
+				})
 			})
+			return nothingYet(g, cmd.OutOrStdout(), err, result)
 		},
 	}
 	rf.add(redrive)
@@ -210,19 +281,29 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Short: "Mark dead entries purged (they no longer list or redrive)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withQueue(cmd.Context(), g, &pf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
+			var result struct {
+				Purged int `json:"purged"`
+			}
+			err := withQueue(cmd.Context(), g, &pf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
 				n, err := q.Purge(cmd.Context(), flt)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "purged %d entries\n", n)
-				return nil
+				result.Purged = n
+				return g.print(cmd.OutOrStdout(), result, func(w *tabwriter.Writer) { fmt.Fprintf(w, "purged %d entries\n", n) })
 			})
+			return nothingYet(g, cmd.OutOrStdout(), err, result)
 		},
 	}
 	pf.add(purge)
 	cmd.AddCommand(list, show, redrive, purge)
 	return cmd
+}
+
+// redriveResult is what dlq redrive did.
+type redriveResult struct {
+	Entries int    `json:"entries"`      // requested (or moved, with To)
+	To      string `json:"to,omitempty"` // the topic entries were moved to
 }
 
 func firstLine(s string) string {

@@ -24,7 +24,7 @@ func newGroupsCmd(g *globals) *cobra.Command {
 			return nil, err
 		}
 		defer l.Close()
-		var out []row
+		out := []row{}
 		for group, offs := range l.Groups() {
 			if only != "" && group != only {
 				continue
@@ -64,7 +64,7 @@ func newGroupsCmd(g *globals) *cobra.Command {
 				Partitions int    `json:"partitions"`
 				Lag        uint64 `json:"lag"`
 			}
-			var totals []total
+			totals := []total{}
 			for _, r := range rs {
 				if n := len(totals); n == 0 || totals[n-1].Group != r.Group {
 					totals = append(totals, total{Group: r.Group})

@@ -10,6 +10,14 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 )
 
+// topicResult is what topics create and delete print with --json.
+type topicResult struct {
+	Topic      string `json:"topic"`
+	Partitions int    `json:"partitions,omitempty"`
+	Created    bool   `json:"created,omitempty"`
+	Deleted    bool   `json:"deleted,omitempty"`
+}
+
 func newTopicsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "topics", Short: "Create, list, describe and delete topics"}
 	var cfg commitlog.TopicConfig
@@ -18,6 +26,9 @@ func newTopicsCmd(g *globals) *cobra.Command {
 		Short: "Create a topic (and the data directory, if needed)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.Partitions < 1 || cfg.Partitions > commitlog.MaxPartitions {
+				return usageError{fmt.Errorf("--partitions %d: want 1 to %d", cfg.Partitions, commitlog.MaxPartitions)}
+			}
 			l, err := g.openDir(cmd.Context(), true, true)
 			if err != nil {
 				return err
@@ -26,8 +37,9 @@ func newTopicsCmd(g *globals) *cobra.Command {
 			if err := l.CreateTopic(cmd.Context(), args[0], cfg); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "created topic %s\n", args[0])
-			return nil
+			return g.print(cmd.OutOrStdout(), topicResult{Topic: args[0], Partitions: cfg.Partitions, Created: true}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "created topic %s with %d partition(s)\n", args[0], cfg.Partitions)
+			})
 		},
 	}
 	create.Flags().IntVar(&cfg.Partitions, "partitions", 1, "number of partitions")
@@ -52,7 +64,7 @@ func newTopicsCmd(g *globals) *cobra.Command {
 				Messages   uint64 `json:"messages"`
 				Bytes      int64  `json:"bytes"`
 			}
-			var rows []row
+			rows := []row{}
 			for _, t := range topics {
 				r := row{Name: t.Name, Partitions: len(t.Partitions)}
 				for _, p := range t.Partitions {
@@ -122,8 +134,9 @@ func newTopicsCmd(g *globals) *cobra.Command {
 			if err := l.DeleteTopic(cmd.Context(), args[0]); err != nil {
 				return usageError{err}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "deleted topic %s\n", args[0])
-			return nil
+			return g.print(cmd.OutOrStdout(), topicResult{Topic: args[0], Deleted: true}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "deleted topic %s\n", args[0])
+			})
 		},
 	}
 	cmd.AddCommand(create, list, describe, del)

@@ -16,14 +16,13 @@ import (
 )
 
 func newVerifyCmd(g *globals) *cobra.Command {
-	var path string
 	var runs int
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Crash-and-check your disk: SIGKILL appending and consuming processes, then verify",
 		Long: `verify runs, --runs times, a child process appending from 16 goroutines to a
-log under --path (default: a temporary directory; point it at the disk you
+log under --dir (default: a temporary directory; point it at the disk you
 want to trust), kills it with SIGKILL after a random number of acknowledged
 appends, reopens the log and checks that every acknowledged message is there,
 once, at its offset, and that every key's messages are in order. Each run
@@ -36,7 +35,10 @@ It exits 1 if anything acknowledged was lost or any order was paid twice.`,
 			if runs < 1 || runs > 10000 {
 				return usageError{fmt.Errorf("--runs %d: want 1 to 10000", runs)}
 			}
-			base := path
+			base := ""
+			if cmd.Flags().Changed("dir") {
+				base = g.dir
+			}
 			if base == "" {
 				tmp, err := os.MkdirTemp("", "ferry-verify-")
 				if err != nil {
@@ -131,7 +133,6 @@ It exits 1 if anything acknowledged was lost or any order was paid twice.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&path, "path", "", "directory on the disk to test (default: a temporary directory)")
 	cmd.Flags().IntVar(&runs, "runs", 10, "how many times to kill and check")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the log afterwards")
 	return cmd
