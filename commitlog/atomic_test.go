@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // TestAtomicBatchCrashSweep crashes while producers commit batches that

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // benchDir returns a directory on the real disk (FERRY_BENCH_DIR to choose

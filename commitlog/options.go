@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // Durability says when an append is acknowledged relative to fsync.

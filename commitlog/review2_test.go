@@ -13,7 +13,7 @@ import (
 	"github.com/ferrymq/ferry"
 	"testing"
 
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // r2Count returns how many messages partition 0 of topic holds.

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // TestReviewRetentionEntrySpanUnbounded: state.go promises that an entry's

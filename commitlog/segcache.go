@@ -5,7 +5,7 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // Open files are bounded (G6): a segment's file is opened when a reader

@@ -206,9 +206,19 @@ type Consumer struct {
 	running  atomic.Bool  // Run is running
 	lastBeat atomic.Int64 // unix nanoseconds of the last successful heartbeat
 
+	ready     chan struct{} // closed by Run once the first assignment's workers started
+	readyOnce sync.Once
+
 	mu      sync.Mutex
 	workers map[backend.TopicPartition]*worker
+	last    Stats // what Stats reports once Run has returned: its figures as it stopped
 }
+
+// Ready is closed once Run has joined the group and started a worker for
+// every partition of its first assignment (none, if it got none): a
+// message published after it is handled without waiting for a rebalance.
+// Callers and tests wait on it instead of sleeping.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
 
 // Stats is a snapshot of what a consumer holds.
 type Stats struct {
@@ -225,9 +235,20 @@ type Stats struct {
 }
 
 // Stats returns a snapshot of the consumer's buffers.
+//
+// While Run runs the figures are live; once it returned, Stats keeps
+// reporting the parked keys and messages as they were when it stopped
+// (the other counts are then zero).
 func (c *Consumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(c.workers) == 0 && !c.running.Load() {
+		st := c.last
+		if c.breaker != nil {
+			st.Breaker = c.breaker.State()
+		}
+		return st
+	}
 	st := Stats{Partitions: len(c.workers), InFlight: int(c.busy.Load())}
 	if c.breaker != nil {
 		st.Breaker = c.breaker.State()
@@ -297,7 +318,7 @@ func New(b backend.Backend, group string, topics []string, h Handler, opts ...Op
 	for i := len(c.middleware) - 1; i >= 0; i-- {
 		h = c.middleware[i](h)
 	}
-	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, index: dlq.NewIndex(b, c.dlqTopic)}
+	cons := &Consumer{b: b, group: group, topics: topics, handler: h, cfg: c, work: make(chan laneJob), workers: map[backend.TopicPartition]*worker{}, index: dlq.NewIndex(b, c.dlqTopic), ready: make(chan struct{})}
 	if c.breaker != nil {
 		cons.breaker = newBreaker(c.handlerName, c.breaker, func(from, to string) {
 			c.logger.Warn("circuit breaker changed state", "handler", c.handlerName, "from", from, "to", to)
@@ -352,6 +373,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	stopped := make(chan backend.TopicPartition)
 	want := map[backend.TopicPartition]bool{}
 	stopAll := func() {
+		st := c.Stats()
+		defer func() {
+			c.mu.Lock()
+			c.last = Stats{ParkedKeys: st.ParkedKeys, ParkedMessages: st.ParkedMessages}
+			c.mu.Unlock()
+		}()
 		var wg sync.WaitGroup
 		for tp, w := range workers {
 			wg.Add(1)
@@ -412,6 +439,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 					start(tp)
 				}
 			}
+			c.readyOnce.Do(func() { close(c.ready) })
 		}
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/idempotency"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 	"github.com/ferrymq/ferry/retry"
 )
 

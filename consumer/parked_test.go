@@ -12,7 +12,7 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/dlq"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // A dead letter replayed from the uncommitted window after a crash is not

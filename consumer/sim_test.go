@@ -109,7 +109,7 @@ import (
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/idempotency"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 	"github.com/ferrymq/ferry/retry"
 )
 

@@ -10,7 +10,7 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/internal/memlog"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 func TestMemoryTTLAndBound(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/commitlog"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 func newTestBackend(t *testing.T, opts ...Opt) *Backend {

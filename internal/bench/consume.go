@@ -14,7 +14,7 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // backlog writes n messages over keys to topic "in" (8 partitions).

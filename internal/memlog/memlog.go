@@ -9,7 +9,7 @@ import (
 
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
-	"github.com/ferrymq/ferry/internal/vfs"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // Open opens a log in the directory /log of a fresh in-memory filesystem,
