@@ -11,8 +11,8 @@ import (
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/idempotency"
-	"github.com/ferrymq/ferry/vfs"
 	"github.com/ferrymq/ferry/retry"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // transform is the handler of the exactly-once crash test: one output per

@@ -109,8 +109,8 @@ import (
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/idempotency"
-	"github.com/ferrymq/ferry/vfs"
 	"github.com/ferrymq/ferry/retry"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 const (
