@@ -88,6 +88,7 @@ type cfg struct {
 	exactlyOnce    *idempotency.Log
 	limiter        *rate.Limiter
 	durableAfter   time.Duration
+	start          Start
 	maxParkedKeys  int
 }
 
@@ -124,6 +125,51 @@ func WithRetryPolicy(p retry.Policy) Opt { return optFunc(func(c *cfg) { c.polic
 
 // WithDLQTopic sets the dead-letter topic (default "<group>.dlq").
 func WithDLQTopic(t string) Opt { return optFunc(func(c *cfg) { c.dlqTopic = t }) }
+
+// Start says where a group begins reading a partition it has no
+// committed offset for: StartEarliest (the default), StartLatest, or
+// StartAt a time. Once the group committed an offset for the partition,
+// it resumes there whatever Start says.
+type Start struct {
+	kind startKind
+	at   time.Time
+}
+
+type startKind int
+
+const (
+	startEarliest startKind = iota
+	startLatest
+	startAt
+)
+
+var (
+	// StartEarliest begins at the oldest message the partition holds.
+	StartEarliest = Start{}
+	// StartLatest begins after the last message the partition holds when
+	// the group first reads it: only messages published later are handled.
+	StartLatest = Start{kind: startLatest}
+)
+
+// StartAt begins at the first message appended at or after t.
+func StartAt(t time.Time) Start { return Start{kind: startAt, at: t} }
+
+// String names the start position.
+func (s Start) String() string {
+	switch s.kind {
+	case startLatest:
+		return "latest"
+	case startAt:
+		return "at " + s.at.Format(time.RFC3339Nano)
+	}
+	return "earliest"
+}
+
+// WithStart sets where the group begins a partition it has no committed
+// offset for (default StartEarliest). The position chosen is committed
+// with the group's first commit of the partition, so a restart before any
+// message was handled resumes there instead of choosing again.
+func WithStart(s Start) Opt { return optFunc(func(c *cfg) { c.start = s }) }
 
 // WithHandlerName names the handler in dead letters and logs (default:
 // the group's name).

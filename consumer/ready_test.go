@@ -2,6 +2,8 @@ package consumer
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -39,6 +41,63 @@ func TestReadyAndStatsAfterRun(t *testing.T) {
 		stop()
 		if st := c.Stats(); st.ParkedKeys != 1 || st.ParkedMessages != 2 || st.Partitions != 0 {
 			t.Fatalf("Stats after Run returned: %+v, want 1 parked key with 2 messages behind it", st)
+		}
+	})
+}
+
+// WithStart: a new group begins at the end or at a time, and the position
+// chosen holds across a restart before anything was handled (committed
+// with the first commit, not chosen again).
+func TestStartLatestAndAt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBackend(t)
+		if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+			t.Fatal(err)
+		}
+		publish(t, b, "old/0", "old/1")
+		time.Sleep(time.Minute)
+		mark := time.Now()
+		publish(t, b, "mid/0")
+		var mu sync.Mutex
+		var got []string
+		h := func(ctx context.Context, m *ferry.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, string(m.Payload))
+			return nil
+		}
+
+		c, stop := startConsumer(t, b, h, WithStart(StartLatest))
+		<-c.Ready()
+		time.Sleep(time.Second) // a few commit intervals: the chosen start is committed
+		synctest.Wait()
+		stop()
+		publish(t, b, "new/0")
+		c, stop = startConsumer(t, b, h, WithStart(StartLatest))
+		<-c.Ready()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		stop()
+		if len(got) != 1 || got[0] != "new/0" {
+			t.Fatalf("StartLatest, restarted before handling anything: handled %v, want [new/0]", got)
+		}
+
+		got = nil
+		c2, err := New(b, "g2", []string{"in"}, h, WithStart(StartAt(mark)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c2.Run(ctx) }()
+		<-c2.Ready()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		cancel()
+		<-done
+		slices.Sort(got) // two keys: no order between them
+		if len(got) != 2 || got[0] != "mid/0" || got[1] != "new/0" {
+			t.Fatalf("StartAt(%v): handled %v, want [mid/0 new/0]", mark, got)
 		}
 	})
 }

@@ -98,10 +98,10 @@ func (c *Consumer) startWorker(s backend.Session, tp backend.TopicPartition) *wo
 func (w *worker) init() bool {
 	delay := 50 * time.Millisecond
 	for {
-		off, err := w.c.resumeState(w.ctx, w.tp)
+		off, committed, err := w.c.resumeState(w.ctx, w.tp)
 		if err == nil {
 			w.mu.Lock()
-			w.next, w.committed = off, off
+			w.next, w.committed = off, committed
 			w.mu.Unlock()
 			w.c.index.Changes(w.pk()) // every key is settled now
 			for _, k := range w.c.index.Keys(w.pk()) {
@@ -124,33 +124,50 @@ func (w *worker) init() bool {
 	}
 }
 
-// resumeState returns the offset a partition resumes at, with the
-// exactly-once markers and the DLQ index caught up.
-func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (uint64, error) {
+// resumeState returns the offset a partition resumes at, and the offset
+// to count as committed, with the exactly-once markers and the DLQ index
+// caught up. A partition the group has no offset for starts where
+// WithStart says; the position chosen is committed at the next commit
+// (committed is then the partition's start), so a restart before any
+// message was handled resumes there rather than choosing again.
+func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (off, committed uint64, err error) {
 	off, ok, err := c.b.Committed(ctx, c.group, tp)
 	if err != nil {
-		return 0, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, 0, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
-	start, _, err := c.b.Bounds(ctx, tp)
+	start, end, err := c.b.Bounds(ctx, tp)
 	if err != nil {
-		return 0, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, 0, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
+	}
+	committed = off
+	if !ok {
+		committed = start
+		switch c.cfg.start.kind {
+		case startLatest:
+			off = end
+		case startAt:
+			if off, err = c.b.OffsetForTime(ctx, tp, c.cfg.start.at); err != nil {
+				return 0, 0, fmt.Errorf("consumer: offset of %s/%d at %v: %w", tp.Topic, tp.Partition, c.cfg.start.at, err)
+			}
+		}
 	}
 	if eo := c.cfg.exactlyOnce; eo != nil {
 		// Markers the previous owner wrote (on another machine, perhaps)
 		// before it committed are read now, so its inputs are skipped.
 		if err := eo.Sync(ctx); err != nil {
-			return 0, fmt.Errorf("consumer: exactly-once markers: %w", err)
+			return 0, 0, fmt.Errorf("consumer: exactly-once markers: %w", err)
 		}
 	}
-	if !ok || off < start {
+	if off < start {
 		off = start
 	}
+	committed = min(max(committed, start), off)
 	// Everything the previous owner dead-lettered is in the index before
 	// a message is fetched.
 	if err := c.index.CatchUp(ctx); err != nil {
-		return 0, fmt.Errorf("consumer: load parked keys of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, 0, fmt.Errorf("consumer: load parked keys of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
-	return off, nil
+	return off, committed, nil
 }
 
 // stop ends fetching, waits for in-flight messages (their handlers see a
