@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/retry"
 )
 
 // Ready closes once the consumer runs its partitions, and Stats keeps the
@@ -98,6 +101,47 @@ func TestStartLatestAndAt(t *testing.T) {
 		slices.Sort(got) // two keys: no order between them
 		if len(got) != 2 || got[0] != "mid/0" || got[1] != "new/0" {
 			t.Fatalf("StartAt(%v): handled %v, want [mid/0 new/0]", mark, got)
+		}
+	})
+}
+
+// retry.UnlimitedAttempts retries a transient failure until it works:
+// 1,500 failures (past the 1000 a number may say) and no dead letter.
+func TestUnlimitedAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBackend(t)
+		if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		calls, handled := 0, 0
+		h := func(ctx context.Context, m *ferry.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if calls++; calls <= 1500 {
+				return errors.New("dependency down")
+			}
+			handled++
+			return nil
+		}
+		c, stop := startConsumer(t, b, h, WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond, MaxAttempts: retry.UnlimitedAttempts}), WithDurableRetry(time.Hour))
+		<-c.Ready()
+		publish(t, b, "k/0")
+		for {
+			mu.Lock()
+			h := handled
+			mu.Unlock()
+			if h == 1 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		stop()
+		if _, end, _ := b.Bounds(context.Background(), backend.TopicPartition{Topic: "g.dlq"}); end != 0 {
+			t.Fatalf("%d dead letters, want none", end)
+		}
+		if _, err := New(b, "g", []string{"in"}, h, WithRetryPolicy(retry.Policy{MaxAttempts: 1001})); err == nil {
+			t.Fatal("MaxAttempts 1001 accepted")
 		}
 	})
 }

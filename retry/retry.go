@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -78,7 +79,8 @@ type Policy struct {
 	InitialBackoff time.Duration
 	// MaxBackoff caps every delay (default 30s).
 	MaxBackoff time.Duration
-	// MaxAttempts counts the first attempt too (default 5; 1 = no retries).
+	// MaxAttempts counts the first attempt too (default 5; 1 = no retries;
+	// at most 1000, or UnlimitedAttempts).
 	MaxAttempts int
 	// MaxElapsed gives up once this long has passed since the first
 	// failure (default 0: no limit).
@@ -86,6 +88,15 @@ type Policy struct {
 	// AttemptTimeout bounds one handler call (default 0: none).
 	AttemptTimeout time.Duration
 }
+
+// UnlimitedAttempts as MaxAttempts retries a retryable failure until the
+// handler succeeds (or MaxElapsed, if set, passes): "retry until it
+// works". The consequence: the message's key waits all that time, since
+// its later messages are handled only after it (they park behind it as a
+// durable retry with WithDurableRetry); only a permanent or decode
+// failure reaches the DLQ. Pair it with a circuit breaker so an outage
+// pauses every key instead of retrying each.
+const UnlimitedAttempts = math.MaxInt
 
 // DefaultPolicy is used for zero fields.
 var DefaultPolicy = Policy{InitialBackoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second, MaxAttempts: 5}
@@ -109,8 +120,8 @@ func (p Policy) Validate() error {
 	switch {
 	case p.InitialBackoff > p.MaxBackoff:
 		return fmt.Errorf("%w: retry initial backoff %s exceeds max backoff %s", ferry.ErrInvalidArgument, p.InitialBackoff, p.MaxBackoff)
-	case p.MaxAttempts > 1000:
-		return fmt.Errorf("%w: %d retry attempts: at most 1000", ferry.ErrInvalidArgument, p.MaxAttempts)
+	case p.MaxAttempts > 1000 && p.MaxAttempts != UnlimitedAttempts:
+		return fmt.Errorf("%w: %d retry attempts: at most 1000, or retry.UnlimitedAttempts", ferry.ErrInvalidArgument, p.MaxAttempts)
 	case p.MaxElapsed < 0 || p.AttemptTimeout < 0:
 		return fmt.Errorf("%w: negative retry duration", ferry.ErrInvalidArgument)
 	}
