@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -144,4 +147,83 @@ func TestUnlimitedAttempts(t *testing.T) {
 			t.Fatal("MaxAttempts 1001 accepted")
 		}
 	})
+}
+
+// RunUntilCaughtUp handles what the partitions hold, requested dead
+// letters included, commits, and returns.
+func TestRunUntilCaughtUp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		b := newBackend(t)
+		if err := b.EnsureTopic(ctx, "in", 2); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		poison := map[string]bool{"k3/0": true}
+		handled := map[string]int{}
+		h := func(ctx context.Context, m *ferry.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if poison[string(m.Payload)] {
+				return ferry.Permanent(errors.New("bad"))
+			}
+			handled[string(m.Payload)]++
+			return nil
+		}
+		for i := 0; i < 50; i++ {
+			publish(t, b, fmt.Sprintf("k%d/0", i%7), fmt.Sprintf("k%d/1", i%7))
+		}
+		run := func() {
+			t.Helper()
+			// The first fetches take a while: the partitions have started,
+			// and hold nothing in flight, well before they caught up.
+			c, err := New(slowFetch{b}, "g", []string{"in"}, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.RunUntilCaughtUp(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		run()
+		mu.Lock()
+		n := 0
+		for _, c := range handled {
+			n += c
+		}
+		mu.Unlock()
+		// k3's messages (14 of them) wait behind its dead first one.
+		if n != 100-14 {
+			t.Fatalf("%d handled, want 86", n)
+		}
+		for p := int32(0); p < 2; p++ {
+			tp := backend.TopicPartition{Topic: "in", Partition: p}
+			off, _, _ := b.Committed(ctx, "g", tp)
+			if _, end, _ := b.Bounds(ctx, tp); off != end {
+				t.Fatalf("partition %d committed %d, end %d", p, off, end)
+			}
+		}
+		mu.Lock()
+		delete(poison, "k3/0")
+		mu.Unlock()
+		if _, err := dlq.Open(b, "g.dlq").Redrive(ctx, dlq.RedriveOpts{}); err != nil {
+			t.Fatal(err)
+		}
+		run()
+		mu.Lock()
+		defer mu.Unlock()
+		if handled["k3/0"] != 7 || handled["k3/1"] != 7 {
+			t.Fatalf("after the redrive: k3/0 %d, k3/1 %d handled, want 7 each (k3 was published 7 times)", handled["k3/0"], handled["k3/1"])
+		}
+	})
+}
+
+// slowFetch delays the first fetch of each partition of "in" by 50 ms.
+type slowFetch struct{ *embedded.Backend }
+
+func (s slowFetch) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	if tp.Topic == "in" && offset == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return s.Backend.Fetch(ctx, tp, offset, max)
 }

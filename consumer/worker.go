@@ -35,6 +35,7 @@ type worker struct {
 	buffered  int              // dispatched and not finished
 	next      uint64           // fetch position
 	committed uint64           // last committed offset
+	target    uint64           // the partition's end when it started (RunUntilCaughtUp)
 	room      chan struct{}    // signaled when buffered drops
 	started   chan struct{}    // closed once init has set next and committed and settled the parked keys
 	fenced    bool
@@ -98,10 +99,10 @@ func (c *Consumer) startWorker(s backend.Session, tp backend.TopicPartition) *wo
 func (w *worker) init() bool {
 	delay := 50 * time.Millisecond
 	for {
-		off, committed, err := w.c.resumeState(w.ctx, w.tp)
+		off, committed, end, err := w.c.resumeState(w.ctx, w.tp)
 		if err == nil {
 			w.mu.Lock()
-			w.next, w.committed = off, committed
+			w.next, w.committed, w.target = off, committed, end
 			w.mu.Unlock()
 			w.c.index.Changes(w.pk()) // every key is settled now
 			for _, k := range w.c.index.Keys(w.pk()) {
@@ -124,20 +125,20 @@ func (w *worker) init() bool {
 	}
 }
 
-// resumeState returns the offset a partition resumes at, and the offset
-// to count as committed, with the exactly-once markers and the DLQ index
+// resumeState returns the offset a partition resumes at, the offset to
+// count as committed and the partition's end, with the exactly-once markers and the DLQ index
 // caught up. A partition the group has no offset for starts where
 // WithStart says; the position chosen is committed at the next commit
 // (committed is then the partition's start), so a restart before any
 // message was handled resumes there rather than choosing again.
-func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (off, committed uint64, err error) {
+func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (off, committed, end uint64, err error) {
 	off, ok, err := c.b.Committed(ctx, c.group, tp)
 	if err != nil {
-		return 0, 0, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, 0, 0, fmt.Errorf("consumer: committed offset of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
 	start, end, err := c.b.Bounds(ctx, tp)
 	if err != nil {
-		return 0, 0, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, 0, 0, fmt.Errorf("consumer: bounds of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
 	committed = off
 	if !ok {
@@ -147,7 +148,7 @@ func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (
 			off = end
 		case startAt:
 			if off, err = c.b.OffsetForTime(ctx, tp, c.cfg.start.at); err != nil {
-				return 0, 0, fmt.Errorf("consumer: offset of %s/%d at %v: %w", tp.Topic, tp.Partition, c.cfg.start.at, err)
+				return 0, 0, 0, fmt.Errorf("consumer: offset of %s/%d at %v: %w", tp.Topic, tp.Partition, c.cfg.start.at, err)
 			}
 		}
 	}
@@ -155,7 +156,7 @@ func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (
 		// Markers the previous owner wrote (on another machine, perhaps)
 		// before it committed are read now, so its inputs are skipped.
 		if err := eo.Sync(ctx); err != nil {
-			return 0, 0, fmt.Errorf("consumer: exactly-once markers: %w", err)
+			return 0, 0, 0, fmt.Errorf("consumer: exactly-once markers: %w", err)
 		}
 	}
 	if off < start {
@@ -165,9 +166,9 @@ func (c *Consumer) resumeState(ctx context.Context, tp backend.TopicPartition) (
 	// Everything the previous owner dead-lettered is in the index before
 	// a message is fetched.
 	if err := c.index.CatchUp(ctx); err != nil {
-		return 0, 0, fmt.Errorf("consumer: load parked keys of %s/%d: %w", tp.Topic, tp.Partition, err)
+		return 0, 0, 0, fmt.Errorf("consumer: load parked keys of %s/%d: %w", tp.Topic, tp.Partition, err)
 	}
-	return off, committed, nil
+	return off, committed, end, nil
 }
 
 // stop ends fetching, waits for in-flight messages (their handlers see a
@@ -321,6 +322,20 @@ func (w *worker) finish(e *entry) *entry {
 		return nil
 	}
 	return next
+}
+
+// caughtUp reports whether the worker has started and finished every
+// message up to the partition's end as it was when it started, with no
+// settle job, lane or message left to run.
+func (w *worker) caughtUp() bool {
+	select {
+	case <-w.started:
+	default:
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.watermarkLocked() >= w.target && len(w.pending) == 0 && len(w.lanes) == 0 && len(w.settling) == 0 && len(w.ready) == 0
 }
 
 // watermark is the offset up to which every message is finished.
