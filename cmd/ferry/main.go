@@ -83,7 +83,7 @@ Exit codes:
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g := addGlobals(root)
-	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newBenchCmd(g), newVersionCmd(), newTopicsCmd(g), newProduceCmd(g),
+	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(), newTopicsCmd(g), newProduceCmd(g),
 		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g))
 	return root
 }

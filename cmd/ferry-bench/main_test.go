@@ -9,16 +9,26 @@ import (
 	"testing"
 )
 
-// ferry bench --quick completes and its output is well formed: every
+// buildBench builds the command into t's directory.
+func buildBench(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ferry-bench")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// ferry-bench --quick completes and its output is well formed: every
 // scenario and system present, counts and rates positive, percentiles
 // ordered, and an SVG plot. No timing is asserted.
 func TestBenchQuickIsWellFormed(t *testing.T) {
 	dir := t.TempDir()
 	plot := filepath.Join(dir, "latency.svg")
-	cmd := exec.Command(buildFerry(t), "bench", "--quick", "--json", "--dir", dir, "--plot", plot)
+	cmd := exec.Command(buildBench(t), "--quick", "--json", "--dir", dir, "--plot", plot)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("ferry bench --quick: %v\n%s", err, out)
+		t.Fatalf("ferry-bench --quick: %v\n%s", err, out)
 	}
 	var report struct {
 		CPUs    int `json:"cpus"`

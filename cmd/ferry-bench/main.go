@@ -1,22 +1,49 @@
+// Command ferry-bench measures ferry side by side with NATS JetStream and
+// Watermill, in one process, on one disk, in one run. It is a program of
+// its own so that the ferry command does not link the peers it measures
+// against (an in-process NATS server, Watermill): see BENCHMARKS.md.
+//
+// Exit codes: 0 success; 1 a scenario failed; 2 bad usage.
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/internal/bench"
 )
 
-func newBenchCmd(g *globals) *cobra.Command {
-	var plot string
-	var quick bool
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	cmd := newBenchCmd()
+	cmd.SetArgs(os.Args[1:])
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "ferry-bench:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// usageError marks errors in how the command was called.
+type usageError struct{ error }
+
+func newBenchCmd() *cobra.Command {
+	var plot, dir string
+	var quick, asJSON bool
 	var only []string
 	cmd := &cobra.Command{
-		Use:   "bench",
+		Use:   "ferry-bench",
 		Short: "Measure ferry side by side with NATS JetStream and Watermill",
-		Long: `bench runs ferry and its peers in one process, on one disk, in one run, and
+		Long: `ferry-bench runs ferry and its peers in one process, on one disk, in one run, and
 prints throughput and latency percentiles with ratios (--json: the report as
 JSON). The disk scenarios run under --dir when it is given (the disk you
 want measured), else in the system's temporary directory:
@@ -41,10 +68,6 @@ minute (its numbers are too small to quote). --plot writes the latency
 distribution as SVG.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir := "" // the global --dir, when given: the disk to measure
-			if cmd.Flags().Changed("dir") {
-				dir = g.dir
-			}
 			o := bench.Options{Dir: dir, Quick: quick, Only: only, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
@@ -63,12 +86,16 @@ distribution as SVG.`,
 					return err
 				}
 			}
-			if g.json {
+			if asJSON {
 				return r.WriteJSON(cmd.OutOrStdout())
 			}
 			return r.WriteTable(cmd.OutOrStdout())
 		},
 	}
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	cmd.Flags().StringVar(&dir, "dir", "", "directory for the disk scenarios (default: the system's temporary directory)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke run of well under a minute")
 	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios (publish, publish-pipelined, append-vs-disk, consume, latency, router)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
