@@ -42,6 +42,8 @@ type session struct {
 	// landed is the furthest offset of each partition this session
 	// committed: no later write of the session sends one below it.
 	landed map[backend.TopicPartition]int64
+
+	plainMu sync.Mutex // one commitPlain at a time
 }
 
 // Join implements backend.Backend.
@@ -190,6 +192,23 @@ func (s *session) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[stri
 		delete(s.revoking, tp)
 	}
 	s.mu.Unlock()
+	s.rearm()
+}
+
+// rearm has offsetLoop run an empty transaction once the revocation or
+// loss callback that called it has returned. franz-go's transact session
+// wraps those callbacks: the first sets a flag that makes the wrapper
+// skip every later callback until a transaction ends (its End clears
+// it), so without this a member that ran no transaction since would
+// never hear of its next revocation, and go on handling a partition the
+// group has given to another member. The empty transaction sends nothing.
+func (s *session) rearm() {
+	go func() {
+		select {
+		case s.offsets <- &offsetReq{rearm: true, done: make(chan error, 1)}:
+		case <-s.quit:
+		}
+	}()
 }
 
 func (s *session) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
@@ -200,6 +219,7 @@ func (s *session) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int
 		delete(s.revoking, tp)
 	}
 	s.deliverLocked()
+	s.rearm()
 }
 
 func (s *session) Group() string                                { return s.group }
@@ -311,13 +331,18 @@ func (s *session) Leave() {
 	s.mu.Unlock()
 }
 
-// Commit implements backend.Backend. A member's commits and transactions
+// Commit implements backend.Backend. Commit each partition on its own, as
+// the runtime does: a commit that names a partition not being revoked
+// waits for the member's transaction in progress, which cannot end while
+// a revocation waits for a partition's release.
+//
+// A member's commits and transactions
 // are written in turn by one goroutine (offsetLoop), so the group's
 // committed offset never goes back within a session. The exception is a
 // partition being revoked: franz-go holds every transaction of the member
-// from landing while the revocation runs (they abort), so the commit its
-// stopping worker makes goes out at once rather than behind a transaction
-// that is waiting for that worker to stop.
+// from landing while the revocation runs (they abort), so the offsets of
+// such partitions go out at once rather than behind a transaction that is
+// waiting for their worker to stop.
 func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...backend.Offset) error {
 	sess, ok := s.(*session)
 	if !ok || sess.b != b {
@@ -329,16 +354,24 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 	if len(offsets) == 0 {
 		return nil
 	}
+	var now, queued []backend.Offset
 	sess.mu.Lock()
-	revoking := true
 	for _, o := range offsets {
-		revoking = revoking && sess.revoking[o.TopicPartition]
+		if sess.revoking[o.TopicPartition] {
+			now = append(now, o)
+		} else {
+			queued = append(queued, o)
+		}
 	}
 	sess.mu.Unlock()
-	if revoking {
-		return sess.commitPlain(ctx, offsets)
+	var errNow, errQueued error
+	if len(now) > 0 {
+		errNow = sess.commitPlain(ctx, now)
 	}
-	return sess.queue(ctx, &offsetReq{ctx: ctx, plain: true, offsets: offsets, done: make(chan error, 1)})
+	if len(queued) > 0 {
+		errQueued = sess.queue(ctx, &offsetReq{ctx: ctx, plain: true, offsets: queued, done: make(chan error, 1)})
+	}
+	return errors.Join(errNow, errQueued)
 }
 
 // commitPlain commits offsets with an OffsetCommit request (outside any
@@ -346,6 +379,11 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 // is not sent later. Offsets the session committed already, or passed,
 // are left out, and a partition the member no longer owns fails it.
 func (s *session) commitPlain(ctx context.Context, offsets []backend.Offset) error {
+	// One plain commit at a time, from the check against landed to
+	// raising it: otherwise a commit that checked earlier could be sent
+	// later (franz-go sends in the order its commit lock is taken).
+	s.plainMu.Lock()
+	defer s.plainMu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -470,6 +508,7 @@ func (s *session) queue(ctx context.Context, r *offsetReq) error {
 type offsetReq struct {
 	ctx     context.Context // a plain commit's caller: not sent once it ended
 	plain   bool            // Commit: offsets only, outside a transaction
+	rearm   bool            // an empty transaction (see rearm)
 	msgs    []*ferry.Message
 	recs    []*kgo.Record
 	offsets []backend.Offset
@@ -507,13 +546,18 @@ func (s *session) offsetLoop() {
 			}
 		}
 		for len(batch) > 0 {
+			if r := batch[0]; r.rearm {
+				batch = batch[1:]
+				r.done <- s.emptyTransaction()
+				continue
+			}
 			if r := batch[0]; r.plain {
 				batch = batch[1:]
 				r.done <- s.commitPlain(r.ctx, r.offsets)
 				continue
 			}
 			n := 1
-			for n < len(batch) && !batch[n].plain {
+			for n < len(batch) && !batch[n].plain && !batch[n].rearm {
 				n++
 			}
 			txn := batch[:n]
@@ -592,6 +636,19 @@ func (s *session) ownedOffsets(offsets []backend.Offset) (map[string]map[int32]k
 		}
 	}
 	return out, nil
+}
+
+// emptyTransaction begins and aborts a transaction with nothing in it.
+func (s *session) emptyTransaction() error {
+	if err := s.txn.Begin(); err != nil {
+		return fmt.Errorf("kafka: begin transaction of %s: %w", s.member, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), txnTimeout)
+	defer cancel()
+	if _, err := s.txn.End(ctx, kgo.TryAbort); err != nil {
+		return fmt.Errorf("kafka: end empty transaction of %s: %w", s.member, err)
+	}
+	return nil
 }
 
 // transact runs one transaction: begin, produce, mark the offsets, end.
