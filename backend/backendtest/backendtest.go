@@ -4,7 +4,8 @@
 // and time, consumer groups (join, leave, rebalance, resume, fencing),
 // the runtime's DLQ round trip with parked keys and redrive, atomic
 // publish-and-commit and exactly-once consume-transform-produce where
-// supported, and a server outage under load.
+// supported, a server outage under load, and the runtime's seeded
+// simulation (Simulate) where the harness gives it a world.
 //
 // A backend's test calls Run with a Harness:
 //
@@ -48,6 +49,9 @@ type Harness struct {
 	// removes its own retries). The Dedup test is skipped with this
 	// reason, which the backend's documentation must state too.
 	NoIDDedup string
+	// Simulation, if set, is the world in which the Simulation test runs
+	// Simulate's seeded scenarios (skipped without it).
+	Simulation *SimWorld
 }
 
 // Run runs the suite.
@@ -71,6 +75,7 @@ func Run(t *testing.T, h Harness) {
 		{"AtomicPublishCommit", testAtomic},
 		{"RuntimeExactlyOnce", testExactlyOnce},
 		{"Outage", testOutage},
+		{"Simulation", testSimulation},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })

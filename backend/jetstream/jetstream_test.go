@@ -119,7 +119,8 @@ func deletePrefix(nc *nats.Conn, prefix string) {
 }
 
 // The JetStream backend passes the conformance suite against an
-// in-process nats-server, which the suite stops and restarts.
+// in-process nats-server, which the suite stops and restarts; the
+// simulation runs there too (simWorld).
 func TestConformanceEmbeddedServer(t *testing.T) {
 	ns := startServer(t)
 	backendtest.Run(t, backendtest.Harness{
@@ -128,6 +129,17 @@ func TestConformanceEmbeddedServer(t *testing.T) {
 			ns.stop()
 			return ns.start
 		},
+		Simulation: simWorld(ns),
+	})
+}
+
+// simWorld runs the simulation's seeds on ns (backendtest.NetworkSimWorld),
+// each with a prefix of its own, in memory storage (the conformance tests
+// cover file storage).
+func simWorld(ns *natsServer) *backendtest.SimWorld {
+	const session = time.Second
+	return backendtest.NetworkSimWorld(session, func(t *testing.T) backend.Backend {
+		return connect(t, ns.url(), false, jetstream.WithSessionTimeout(session), jetstream.WithMemoryStorage())
 	})
 }
 

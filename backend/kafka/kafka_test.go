@@ -90,6 +90,29 @@ func TestConformance(t *testing.T) {
 			c.stop()
 			return c.start
 		},
-		NoIDDedup: noDedup,
+		NoIDDedup:  noDedup,
+		Simulation: simWorld(),
+	})
+}
+
+// simWorld runs the simulation's seeds (backendtest.NetworkSimWorld),
+// each on a kfake cluster of its own in memory (the scenarios all use the
+// same topic and group names; the conformance tests cover data on disk).
+func simWorld() *backendtest.SimWorld {
+	const session = time.Second
+	return backendtest.NetworkSimWorld(session, func(t *testing.T) backend.Backend {
+		kc, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.GroupMinSessionTimeout(100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(kc.Close)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		b, err := kafka.New(ctx, kc.ListenAddrs(), kafka.WithSessionTimeout(session))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
 	})
 }
