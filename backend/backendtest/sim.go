@@ -899,19 +899,26 @@ func runScenario(t *testing.T, w *SimWorld, b backend.Backend, sc *scenario) *si
 		}
 	}
 	if sc.eo {
-		r.outputs = map[string]map[int]int{}
-		for _, m := range readAll(t, b, backend.TopicPartition{Topic: simOut}, 0) {
-			k, s, ok := parsePayload(m.Payload)
-			if !ok {
-				t.Fatalf("output %q is not key/seq", m.Payload)
-			}
-			if r.outputs[k] == nil {
-				r.outputs[k] = map[int]int{}
-			}
-			r.outputs[k][s]++
-		}
+		r.outputs = r.readOutputs()
 	}
 	return r
+}
+
+// readOutputs counts the outputs in "out" of each input (exactly-once
+// seeds).
+func (r *simRun) readOutputs() map[string]map[int]int {
+	outs := map[string]map[int]int{}
+	for _, m := range readAll(r.t, r.b, backend.TopicPartition{Topic: simOut}, 0) {
+		k, s, ok := parsePayload(m.Payload)
+		if !ok {
+			r.t.Fatalf("output %q is not key/seq", m.Payload)
+		}
+		if outs[k] == nil {
+			outs[k] = map[int]int{}
+		}
+		outs[k][s]++
+	}
+	return outs
 }
 
 // running returns the members that run. A member whose Run returned by
@@ -1345,13 +1352,19 @@ func (r *simRun) mutation(m string) bool {
 	return true
 }
 
-// handledSeqs returns, per key, the seqs handled so far.
-func (r *simRun) handledSeqs() map[string]map[int]bool {
+// handledSeqs returns, per key, the seqs handled so far: a success the
+// runtime reported, or, under exactly-once (outs: the outputs in "out"),
+// an attempt abandoned whose output is in outs. A backend may finish a
+// transaction after its caller stopped waiting (Kafka: PublishAndCommit
+// returns "outcome unknown" when its context ends first), so the member
+// reports the input abandoned while its output and offset, or its
+// entry's "redriven" marker, committed: that input was handled, once.
+func (r *simRun) handledSeqs(outs map[string]map[int]int) map[string]map[int]bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := map[string]map[int]bool{}
 	for _, e := range r.events {
-		if e.kind == consumer.EventHandled && e.seq >= 0 {
+		if e.seq >= 0 && (e.kind == consumer.EventHandled || e.kind == consumer.EventAbandoned && outs[e.key][e.seq] > 0) {
 			if h[e.key] == nil {
 				h[e.key] = map[int]bool{}
 			}
@@ -1363,7 +1376,11 @@ func (r *simRun) handledSeqs() map[string]map[int]bool {
 
 // missing lists the inputs neither handled nor purged.
 func (r *simRun) missing() []string {
-	h := r.handledSeqs()
+	var outs map[string]map[int]int
+	if r.sc.eo {
+		outs = r.readOutputs()
+	}
+	h := r.handledSeqs(outs)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []string
@@ -1466,7 +1483,7 @@ func (r *simRun) check() []violation {
 		}
 		add("lease", fmt.Sprintf("key %s: %v started after its member's lease ended", iv.key, iv), iv.key)
 	}
-	handled := r.handledSeqs()
+	handled := r.handledSeqs(r.outputs)
 
 	// 1 and 5: lost inputs; accounting.
 	for _, k := range sortedKeys(r.inputs) {

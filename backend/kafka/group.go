@@ -84,7 +84,17 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 	// Initializing the producer ID now fences the member's previous
 	// incarnation: a transaction it left open (killed mid-way) is aborted
 	// at once, instead of holding the group's offsets until it times out.
-	if _, _, err := cl.ProducerID(ctx); err != nil {
+	// It runs on its own clock: a caller that gives up meanwhile gets a
+	// session it then leaves, rather than a client closed half-joined.
+	pctx, pcancel := context.WithTimeout(context.Background(), txnTimeout)
+	_, _, err = cl.ProducerID(pctx)
+	pcancel()
+	if err != nil {
+		// The group client never polled: leaving it waits for a group
+		// loop that never ran, unless the leave is told not to wait.
+		gone, cancel := context.WithCancel(context.Background())
+		cancel()
+		cl.LeaveGroupContext(gone)
 		cl.Close()
 		return nil, fmt.Errorf("kafka: join %s as %s: transactional producer: %w", group, member, err)
 	}
