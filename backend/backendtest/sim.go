@@ -36,6 +36,13 @@ const (
 	simDrainPoll  = 100 * time.Millisecond
 	simMaxMembers = 3
 	simStopLimit  = 30 * time.Second // for a member's Run to return once its context ended
+	// simOutputWait bounds the wait for handled inputs' outputs to become
+	// readable: a member that crashed inside a transaction leaves it open
+	// where only a timeout aborts it (Kafka: the transaction timeout,
+	// 40 s by default, unless a member with the same transactional ID
+	// fences it first), and a read-committed reader sees nothing
+	// committed after it until then.
+	simOutputWait = 60 * time.Second
 )
 
 // SimWorld is a backend as Simulate sees it: how to make one, how fast it
@@ -899,7 +906,19 @@ func runScenario(t *testing.T, w *SimWorld, b backend.Backend, sc *scenario) *si
 		}
 	}
 	if sc.eo {
-		r.outputs = r.readOutputs()
+		handled := r.handledSeqs(nil)
+		for deadline := time.Now().Add(simOutputWait); ; time.Sleep(r.sc.d(simDrainPoll)) {
+			r.outputs = r.readOutputs()
+			visible := true
+			for k, seqs := range handled {
+				for s := range seqs {
+					visible = visible && r.outputs[k][s] > 0
+				}
+			}
+			if visible || time.Now().After(deadline) {
+				break
+			}
+		}
 	}
 	return r
 }

@@ -164,37 +164,10 @@ func TestReviewOffsetsRuntimeTwoOwnersAfterSecondRevocation(t *testing.T) {
 			return nil
 		}
 	}
-	run := func(member string) (*consumer.Consumer, context.CancelFunc, chan error) {
-		cons, err := consumer.New(be, "sr2-g", []string{"sr2"}, handler(member), consumer.WithMember(member),
+	a, cc := throughSecondRevocation(t, ctx, func(member string) (*consumer.Consumer, error) {
+		return consumer.New(be, "sr2-g", []string{"sr2"}, handler(member), consumer.WithMember(member),
 			consumer.WithHeartbeatInterval(50*time.Millisecond), consumer.WithCommitInterval(50*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- cons.Run(rctx) }()
-		return cons, stop, done
-	}
-	waitParts := func(cons *consumer.Consumer, name string, n int) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); cons.Stats().Partitions != n; time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s has %d partitions, want %d", name, cons.Stats().Partitions, n)
-			}
-		}
-	}
-	a, stopA, doneA := run("a")
-	defer func() { stopA(); <-doneA }()
-	waitParts(a, "a", 2)
-	b, stopB, doneB := run("b")
-	waitParts(b, "b", 1)
-	waitParts(a, "a", 1)
-	stopB()
-	<-doneB
-	waitParts(a, "a", 2)
-	cc, stopC, doneC := run("c")
-	defer func() { stopC(); <-doneC }()
-	waitParts(cc, "c", 1)
+	})
 	time.Sleep(500 * time.Millisecond) // let a drop c's partition, if it was told to
 	for range 10 {
 		if err := be.Publish(ctx, &ferry.Message{Topic: "sr2", Payload: []byte("late")}); err != nil {
@@ -231,45 +204,18 @@ func TestReviewOffsetsExactlyOnceTwoOutputsAfterSecondRevocation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	run := func(member string) (*consumer.Consumer, context.CancelFunc, chan error) {
+	a, cc := throughSecondRevocation(t, ctx, func(member string) (*consumer.Consumer, error) {
 		store, err := idempotency.OpenLog(ctx, be, "g.processed", time.Hour, 100000)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		h := func(ctx context.Context, m *ferry.Message) error {
 			time.Sleep(20 * time.Millisecond)
 			return consumer.Emit(ctx, &ferry.Message{Topic: "out", Key: m.Key, Payload: []byte(m.ID.String())})
 		}
-		cons, err := consumer.New(be, "g", []string{"in"}, h, consumer.WithMember(member), consumer.WithExactlyOnce(store),
+		return consumer.New(be, "g", []string{"in"}, h, consumer.WithMember(member), consumer.WithExactlyOnce(store),
 			consumer.WithHeartbeatInterval(50*time.Millisecond), consumer.WithCommitInterval(50*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rctx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- cons.Run(rctx) }()
-		return cons, stop, done
-	}
-	waitParts := func(cons *consumer.Consumer, name string, n int) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); cons.Stats().Partitions != n; time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s has %d partitions, want %d", name, cons.Stats().Partitions, n)
-			}
-		}
-	}
-	a, stopA, doneA := run("a")
-	defer func() { stopA(); <-doneA }()
-	waitParts(a, "a", 2)
-	b, stopB, doneB := run("b")
-	waitParts(b, "b", 1)
-	waitParts(a, "a", 1)
-	stopB()
-	<-doneB
-	waitParts(a, "a", 2)
-	cc, stopC, doneC := run("c")
-	defer func() { stopC(); <-doneC }()
-	waitParts(cc, "c", 1)
+	})
 	time.Sleep(500 * time.Millisecond) // let a drop c's partition, if it was told to
 	const inputs = 40
 	var batch []*ferry.Message
@@ -298,4 +244,44 @@ func TestReviewOffsetsExactlyOnceTwoOutputsAfterSecondRevocation(t *testing.T) {
 	if len(outs) != inputs || dups > 0 {
 		t.Fatalf("%d of %d inputs have outputs, %d of them more than one", len(outs), inputs, dups)
 	}
+}
+
+// throughSecondRevocation runs the consumers newMember makes through two
+// rebalances of a 2-partition topic: a alone, then b (a lets one
+// partition go), b stops (a takes both back), then c joins (a's second
+// revocation). It returns a and c once c runs one partition; both stop
+// when t ends.
+func throughSecondRevocation(t *testing.T, ctx context.Context, newMember func(member string) (*consumer.Consumer, error)) (a, c *consumer.Consumer) {
+	t.Helper()
+	run := func(member string) (*consumer.Consumer, func()) {
+		cons, err := newMember(member)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- cons.Run(rctx) }()
+		var once sync.Once
+		stop := func() { once.Do(func() { cancel(); <-done }) }
+		t.Cleanup(stop)
+		return cons, stop
+	}
+	waitParts := func(cons *consumer.Consumer, name string, n int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); cons.Stats().Partitions != n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has %d partitions, want %d", name, cons.Stats().Partitions, n)
+			}
+		}
+	}
+	a, _ = run("a")
+	waitParts(a, "a", 2)
+	b, stopB := run("b")
+	waitParts(b, "b", 1)
+	waitParts(a, "a", 1)
+	stopB()
+	waitParts(a, "a", 2)
+	c, _ = run("c")
+	waitParts(c, "c", 1)
+	return a, c
 }
