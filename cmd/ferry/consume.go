@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,74 +12,108 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 )
 
+// consumeLong is consume's help; tailLong is tail's.
+const consumeLong = `consume prints the messages of a topic (all partitions, or --partition),
+starting at --from:
+
+  earliest, latest   the first retained message, or the end
+  42                 an offset (the same in every partition)
+  -10                ten before the end of each partition (not before its start)
+  2026-11-23T10:00:00Z
+                     the first message at or after an RFC 3339 time
+  1h, 30m, 1h30m     a duration ago
+
+With --follow it waits for new messages, also while another process owns
+the directory. With --group it reads from the group's committed offsets (or
+--from where it has none) and commits what it printed; this needs the
+directory to itself. tail is consume --follow --from latest.
+
+` + outputHelp
+
+const tailLong = `tail prints the messages appended to a topic from now on (all partitions,
+or --partition) and keeps waiting for more until interrupted: it is consume
+--follow --from latest. It reads while another process owns the directory.
+--from starts earlier instead (earliest, an offset, -10 for the last ten of
+each partition, an RFC 3339 time, or a duration ago like 1h); -n stops after
+that many messages.
+
+` + outputHelp
+
+// outputHelp describes the output forms consume and tail share.
+const outputHelp = `Output, one message at a time:
+
+  default     TOPIC/PARTITION@OFFSET<tab>KEY<tab>PAYLOAD, one line each
+  --verbose   a block per message: position, time and ID, key, every
+              header in order, payload
+  --format    a format string, like kcat's -f: %t topic, %p partition,
+              %o offset, %k key, %v value (payload), %h headers
+              (name=value,name=value), %T timestamp (ms since the Unix
+              epoch), %i message ID, %% a percent sign; \n, \t, \r and \\
+              escapes. No newline is added: end it with \n.
+  --json      one JSON object per line: id, topic, partition, offset, time,
+              encoding, key, headers, payload. headers is a list of
+              {"key","value"} objects in the message's order, repeated names
+              kept. encoding says how key, payload and every header value are
+              written: "text" when all of them are valid UTF-8, else
+              "base64" (standard, padded), so the output is lossless. A
+              header name that is not valid UTF-8 is written in base64 with
+              "key_encoding":"base64" on its header.
+
+-e/--encoding base64|hex|text forces how keys, payloads and header values
+are written, in every output form: base64 (standard, padded) or hex, or
+text, which fails on the first message that is not valid UTF-8 (naming it)
+rather than print it altered. Without -e, --json picks per message as
+above and the other forms print the bytes as they are.`
+
 func newConsumeCmd(g *globals, name string, follow bool, from string) *cobra.Command {
 	var partition, max int
 	var group, metricsAddr string
-	short := "Print a topic's messages"
+	var out outputOpts
+	short, long := "Print a topic's messages", consumeLong
 	if follow {
-		short = "Follow a topic from its end (consume --follow --from latest)"
+		short, long = "Follow a topic from its end (consume --follow --from latest)", tailLong
 	}
 	cmd := &cobra.Command{
 		Use:   name + " TOPIC",
 		Short: short,
-		Long: `consume prints messages of a topic (all partitions, or --partition) from
---from (earliest, latest, an offset, or an RFC 3339 time). With --follow it
-waits for new messages, also while another process owns the directory.
-With --group it reads from the group's committed offsets (or --from where
-it has none) and commits what it printed; this needs the directory to
-itself. tail is consume --follow --from latest.`,
-		Args: cobra.ExactArgs(1),
+		Long:  long,
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			start, err := parseFrom("--from", from, time.Now())
+			if err != nil {
+				return err
+			}
+			out.json = g.json
+			pr, err := newPrinter(cmd.OutOrStdout(), out)
+			if err != nil {
+				return err
+			}
 			tel, err := startTelemetry(metricsAddr, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			defer tel.close()
 			if group != "" {
-				return runGroupConsume(cmd.Context(), g, tel, cmd.OutOrStdout(), args[0], group, from, follow, max)
+				return runGroupConsume(cmd.Context(), g, tel, pr, args[0], group, start, follow, max)
 			}
-			return runConsume(cmd.Context(), g, tel, cmd.OutOrStdout(), args[0], int32(partition), from, follow, max)
+			return runConsume(cmd.Context(), g, tel, pr, args[0], int32(partition), start, follow, max)
 		},
 	}
 	cmd.Flags().StringVarP(&group, "group", "g", "", "consume as this group: resume from its offsets and commit them")
 	cmd.Flags().IntVarP(&partition, "partition", "p", -1, "only this partition")
-	cmd.Flags().StringVar(&from, "from", from, "earliest, latest, an offset, or an RFC 3339 time")
+	cmd.Flags().StringVar(&from, "from", from, fromFlagHelp)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", follow, "keep waiting for new messages")
 	cmd.Flags().IntVarP(&max, "max", "n", 0, "stop after this many messages (0: no limit)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (host:port)")
+	cmd.Flags().StringVarP(&out.format, "format", "F", "", `print each message by this format string: %k key, %v payload, %h headers, %T timestamp (ms), %p partition, %o offset, %t topic, %i ID, %% percent; \n \t escapes`)
+	cmd.Flags().BoolVarP(&out.verbose, "verbose", "v", false, "print a block per message with its time, ID and every header")
+	cmd.Flags().StringVarP(&out.encoding, "encoding", "e", "", "write keys, payloads and header values as base64, hex or text (text: a message that is not valid UTF-8 is an error); default: --json picks text or base64 per message, other forms print bytes as they are")
 	return cmd
-}
-
-type jsonMessage struct {
-	ID        string            `json:"id"`
-	Topic     string            `json:"topic"`
-	Partition int32             `json:"partition"`
-	Offset    uint64            `json:"offset"`
-	Time      time.Time         `json:"time"`
-	Key       string            `json:"key,omitempty"`
-	Headers   map[string]string `json:"headers,omitempty"`
-	Payload   string            `json:"payload"`
-}
-
-func printMessage(w io.Writer, asJSON bool, m *ferry.Message) {
-	if asJSON {
-		jm := jsonMessage{ID: m.ID.String(), Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time.UTC(), Key: string(m.Key), Payload: string(m.Payload)}
-		if len(m.Headers) > 0 {
-			jm.Headers = map[string]string{}
-			for _, h := range m.Headers {
-				jm.Headers[h.Key] = string(h.Value)
-			}
-		}
-		b, _ := json.Marshal(jm)
-		fmt.Fprintf(w, "%s\n", b)
-		return
-	}
-	fmt.Fprintf(w, "%s/%d@%d\t%s\t%s\n", m.Topic, m.Partition, m.Offset, m.Key, m.Payload)
 }
 
 // runConsume reads the log read-only; to follow, it reopens the directory
 // when it reaches the end, so it sees what the owning process appended.
-func runConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, topic string, only int32, from string, follow bool, max int) error {
+func runConsume(ctx context.Context, g *globals, tel *telemetry, pr *printer, topic string, only int32, from startPoint, follow bool, max int) error {
 	l, err := g.open(ctx, false)
 	if err != nil {
 		return err
@@ -96,7 +128,7 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, to
 		if only >= 0 && int32(p) != only {
 			continue
 		}
-		off, err := parseStart(l, topic, int32(p), from)
+		off, err := from.offset(l, topic, int32(p))
 		if err != nil {
 			l.Close()
 			return err
@@ -124,7 +156,10 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, to
 				return err
 			}
 			for _, m := range res.Messages {
-				printMessage(w, g.json, m)
+				if err := pr.print(m); err != nil {
+					l.Close()
+					return err
+				}
 				tel.countPrinted()
 				printed++
 				if max > 0 && printed >= max {
@@ -156,7 +191,7 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, to
 
 // runGroupConsume prints messages from the group's committed offsets and
 // commits after each printed batch.
-func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, w io.Writer, topic, group, from string, follow bool, max int) error {
+func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, pr *printer, topic, group string, from startPoint, follow bool, max int) error {
 	l, err := g.openDir(ctx, true, false, tel.logOpts()...)
 	if err != nil {
 		return err
@@ -171,7 +206,7 @@ func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, w io.Write
 	for p := range t.Partitions {
 		if off, ok := l.CommittedOffset(group, topic, int32(p)); ok {
 			next[int32(p)] = off
-		} else if next[int32(p)], err = parseStart(l, topic, int32(p), from); err != nil {
+		} else if next[int32(p)], err = from.offset(l, topic, int32(p)); err != nil {
 			return err
 		}
 	}
@@ -184,7 +219,9 @@ func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, w io.Write
 				return err
 			}
 			for _, m := range res.Messages {
-				printMessage(w, g.json, m)
+				if err := pr.print(m); err != nil {
+					return err
+				}
 				tel.countPrinted()
 				printed++
 				if max > 0 && printed >= max {

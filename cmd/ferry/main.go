@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -41,8 +44,10 @@ func run(ctx context.Context, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "ferry:", sayOnce(err))
 	var ue usageError
-	// cobra reports unknown commands and wrong arguments as plain errors.
-	unknown := strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)")
+	// cobra reports unknown commands, wrong arguments and missing required
+	// flags as plain errors.
+	unknown := strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") ||
+		strings.HasPrefix(err.Error(), "required flag")
 	badInput := errors.Is(err, ferry.ErrInvalidArgument) || errors.Is(err, ferry.ErrTopicNotFound) || errors.Is(err, ferry.ErrTopicExists) || errors.Is(err, ferry.ErrOffsetOutOfRange)
 	if unknown || badInput || errors.As(err, &ue) {
 		return exitBadInput
@@ -81,21 +86,74 @@ Exit codes:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.Version = readBuildInfo().String()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g := addGlobals(root)
-	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(), newTopicsCmd(g), newProduceCmd(g),
+	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(g), newTopicsCmd(g), newProduceCmd(g),
 		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g))
 	return root
 }
 
-func newVersionCmd() *cobra.Command {
+// buildInfo is what ferry version prints: the release version (set with
+// -ldflags, else "dev") and what the Go toolchain recorded in the binary.
+type buildInfo struct {
+	Version       string `json:"version"`
+	Module        string `json:"module,omitempty"`
+	ModuleVersion string `json:"module_version,omitempty"` // "(devel)" for a build of a checkout without VCS stamping
+	Revision      string `json:"revision,omitempty"`       // VCS revision (commit) the binary was built from
+	RevisionTime  string `json:"revision_time,omitempty"`
+	Modified      bool   `json:"modified,omitempty"` // built from a working tree with uncommitted changes
+	Go            string `json:"go"`
+}
+
+// readBuildInfo fills buildInfo from runtime/debug.ReadBuildInfo.
+func readBuildInfo() buildInfo {
+	bi := buildInfo{Version: version, Go: runtime.Version()}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return bi
+	}
+	bi.Module, bi.ModuleVersion, bi.Go = info.Main.Path, info.Main.Version, info.GoVersion
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			bi.Revision = s.Value
+		case "vcs.time":
+			bi.RevisionTime = s.Value
+		case "vcs.modified":
+			bi.Modified = s.Value == "true"
+		}
+	}
+	return bi
+}
+
+// String is the one line of ferry version and ferry --version:
+// "ferry dev (github.com/ferrymq/ferry v0.0.0-..., revision 1a2b3c4d5e6f+modified, go1.26)".
+func (bi buildInfo) String() string {
+	var parts []string
+	if bi.Module != "" {
+		parts = append(parts, strings.TrimSpace(bi.Module+" "+bi.ModuleVersion))
+	}
+	if bi.Revision != "" {
+		rev := bi.Revision[:min(12, len(bi.Revision))]
+		if bi.Modified {
+			rev += "+modified"
+		}
+		parts = append(parts, "revision "+rev)
+	}
+	parts = append(parts, bi.Go)
+	return fmt.Sprintf("ferry %s (%s)", bi.Version, strings.Join(parts, ", "))
+}
+
+func newVersionCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the ferry version",
+		Short: "Print the ferry version (--json: also module version and VCS revision)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintln(cmd.OutOrStdout(), "ferry", version)
-			return nil
+			bi := readBuildInfo()
+			return g.print(cmd.OutOrStdout(), bi, func(w *tabwriter.Writer) { fmt.Fprintln(w, bi) })
 		},
 	}
 }
