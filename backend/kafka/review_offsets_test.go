@@ -47,17 +47,7 @@ func TestReviewOffsetsSecondRevocationIsNeverSeen(t *testing.T) { secondRevocati
 func TestReviewOffsetsSecondRevocationSeenAfterATransaction(t *testing.T) { secondRevocation(t, true) }
 
 func secondRevocation(t *testing.T, txnBetween bool) {
-	c := startCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	be, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	if err := be.EnsureTopic(ctx, "sr", 2); err != nil {
-		t.Fatal(err)
-	}
+	ctx, be := kafkaWithTopics(t, map[string]int{"sr": 2})
 	a, err := be.Join(ctx, "sr-g", "a", []string{"sr"})
 	if err != nil {
 		t.Fatal(err)
@@ -138,17 +128,7 @@ wait:
 // (the lease does not help: a is a live member heartbeating its current
 // generation).
 func TestReviewOffsetsRuntimeTwoOwnersAfterSecondRevocation(t *testing.T) {
-	c := startCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	be, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	if err := be.EnsureTopic(ctx, "sr2", 2); err != nil {
-		t.Fatal(err)
-	}
+	ctx, be := kafkaWithTopics(t, map[string]int{"sr2": 2})
 	var mu sync.Mutex
 	late := map[string]map[int32]int{} // member -> partition -> late messages handled
 	handler := func(member string) consumer.Handler {
@@ -191,19 +171,7 @@ func TestReviewOffsetsRuntimeTwoOwnersAfterSecondRevocation(t *testing.T) {
 // check that a TxnOffsetCommit's partitions are assigned to its member),
 // so an input gets two outputs.
 func TestReviewOffsetsExactlyOnceTwoOutputsAfterSecondRevocation(t *testing.T) {
-	c := startCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	be, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	for topic, n := range map[string]int{"in": 2, "out": 2} {
-		if err := be.EnsureTopic(ctx, topic, n); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, be := kafkaWithTopics(t, map[string]int{"in": 2, "out": 2})
 	a, cc := throughSecondRevocation(t, ctx, func(member string) (*consumer.Consumer, error) {
 		store, err := idempotency.OpenLog(ctx, be, "g.processed", time.Hour, 100000)
 		if err != nil {
@@ -284,4 +252,25 @@ func throughSecondRevocation(t *testing.T, ctx context.Context, newMember func(m
 	c, _ = run("c")
 	waitParts(c, "c", 1)
 	return a, c
+}
+
+// kafkaWithTopics starts a cluster and a backend on it (session timeout
+// 1 s) with topics (name: partitions) created; everything ends with t,
+// and the context after two minutes.
+func kafkaWithTopics(t *testing.T, topics map[string]int) (context.Context, *kafka.Backend) {
+	t.Helper()
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	be, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	for topic, n := range topics {
+		if err := be.EnsureTopic(ctx, topic, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ctx, be
 }
