@@ -90,3 +90,21 @@ func TestDLQListFiltersShowFieldsAndNothingYet(t *testing.T) {
 		t.Errorf("topics create --partitions 0: exit %d %q", code, out)
 	}
 }
+
+// groups reset --json says what it moved.
+func TestGroupsResetJSON(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders")
+	mustRun(t, dir, "", "produce", "orders", "a", "b")
+	mustRun(t, dir, "", "consume", "orders", "-g", "billing", "-n", "2")
+	var rows []struct {
+		Group     string `json:"group"`
+		Topic     string `json:"topic"`
+		Partition int32  `json:"partition"`
+		Offset    uint64 `json:"offset"`
+	}
+	out := mustRun(t, dir, "", "groups", "reset", "billing", "--topic", "orders", "--to", "earliest", "--json")
+	if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) != 1 || rows[0].Group != "billing" || rows[0].Offset != 0 {
+		t.Fatalf("groups reset --json: %v %+v\n%s", err, rows, out)
+	}
+}

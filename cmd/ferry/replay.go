@@ -58,10 +58,21 @@ func newGroupsResetCmd(g *globals) *cobra.Command {
 			if err := l.CommitOffsets(cmd.Context(), args[0], offs...); err != nil {
 				return err
 			}
-			for _, o := range offs {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s/%d -> %d\n", args[0], o.Topic, o.Partition, o.Offset)
+			type row struct {
+				Group     string `json:"group"`
+				Topic     string `json:"topic"`
+				Partition int32  `json:"partition"`
+				Offset    uint64 `json:"offset"`
 			}
-			return nil
+			rows := []row{}
+			for _, o := range offs {
+				rows = append(rows, row{args[0], o.Topic, o.Partition, o.Offset})
+			}
+			return g.print(cmd.OutOrStdout(), rows, func(w *tabwriter.Writer) {
+				for _, r := range rows {
+					fmt.Fprintf(w, "%s %s/%d -> %d\n", r.Group, r.Topic, r.Partition, r.Offset)
+				}
+			})
 		},
 	}
 	cmd.Flags().StringVar(&topic, "topic", "", "topic whose offsets to move")
