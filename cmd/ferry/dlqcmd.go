@@ -72,13 +72,11 @@ func (f *dlqFlags) filter() (dlq.Filter, error) {
 		flt.Key = []byte(f.key)
 	}
 	if f.since != "" {
-		if d, err := time.ParseDuration(f.since); err == nil {
-			flt.Since = time.Now().Add(-d)
-		} else if t, err := time.Parse(time.RFC3339, f.since); err == nil {
-			flt.Since = t
-		} else {
+		t, _, ok := timeOrAgo(f.since, time.Now())
+		if !ok {
 			return flt, usageError{fmt.Errorf("--since %q: want a duration like 1h or an RFC 3339 time", f.since)}
 		}
+		flt.Since = t
 	}
 	return flt, nil
 }

@@ -57,16 +57,26 @@ func parseFrom(flag, s string, now time.Time) (startPoint, error) {
 			return startPoint{kind: startRelative, n: n}, nil
 		}
 	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return startPoint{kind: startTime, time: t}, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil {
-		if d < 0 {
+	if t, ago, ok := timeOrAgo(s, now); ok {
+		if ago < 0 {
 			return startPoint{}, usageError{fmt.Errorf("%s %q: a duration counts back from now, so it cannot be negative (want %s)", flag, s, fromForms)}
 		}
-		return startPoint{kind: startTime, time: now.Add(-d)}, nil
+		return startPoint{kind: startTime, time: t}, nil
 	}
 	return startPoint{}, usageError{fmt.Errorf("%s %q: want %s", flag, s, fromForms)}
+}
+
+// timeOrAgo parses an RFC 3339 time, or a duration before now (ago is
+// that duration, which the caller may refuse when negative; zero for a
+// time). ok is false if s is neither.
+func timeOrAgo(s string, now time.Time) (t time.Time, ago time.Duration, ok bool) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, 0, true
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), d, true
+	}
+	return time.Time{}, 0, false
 }
 
 // since returns the time a time or duration start position names.
@@ -95,14 +105,4 @@ func (s startPoint) offset(l *commitlog.Log, topic string, p int32) (uint64, err
 	default:
 		return l.OffsetForTime(topic, p, s.time)
 	}
-}
-
-// parseStart turns a --from value into a starting offset for a partition
-// (see parseFrom for the forms).
-func parseStart(l *commitlog.Log, topic string, p int32, from string) (uint64, error) {
-	sp, err := parseFrom("--from", from, time.Now())
-	if err != nil {
-		return 0, err
-	}
-	return sp.offset(l, topic, p)
 }

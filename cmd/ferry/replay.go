@@ -159,11 +159,8 @@ With --json it prints {"from","to","created","copied","already_there"}.`,
 
 // parseUntil parses replay's --until: an RFC 3339 time or a duration ago.
 func parseUntil(s string, now time.Time) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
+	if t, ago, ok := timeOrAgo(s, now); ok && ago >= 0 {
 		return t, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
-		return now.Add(-d), nil
 	}
 	return time.Time{}, usageError{fmt.Errorf("--until %q: want an RFC 3339 time (2026-11-23T10:00:00Z) or a duration ago (1h, 30m)", s)}
 }
