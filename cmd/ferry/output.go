@@ -243,18 +243,11 @@ func parseFormat(s string) ([]formatPart, error) {
 				return nil, usageError{fmt.Errorf(`--format %q ends in a lone \: want \n, \t, \r or \\`, s)}
 			}
 			i++
-			switch e := s[i]; e {
-			case 'n':
-				lit.WriteByte('\n')
-			case 't':
-				lit.WriteByte('\t')
-			case 'r':
-				lit.WriteByte('\r')
-			case '\\':
-				lit.WriteByte('\\')
-			default:
-				return nil, usageError{fmt.Errorf(`--format %q: unknown escape \%c: want \n, \t, \r or \\`, s, e)}
+			b, ok := escape(s[i])
+			if !ok || s[i] == '0' {
+				return nil, usageError{fmt.Errorf(`--format %q: unknown escape \%c: want \n, \t, \r or \\`, s, s[i])}
 			}
+			lit.WriteByte(b)
 		default:
 			lit.WriteByte(c)
 		}

@@ -273,22 +273,32 @@ func unescape(s string) ([]byte, error) {
 			return nil, fmt.Errorf("%q ends with a lone backslash (write \\\\ for one)", s)
 		}
 		i++
-		switch s[i] {
-		case 'n':
-			out = append(out, '\n')
-		case 't':
-			out = append(out, '\t')
-		case 'r':
-			out = append(out, '\r')
-		case '0':
-			out = append(out, 0)
-		case '\\':
-			out = append(out, '\\')
-		default:
+		b, ok := escape(s[i])
+		if !ok {
 			return nil, fmt.Errorf("%q: unknown escape \\%c (known: \\n \\t \\r \\0 \\\\)", s, s[i])
 		}
+		out = append(out, b)
 	}
 	return out, nil
+}
+
+// escape returns the byte the backslash escape \c stands for in a
+// separator (--delimiter) or, but for \0, a --format string: \n \t \r
+// \0 \\.
+func escape(c byte) (byte, bool) {
+	switch c {
+	case 'n':
+		return '\n', true
+	case 't':
+		return '\t', true
+	case 'r':
+		return '\r', true
+	case '0':
+		return 0, true
+	case '\\':
+		return '\\', true
+	}
+	return 0, false
 }
 
 // readFrames sends each message of the input (the arguments, or in cut
