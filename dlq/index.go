@@ -106,63 +106,59 @@ func (x *Index) CatchUp(ctx context.Context) error {
 	x.mu.Lock()
 	off := x.next
 	x.mu.Unlock()
-	if off >= end {
-		return nil
-	}
-	if end-off <= catchUpBatch {
-		// The usual case once caught up: a few records, one read.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// read fetches from off to end and hands each result to take.
+	read := func(take func(backend.Fetched) error) error {
 		for off < end {
 			res, err := x.b.Fetch(ctx, tp, off, catchUpBatch)
 			if err != nil {
 				return fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
 			}
-			if err := x.apply(res.Messages...); err != nil {
+			off = max(off, res.Next)
+			if err := take(res); err != nil {
 				return err
 			}
-			off = max(off, res.Next)
-			x.mu.Lock()
-			x.next = max(x.next, off)
-			x.mu.Unlock()
 		}
 		return nil
+	}
+	if end-off <= catchUpBatch {
+		// The usual case once caught up: a few records, one read.
+		return read(x.applyFetched)
 	}
 	// Reading and decoding the next records overlaps applying the last
 	// ones: a first catch-up of a large DLQ costs about the larger of
 	// the two rather than their sum.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	fetched := make(chan backend.Fetched, 2)
 	failed := make(chan error, 1)
 	go func() {
 		defer close(fetched)
-		for off < end {
-			res, err := x.b.Fetch(ctx, tp, off, catchUpBatch)
-			if err != nil {
-				failed <- fmt.Errorf("dlq: index %q at %d: %w", x.topic, off, err)
-				return
-			}
-			off = max(off, res.Next)
+		failed <- read(func(res backend.Fetched) error {
 			select {
 			case fetched <- res:
+				return nil
 			case <-ctx.Done():
-				return
+				return ctx.Err()
 			}
-		}
+		})
 	}()
 	for res := range fetched {
-		if err := x.apply(res.Messages...); err != nil {
+		if err := x.applyFetched(res); err != nil {
 			return err
 		}
-		x.mu.Lock()
-		x.next = max(x.next, res.Next)
-		x.mu.Unlock()
 	}
-	select {
-	case err := <-failed:
+	return <-failed
+}
+
+// applyFetched applies res and moves the index's read position past it.
+func (x *Index) applyFetched(res backend.Fetched) error {
+	if err := x.apply(res.Messages...); err != nil {
 		return err
-	default:
-		return nil
 	}
+	x.mu.Lock()
+	x.next = max(x.next, res.Next)
+	x.mu.Unlock()
+	return nil
 }
 
 // apply adds records of the DLQ topic (dead letters and state markers),
