@@ -490,14 +490,12 @@ func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs 
 	if len(recs) == 0 && len(marks) == 0 {
 		return nil
 	}
-	err = sess.queue(ctx, &offsetReq{msgs: msgs, recs: recs, offsets: offsets, done: make(chan error, 1)})
-	if err != nil && errors.Is(err, ctx.Err()) {
-		return fmt.Errorf("kafka: transaction of %s: outcome unknown: %w", sess.member, err)
-	}
-	return err
+	return sess.queue(ctx, &offsetReq{msgs: msgs, recs: recs, offsets: offsets, done: make(chan error, 1)})
 }
 
-// queue hands r to offsetLoop and waits for its outcome or ctx.
+// queue hands r to offsetLoop and waits for its outcome or ctx. If ctx
+// ends before offsetLoop took r, nothing was sent; after, the outcome is
+// unknown to the caller (offsetLoop goes on with it).
 func (s *session) queue(ctx context.Context, r *offsetReq) error {
 	select {
 	case s.offsets <- r:
@@ -510,7 +508,7 @@ func (s *session) queue(ctx context.Context, r *offsetReq) error {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("kafka: offsets of %s: outcome unknown: %w", s.member, ctx.Err())
 	}
 }
 
