@@ -74,6 +74,25 @@ type Retention interface {
 // offsets atomically: the basis of exactly-once consume-transform-produce.
 type Transactional interface {
 	PublishAndCommit(ctx context.Context, s Session, msgs []*ferry.Message, offsets ...Offset) error
+	// StableEnd returns an end of tp below which every message whose
+	// write was acknowledged before the call is readable. Bounds' end may
+	// stop short of such a message while a transaction that wrote to tp
+	// earlier is still open (Kafka's last stable offset); StableEnd waits
+	// for the transactions open at the call to end.
+	StableEnd(ctx context.Context, tp TopicPartition) (uint64, error)
+}
+
+// StableEnd returns an end of tp below which every message whose write
+// was acknowledged before the call is readable: a Transactional backend's
+// StableEnd, otherwise Bounds' end. A reader that must see everything
+// another process committed before it started (a partition's new owner
+// reading the exactly-once markers or the DLQ) reads up to it.
+func StableEnd(ctx context.Context, b Backend, tp TopicPartition) (uint64, error) {
+	if t, ok := b.(Transactional); ok {
+		return t.StableEnd(ctx, tp)
+	}
+	_, end, err := b.Bounds(ctx, tp)
+	return end, err
 }
 
 // Session is one member's membership of a group.

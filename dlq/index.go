@@ -99,7 +99,9 @@ func (x *Index) CatchUp(ctx context.Context) error {
 	x.catchMu.Lock()
 	defer x.catchMu.Unlock()
 	tp := backend.TopicPartition{Topic: x.topic}
-	_, end, err := x.b.Bounds(ctx, tp)
+	// Every record committed before the call, even behind a transaction
+	// still open (another member's exactly-once batch).
+	end, err := backend.StableEnd(ctx, x.b, tp)
 	if err != nil {
 		return fmt.Errorf("dlq: index %q: %w", x.topic, err)
 	}

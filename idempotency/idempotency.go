@@ -126,9 +126,15 @@ func (s *Log) Sync(ctx context.Context) error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()
 	tp := backend.TopicPartition{Topic: s.topic}
-	start, end, err := s.b.Bounds(ctx, tp)
+	start, _, err := s.b.Bounds(ctx, tp)
 	if err != nil {
 		return fmt.Errorf("idempotency: bounds of %q: %w", s.topic, err)
+	}
+	// Every marker committed before the call, even behind a transaction
+	// still open (another member's).
+	end, err := backend.StableEnd(ctx, s.b, tp)
+	if err != nil {
+		return fmt.Errorf("idempotency: end of %q: %w", s.topic, err)
 	}
 	s.next = max(s.next, start)
 	cutoff := time.Now().Add(-s.ttl)

@@ -680,6 +680,13 @@ func (m txMemberBackend) PublishAndCommit(ctx context.Context, s backend.Session
 	return m.base.(backend.Transactional).PublishAndCommit(ctx, s, msgs, offsets...)
 }
 
+func (m txMemberBackend) StableEnd(ctx context.Context, tp backend.TopicPartition) (uint64, error) {
+	if err := m.readable(); err != nil {
+		return 0, err
+	}
+	return m.base.(backend.Transactional).StableEnd(ctx, tp)
+}
+
 func (m *memberBackend) Join(ctx context.Context, group, member string, topics []string) (backend.Session, error) {
 	if err := m.alive(); err != nil {
 		return nil, err

@@ -123,6 +123,13 @@ func (b *Backend) Commit(ctx context.Context, s backend.Session, offsets ...back
 	return b.PublishAndCommit(ctx, s, nil, offsets...)
 }
 
+// StableEnd implements backend.Transactional: an atomic batch is
+// readable once appended, so it is Bounds' end.
+func (b *Backend) StableEnd(ctx context.Context, tp backend.TopicPartition) (uint64, error) {
+	_, end, err := b.Bounds(ctx, tp)
+	return end, err
+}
+
 // PublishAndCommit implements backend.Transactional: messages and offsets
 // go into the log in one atomic batch. s may be nil when there are no
 // offsets (an atomic publish of several messages).

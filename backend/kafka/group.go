@@ -31,6 +31,9 @@ type session struct {
 	// at a time per producer, so calls waiting together share the next).
 	offsets chan *offsetReq
 	quit    chan struct{} // closed by Leave; offsetLoop ends
+	// loopDone is closed when offsetLoop returned: no transaction of the
+	// member runs any more.
+	loopDone chan struct{}
 
 	mu       sync.Mutex
 	owned    map[backend.TopicPartition]bool // commits allowed
@@ -57,7 +60,7 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 		}
 	}
 	s := &session{b: b, group: group, member: member, assign: make(chan []backend.TopicPartition, 1),
-		offsets: make(chan *offsetReq), quit: make(chan struct{}),
+		offsets: make(chan *offsetReq), quit: make(chan struct{}), loopDone: make(chan struct{}),
 		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, landed: map[backend.TopicPartition]int64{}, released: make(chan backend.TopicPartition, 1024)}
 	txn, err := kgo.NewGroupTransactSession(append([]kgo.Opt{
 		kgo.SeedBrokers(b.seeds...),
@@ -330,6 +333,12 @@ func (s *session) Leave() {
 	s.leaving = true
 	s.mu.Unlock()
 	close(s.quit)
+	// A transaction still running (its caller gave up waiting) ends
+	// first: closing the client under it would leave it open on the
+	// brokers until their timeout, holding back the last stable offset of
+	// every partition it wrote, and with it every other member's start.
+	// Its end is bounded by txnTimeout.
+	<-s.loopDone
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s.cl.LeaveGroupContext(ctx)
@@ -536,6 +545,7 @@ const maxTxnCalls = 256
 // are paid once for all of them; a failed transaction fails every call
 // in it.
 func (s *session) offsetLoop() {
+	defer close(s.loopDone)
 	for {
 		var batch []*offsetReq
 		select {

@@ -323,6 +323,35 @@ func (b *Backend) Bounds(ctx context.Context, tp backend.TopicPartition) (uint64
 	return start, end, err
 }
 
+// StableEnd implements backend.Transactional. The high watermark counts
+// the records of open transactions; once the last stable offset reached
+// it, every transaction that had written to the partition before the call
+// has ended (committed or aborted), and what committed is readable. A
+// transaction left open by a process that died holds it until the
+// brokers' transaction timeout aborts it, as it holds every
+// read_committed reader of the partition.
+func (b *Backend) StableEnd(ctx context.Context, tp backend.TopicPartition) (uint64, error) {
+	high, err := b.listed(ctx, tp, b.adm.ListEndOffsets)
+	if err != nil {
+		return 0, err
+	}
+	wait := 2 * time.Millisecond
+	for {
+		stable, err := b.listed(ctx, tp, b.adm.ListCommittedOffsets)
+		if err != nil || stable >= high {
+			return stable, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("kafka: %s/%d: waiting for transactions open below offset %d (stable up to %d): %w", tp.Topic, tp.Partition, high, stable, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
 func (b *Backend) listed(ctx context.Context, tp backend.TopicPartition, list func(context.Context, ...string) (kadm.ListedOffsets, error)) (uint64, error) {
 	los, err := list(ctx, tp.Topic)
 	if err != nil {
