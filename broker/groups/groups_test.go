@@ -354,6 +354,9 @@ func TestSessionPausedWhileBlocked(t *testing.T) {
 		newc := c.memberID(t, "g")
 		chC := c.goJoin(9, joinReq("g", newc, protos("range")))
 		chA := c.goJoin(9, joinReq("g", ids[0], protos("range")))
+		// a commits while its Join waits (a commit counts as a heartbeat):
+		// that must not start a session timer under the waiting call.
+		wantCode(t, "commit while joining", c.CheckMember("g", ids[0], gen), 0)
 		// a waits in Join longer than its session (10 s) but within the
 		// rebalance timeout (20 s); b heartbeats and rejoins late.
 		for range 3 {
