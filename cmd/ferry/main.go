@@ -91,7 +91,7 @@ Exit codes:
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g := addGlobals(root)
 	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(g), newTopicsCmd(g), newProduceCmd(g),
-		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g))
+		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g), newServeCmd(g))
 	return root
 }
 

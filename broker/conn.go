@@ -1,0 +1,222 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kbin"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ferrymq/ferry/broker/groups"
+)
+
+// conn is one client connection: a reader that parses and dispatches
+// requests, and a writer that answers them in the order they were read.
+type conn struct {
+	s          *Server
+	nc         net.Conn
+	br         *bufio.Reader
+	remote     string
+	remoteHost string
+	// pending holds the requests read and not yet answered, in order; its
+	// capacity is the connection's in-flight bound.
+	pending  chan *pending
+	stopping atomic.Bool
+}
+
+// pending is one request's answer to come.
+type pending struct {
+	key, version int16
+	corr         int32
+	flexible     bool
+	done         chan struct{}
+	resp         kmsg.Response // nil: no answer (a produce with acks 0)
+}
+
+// request is what a handler gets: the parsed request and its context.
+type request struct {
+	ctx      context.Context
+	c        *conn
+	key      int16
+	version  int16
+	clientID string
+	body     kmsg.Request
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 64<<10), remote: nc.RemoteAddr().String(), remoteHost: hostOf(nc.RemoteAddr()), pending: make(chan *pending, s.cfg.maxInFlight)}
+}
+
+// shutdown stops reading: what was read is still answered.
+func (c *conn) shutdown() {
+	c.stopping.Store(true)
+	c.nc.SetReadDeadline(time.Now())
+}
+
+func (c *conn) serve() {
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	err := c.readLoop()
+	close(c.pending)
+	<-writerDone
+	c.nc.Close()
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), c.stopping.Load():
+	default:
+		c.s.cfg.logger.Warn("connection closed", "remote", c.remote, "reason", err.Error())
+	}
+}
+
+// errClose is a request the connection cannot go on after (Kafka closes
+// the connection on them too: the client reconnects and renegotiates).
+type errClose struct{ why string }
+
+func (e errClose) Error() string { return e.why }
+
+func (c *conn) readLoop() error {
+	var size [4]byte
+	for {
+		if _, err := io.ReadFull(c.br, size[:]); err != nil {
+			return err
+		}
+		n := int32(binary.BigEndian.Uint32(size[:]))
+		if n < 8 || int(n) > c.s.cfg.maxRequestBytes {
+			return errClose{fmt.Sprintf("request of %d bytes: allowed 8 to %d (max request bytes)", n, c.s.cfg.maxRequestBytes)}
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(c.br, buf); err != nil {
+			return fmt.Errorf("request truncated: %w", err)
+		}
+		if err := c.dispatch(buf); err != nil {
+			return err
+		}
+	}
+}
+
+// dispatch parses one request and queues its answer.
+func (c *conn) dispatch(buf []byte) error {
+	r := kbin.Reader{Src: buf}
+	key, version, corr := r.Int16(), r.Int16(), r.Int32()
+	clientID := r.NullableString()
+	if r.Complete() != nil {
+		return errClose{"request header truncated"}
+	}
+	api, ok := apis[key]
+	if !ok {
+		return errClose{fmt.Sprintf("request with API key %d: not served (see the ApiVersions answer)", key)}
+	}
+	p := &pending{key: key, version: version, corr: corr, done: make(chan struct{})}
+	if version < api.min || version > api.max {
+		if key != apiVersionsKey {
+			return errClose{fmt.Sprintf("%s v%d: served versions %d to %d", kmsg.NameForKey(key), version, api.min, api.max)}
+		}
+		// A client that asks for a newer ApiVersions than served gets
+		// the v0 answer with the versions served, and asks again.
+		p.version = 0
+		p.resp = unsupportedAPIVersions()
+		close(p.done)
+		c.pending <- p
+		return nil
+	}
+	req := kmsg.RequestForKey(key)
+	req.SetVersion(version)
+	p.flexible = req.IsFlexible()
+	if p.flexible {
+		skipTags(&r)
+	}
+	if r.Complete() != nil {
+		return errClose{fmt.Sprintf("%s v%d: header truncated", kmsg.NameForKey(key), version)}
+	}
+	if err := req.ReadFrom(r.Src); err != nil {
+		return errClose{fmt.Sprintf("%s v%d from client %q: undecodable: %v", kmsg.NameForKey(key), version, deref(clientID), err)}
+	}
+	ctx := groups.ClientContext(c.s.ctx, deref(clientID), c.remoteHost)
+	rq := &request{ctx: ctx, c: c, key: key, version: version, clientID: deref(clientID), body: req}
+	c.pending <- p // blocks while maxInFlight requests wait: backpressure
+	if api.inline {
+		// Run in the reader: its effects must be ordered with the
+		// connection's next requests (a produce's appends are queued
+		// now; its answer may come later).
+		api.handle(rq, func(resp kmsg.Response) { c.answer(p, resp) })
+		return nil
+	}
+	go api.handle(rq, func(resp kmsg.Response) { c.answer(p, resp) })
+	return nil
+}
+
+func (c *conn) answer(p *pending, resp kmsg.Response) {
+	if resp != nil {
+		resp.SetVersion(p.version)
+	}
+	p.resp = resp
+	close(p.done)
+}
+
+func (c *conn) writeLoop() {
+	bw := bufio.NewWriterSize(c.nc, 64<<10)
+	var out []byte
+	broken := false
+	for p := range c.pending {
+		<-p.done
+		if p.resp == nil || broken {
+			continue
+		}
+		out = append(out[:0], 0, 0, 0, 0)
+		out = kbin.AppendInt32(out, p.corr)
+		// Flexible responses carry a tag buffer in their header, except
+		// ApiVersions', whose header is always v0 (a client must read
+		// it before it knows which versions the broker serves).
+		if p.flexible && p.key != apiVersionsKey {
+			out = append(out, 0)
+		}
+		out = p.resp.AppendTo(out)
+		binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+		if _, err := bw.Write(out); err != nil {
+			broken = true
+			c.nc.Close() // the reader stops too
+			continue
+		}
+		if len(c.pending) == 0 {
+			if err := bw.Flush(); err != nil {
+				broken = true
+				c.nc.Close()
+			}
+		}
+	}
+	if !broken {
+		bw.Flush()
+	}
+}
+
+// skipTags skips a tag buffer, stopping at the first byte missing (a
+// count of billions in a short request ends at once).
+func skipTags(r *kbin.Reader) {
+	for n := r.Uvarint(); n > 0 && r.Ok(); n-- {
+		r.Uvarint()
+		r.Span(int(r.Uvarint()))
+	}
+}
+
+func hostOf(a net.Addr) string {
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return "/" + h
+	}
+	return a.String()
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

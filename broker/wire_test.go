@@ -1,0 +1,131 @@
+package broker_test
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ferrymq/ferry/broker"
+	"github.com/ferrymq/ferry/broker/recordbatch"
+)
+
+// produceBatch sends one Produce request of a batch from producer pid at
+// sequence seq, and returns the partition's answer.
+func produceBatch(t *testing.T, ctx context.Context, cl *kgo.Client, topic string, pid int64, epoch int16, seq int32, values ...string) kmsg.ProduceResponseTopicPartition {
+	t.Helper()
+	b := recordbatch.Batch{ProducerID: pid, ProducerEpoch: epoch, BaseSequence: seq, BaseTimestamp: time.Now().UnixMilli(),
+		LastOffsetDelta: int32(len(values) - 1)}
+	b.MaxTimestamp = b.BaseTimestamp
+	for i, v := range values {
+		b.Records = append(b.Records, recordbatch.Record{OffsetDelta: int32(i), Value: []byte(v)})
+	}
+	raw, err := recordbatch.AppendBatch(nil, b, recordbatch.None)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := kmsg.NewPtrProduceRequest()
+	req.Acks, req.TimeoutMillis = -1, 5000
+	rt := kmsg.NewProduceRequestTopic()
+	rt.Topic = topic
+	rp := kmsg.NewProduceRequestTopicPartition()
+	rp.Partition, rp.Records = 0, raw
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Topics[0].Partitions[0]
+}
+
+// An idempotent producer's retried batch is answered with the offsets it
+// got the first time and is not written again, even after a restart of
+// the broker; a gap in its sequence is refused.
+func TestIdempotentProducerRetriesAndGaps(t *testing.T) {
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tb.createTopic(ctx, "t", 1)
+	cl := tb.client()
+	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
+	if err != nil || init.ErrorCode != 0 {
+		t.Fatalf("InitProducerId: %v %v", err, init)
+	}
+	pid := init.ProducerID
+
+	first := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a", "b", "c")
+	if first.ErrorCode != 0 || first.BaseOffset != 0 {
+		t.Fatalf("first batch: %+v", first)
+	}
+	if again := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a", "b", "c"); again.ErrorCode != 0 || again.BaseOffset != 0 {
+		t.Fatalf("a retry of the first batch: error %v, base offset %d; want the first batch's answer (0)", kerr.ErrorForCode(again.ErrorCode), again.BaseOffset)
+	}
+	if gap := produceBatch(t, ctx, cl, "t", pid, 0, 5, "x"); gap.ErrorCode != kerr.OutOfOrderSequenceNumber.Code {
+		t.Fatalf("a batch at sequence 5 after 0..2: %v, want OUT_OF_ORDER_SEQUENCE_NUMBER", kerr.ErrorForCode(gap.ErrorCode))
+	}
+	if next := produceBatch(t, ctx, cl, "t", pid, 0, 3, "d"); next.ErrorCode != 0 || next.BaseOffset != 3 {
+		t.Fatalf("the next batch: %+v", next)
+	}
+
+	cl.Close()
+	tb.stop()
+	tb.start("127.0.0.1:0")
+	cl = tb.client()
+	if again := produceBatch(t, ctx, cl, "t", pid, 0, 3, "d"); again.ErrorCode != 0 || again.BaseOffset != 3 {
+		t.Fatalf("a retry after a restart: error %v, base offset %d; want 3", kerr.ErrorForCode(again.ErrorCode), again.BaseOffset)
+	}
+	if _, end, err := tb.log.Bounds("t", 0); err != nil || end != 4 {
+		t.Fatalf("the log ends at %d (%v), want 4: a retry was written twice", end, err)
+	}
+}
+
+// Garbage on one connection closes that connection and nothing else: the
+// server goes on answering the others.
+func TestBadRequestsCloseOnlyTheirConnection(t *testing.T) {
+	tb := startBroker(t, broker.WithMaxRequestBytes(1<<20))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	good := tb.client()
+	cases := map[string][]byte{
+		"oversize":          frame(nil, 2<<20),
+		"negative size":     {0xff, 0xff, 0xff, 0xf0},
+		"unknown api key":   frame([]byte{0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff}, 0),
+		"truncated header":  frame([]byte{0, 3, 0}, 0),
+		"garbage body":      frame([]byte{0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff}, 0),
+		"version too high":  frame([]byte{0, 0, 0x40, 0, 0, 0, 0, 1, 0xff, 0xff}, 0),
+		"huge array length": frame([]byte{0, 3, 0, 4, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff}, 0),
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			nc, err := net.Dial("tcp", tb.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			nc.Write(b)
+			nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadAll(nc); err != nil {
+				t.Fatalf("the connection was not closed: %v", err)
+			}
+			if _, err := kmsg.NewPtrMetadataRequest().RequestWith(ctx, good); err != nil {
+				t.Fatalf("another connection after %s: %v", name, err)
+			}
+		})
+	}
+}
+
+// frame prefixes body with its size (or with size, when given).
+func frame(body []byte, size int) []byte {
+	if size == 0 {
+		size = len(body)
+	}
+	out := binary.BigEndian.AppendUint32(nil, uint32(size))
+	return append(out, body...)
+}
