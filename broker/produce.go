@@ -110,10 +110,7 @@ func handleInitProducerID(r *request) kmsg.Response {
 	req := r.body.(*kmsg.InitProducerIDRequest)
 	resp := kmsg.NewPtrInitProducerIDResponse()
 	if req.TransactionalID != nil {
-		// Transactions are not served yet: the client is told so at
-		// once instead of failing later.
-		r.c.s.cfg.logger.Warn("transactional producer refused: transactions are not served", "transactional_id", *req.TransactionalID, "client", r.clientID)
-		resp.ErrorCode = kerr.TransactionalIDAuthorizationFailed.Code
+		r.c.s.initTransactional(req, resp)
 		return resp
 	}
 	if req.ProducerID >= 0 && req.ProducerEpoch >= 0 {
@@ -146,21 +143,6 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 	s := r.c.s
 	resp := kmsg.NewPtrProduceResponse()
 	var wg sync.WaitGroup
-	if req.TransactionID != nil {
-		// No transaction can have begun (InitProducerId refused it).
-		for _, t := range req.Topics {
-			rt := kmsg.NewProduceResponseTopic()
-			rt.Topic = t.Topic
-			for _, p := range t.Partitions {
-				rp := kmsg.NewProduceResponseTopicPartition()
-				rp.Partition, rp.ErrorCode = p.Partition, kerr.TransactionalIDAuthorizationFailed.Code
-				rt.Partitions = append(rt.Partitions, rp)
-			}
-			resp.Topics = append(resp.Topics, rt)
-		}
-		reply(resp)
-		return
-	}
 	for _, t := range req.Topics {
 		rt := kmsg.NewProduceResponseTopic()
 		rt.Topic = t.Topic
@@ -185,13 +167,18 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				fail(kerr.UnknownTopicOrPartition.Code, "")
 				continue
 			}
-			msgs, pid, code, why := s.messages(t.Topic, p.Partition, p.Records)
+			msgs, pid, txn, code, why := s.messages(t.Topic, p.Partition, p.Records)
 			if code != 0 {
 				fail(code, why)
 				continue
 			}
 			if len(msgs) == 0 {
 				fail(kerr.InvalidRecord.Code, "no records")
+				continue
+			}
+			if txn != nil {
+				// Held until EndTxn: its offsets are not known yet.
+				fail(s.bufferTxn(tpKey{t.Topic, p.Partition}, pid, txn.ProducerEpoch, txn.BaseSequence, msgs))
 				continue
 			}
 			b := &commitlog.Batch{Messages: msgs}
@@ -226,26 +213,28 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 }
 
 // messages decodes a partition's records into the log's messages. It
-// returns the producer ID of an idempotent batch (-1 otherwise), or a
-// Kafka error code and why.
-func (s *Server) messages(topic string, partition int32, records []byte) ([]*ferry.Message, int64, int16, string) {
+// returns the producer ID of an idempotent batch (-1 otherwise), the batch
+// if it is transactional, or a Kafka error code and why.
+func (s *Server) messages(topic string, partition int32, records []byte) ([]*ferry.Message, int64, *recordbatch.Batch, int16, string) {
 	batches, err := recordbatch.Decode(records, recordbatch.Limits{})
 	if err != nil {
-		return nil, -1, recordbatch.KafkaErrorCode(err), err.Error()
+		return nil, -1, nil, recordbatch.KafkaErrorCode(err), err.Error()
 	}
+	var txn *recordbatch.Batch
 	var msgs []*ferry.Message
 	pid := int64(-1)
 	for _, b := range batches {
 		switch {
 		case b.Control():
-			return nil, -1, kerr.InvalidRecord.Code, "control batches are written by the broker, not produced"
+			return nil, -1, nil, kerr.InvalidRecord.Code, "control batches are written by the broker, not produced"
+		case b.Transactional() && (len(batches) > 1 || b.ProducerID < 0):
+			return nil, -1, nil, kerr.InvalidRecord.Code, "a transactional batch comes alone in its partition's records, from a producer with an ID"
 		case b.Transactional():
-			return nil, -1, kerr.TransactionalIDAuthorizationFailed.Code, "transactional batch: transactions are not served"
-		}
-		if b.ProducerID >= 0 {
+			txn, pid = &b, b.ProducerID // its sequence is checked within the transaction
+		case b.ProducerID >= 0:
 			code, why := s.producers.accept(tpKey{topic, partition}, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records))
 			if code != 0 {
-				return nil, -1, code, why
+				return nil, -1, nil, code, why
 			}
 			pid = b.ProducerID
 		}
@@ -258,7 +247,7 @@ func (s *Server) messages(topic string, partition int32, records []byte) ([]*fer
 				if h.Key == HeaderID {
 					id, err := ferry.ParseID(string(h.Value))
 					if err != nil {
-						return nil, -1, kerr.InvalidRecord.Code, fmt.Sprintf("record %d: header %s: %v", i, HeaderID, err)
+						return nil, -1, nil, kerr.InvalidRecord.Code, fmt.Sprintf("record %d: header %s: %v", i, HeaderID, err)
 					}
 					m.ID = id
 					continue
@@ -275,7 +264,7 @@ func (s *Server) messages(topic string, partition int32, records []byte) ([]*fer
 			msgs = append(msgs, m)
 		}
 	}
-	return msgs, pid, 0, ""
+	return msgs, pid, txn, 0, ""
 }
 
 // ceID is the message ID of a CloudEvents ID: itself if it is one, else

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/ferrymq/ferry/broker/groups"
 	"github.com/ferrymq/ferry/commitlog"
@@ -19,6 +20,7 @@ type Server struct {
 	cfg cfg
 
 	producers *producers
+	txns      *txns
 	groups    *groups.Coordinator
 
 	mu     sync.Mutex
@@ -37,6 +39,9 @@ type cfg struct {
 	maxInFlight     int
 	maxConns        int
 	autoCreate      bool
+	maxTxnBytes     int
+	sessionMin      time.Duration
+	sessionMax      time.Duration
 	nodeID          int32
 	clusterID       string
 }
@@ -76,6 +81,21 @@ func WithMaxConnections(n int) Opt { return optFunc(func(c *cfg) { c.maxConns = 
 // default off: a misspelled topic name is an error, not a new topic).
 func WithAutoCreateTopics(on bool) Opt { return optFunc(func(c *cfg) { c.autoCreate = on }) }
 
+// WithMaxTransactionBytes bounds what one open transaction holds (default
+// 8 MiB, about its records' keys, values and headers): a transaction is
+// written as one atomic batch of the log at EndTxn, so keep it below the
+// log's commitlog.WithMaxBatchBytes (default 16 MiB). A produce beyond it
+// is refused with RECORD_LIST_TOO_LARGE and the transaction can only be
+// aborted.
+func WithMaxTransactionBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxTxnBytes = n }) }
+
+// WithGroupSessionTimeouts bounds the session timeout a group member may
+// ask for (default 6 s to 30 min, as Kafka's group.min/max.session.timeout.ms);
+// a join outside is refused with INVALID_SESSION_TIMEOUT.
+func WithGroupSessionTimeouts(min, max time.Duration) Opt {
+	return optFunc(func(c *cfg) { c.sessionMin, c.sessionMax = min, max })
+}
+
 // New returns a server of l. The caller keeps ownership of l: Close the
 // server before closing the log.
 func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
@@ -84,6 +104,9 @@ func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
 		maxRequestBytes: 100 << 20,
 		maxInFlight:     32,
 		maxConns:        10000,
+		maxTxnBytes:     8 << 20,
+		sessionMin:      6 * time.Second,
+		sessionMax:      30 * time.Minute,
 		clusterID:       "ferry",
 	}
 	for _, o := range opts {
@@ -96,6 +119,10 @@ func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
 		return nil, fmt.Errorf("broker: max request bytes %d: at least 1024", c.maxRequestBytes)
 	case c.maxInFlight < 1:
 		return nil, fmt.Errorf("broker: max in-flight requests %d: at least 1", c.maxInFlight)
+	case c.maxTxnBytes < 1<<10:
+		return nil, fmt.Errorf("broker: max transaction bytes %d: at least 1024", c.maxTxnBytes)
+	case c.sessionMin <= 0 || c.sessionMax < c.sessionMin:
+		return nil, fmt.Errorf("broker: group session timeouts %v to %v: want 0 < min <= max", c.sessionMin, c.sessionMax)
 	case c.maxConns < 1:
 		return nil, fmt.Errorf("broker: max connections %d: at least 1", c.maxConns)
 	}
@@ -107,7 +134,8 @@ func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{log: l, cfg: c, lns: map[net.Listener]bool{}, conns: map[*conn]bool{}, ctx: ctx, cancel: cancel}
 	s.producers = newProducers()
-	s.groups = groups.New(groups.WithLogger(c.logger))
+	s.txns = newTxns(c.maxTxnBytes)
+	s.groups = groups.New(groups.WithLogger(c.logger), groups.WithSessionTimeoutBounds(c.sessionMin, c.sessionMax))
 	return s, nil
 }
 

@@ -1,0 +1,367 @@
+package broker
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/broker/groups"
+	"github.com/ferrymq/ferry/commitlog"
+)
+
+// Transactions are kept in memory until EndTxn and written then as one
+// atomic batch of the log, records and group offsets together: the log
+// never holds an aborted or a torn transaction, so read_committed and
+// read_uncommitted read the same, the last stable offset is the high
+// watermark, and a crash of the broker aborts every open transaction. A
+// transactional record's offset is known only at commit: the produce
+// answer's base offset is -1.
+
+// maxTxnTimeout bounds the transaction timeout a producer asks for (as
+// Kafka's transaction.max.timeout.ms default).
+const maxTxnTimeout = 15 * time.Minute
+
+type txns struct {
+	mu    sync.Mutex
+	byID  map[string]*txn
+	byPID map[int64]*txn
+	max   int // bytes one transaction may hold (the log's atomic batch bound)
+}
+
+// txn is one transactional ID's producer and its open transaction.
+type txn struct {
+	id      string
+	pid     int64
+	epoch   int16
+	timeout time.Duration
+
+	open    bool
+	timer   *time.Timer
+	parts   map[tpKey]bool
+	group   string
+	offsets map[tpKey]int64
+	msgs    []*ferry.Message
+	bytes   int
+	next    map[tpKey]int32 // next sequence of each partition in this transaction
+	failed  string          // why the transaction can only abort ("" if it can commit)
+}
+
+func newTxns(maxBytes int) *txns {
+	return &txns{byID: map[string]*txn{}, byPID: map[int64]*txn{}, max: maxBytes}
+}
+
+// resetLocked drops t's open transaction.
+func (t *txn) resetLocked() {
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	t.open, t.timer, t.group, t.failed = false, nil, "", ""
+	t.parts, t.offsets, t.next = map[tpKey]bool{}, map[tpKey]int64{}, map[tpKey]int32{}
+	t.msgs, t.bytes = nil, 0
+}
+
+// check finds the transactional ID's producer and checks the epoch; it
+// returns a Kafka error code.
+func (ts *txns) checkLocked(id string, pid int64, epoch int16) (*txn, int16) {
+	t := ts.byID[id]
+	switch {
+	case t == nil || t.pid != pid:
+		return nil, kerr.InvalidProducerIDMapping.Code
+	case epoch < t.epoch:
+		return nil, kerr.ProducerFenced.Code
+	case epoch > t.epoch:
+		return nil, kerr.InvalidProducerEpoch.Code
+	}
+	return t, 0
+}
+
+// beginLocked opens t's transaction if needed, with its timeout: past it
+// the transaction is aborted and the producer fenced (its epoch bumped),
+// as Kafka does.
+func (ts *txns) beginLocked(t *txn, logger func(string, ...any)) {
+	if t.open {
+		return
+	}
+	t.open = true
+	epoch := t.epoch
+	t.timer = time.AfterFunc(t.timeout, func() {
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		if t.open && t.epoch == epoch {
+			logger("transaction timed out: aborted, producer fenced", "transactional_id", t.id, "producer_id", t.pid, "epoch", t.epoch, "timeout", t.timeout)
+			t.resetLocked()
+			t.epoch++
+		}
+	})
+}
+
+func (s *Server) initTransactional(req *kmsg.InitProducerIDRequest, resp *kmsg.InitProducerIDResponse) {
+	timeout := time.Duration(req.TransactionTimeoutMillis) * time.Millisecond
+	if timeout <= 0 || timeout > maxTxnTimeout {
+		resp.ErrorCode = kerr.InvalidTransactionTimeout.Code
+		return
+	}
+	ts := s.txns
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	id := *req.TransactionalID
+	t := ts.byID[id]
+	switch {
+	case t == nil:
+		t = &txn{id: id, pid: newProducerID()}
+		t.resetLocked()
+		ts.byID[id], ts.byPID[t.pid] = t, t
+	case req.ProducerID >= 0 && (req.ProducerID != t.pid || req.ProducerEpoch != t.epoch):
+		// KIP-360: a producer may bump its own epoch, not another's.
+		resp.ErrorCode = kerr.ProducerFenced.Code
+		return
+	default:
+		// A new incarnation fences the old: its open transaction is
+		// aborted.
+		if t.open {
+			s.cfg.logger.Info("transaction aborted: its producer was re-initialized", "transactional_id", id)
+		}
+		t.resetLocked()
+		t.epoch++
+		if t.epoch < 0 {
+			delete(ts.byPID, t.pid)
+			t.pid, t.epoch = newProducerID(), 0
+			ts.byPID[t.pid] = t
+		}
+	}
+	t.timeout = timeout
+	resp.ProducerID, resp.ProducerEpoch = t.pid, t.epoch
+	s.producers.register(t.pid, t.epoch)
+}
+
+func handleAddPartitionsToTxn(r *request) kmsg.Response {
+	req := r.body.(*kmsg.AddPartitionsToTxnRequest)
+	resp := kmsg.NewPtrAddPartitionsToTxnResponse()
+	s := r.c.s
+	ts := s.txns
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
+	for _, rt := range req.Topics {
+		ot := kmsg.NewAddPartitionsToTxnResponseTopic()
+		ot.Topic = rt.Topic
+		info, terr := s.log.Topic(rt.Topic)
+		for _, p := range rt.Partitions {
+			op := kmsg.NewAddPartitionsToTxnResponseTopicPartition()
+			op.Partition = p
+			switch {
+			case code != 0:
+				op.ErrorCode = code
+			case terr != nil:
+				op.ErrorCode = errorCode(terr)
+			case p < 0 || int(p) >= len(info.Partitions):
+				op.ErrorCode = kerr.UnknownTopicOrPartition.Code
+			}
+			ot.Partitions = append(ot.Partitions, op)
+		}
+		resp.Topics = append(resp.Topics, ot)
+	}
+	// All or nothing, as Kafka: one partition refused adds none.
+	for _, ot := range resp.Topics {
+		for _, op := range ot.Partitions {
+			if op.ErrorCode != 0 {
+				for i := range resp.Topics {
+					for j := range resp.Topics[i].Partitions {
+						if resp.Topics[i].Partitions[j].ErrorCode == 0 {
+							resp.Topics[i].Partitions[j].ErrorCode = kerr.OperationNotAttempted.Code
+						}
+					}
+				}
+				return resp
+			}
+		}
+	}
+	if t == nil {
+		return resp
+	}
+	ts.beginLocked(t, s.cfg.logger.Warn)
+	for _, rt := range req.Topics {
+		for _, p := range rt.Partitions {
+			t.parts[tpKey{rt.Topic, p}] = true
+		}
+	}
+	return resp
+}
+
+func handleAddOffsetsToTxn(r *request) kmsg.Response {
+	req := r.body.(*kmsg.AddOffsetsToTxnRequest)
+	resp := kmsg.NewPtrAddOffsetsToTxnResponse()
+	ts := r.c.s.txns
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
+	switch {
+	case code != 0:
+		resp.ErrorCode = code
+	case req.Group == "":
+		resp.ErrorCode = kerr.InvalidGroupID.Code
+	case t.group != "" && t.group != req.Group:
+		// The log commits one group's offsets per atomic batch.
+		r.c.s.cfg.logger.Warn("transaction refused a second group", "transactional_id", t.id, "group", t.group, "second", req.Group)
+		resp.ErrorCode = kerr.InvalidTxnState.Code
+	default:
+		ts.beginLocked(t, r.c.s.cfg.logger.Warn)
+		t.group = req.Group
+	}
+	return resp
+}
+
+func handleTxnOffsetCommit(r *request) kmsg.Response {
+	req := r.body.(*kmsg.TxnOffsetCommitRequest)
+	resp := kmsg.NewPtrTxnOffsetCommitResponse()
+	s := r.c.s
+	ts := s.txns
+	ts.mu.Lock()
+	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
+	if code == 0 && (t.group != req.Group || !t.open) {
+		code = kerr.InvalidTxnState.Code // AddOffsetsToTxn first
+	}
+	ts.mu.Unlock()
+	if code == 0 && r.version >= 3 && (req.MemberID != "" || req.Generation != -1) {
+		// KIP-447: the commit is fenced by the group generation.
+		if c := s.groups.CheckMember(req.Group, req.MemberID, req.Generation); c != groups.SimpleCommit {
+			code = c
+		}
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for _, rt := range req.Topics {
+		ot := kmsg.NewTxnOffsetCommitResponseTopic()
+		ot.Topic = rt.Topic
+		info, terr := s.log.Topic(rt.Topic)
+		for _, p := range rt.Partitions {
+			op := kmsg.NewTxnOffsetCommitResponseTopicPartition()
+			op.Partition = p.Partition
+			switch {
+			case code != 0:
+				op.ErrorCode = code
+			case terr != nil:
+				op.ErrorCode = errorCode(terr)
+			case p.Partition < 0 || int(p.Partition) >= len(info.Partitions):
+				op.ErrorCode = kerr.UnknownTopicOrPartition.Code
+			case p.Offset < 0:
+				op.ErrorCode = kerr.InvalidRequest.Code
+			case !t.open || t.epoch != req.ProducerEpoch:
+				op.ErrorCode = kerr.InvalidTxnState.Code // aborted meanwhile
+			default:
+				t.offsets[tpKey{rt.Topic, p.Partition}] = p.Offset
+			}
+			ot.Partitions = append(ot.Partitions, op)
+		}
+		resp.Topics = append(resp.Topics, ot)
+	}
+	return resp
+}
+
+// bufferTxn adds a transactional batch's messages to its open
+// transaction. It returns a Kafka error code and why.
+func (s *Server) bufferTxn(tp tpKey, pid int64, epoch int16, first int32, msgs []*ferry.Message) (int16, string) {
+	ts := s.txns
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	t := ts.byPID[pid]
+	switch {
+	case t == nil:
+		return kerr.InvalidProducerIDMapping.Code, fmt.Sprintf("transactional batch of producer %d: no transactional ID has it", pid)
+	case epoch < t.epoch:
+		return kerr.ProducerFenced.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", pid, epoch, t.epoch)
+	case epoch > t.epoch:
+		return kerr.InvalidProducerEpoch.Code, fmt.Sprintf("producer %d epoch %d: current epoch is %d", pid, epoch, t.epoch)
+	case !t.open || !t.parts[tp]:
+		return kerr.InvalidTxnState.Code, fmt.Sprintf("transaction of %q: %s/%d was not added to it (AddPartitionsToTxn)", t.id, tp.topic, tp.partition)
+	}
+	end := int32((int64(first) + int64(len(msgs))) % (1 << 31))
+	if next, ok := t.next[tp]; ok {
+		switch {
+		case first == next:
+		case !seqAfter(first, next) && !seqAfter(end, next):
+			return 0, "" // a retry of a batch already held
+		default:
+			return kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("transaction of %q to %s/%d: sequence %d, expected %d", t.id, tp.topic, tp.partition, first, next)
+		}
+	}
+	n := 0
+	for _, m := range msgs {
+		n += len(m.Key) + len(m.Payload) + 64
+		for _, h := range m.Headers {
+			n += len(h.Key) + len(h.Value)
+		}
+	}
+	if t.bytes+n > ts.max {
+		t.failed = fmt.Sprintf("transaction of %q holds more than %d bytes (the log's atomic batch bound): it can only be aborted", t.id, ts.max)
+		return kerr.RecordListTooLarge.Code, t.failed
+	}
+	if t.failed != "" {
+		return kerr.InvalidTxnState.Code, t.failed
+	}
+	t.next[tp] = end
+	t.msgs = append(t.msgs, msgs...)
+	t.bytes += n
+	return 0, ""
+}
+
+func handleEndTxn(r *request) kmsg.Response {
+	req := r.body.(*kmsg.EndTxnRequest)
+	resp := kmsg.NewPtrEndTxnResponse()
+	s := r.c.s
+	ts := s.txns
+	ts.mu.Lock()
+	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
+	if code != 0 {
+		ts.mu.Unlock()
+		resp.ErrorCode = code
+		return resp
+	}
+	if !t.open {
+		// Nothing open: an empty transaction, or the retry of an end
+		// that was answered before. Nothing to do either way.
+		ts.mu.Unlock()
+		return resp
+	}
+	if req.Commit && t.failed != "" {
+		why := t.failed
+		ts.mu.Unlock()
+		s.cfg.logger.Warn("transaction commit refused", "transactional_id", t.id, "reason", why)
+		resp.ErrorCode = kerr.InvalidTxnState.Code
+		return resp
+	}
+	b := &commitlog.Batch{Messages: t.msgs}
+	if t.group != "" && len(t.offsets) > 0 {
+		b.Group = t.group
+		for _, k := range sortedTPs(t.offsets) {
+			b.Offsets = append(b.Offsets, commitlog.Offset{Topic: k.topic, Partition: k.partition, Offset: uint64(t.offsets[k])})
+		}
+	}
+	t.resetLocked()
+	ts.mu.Unlock()
+	if !req.Commit || len(b.Messages) == 0 && len(b.Offsets) == 0 {
+		return resp
+	}
+	if err := s.log.Commit(r.ctx, b); err != nil {
+		s.cfg.logger.Warn("transaction commit failed", "transactional_id", req.TransactionalID, "err", err)
+		resp.ErrorCode = errorCode(err)
+	}
+	return resp
+}
+
+func sortedTPs(m map[tpKey]int64) []tpKey {
+	keys := make([]tpKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && (keys[j].topic < keys[j-1].topic || keys[j].topic == keys[j-1].topic && keys[j].partition < keys[j-1].partition); j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
+		}
+	}
+	return keys
+}
