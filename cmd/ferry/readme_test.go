@@ -1,11 +1,15 @@
 package main
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry/internal/testsvc"
 )
 
 // readmeBlock returns the first ```sh block after heading in README.md.
@@ -55,5 +59,50 @@ func TestREADMEWalkthroughRunsAsWritten(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the walkthrough's output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// The README's ferry serve section runs as written (on a free port instead
+// of 9092, which another broker may hold): the server in the background,
+// kcat producing, consuming and reading in a group, and SIGTERM.
+func TestREADMEServeRunsAsWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("installs the binary")
+	}
+	if _, err := exec.LookPath("kcat"); err != nil {
+		testsvc.Unavailable(t, "kcat", err, "apt-get install kcat")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	block := strings.ReplaceAll(readmeBlock(t, "## Sharing one log between services: `ferry serve`"), "127.0.0.1:9092", addr)
+	bin, scratch := t.TempDir(), t.TempDir()
+	block = strings.Replace(block, "go install ./cmd/ferry\n", "go install ./cmd/ferry\ncd "+scratch+"\n", 1)
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", block)
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "GOBIN="+bin, "PATH="+bin+string(filepath.ListSeparator)+os.Getenv("PATH"))
+	done := make(chan struct{})
+	var out []byte
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the README's serve section did not finish:\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("the README's serve section failed: %v\n--- script ---\n%s--- output ---\n%s", err, block, out)
+	}
+	for _, want := range []string{"k1 hello", "k2 world", "k1 again", "hello", "serving "} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(string(out), "again") != 2 {
+		t.Errorf("want 'again' from the plain and the group read:\n%s", out)
 	}
 }
