@@ -31,6 +31,8 @@ func init() {
 	}
 	apis = map[int16]api{
 		apiVersionsKey: {min: 0, max: 3, handle: sync(handleAPIVersions)},
+		17:             {min: 1, max: 1, inline: true, handle: handleSASLHandshake},
+		36:             {min: 0, max: 2, inline: true, handle: handleSASLAuthenticate},
 		3:              {min: 1, max: 12, handle: sync(handleMetadata)},
 		19:             {min: 2, max: 7, handle: sync(handleCreateTopics)},
 		20:             {min: 1, max: 6, handle: sync(handleDeleteTopics)},

@@ -29,6 +29,12 @@ type conn struct {
 	// capacity is the connection's in-flight bound.
 	pending  chan *pending
 	stopping atomic.Bool
+
+	// Authentication, set by the SASL requests (run in the reader, so
+	// every later request sees them).
+	sasl       *saslState
+	principal  string // "User:<name>" once authenticated
+	closeAfter bool   // authentication failed: close after answering
 }
 
 // pending is one request's answer to come.
@@ -128,6 +134,9 @@ func (c *conn) dispatch(buf []byte) error {
 		c.pending <- p
 		return nil
 	}
+	if c.s.cfg.security != nil && c.principal == "" && key != apiVersionsKey && key != 17 && key != 36 {
+		return errClose{fmt.Sprintf("%s before authentication: SaslHandshake and SaslAuthenticate first", kmsg.NameForKey(key))}
+	}
 	req := kmsg.RequestForKey(key)
 	req.SetVersion(version)
 	p.flexible = req.IsFlexible()
@@ -148,6 +157,9 @@ func (c *conn) dispatch(buf []byte) error {
 		// connection's next requests (a produce's appends are queued
 		// now; its answer may come later).
 		api.handle(rq, func(resp kmsg.Response) { c.answer(p, resp) })
+		if c.closeAfter {
+			return errClose{"authentication failed"}
+		}
 		return nil
 	}
 	go api.handle(rq, func(resp kmsg.Response) { c.answer(p, resp) })

@@ -31,7 +31,7 @@ func handleFetch(r *request) kmsg.Response {
 	ctx, cancel := context.WithTimeout(r.ctx, wait)
 	defer cancel()
 	for {
-		resp, total, waitable := r.c.s.readFetch(req)
+		resp, total, waitable := r.c.s.readFetch(r, req)
 		if total >= int(req.MinBytes) || total > 0 && req.MinBytes <= 0 || ctx.Err() != nil || len(waitable) == 0 {
 			return resp
 		}
@@ -39,7 +39,7 @@ func handleFetch(r *request) kmsg.Response {
 		// again.
 		r.c.s.awaitAny(ctx, waitable)
 		if ctx.Err() != nil {
-			resp, _, _ = r.c.s.readFetch(req)
+			resp, _, _ = r.c.s.readFetch(r, req)
 			return resp
 		}
 	}
@@ -54,7 +54,7 @@ type waitPoint struct {
 // readFetch reads every partition of req once. It returns the response,
 // the record bytes in it and the partitions worth waiting on (those read
 // up to their end without error).
-func (s *Server) readFetch(req *kmsg.FetchRequest) (*kmsg.FetchResponse, int, []waitPoint) {
+func (s *Server) readFetch(r *request, req *kmsg.FetchRequest) (*kmsg.FetchResponse, int, []waitPoint) {
 	resp := kmsg.NewPtrFetchResponse()
 	total := 0
 	budget := int(req.MaxBytes)
@@ -70,6 +70,11 @@ func (s *Server) readFetch(req *kmsg.FetchRequest) (*kmsg.FetchResponse, int, []
 			rp.Partition = p.Partition
 			rp.PreferredReadReplica = -1
 			rp.RecordBatches = []byte{} // empty, not null: librdkafka refuses a null record set
+			if !r.may("topic", t.Topic, "read") {
+				rp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+				rt.Partitions = append(rt.Partitions, rp)
+				continue
+			}
 			start, end, err := s.log.Bounds(t.Topic, p.Partition)
 			if err != nil {
 				rp.ErrorCode = errorCode(err)
@@ -176,6 +181,8 @@ func handleListOffsets(r *request) kmsg.Response {
 			rp.Partition, rp.Timestamp, rp.Offset, rp.LeaderEpoch = p.Partition, -1, -1, 0
 			start, end, err := l.Bounds(t.Topic, p.Partition)
 			switch {
+			case !r.may("topic", t.Topic, "describe"):
+				rp.ErrorCode = kerr.TopicAuthorizationFailed.Code
 			case err != nil:
 				rp.ErrorCode = errorCode(err)
 			case p.Timestamp == -2: // earliest

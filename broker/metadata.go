@@ -63,7 +63,9 @@ func handleMetadata(r *request) kmsg.Response {
 	var names []string
 	if req.Topics == nil {
 		for _, t := range l.Topics() {
-			names = append(names, t.Name)
+			if r.may("topic", t.Name, "describe") {
+				names = append(names, t.Name)
+			}
 		}
 	} else {
 		for _, t := range req.Topics {
@@ -79,8 +81,13 @@ func handleMetadata(r *request) kmsg.Response {
 		rt := kmsg.NewMetadataResponseTopic()
 		rt.Topic = kmsg.StringPtr(name)
 		rt.TopicID = topicID(name)
+		if !r.may("topic", name, "describe") {
+			rt.ErrorCode = kerr.TopicAuthorizationFailed.Code
+			resp.Topics = append(resp.Topics, rt)
+			continue
+		}
 		info, err := l.Topic(name)
-		if errors.Is(err, ferry.ErrTopicNotFound) && req.AllowAutoTopicCreation && r.c.s.cfg.autoCreate && name != "" {
+		if errors.Is(err, ferry.ErrTopicNotFound) && req.AllowAutoTopicCreation && r.c.s.cfg.autoCreate && name != "" && r.may("topic", name, "create") {
 			if cerr := l.CreateTopic(r.ctx, name, commitlog.TopicConfig{Partitions: 1}); cerr == nil || errors.Is(cerr, ferry.ErrTopicExists) {
 				r.c.s.cfg.logger.Info("topic created on first use", "topic", name, "client", r.clientID)
 				info, err = l.Topic(name)
@@ -119,12 +126,28 @@ func handleFindCoordinator(r *request) kmsg.Response {
 	req := r.body.(*kmsg.FindCoordinatorRequest)
 	resp := kmsg.NewPtrFindCoordinatorResponse()
 	host, port := r.c.self()
+	denied := func(key string) int16 {
+		switch {
+		case req.CoordinatorType == 0 && !r.may("group", key, "describe"):
+			return kerr.GroupAuthorizationFailed.Code
+		case req.CoordinatorType == 1 && !r.may("transactional_id", key, "describe"):
+			return kerr.TransactionalIDAuthorizationFailed.Code
+		}
+		return 0
+	}
 	if r.version >= 4 {
 		for _, k := range req.CoordinatorKeys {
 			c := kmsg.NewFindCoordinatorResponseCoordinator()
 			c.Key, c.NodeID, c.Host, c.Port = k, r.c.s.cfg.nodeID, host, port
+			if c.ErrorCode = denied(k); c.ErrorCode != 0 {
+				c.NodeID, c.Host, c.Port = -1, "", -1
+			}
 			resp.Coordinators = append(resp.Coordinators, c)
 		}
+		return resp
+	}
+	if resp.ErrorCode = denied(req.CoordinatorKey); resp.ErrorCode != 0 {
+		resp.NodeID, resp.Port = -1, -1
 		return resp
 	}
 	resp.NodeID, resp.Host, resp.Port = r.c.s.cfg.nodeID, host, port
@@ -209,6 +232,8 @@ func handleCreateTopics(r *request) kmsg.Response {
 			n = 1
 		}
 		switch {
+		case !r.may("topic", t.Topic, "create"):
+			fail(kerr.TopicAuthorizationFailed.Code, fmt.Sprintf("not allowed to create topic %q", t.Topic))
 		case seen[t.Topic]:
 			fail(kerr.InvalidRequest.Code, fmt.Sprintf("topic %q named twice in one request", t.Topic))
 		case len(t.ReplicaAssignment) > 0:
@@ -265,7 +290,9 @@ func handleDeleteTopics(r *request) kmsg.Response {
 		rt := kmsg.NewDeleteTopicsResponseTopic()
 		rt.Topic = kmsg.StringPtr(name)
 		rt.TopicID = topicID(name)
-		if err := r.c.s.log.DeleteTopic(r.ctx, name); err != nil {
+		if !r.may("topic", name, "delete") {
+			rt.ErrorCode, rt.ErrorMessage = kerr.TopicAuthorizationFailed.Code, kmsg.StringPtr("not allowed to delete topic "+name)
+		} else if err := r.c.s.log.DeleteTopic(r.ctx, name); err != nil {
 			rt.ErrorCode, rt.ErrorMessage = errorCode(err), kmsg.StringPtr(err.Error())
 		} else {
 			r.c.s.cfg.logger.Info("topic deleted", "topic", name, "client", r.clientID)

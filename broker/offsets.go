@@ -33,6 +33,10 @@ func handleOffsetCommit(r *request) kmsg.Response {
 			rp := kmsg.NewOffsetCommitResponseTopicPartition()
 			rp.Partition = p.Partition
 			switch {
+			case !r.may("group", req.Group, "read"):
+				rp.ErrorCode = kerr.GroupAuthorizationFailed.Code
+			case !r.may("topic", t.Topic, "read"):
+				rp.ErrorCode = kerr.TopicAuthorizationFailed.Code
 			case code != 0:
 				rp.ErrorCode = code
 			case req.Group == "":
@@ -81,7 +85,12 @@ func handleOffsetFetch(r *request) kmsg.Response {
 					topics = append(topics, rt)
 				}
 			}
-			for _, t := range r.c.s.committed(g.Group, topics, g.Topics == nil) {
+			if !r.may("group", g.Group, "describe") {
+				rg.ErrorCode = kerr.GroupAuthorizationFailed.Code
+				resp.Groups = append(resp.Groups, rg)
+				continue
+			}
+			for _, t := range r.c.s.committed(r, g.Group, topics, g.Topics == nil) {
 				gt := kmsg.NewOffsetFetchResponseGroupTopic()
 				gt.Topic = t.Topic
 				for _, p := range t.Partitions {
@@ -95,17 +104,23 @@ func handleOffsetFetch(r *request) kmsg.Response {
 		}
 		return resp
 	}
-	resp.Topics = r.c.s.committed(req.Group, req.Topics, req.Topics == nil)
+	if !r.may("group", req.Group, "describe") {
+		resp.ErrorCode = kerr.GroupAuthorizationFailed.Code
+		return resp
+	}
+	resp.Topics = r.c.s.committed(r, req.Group, req.Topics, req.Topics == nil)
 	return resp
 }
 
 // committed lists group's offsets of topics (every partition it committed,
 // when all).
-func (s *Server) committed(group string, topics []kmsg.OffsetFetchRequestTopic, all bool) []kmsg.OffsetFetchResponseTopic {
+func (s *Server) committed(r *request, group string, topics []kmsg.OffsetFetchRequestTopic, all bool) []kmsg.OffsetFetchResponseTopic {
 	if all {
 		byTopic := map[string][]int32{}
 		for _, o := range s.log.Groups()[group] {
-			byTopic[o.Topic] = append(byTopic[o.Topic], o.Partition)
+			if r.may("topic", o.Topic, "describe") {
+				byTopic[o.Topic] = append(byTopic[o.Topic], o.Partition)
+			}
 		}
 		topics = nil
 		for _, name := range sortedKeys(byTopic) {
@@ -121,7 +136,9 @@ func (s *Server) committed(group string, topics []kmsg.OffsetFetchRequestTopic, 
 		for _, p := range t.Partitions {
 			rp := kmsg.NewOffsetFetchResponseTopicPartition()
 			rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p, -1, -1, kmsg.StringPtr("")
-			if off, ok := s.log.CommittedOffset(group, t.Topic, p); ok {
+			if !r.may("topic", t.Topic, "describe") {
+				rp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+			} else if off, ok := s.log.CommittedOffset(group, t.Topic, p); ok {
 				rp.Offset = int64(off)
 			}
 			rt.Partitions = append(rt.Partitions, rp)

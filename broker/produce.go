@@ -109,8 +109,16 @@ func seqAfter(a, b int32) bool {
 func handleInitProducerID(r *request) kmsg.Response {
 	req := r.body.(*kmsg.InitProducerIDRequest)
 	resp := kmsg.NewPtrInitProducerIDResponse()
-	if req.TransactionalID != nil {
+	sec := r.c.s.cfg.security
+	switch {
+	case req.TransactionalID != nil && !r.may("transactional_id", *req.TransactionalID, "write"):
+		resp.ErrorCode = kerr.TransactionalIDAuthorizationFailed.Code
+		return resp
+	case req.TransactionalID != nil:
 		r.c.s.initTransactional(req, resp)
+		return resp
+	case sec != nil && !sec.anyWrite(r.c.principal):
+		resp.ErrorCode = kerr.ClusterAuthorizationFailed.Code // IdempotentWrite
 		return resp
 	}
 	if req.ProducerID >= 0 && req.ProducerEpoch >= 0 {
@@ -148,6 +156,13 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 		rt.Topic = t.Topic
 		rt.Partitions = make([]kmsg.ProduceResponseTopicPartition, len(t.Partitions))
 		info, terr := s.log.Topic(t.Topic)
+		denied := int16(0)
+		switch {
+		case req.TransactionID != nil && !r.may("transactional_id", *req.TransactionID, "write"):
+			denied = kerr.TransactionalIDAuthorizationFailed.Code
+		case !r.may("topic", t.Topic, "write"):
+			denied = kerr.TopicAuthorizationFailed.Code
+		}
 		for i, p := range t.Partitions {
 			rp := &rt.Partitions[i]
 			*rp = kmsg.NewProduceResponseTopicPartition()
@@ -160,6 +175,9 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				}
 			}
 			switch {
+			case denied != 0:
+				fail(denied, "")
+				continue
 			case terr != nil:
 				fail(errorCode(terr), "")
 				continue

@@ -40,6 +40,7 @@ type cfg struct {
 	maxConns        int
 	autoCreate      bool
 	maxTxnBytes     int
+	security        *Security
 	sessionMin      time.Duration
 	sessionMax      time.Duration
 	nodeID          int32
@@ -95,6 +96,13 @@ func WithMaxTransactionBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxTxn
 func WithGroupSessionTimeouts(min, max time.Duration) Opt {
 	return optFunc(func(c *cfg) { c.sessionMin, c.sessionMax = min, max })
 }
+
+// WithSecurity makes every connection authenticate with SASL (PLAIN,
+// SCRAM-SHA-256 or SCRAM-SHA-512) before any request but ApiVersions, and
+// checks every request against sec's ACLs. Use it with TLS (a listener
+// from tls.NewListener) when clients are not on the same host: PLAIN
+// sends the password as it is.
+func WithSecurity(sec *Security) Opt { return optFunc(func(c *cfg) { c.security = sec }) }
 
 // New returns a server of l. The caller keeps ownership of l: Close the
 // server before closing the log.

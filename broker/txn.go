@@ -146,6 +146,9 @@ func handleAddPartitionsToTxn(r *request) kmsg.Response {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
+	if !r.may("transactional_id", req.TransactionalID, "write") {
+		code = kerr.TransactionalIDAuthorizationFailed.Code
+	}
 	for _, rt := range req.Topics {
 		ot := kmsg.NewAddPartitionsToTxnResponseTopic()
 		ot.Topic = rt.Topic
@@ -156,6 +159,8 @@ func handleAddPartitionsToTxn(r *request) kmsg.Response {
 			switch {
 			case code != 0:
 				op.ErrorCode = code
+			case !r.may("topic", rt.Topic, "write"):
+				op.ErrorCode = kerr.TopicAuthorizationFailed.Code
 			case terr != nil:
 				op.ErrorCode = errorCode(terr)
 			case p < 0 || int(p) >= len(info.Partitions):
@@ -200,6 +205,10 @@ func handleAddOffsetsToTxn(r *request) kmsg.Response {
 	defer ts.mu.Unlock()
 	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
 	switch {
+	case !r.may("transactional_id", req.TransactionalID, "write"):
+		resp.ErrorCode = kerr.TransactionalIDAuthorizationFailed.Code
+	case !r.may("group", req.Group, "read"):
+		resp.ErrorCode = kerr.GroupAuthorizationFailed.Code
 	case code != 0:
 		resp.ErrorCode = code
 	case req.Group == "":
@@ -225,6 +234,9 @@ func handleTxnOffsetCommit(r *request) kmsg.Response {
 	if code == 0 && (t.group != req.Group || !t.open) {
 		code = kerr.InvalidTxnState.Code // AddOffsetsToTxn first
 	}
+	if !r.may("group", req.Group, "read") {
+		code = kerr.GroupAuthorizationFailed.Code
+	}
 	ts.mu.Unlock()
 	if code == 0 && r.version >= 3 && (req.MemberID != "" || req.Generation != -1) {
 		// KIP-447: the commit is fenced by the group generation.
@@ -244,6 +256,8 @@ func handleTxnOffsetCommit(r *request) kmsg.Response {
 			switch {
 			case code != 0:
 				op.ErrorCode = code
+			case !r.may("topic", rt.Topic, "read"):
+				op.ErrorCode = kerr.TopicAuthorizationFailed.Code
 			case terr != nil:
 				op.ErrorCode = errorCode(terr)
 			case p.Partition < 0 || int(p.Partition) >= len(info.Partitions):
@@ -316,6 +330,9 @@ func handleEndTxn(r *request) kmsg.Response {
 	ts := s.txns
 	ts.mu.Lock()
 	t, code := ts.checkLocked(req.TransactionalID, req.ProducerID, req.ProducerEpoch)
+	if !r.may("transactional_id", req.TransactionalID, "write") {
+		code = kerr.TransactionalIDAuthorizationFailed.Code
+	}
 	if code != 0 {
 		ts.mu.Unlock()
 		resp.ErrorCode = code
