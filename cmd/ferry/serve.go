@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,8 +19,9 @@ import (
 
 func newServeCmd(g *globals) *cobra.Command {
 	var (
-		listen, advertise, durability string
-		insecure, autoCreate          bool
+		listen, advertise, durability    string
+		tlsCert, tlsKey, tlsCA, security string
+		insecure, autoCreate             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -28,10 +31,20 @@ that any Kafka client (franz-go, librdkafka and kcat, Java) and ferry's own
 runtime (backend/kafka) share the log across processes. Every record a
 produce with acks >= 1 acknowledged is fsynced first (--durability always).
 
-It is one node: topics have replication factor 1. Transactions, TLS, SASL
-and ACLs are not served yet, so it listens on a loopback address unless
---insecure is given. SIGTERM or Ctrl-C stops it: requests already read are
-answered, then the log is closed.
+It is one node: topics have replication factor 1. With --security FILE
+(users and ACLs, see below) clients authenticate with SASL PLAIN or
+SCRAM-SHA-256/512 and may do only what the ACLs allow; --tls-cert and
+--tls-key serve TLS (--tls-client-ca also requires client certificates).
+Without both, it listens only on a loopback address, unless --insecure.
+SIGTERM or Ctrl-C stops it: requests already read are answered, then the
+log is closed.
+
+The security file (JSON, mode 600):
+  {"users": [{"name": "alice", "password": "..."}], "super_users": ["admin"],
+   "acls": [{"principal": "User:alice", "resource": "topic", "name": "orders",
+             "operations": ["read", "write"]}]}
+Resources: topic, group, transactional_id; "name": "*" or "prefix": true
+match more; operations: read, write, describe, create, delete, all.
 
 It prints "serving DIR on ADDR" once it listens.`,
 		Args: cobra.NoArgs,
@@ -44,8 +57,23 @@ It prints "serving DIR on ADDR" once it listens.`,
 			if err != nil {
 				return usageError{fmt.Errorf("--listen %q: want host:port: %w", listen, err)}
 			}
-			if !isLoopback(host) && !insecure {
-				return usageError{fmt.Errorf("--listen %s: not a loopback address, and clients are not authenticated (TLS and SASL are not served yet): listen on 127.0.0.1 or pass --insecure", listen)}
+			if (tlsCert == "") != (tlsKey == "") || tlsCA != "" && tlsCert == "" {
+				return usageError{fmt.Errorf("--tls-cert and --tls-key go together (and --tls-client-ca needs them)")}
+			}
+			if !isLoopback(host) && !insecure && (security == "" || tlsCert == "") {
+				return usageError{fmt.Errorf("--listen %s: not a loopback address, and clients would not be authenticated over TLS: give --security and --tls-cert/--tls-key, listen on 127.0.0.1, or pass --insecure", listen)}
+			}
+			var sec *broker.Security
+			if security != "" {
+				if sec, err = broker.LoadSecurity(security); err != nil {
+					return usageError{err}
+				}
+			}
+			var tlsConf *tls.Config
+			if tlsCert != "" {
+				if tlsConf, err = serverTLS(tlsCert, tlsKey, tlsCA); err != nil {
+					return usageError{err}
+				}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
@@ -55,6 +83,9 @@ It prints "serving DIR on ADDR" once it listens.`,
 				return err
 			}
 			opts := []broker.Opt{broker.WithLogger(logger), broker.WithAutoCreateTopics(autoCreate)}
+			if sec != nil {
+				opts = append(opts, broker.WithSecurity(sec))
+			}
 			if advertise != "" {
 				opts = append(opts, broker.WithAdvertisedAddr(advertise))
 			}
@@ -67,6 +98,9 @@ It prints "serving DIR on ADDR" once it listens.`,
 			if err != nil {
 				l.Close()
 				return fmt.Errorf("listen on %s: %w", listen, err)
+			}
+			if tlsConf != nil {
+				ln = tls.NewListener(ln, tlsConf)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving %s on %s\n", l.Dir(), ln.Addr())
 			serveErr := make(chan error, 1)
@@ -86,9 +120,35 @@ It prints "serving DIR on ADDR" once it listens.`,
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9092", "address to listen on (host:port; port 0 picks one)")
 	cmd.Flags().StringVar(&advertise, "advertise", "", "host:port clients are told to connect to (default: the address they connected to)")
 	cmd.Flags().StringVar(&durability, "durability", "always", "when appends are acknowledged: always (after fsync), interval, none")
-	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow a non-loopback --listen without authentication")
+	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow a non-loopback --listen without authentication over TLS")
+	cmd.Flags().StringVar(&security, "security", "", "JSON file of users and ACLs: clients authenticate with SASL and are authorized")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate file: serve TLS")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key file of --tls-cert")
+	cmd.Flags().StringVar(&tlsCA, "tls-client-ca", "", "PEM CA file: require client certificates it signed")
 	cmd.Flags().BoolVar(&autoCreate, "auto-create-topics", false, "create a topic a client names in a metadata request (Kafka's auto.create.topics.enable)")
 	return cmd
+}
+
+// serverTLS loads the server's certificate and, with ca, requires client
+// certificates that ca signed.
+func serverTLS(certFile, keyFile, ca string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %w", certFile, keyFile, err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tls-client-ca %s: no PEM certificate in it", ca)
+		}
+		conf.ClientCAs, conf.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
 }
 
 func isLoopback(host string) bool {

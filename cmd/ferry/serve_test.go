@@ -3,6 +3,16 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -16,6 +26,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
 
 // serveProcess runs ferry serve as a process of its own on addr.
@@ -25,12 +36,12 @@ type serveProcess struct {
 	addr string
 }
 
-func startServe(t *testing.T, dir, addr string) *serveProcess {
+func startServe(t *testing.T, dir, addr string, extra ...string) *serveProcess {
 	t.Helper()
 	var cmd *exec.Cmd
 	var line string
 	for range 50 { // the port of a killed server may take a moment to free
-		cmd = exec.Command(buildFerry(t), "--dir", dir, "serve", "--listen", addr)
+		cmd = exec.Command(buildFerry(t), append([]string{"--dir", dir, "serve", "--listen", addr}, extra...)...)
 		out, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -244,4 +255,70 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// ferry serve with TLS and SASL: a client that trusts the server's
+// certificate and authenticates produces; one that does not speak TLS, or
+// does not authenticate, does not.
+func TestServeTLSAndSASL(t *testing.T) {
+	dir, files := t.TempDir(), t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ferry"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, secFile := filepath.Join(files, "cert.pem"), filepath.Join(files, "key.pem"), filepath.Join(files, "security.json")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	os.WriteFile(secFile, []byte(`{"users": [{"name": "svc", "password": "pw"}], "acls": [{"principal": "User:svc", "resource": "topic", "name": "*", "operations": ["all"]}]}`), 0o600)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	startServe(t, dir, addr, "--tls-cert", certFile, "--tls-key", keyFile, "--security", secFile, "--auto-create-topics")
+	pool := x509.NewCertPool()
+	pool.AddCert(must(x509.ParseCertificate(der)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	produce := func(opts ...kgo.Opt) error {
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(addr), kgo.RequestRetries(0), kgo.RetryTimeout(2 * time.Second), kgo.AllowAutoTopicCreation()}, opts...)...)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer pcancel()
+		return cl.ProduceSync(pctx, &kgo.Record{Topic: "secure", Value: []byte("x")}).FirstErr()
+	}
+	tlsOpt := kgo.DialTLSConfig(&tls.Config{RootCAs: pool})
+	auth := kgo.SASL(scram.Auth{User: "svc", Pass: "pw"}.AsSha256Mechanism())
+	if err := produce(tlsOpt, auth); err != nil {
+		t.Fatalf("over TLS with SCRAM: %v", err)
+	}
+	if err := produce(auth); err == nil {
+		t.Fatal("a client without TLS produced")
+	}
+	if err := produce(tlsOpt); err == nil {
+		t.Fatal("a client without SASL produced")
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
