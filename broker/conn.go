@@ -42,6 +42,7 @@ type pending struct {
 	key, version int16
 	corr         int32
 	flexible     bool
+	read         time.Time
 	done         chan struct{}
 	resp         kmsg.Response // nil: no answer (a produce with acks 0)
 }
@@ -67,6 +68,10 @@ func (c *conn) shutdown() {
 }
 
 func (c *conn) serve() {
+	if o := c.s.cfg.observer; o != nil {
+		o.Connection(1)
+		defer o.Connection(-1)
+	}
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -103,6 +108,9 @@ func (c *conn) readLoop() error {
 		if _, err := io.ReadFull(c.br, buf); err != nil {
 			return fmt.Errorf("request truncated: %w", err)
 		}
+		if o := c.s.cfg.observer; o != nil {
+			o.Bytes(4+len(buf), 0)
+		}
 		if err := c.dispatch(buf); err != nil {
 			return err
 		}
@@ -121,7 +129,7 @@ func (c *conn) dispatch(buf []byte) error {
 	if !ok {
 		return errClose{fmt.Sprintf("request with API key %d: not served (see the ApiVersions answer)", key)}
 	}
-	p := &pending{key: key, version: version, corr: corr, done: make(chan struct{})}
+	p := &pending{key: key, version: version, corr: corr, done: make(chan struct{}), read: time.Now()}
 	if version < api.min || version > api.max {
 		if key != apiVersionsKey {
 			return errClose{fmt.Sprintf("%s v%d: served versions %d to %d", kmsg.NameForKey(key), version, api.min, api.max)}
@@ -171,6 +179,9 @@ func (c *conn) answer(p *pending, resp kmsg.Response) {
 		resp.SetVersion(p.version)
 	}
 	p.resp = resp
+	if o := c.s.cfg.observer; o != nil {
+		o.Request(kmsg.NameForKey(p.key), time.Since(p.read), failed(resp))
+	}
 	close(p.done)
 }
 
@@ -193,6 +204,9 @@ func (c *conn) writeLoop() {
 		}
 		out = p.resp.AppendTo(out)
 		binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+		if o := c.s.cfg.observer; o != nil {
+			o.Bytes(0, len(out))
+		}
 		if _, err := bw.Write(out); err != nil {
 			broken = true
 			c.nc.Close() // the reader stops too

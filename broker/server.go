@@ -41,6 +41,7 @@ type cfg struct {
 	autoCreate      bool
 	maxTxnBytes     int
 	security        *Security
+	observer        Observer
 	sessionMin      time.Duration
 	sessionMax      time.Duration
 	nodeID          int32
@@ -103,6 +104,22 @@ func WithGroupSessionTimeouts(min, max time.Duration) Opt {
 // from tls.NewListener) when clients are not on the same host: PLAIN
 // sends the password as it is.
 func WithSecurity(sec *Security) Opt { return optFunc(func(c *cfg) { c.security = sec }) }
+
+// Observer receives the server's measurements (package metrics implements
+// it for Prometheus). Its methods are called from the connections'
+// goroutines and must not block.
+type Observer interface {
+	// Request is one answered request: its API's name, the time from
+	// reading it to its answer, and whether the answer carried an error.
+	Request(api string, d time.Duration, failed bool)
+	// Connection is a connection opened (1) or closed (-1).
+	Connection(delta int)
+	// Bytes are bytes read from (in) and written to (out) clients.
+	Bytes(in, out int)
+}
+
+// WithObserver reports requests, connections and bytes to o.
+func WithObserver(o Observer) Opt { return optFunc(func(c *cfg) { c.observer = o }) }
 
 // New returns a server of l. The caller keeps ownership of l: Close the
 // server before closing the log.

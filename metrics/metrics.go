@@ -51,6 +51,12 @@ type Metrics struct {
 	relayFailures  *prometheus.CounterVec
 	relayLag       *prometheus.GaugeVec
 	messagesLogged prometheus.Counter
+
+	brokerRequests *prometheus.CounterVec
+	brokerErrors   *prometheus.CounterVec
+	brokerLatency  *prometheus.HistogramVec
+	brokerConns    prometheus.Gauge
+	brokerBytes    *prometheus.CounterVec
 }
 
 // latencyBuckets spans 50µs to 10s.
@@ -93,8 +99,18 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Outbox relay batches that failed (retried with backoff)."}, []string{"relay"}),
 		relayLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_outbox_relay_lag_seconds",
 			Help: "Age of the oldest message in the outbox relay's last batch."}, []string{"relay"}),
+		brokerRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_broker_requests_total",
+			Help: "Kafka requests ferry serve answered, by API."}, []string{"api"}),
+		brokerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_broker_request_errors_total",
+			Help: "Kafka requests whose answer carried an error code, by API."}, []string{"api"}),
+		brokerLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_broker_request_duration_seconds",
+			Help: "Time from reading a Kafka request to its answer being ready (a fetch's long poll included), by API.", Buckets: latencyBuckets}, []string{"api"}),
+		brokerConns: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_broker_connections",
+			Help: "Open client connections of ferry serve."}),
+		brokerBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_broker_bytes_total",
+			Help: "Bytes read from and written to Kafka clients (direction in, out)."}, []string{"direction"}),
 	}
-	for _, c := range []prometheus.Collector{m.groupCommits, m.appended, m.messagesLogged, m.appendLatency, m.fsyncLatency, m.commitWrite,
+	for _, c := range []prometheus.Collector{m.brokerRequests, m.brokerErrors, m.brokerLatency, m.brokerConns, m.brokerBytes, m.groupCommits, m.appended, m.messagesLogged, m.appendLatency, m.fsyncLatency, m.commitWrite,
 		m.groupMessages, m.groupBytes, m.events, m.retries, m.deadLetters, m.handleLatency, m.relayed, m.relayFailures, m.relayLag} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register: %w", err)
@@ -296,4 +312,33 @@ func (dc *dlqCollector) Collect(ch chan<- prometheus.Metric) {
 	for class, n := range dc.counts {
 		ch <- prometheus.MustNewConstMetric(descDLQ, prometheus.GaugeValue, float64(n), dc.name, class)
 	}
+}
+
+// Request implements broker.Observer: one answered Kafka request.
+func (m *Metrics) Request(api string, d time.Duration, failed bool) {
+	m.brokerRequests.WithLabelValues(api).Inc()
+	if failed {
+		m.brokerErrors.WithLabelValues(api).Inc()
+	}
+	m.brokerLatency.WithLabelValues(api).Observe(d.Seconds())
+}
+
+// Connection implements broker.Observer: a client connection opened
+// (delta 1) or closed (-1).
+func (m *Metrics) Connection(delta int) { m.brokerConns.Add(float64(delta)) }
+
+// Bytes implements broker.Observer: bytes read from and written to clients.
+func (m *Metrics) Bytes(in, out int) {
+	if in > 0 {
+		m.brokerBytes.WithLabelValues("in").Add(float64(in))
+	}
+	if out > 0 {
+		m.brokerBytes.WithLabelValues("out").Add(float64(out))
+	}
+}
+
+// BrokerRequests returns the counter of answered requests of one API (for
+// tests and dashboards built in code).
+func (m *Metrics) BrokerRequests(api string) prometheus.Counter {
+	return m.brokerRequests.WithLabelValues(api)
 }

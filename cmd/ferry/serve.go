@@ -7,20 +7,25 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/metrics"
 )
 
 func newServeCmd(g *globals) *cobra.Command {
 	var (
 		listen, advertise, durability    string
 		tlsCert, tlsKey, tlsCA, security string
+		metricsAddr                      string
 		insecure, autoCreate             bool
 	)
 	cmd := &cobra.Command{
@@ -78,11 +83,28 @@ It prints "serving DIR on ADDR" once it listens.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			l, err := g.openDir(ctx, true, true, commitlog.WithDurability(d), commitlog.WithLogger(logger))
+			reg := prometheus.NewRegistry()
+			m, err := metrics.New(reg)
 			if err != nil {
 				return err
 			}
-			opts := []broker.Opt{broker.WithLogger(logger), broker.WithAutoCreateTopics(autoCreate)}
+			l, err := g.openDir(ctx, true, true, commitlog.WithDurability(d), commitlog.WithLogger(logger), commitlog.WithObserver(m))
+			if err != nil {
+				return err
+			}
+			opts := []broker.Opt{broker.WithLogger(logger), broker.WithAutoCreateTopics(autoCreate), broker.WithObserver(m)}
+			metricsLine := ""
+			if metricsAddr != "" {
+				mln, err := net.Listen("tcp", metricsAddr)
+				if err != nil {
+					l.Close()
+					return fmt.Errorf("--metrics %s: %w", metricsAddr, err)
+				}
+				hs := &http.Server{Handler: metrics.Handler(reg, metrics.Check("log", l.Healthy)), ReadHeaderTimeout: 5 * time.Second}
+				go hs.Serve(mln)
+				defer hs.Close()
+				metricsLine = fmt.Sprintf("metrics on http://%s/metrics\n", mln.Addr())
+			}
 			if sec != nil {
 				opts = append(opts, broker.WithSecurity(sec))
 			}
@@ -102,7 +124,7 @@ It prints "serving DIR on ADDR" once it listens.`,
 			if tlsConf != nil {
 				ln = tls.NewListener(ln, tlsConf)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "serving %s on %s\n", l.Dir(), ln.Addr())
+			fmt.Fprintf(cmd.OutOrStdout(), "serving %s on %s\n%s", l.Dir(), ln.Addr(), metricsLine)
 			serveErr := make(chan error, 1)
 			go func() { serveErr <- srv.Serve(ctx, ln) }()
 			select {
@@ -121,6 +143,7 @@ It prints "serving DIR on ADDR" once it listens.`,
 	cmd.Flags().StringVar(&advertise, "advertise", "", "host:port clients are told to connect to (default: the address they connected to)")
 	cmd.Flags().StringVar(&durability, "durability", "always", "when appends are acknowledged: always (after fsync), interval, none")
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "allow a non-loopback --listen without authentication over TLS")
+	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics and /healthz on this address (host:port)")
 	cmd.Flags().StringVar(&security, "security", "", "JSON file of users and ACLs: clients authenticate with SASL and are authorized")
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate file: serve TLS")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key file of --tls-cert")

@@ -10,13 +10,15 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
-	"os"
-	"path/filepath"
 	"fmt"
+	"io"
+	"math/big"
+	"net/http"
 	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -321,4 +323,50 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// ferry serve --metrics exposes the broker's and the log's series.
+func TestServeMetrics(t *testing.T) {
+	cmd := exec.Command(buildFerry(t), "--dir", t.TempDir(), "serve", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	rd := bufio.NewReader(out)
+	serving, _ := rd.ReadString('\n')
+	metricsLine, _ := rd.ReadString('\n')
+	addr := strings.TrimSpace(serving[strings.LastIndex(serving, " ")+1:])
+	url := strings.TrimSpace(strings.TrimPrefix(metricsLine, "metrics on "))
+	if !strings.HasPrefix(url, "http://") {
+		t.Fatalf("output %q %q: want the metrics address", serving, metricsLine)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	adm := kadm.NewClient(cl)
+	if _, err := adm.CreateTopic(ctx, 1, 1, nil, "m"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "m", Value: []byte("x")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`ferry_broker_requests_total{api="Produce"} 1`, "ferry_broker_connections", `ferry_broker_bytes_total{direction="in"}`, "ferry_log_group_commits_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
