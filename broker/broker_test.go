@@ -149,6 +149,7 @@ func TestProducersAndAGroupWithRealClients(t *testing.T) {
 			cl.CommitUncommittedOffsets(context.Background())
 		}
 		cl.CommitUncommittedOffsets(context.Background())
+		cl.Close() // leaves the group: a stopped member must not keep its partitions
 	}
 	cctx, stopAll := context.WithCancel(ctx)
 	var cw sync.WaitGroup

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kbin"
+	"golang.org/x/sync/semaphore"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/ferrymq/ferry/broker/groups"
@@ -29,9 +30,12 @@ type conn struct {
 	// capacity is the connection's in-flight bound.
 	pending  chan *pending
 	stopping atomic.Bool
+	// inflight holds the bytes of the requests read and not answered.
+	inflight *semaphore.Weighted
 
 	// Authentication, set by the SASL requests (run in the reader, so
 	// every later request sees them).
+	nextSize   int64 // in-flight bytes of the request being dispatched
 	sasl       *saslState
 	principal  string // "User:<name>" once authenticated
 	closeAfter bool   // authentication failed: close after answering
@@ -43,6 +47,7 @@ type pending struct {
 	corr         int32
 	flexible     bool
 	read         time.Time
+	size         int64 // bytes held in the connection's in-flight bound
 	done         chan struct{}
 	resp         kmsg.Response // nil: no answer (a produce with acks 0)
 }
@@ -58,7 +63,8 @@ type request struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 64<<10), remote: nc.RemoteAddr().String(), remoteHost: hostOf(nc.RemoteAddr()), pending: make(chan *pending, s.cfg.maxInFlight)}
+	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 64<<10), remote: nc.RemoteAddr().String(), remoteHost: hostOf(nc.RemoteAddr()), pending: make(chan *pending, s.cfg.maxInFlight),
+		inflight: semaphore.NewWeighted(int64(s.cfg.maxInFlightB))}
 }
 
 // shutdown stops reading: what was read is still answered.
@@ -104,10 +110,18 @@ func (c *conn) readLoop() error {
 		if n < 8 || int(n) > c.s.cfg.maxRequestBytes {
 			return errClose{fmt.Sprintf("request of %d bytes: allowed 8 to %d (max request bytes)", n, c.s.cfg.maxRequestBytes)}
 		}
+		// Wait for room in the in-flight bound before reading (and
+		// holding) the request: TCP pushes back on the client meanwhile.
+		size := min(int64(n), int64(c.s.cfg.maxInFlightB))
+		if err := c.inflight.Acquire(c.s.ctx, size); err != nil {
+			return err
+		}
 		buf := make([]byte, n)
 		if _, err := io.ReadFull(c.br, buf); err != nil {
+			c.inflight.Release(size)
 			return fmt.Errorf("request truncated: %w", err)
 		}
+		c.nextSize = size
 		if o := c.s.cfg.observer; o != nil {
 			o.Bytes(4+len(buf), 0)
 		}
@@ -129,7 +143,8 @@ func (c *conn) dispatch(buf []byte) error {
 	if !ok {
 		return errClose{fmt.Sprintf("request with API key %d: not served (see the ApiVersions answer)", key)}
 	}
-	p := &pending{key: key, version: version, corr: corr, done: make(chan struct{}), read: time.Now()}
+	p := &pending{key: key, version: version, corr: corr, done: make(chan struct{}), read: time.Now(), size: c.nextSize}
+	c.nextSize = 0
 	if version < api.min || version > api.max {
 		if key != apiVersionsKey {
 			return errClose{fmt.Sprintf("%s v%d: served versions %d to %d", kmsg.NameForKey(key), version, api.min, api.max)}
@@ -191,6 +206,7 @@ func (c *conn) writeLoop() {
 	broken := false
 	for p := range c.pending {
 		<-p.done
+		c.inflight.Release(p.size)
 		if p.resp == nil || broken {
 			continue
 		}

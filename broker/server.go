@@ -37,6 +37,7 @@ type cfg struct {
 	advertised      string // host:port told to clients; "" = the listener's
 	maxRequestBytes int
 	maxInFlight     int
+	maxInFlightB    int
 	maxConns        int
 	autoCreate      bool
 	maxTxnBytes     int
@@ -73,6 +74,12 @@ func WithMaxRequestBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxRequest
 // answered (default 32); beyond it the connection is not read until the
 // oldest is answered, which pushes back on the client through TCP.
 func WithMaxInFlight(n int) Opt { return optFunc(func(c *cfg) { c.maxInFlight = n }) }
+
+// WithMaxInFlightBytes bounds the bytes of one connection's requests read
+// but not yet answered (default 64 MiB); beyond it the connection is not
+// read until answers went out. A single request larger than the bound is
+// still read, alone.
+func WithMaxInFlightBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxInFlightB = n }) }
 
 // WithMaxConnections bounds the open connections (default 10000); one
 // more is closed at once.
@@ -128,6 +135,7 @@ func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
 		logger:          slog.New(slog.DiscardHandler),
 		maxRequestBytes: 100 << 20,
 		maxInFlight:     32,
+		maxInFlightB:    64 << 20,
 		maxConns:        10000,
 		maxTxnBytes:     8 << 20,
 		sessionMin:      6 * time.Second,
@@ -142,6 +150,8 @@ func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
 		return nil, errors.New("broker: nil log")
 	case c.maxRequestBytes < 1<<10:
 		return nil, fmt.Errorf("broker: max request bytes %d: at least 1024", c.maxRequestBytes)
+	case c.maxInFlightB < 1<<10:
+		return nil, fmt.Errorf("broker: max in-flight bytes %d: at least 1024", c.maxInFlightB)
 	case c.maxInFlight < 1:
 		return nil, fmt.Errorf("broker: max in-flight requests %d: at least 1", c.maxInFlight)
 	case c.maxTxnBytes < 1<<10:
