@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kbin"
-	"golang.org/x/sync/semaphore"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/ferrymq/ferry/broker/groups"
 )
