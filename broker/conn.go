@@ -67,10 +67,13 @@ func newConn(s *Server, nc net.Conn) *conn {
 		inflight: semaphore.NewWeighted(int64(s.cfg.maxInFlightB))}
 }
 
-// shutdown stops reading: what was read is still answered.
+// shutdown stops reading: what was read is still answered, for
+// closeGrace at most (a client that does not read its answers does not
+// hold the server's Close).
 func (c *conn) shutdown() {
 	c.stopping.Store(true)
 	c.nc.SetReadDeadline(time.Now())
+	time.AfterFunc(closeGrace, func() { c.nc.Close() })
 }
 
 func (c *conn) serve() {
@@ -100,15 +103,56 @@ type errClose struct{ why string }
 
 func (e errClose) Error() string { return e.why }
 
+// Connection timeouts: a connection with no request for idleTimeout is
+// closed (Kafka's connections.max.idle.ms), as is one that sends a
+// request's bytes slower than requestTimeout or does not read an answer
+// within writeTimeout; a closing server waits closeGrace for answers to
+// go out.
+const (
+	idleTimeout    = 10 * time.Minute
+	requestTimeout = 30 * time.Second
+	writeTimeout   = time.Minute
+	closeGrace     = 5 * time.Second
+)
+
+// maxOtherRequestBytes bounds every request but Produce: decoding one
+// allocates up to some 160 times its size (an array's length is checked
+// only against the bytes left), so only Produce, which carries records,
+// may be large.
+const maxOtherRequestBytes = 1 << 20
+
+// deadline sets the read deadline, unless the connection is stopping
+// (shutdown's deadline must stay).
+func (c *conn) deadline(d time.Duration) bool {
+	c.nc.SetReadDeadline(time.Now().Add(d))
+	if c.stopping.Load() {
+		c.nc.SetReadDeadline(time.Now())
+		return false
+	}
+	return true
+}
+
 func (c *conn) readLoop() error {
-	var size [4]byte
+	var head [6]byte // the size and the API key
 	for {
-		if _, err := io.ReadFull(c.br, size[:]); err != nil {
+		if !c.deadline(idleTimeout) {
+			return nil
+		}
+		if _, err := io.ReadFull(c.br, head[:4]); err != nil {
 			return err
 		}
-		n := int32(binary.BigEndian.Uint32(size[:]))
+		if !c.deadline(requestTimeout) {
+			return nil
+		}
+		n := int32(binary.BigEndian.Uint32(head[:4]))
 		if n < 8 || int(n) > c.s.cfg.maxRequestBytes {
 			return errClose{fmt.Sprintf("request of %d bytes: allowed 8 to %d (max request bytes)", n, c.s.cfg.maxRequestBytes)}
+		}
+		if _, err := io.ReadFull(c.br, head[4:6]); err != nil {
+			return fmt.Errorf("request truncated: %w", err)
+		}
+		if key := int16(binary.BigEndian.Uint16(head[4:6])); key != 0 && n > maxOtherRequestBytes {
+			return errClose{fmt.Sprintf("%s request of %d bytes: at most %d allowed (only Produce may be larger)", kmsg.NameForKey(key), n, maxOtherRequestBytes)}
 		}
 		// Wait for room in the in-flight bound before reading (and
 		// holding) the request: TCP pushes back on the client meanwhile.
@@ -116,10 +160,20 @@ func (c *conn) readLoop() error {
 		if err := c.inflight.Acquire(c.s.ctx, size); err != nil {
 			return err
 		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(c.br, buf); err != nil {
-			c.inflight.Release(size)
-			return fmt.Errorf("request truncated: %w", err)
+		// Read as the bytes come (a client announcing 100 MiB and
+		// sending 4 bytes holds 64 KiB, not 100 MiB).
+		buf := make([]byte, 2, min(int(n), 64<<10))
+		copy(buf, head[4:6])
+		for len(buf) < int(n) {
+			if len(buf) == cap(buf) {
+				buf = append(buf, make([]byte, min(int(n)-len(buf), len(buf)))...)[:len(buf)]
+			}
+			m, err := c.br.Read(buf[len(buf):min(cap(buf), int(n))])
+			buf = buf[:len(buf)+m]
+			if err != nil && len(buf) < int(n) {
+				c.inflight.Release(size)
+				return fmt.Errorf("request truncated: %w", err)
+			}
 		}
 		c.nextSize = size
 		if o := c.s.cfg.observer; o != nil {
@@ -220,6 +274,7 @@ func (c *conn) writeLoop() {
 		}
 		out = p.resp.AppendTo(out)
 		binary.BigEndian.PutUint32(out, uint32(len(out)-4))
+		c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if o := c.s.cfg.observer; o != nil {
 			o.Bytes(0, len(out))
 		}

@@ -13,8 +13,25 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 )
 
-// maxFetchWait bounds a fetch's long poll whatever the client asks.
-const maxFetchWait = 30 * time.Second
+// maxFetchWait bounds a fetch's long poll whatever the client asks, and
+// maxFetchBytes its answer's records (Kafka's fetch.max.bytes default).
+const (
+	maxFetchWait  = 30 * time.Second
+	maxFetchBytes = 55 << 20
+)
+
+// anyError reports whether a partition of resp carries an error: the
+// client is told at once instead of after the long poll.
+func anyError(resp *kmsg.FetchResponse) bool {
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			if p.ErrorCode != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // handleFetch answers with what each partition holds from its fetch
 // offset, waiting up to the request's max wait for min bytes to be there.
@@ -32,7 +49,7 @@ func handleFetch(r *request) kmsg.Response {
 	defer cancel()
 	for {
 		resp, total, waitable := r.c.s.readFetch(r, req)
-		if total >= int(req.MinBytes) || total > 0 && req.MinBytes <= 0 || ctx.Err() != nil || len(waitable) == 0 {
+		if total >= int(req.MinBytes) || total > 0 && req.MinBytes <= 0 || ctx.Err() != nil || len(waitable) == 0 || anyError(resp) {
 			return resp
 		}
 		// Wait for any partition to get a message, then read them all
@@ -58,14 +75,19 @@ func (s *Server) readFetch(r *request, req *kmsg.FetchRequest) (*kmsg.FetchRespo
 	resp := kmsg.NewPtrFetchResponse()
 	total := 0
 	budget := int(req.MaxBytes)
-	if budget <= 0 {
-		budget = 50 << 20
+	if budget <= 0 || budget > maxFetchBytes {
+		budget = maxFetchBytes
 	}
+	seen := map[tpKey]bool{}
 	var waitable []waitPoint
 	for _, t := range req.Topics {
 		rt := kmsg.NewFetchResponseTopic()
 		rt.Topic = t.Topic
 		for _, p := range t.Partitions {
+			if seen[tpKey{t.Topic, p.Partition}] {
+				continue // named twice: answered once
+			}
+			seen[tpKey{t.Topic, p.Partition}] = true
 			rp := kmsg.NewFetchResponseTopicPartition()
 			rp.Partition = p.Partition
 			rp.PreferredReadReplica = -1

@@ -23,15 +23,16 @@ const (
 
 // producers holds the idempotent producers' sequence numbers.
 //
-// Kafka refuses a batch whose first sequence is not the one after the
-// last it wrote for that producer and partition, and answers a retry of a
-// recent batch with its offsets. Here the retry needs no table: a record's
-// message ID is derived from its producer ID, epoch, partition and
-// sequence, so the log's deduplication answers it with the original
-// offsets, across restarts too (within the topic's deduplication window).
-// What is kept is the next sequence expected, to refuse gaps; a producer
-// the broker has not seen since it started is taken at the sequence it
-// sends.
+// As Kafka, the broker keeps for each producer and partition the next
+// sequence expected and the last five batches it accepted: a batch at the
+// next sequence is written; a retry of one of the five is answered with
+// that batch's offset and not written again; an older sequence is refused
+// as a duplicate, a later one as out of order. The table is in memory. A
+// producer the broker has not seen since it started is taken at the
+// sequence it sends; its records' message IDs, derived from producer ID,
+// epoch, partition and sequence, let the log's deduplication answer a
+// retry of a batch written before the restart, within the topic's
+// deduplication window (2 minutes by default).
 type producers struct {
 	mu   sync.Mutex
 	byID map[int64]*producer
@@ -39,8 +40,23 @@ type producers struct {
 
 type producer struct {
 	epoch int16
-	next  map[tpKey]int32 // next sequence expected
+	parts map[tpKey]*sequences
 }
+
+// sequences is one producer's state in one partition.
+type sequences struct {
+	next   int32
+	recent []*seqBatch // the last batches accepted, oldest first
+}
+
+// seqBatch is an accepted batch: its sequences and, once written, its
+// base offset.
+type seqBatch struct {
+	first, count int32
+	base         int64 // -1 until written
+}
+
+const recentBatches = 5
 
 type tpKey struct {
 	topic     string
@@ -53,39 +69,65 @@ func newProducers() *producers { return &producers{byID: map[int64]*producer{}} 
 func (ps *producers) register(id int64, epoch int16) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	ps.byID[id] = &producer{epoch: epoch, next: map[tpKey]int32{}}
+	ps.byID[id] = &producer{epoch: epoch, parts: map[tpKey]*sequences{}}
 }
 
-// accept checks a batch's producer epoch and sequence and, when it is
-// accepted, moves the expected sequence past it. It returns a Kafka error
-// code.
-func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int) (int16, string) {
+// accept checks a batch's producer epoch and sequence. A new batch is
+// accepted (its entry is returned, for written to fill in); a retry of a
+// recent batch already written returns that batch's entry with dup set;
+// anything else returns a Kafka error code and why.
+func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int) (b *seqBatch, dup bool, code int16, why string) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	p := ps.byID[id]
 	if p == nil {
-		p = &producer{epoch: epoch, next: map[tpKey]int32{}}
+		p = &producer{epoch: epoch, parts: map[tpKey]*sequences{}}
 		ps.byID[id] = p
 	}
 	switch {
 	case epoch < p.epoch:
-		return kerr.InvalidProducerEpoch.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", id, epoch, p.epoch)
+		return nil, false, kerr.InvalidProducerEpoch.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", id, epoch, p.epoch)
 	case epoch > p.epoch:
-		p.epoch, p.next = epoch, map[tpKey]int32{}
+		p.epoch, p.parts = epoch, map[tpKey]*sequences{}
 		if first != 0 {
-			return kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d epoch %d: a new epoch starts at sequence 0, got %d", id, epoch, first)
+			return nil, false, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d epoch %d: a new epoch starts at sequence 0, got %d", id, epoch, first)
 		}
 	}
-	next, ok := p.next[tp]
-	if ok && seqAfter(first, next) {
-		return kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d, expected %d (or a retry of an earlier batch)", id, tp.topic, tp.partition, first, next)
+	st := p.parts[tp]
+	if st != nil && first != st.next {
+		for _, r := range st.recent {
+			if r.first == first && r.count == int32(n) {
+				if r.base < 0 {
+					// Still being written: written again, the log's
+					// deduplication answers it with the first's offsets.
+					return r, false, 0, ""
+				}
+				return r, true, 0, ""
+			}
+		}
+		if seqAfter(first, st.next) {
+			return nil, false, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d, expected %d", id, tp.topic, tp.partition, first, st.next)
+		}
+		return nil, false, kerr.DuplicateSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d is older than the last %d batches (next expected %d)", id, tp.topic, tp.partition, first, recentBatches, st.next)
 	}
-	// A new batch (first == next) moves next past it; a retry of an
-	// earlier one (first before next) only where it reaches further.
-	if end := int32((int64(first) + int64(n)) % (1 << 31)); !ok || !seqAfter(next, end) {
-		p.next[tp] = end
+	if st == nil {
+		st = &sequences{}
+		p.parts[tp] = st
 	}
-	return 0, ""
+	st.next = int32((int64(first) + int64(n)) % (1 << 31))
+	b = &seqBatch{first: first, count: int32(n), base: -1}
+	st.recent = append(st.recent, b)
+	if len(st.recent) > recentBatches {
+		st.recent = st.recent[1:]
+	}
+	return b, false, 0, ""
+}
+
+// written records where an accepted batch was written.
+func (ps *producers) written(b *seqBatch, base int64) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	b.base = base
 }
 
 // forget makes the next batch of the producer to tp accepted at any
@@ -95,7 +137,7 @@ func (ps *producers) forget(tp tpKey, id int64) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if p := ps.byID[id]; p != nil {
-		delete(p.next, tp)
+		delete(p.parts, tp)
 	}
 }
 
@@ -143,6 +185,9 @@ func newProducerID() int64 {
 	return int64(binary.BigEndian.Uint64(b[:]) >> 2)
 }
 
+// maxLogBatch is the most messages the log takes in one atomic batch.
+const maxLogBatch = 65534
+
 // handleProduce decodes each partition's batches, queues them to the log
 // in the order they came and answers once every one is written (at once,
 // for acks 0).
@@ -185,38 +230,61 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				fail(kerr.UnknownTopicOrPartition.Code, "")
 				continue
 			}
-			msgs, pid, txn, code, why := s.messages(t.Topic, p.Partition, p.Records)
-			if code != 0 {
+			in, code, why := s.messages(t.Topic, p.Partition, p.Records)
+			switch {
+			case code != 0:
 				fail(code, why)
 				continue
-			}
-			if len(msgs) == 0 {
+			case in.dupBase >= 0:
+				// Every batch is a retry of one written before: its
+				// answer again.
+				rp.BaseOffset, rp.LogAppendTime = in.dupBase, -1
+				continue
+			case len(in.msgs) == 0:
 				fail(kerr.InvalidRecord.Code, "no records")
 				continue
-			}
-			if txn != nil {
+			case in.txn != nil:
 				// Held until EndTxn: its offsets are not known yet.
-				fail(s.bufferTxn(tpKey{t.Topic, p.Partition}, pid, txn.ProducerEpoch, txn.BaseSequence, msgs))
+				fail(s.bufferTxn(tpKey{t.Topic, p.Partition}, in.pid, in.txn.ProducerEpoch, in.txn.BaseSequence, in.msgs))
 				continue
 			}
-			b := &commitlog.Batch{Messages: msgs}
-			wg.Add(1)
 			tp := tpKey{t.Topic, p.Partition}
-			s.log.CommitAsync(r.ctx, b, func(b *commitlog.Batch, err error) {
-				defer wg.Done()
-				if err != nil {
-					if pid >= 0 {
-						s.producers.forget(tp, pid)
+			// The log takes at most maxLogBatch messages per atomic
+			// batch; a larger produce is queued as several, in order.
+			chunks := (len(in.msgs) + maxLogBatch - 1) / maxLogBatch
+			var mu sync.Mutex
+			var firstErr error
+			left := chunks
+			wg.Add(chunks)
+			for c := range chunks {
+				b := &commitlog.Batch{Messages: in.msgs[c*maxLogBatch : min((c+1)*maxLogBatch, len(in.msgs))]}
+				s.log.CommitAsync(r.ctx, b, func(_ *commitlog.Batch, err error) {
+					defer wg.Done()
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil && firstErr == nil {
+						firstErr = err
 					}
-					fail(errorCode(err), err.Error())
-					return
-				}
-				rp.BaseOffset = int64(b.Messages[0].Offset)
-				rp.LogAppendTime = -1
-				if start, _, err := s.log.Bounds(tp.topic, tp.partition); err == nil {
-					rp.LogStartOffset = int64(start)
-				}
-			})
+					if left--; left > 0 {
+						return
+					}
+					if firstErr != nil {
+						if in.pid >= 0 {
+							s.producers.forget(tp, in.pid)
+						}
+						fail(errorCode(firstErr), firstErr.Error())
+						return
+					}
+					for _, a := range in.accepted {
+						s.producers.written(a.entry, int64(in.msgs[a.at].Offset))
+					}
+					rp.BaseOffset = int64(in.msgs[0].Offset)
+					rp.LogAppendTime = -1
+					if start, _, err := s.log.Bounds(tp.topic, tp.partition); err == nil {
+						rp.LogStartOffset = int64(start)
+					}
+				})
+			}
 		}
 		resp.Topics = append(resp.Topics, rt)
 	}
@@ -230,31 +298,40 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 	}()
 }
 
-// messages decodes a partition's records into the log's messages. It
-// returns the producer ID of an idempotent batch (-1 otherwise), the batch
-// if it is transactional, or a Kafka error code and why.
-func (s *Server) messages(topic string, partition int32, records []byte) ([]*ferry.Message, int64, *recordbatch.Batch, int16, string) {
+// produced is a partition's records, decoded.
+type produced struct {
+	msgs []*ferry.Message
+	pid  int64              // an idempotent or transactional batch's producer, else -1
+	txn  *recordbatch.Batch // the batch, if transactional
+	// accepted are the idempotent batches accepted: where each one's
+	// messages start in msgs, for written to record its offset.
+	accepted []acceptedBatch
+	// dupBase is the offset of the first batch when every batch is the
+	// retry of one written before (nothing to write), else -1.
+	dupBase int64
+}
+
+type acceptedBatch struct {
+	entry *seqBatch
+	at    int
+}
+
+// messages decodes a partition's records into the log's messages, or
+// returns a Kafka error code and why (nothing is accepted then).
+func (s *Server) messages(topic string, partition int32, records []byte) (produced, int16, string) {
+	out := produced{pid: -1, dupBase: -1}
 	batches, err := recordbatch.Decode(records, recordbatch.Limits{})
 	if err != nil {
-		return nil, -1, nil, recordbatch.KafkaErrorCode(err), err.Error()
+		return out, recordbatch.KafkaErrorCode(err), err.Error()
 	}
-	var txn *recordbatch.Batch
-	var msgs []*ferry.Message
-	pid := int64(-1)
-	for _, b := range batches {
+	tp := tpKey{topic, partition}
+	per := make([][]*ferry.Message, len(batches))
+	for bi, b := range batches {
 		switch {
 		case b.Control():
-			return nil, -1, nil, kerr.InvalidRecord.Code, "control batches are written by the broker, not produced"
+			return out, kerr.InvalidRecord.Code, "control batches are written by the broker, not produced"
 		case b.Transactional() && (len(batches) > 1 || b.ProducerID < 0):
-			return nil, -1, nil, kerr.InvalidRecord.Code, "a transactional batch comes alone in its partition's records, from a producer with an ID"
-		case b.Transactional():
-			txn, pid = &b, b.ProducerID // its sequence is checked within the transaction
-		case b.ProducerID >= 0:
-			code, why := s.producers.accept(tpKey{topic, partition}, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records))
-			if code != 0 {
-				return nil, -1, nil, code, why
-			}
-			pid = b.ProducerID
+			return out, kerr.InvalidRecord.Code, "a transactional batch comes alone in its partition's records, from a producer with an ID"
 		}
 		for i, rec := range b.Records {
 			m := &ferry.Message{Topic: topic, Partition: partition, PinPartition: true, Key: rec.Key, Payload: rec.Value}
@@ -265,7 +342,7 @@ func (s *Server) messages(topic string, partition int32, records []byte) ([]*fer
 				if h.Key == HeaderID {
 					id, err := ferry.ParseID(string(h.Value))
 					if err != nil {
-						return nil, -1, nil, kerr.InvalidRecord.Code, fmt.Sprintf("record %d: header %s: %v", i, HeaderID, err)
+						return out, kerr.InvalidRecord.Code, fmt.Sprintf("record %d: header %s: %v", i, HeaderID, err)
 					}
 					m.ID = id
 					continue
@@ -279,10 +356,43 @@ func (s *Server) messages(topic string, partition int32, records []byte) ([]*fer
 				seq := (int64(b.BaseSequence) + int64(i)) % (1 << 31)
 				m.ID = ferry.DeriveID("kafka-idempotent", fmt.Sprintf("%d/%d/%s/%d/%d", b.ProducerID, b.ProducerEpoch, topic, partition, seq), ferry.ID{})
 			}
-			msgs = append(msgs, m)
+			per[bi] = append(per[bi], m)
 		}
 	}
-	return msgs, pid, txn, 0, ""
+	// Every record is valid: now the sequences (a batch refused here
+	// leaves the ones before it accepted, and forgotten: see forget).
+	allDup := true
+	for bi, b := range batches {
+		switch {
+		case b.Transactional():
+			out.txn, out.pid = &batches[bi], b.ProducerID // its sequence is checked within the transaction
+			allDup = false
+		case b.ProducerID >= 0:
+			entry, dup, code, why := s.producers.accept(tp, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records))
+			if code != 0 {
+				if len(out.accepted) > 0 {
+					s.producers.forget(tp, b.ProducerID)
+				}
+				return produced{pid: -1, dupBase: -1}, code, why
+			}
+			out.pid = b.ProducerID
+			if dup {
+				if bi == 0 {
+					out.dupBase = entry.base
+				}
+				continue
+			}
+			allDup = false
+			out.accepted = append(out.accepted, acceptedBatch{entry, len(out.msgs)})
+		default:
+			allDup = false
+		}
+		out.msgs = append(out.msgs, per[bi]...)
+	}
+	if !allDup {
+		out.dupBase = -1
+	}
+	return out, 0, ""
 }
 
 // ceID is the message ID of a CloudEvents ID: itself if it is one, else

@@ -22,10 +22,11 @@ import (
 // another caller could see, so the pools are caches, not shared state.
 var (
 	zstdDecoders = sync.Pool{New: func() any {
-		// Concurrency 1: DecodeAll runs in the caller's goroutine and
-		// the decoder starts none of its own, so a decoder the pool drops
-		// needs no Close.
-		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		// Concurrency 1: DecodeAll and stream reads run in the caller's
+		// goroutine and the decoder starts none of its own, so a decoder
+		// the pool drops needs no Close.
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(zstdMaxWindow))
 		if err != nil {
 			panic("recordbatch: zstd.NewReader with constant options: " + err.Error())
 		}
@@ -61,6 +62,12 @@ type lz4Reader struct {
 // int32 1), then chunks, each an int32 length and a raw snappy block.
 var xerialMagic = []byte{0x82, 'S', 'N', 'A', 'P', 'P', 'Y', 0}
 
+// zstdMaxWindow is the largest zstd window decoded as a stream: the
+// reference encoder's levels 1 to 19 stay within it (the Java client's
+// default level 3 uses 2 MiB), and a pooled decoder keeps a buffer of its
+// last window, so this bounds what the pool holds per decoder.
+const zstdMaxWindow = 8 << 20
+
 const (
 	xerialHeaderSize = 16
 	// xerialChunk is the uncompressed chunk size the Java client writes.
@@ -82,21 +89,23 @@ func decompress(c Codec, src []byte, limit int) ([]byte, error) {
 	case Zstd:
 		out, err = unzstd(src, limit)
 	default:
-		return nil, fmt.Errorf("%w: codec %d: supported are 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd", ErrUnsupportedCodec, int(c))
+		return nil, errUnsupportedCodec(c)
 	}
-	if err != nil {
-		if errors.Is(err, ErrTooLarge) {
-			return nil, fmt.Errorf("%w: %s records decompress to more than the %d bytes left of the request's decompression limit", ErrTooLarge, c, limit)
-		}
+	switch {
+	case err == ErrTooLarge: //nolint:errorlint // the bare sentinel: say which limit
+		return nil, fmt.Errorf("%w: %s records decompress to more than the %d bytes left of the request's decompression limit", ErrTooLarge, c, limit)
+	case errors.Is(err, ErrTooLarge):
+		return nil, err
+	case err != nil:
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, c, err)
 	}
 	return out, nil
 }
 
 // readBounded reads r to EOF into a buffer of initial capacity hint that
-// never grows past limit+1 bytes, and fails with ErrTooLarge once more
-// than limit bytes arrive. It is io.ReadAll through an io.LimitReader, without
-// ReadAll's unbounded growth.
+// doubles as needed but never grows past limit+1 bytes, and fails with
+// ErrTooLarge once more than limit bytes arrive: io.ReadAll through an
+// io.LimitReader, with the buffer's growth bounded too.
 func readBounded(r io.Reader, hint, limit int) ([]byte, error) {
 	buf := make([]byte, 0, min(max(hint, 512), limit+1))
 	for {
@@ -145,29 +154,52 @@ func unlz4(src []byte, limit int) ([]byte, error) {
 	l.src.Reset(src)
 	defer l.src.Reset(nil)
 	l.r.Reset(&l.src)
-	return readBounded(l.r, 4*len(src), limit)
+	return readBounded(l.r, 2*len(src), limit)
 }
 
+// unzstd decodes a frame that declares its size (as franz-go and
+// librdkafka write them) with DecodeAll into one exact buffer, refusing it
+// before allocating if the size is over limit. Anything else (the Java
+// client streams frames without a size; a frame may be followed by more)
+// is decoded as a stream into a buffer readBounded grows: DecodeAll left
+// to grow its own output appends its way up by 1.25x steps, allocating
+// about five times the final size in all.
 func unzstd(src []byte, limit int) ([]byte, error) {
 	d := zstdDecoders.Get().(*zstd.Decoder)
 	defer zstdDecoders.Put(d)
-	// WithDecoderMaxMemory bounds DecodeAll's output: a frame declaring a
-	// larger content size (or window) is refused before anything is
-	// allocated, and one without a declared size stops within a block of
-	// the bound.
-	if err := d.ResetWithOptions(nil, zstd.WithDecoderMaxMemory(uint64(limit)+1)); err != nil {
+	var h zstd.Header
+	if err := h.Decode(src); err == nil && h.HasFCS {
+		if h.FrameContentSize > uint64(limit) {
+			return nil, ErrTooLarge
+		}
+		if err := d.ResetWithOptions(nil, zstd.WithDecoderMaxMemory(max(h.FrameContentSize, 1))); err != nil {
+			return nil, err
+		}
+		out, err := d.DecodeAll(src, nil)
+		// More output than declared means more frames, and a window
+		// larger than the frame (allowed, if odd) trips the same bound:
+		// the stream below handles both.
+		if !errors.Is(err, zstd.ErrDecoderSizeExceeded) && !errors.Is(err, zstd.ErrWindowSizeExceeded) {
+			return out, err
+		}
+	}
+	var r bytes.Reader
+	r.Reset(src)
+	// For a stream, the bound caps the window (as does zstdMaxWindow),
+	// the decoder's only allocation that grows with the input.
+	if err := d.ResetWithOptions(&r, zstd.WithDecoderMaxMemory(uint64(limit)+1)); err != nil {
 		return nil, err
 	}
-	out, err := d.DecodeAll(src, nil)
-	switch {
-	case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
-		return nil, ErrTooLarge
-	case err != nil:
-		return nil, err
-	case len(out) > limit:
+	defer d.Reset(nil) //nolint:errcheck // only drops the reference to src
+	out, err := readBounded(d, 2*len(src), limit)
+	if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
+		var h zstd.Header
+		if h.Decode(src) == nil && h.WindowSize > uint64(min(limit, zstdMaxWindow)) {
+			return nil, fmt.Errorf("%w: zstd window of %d bytes: at most %d supported (the limit left is %d)", ErrTooLarge, h.WindowSize, zstdMaxWindow, limit)
+		}
 		return nil, ErrTooLarge
 	}
-	return out, nil
+	return out, err
 }
 
 // unsnappy decodes a raw snappy block or xerial framed chunks. Snappy
@@ -261,7 +293,7 @@ func appendCompressed(dst, src []byte, c Codec) ([]byte, error) {
 		}
 		return dst, nil
 	}
-	return dst, fmt.Errorf("%w: codec %d: supported are 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd", ErrUnsupportedCodec, int(c))
+	return dst, errUnsupportedCodec(c)
 }
 
 // streamWriter is a compressor writing to an io.Writer (gzip, lz4).

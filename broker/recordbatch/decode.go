@@ -35,10 +35,12 @@ type Limits struct {
 	MaxBatchBytes int
 	// MaxDecompressedBytes bounds the bytes all compressed batches of the
 	// call decompress to, together. Decompression stops and fails with
-	// ErrTooLarge as soon as output passes the bound, so a zip bomb costs
-	// at most about twice this much memory (buffers grow by doubling),
-	// plus each codec's fixed working memory. Uncompressed batches are
-	// not counted: their records are read in place. Default
+	// ErrTooLarge as soon as output passes the bound. Output buffers grow
+	// by doubling, up to the bound, so a zip bomb holds at most about
+	// twice this much memory at once and allocates at most about three
+	// times it in all, plus the codec's working memory (for a zstd stream
+	// a window, itself capped at this bound). Uncompressed batches are not
+	// counted: their records are read in place. Default
 	// DefaultMaxDecompressedBytes.
 	MaxDecompressedBytes int
 	// MaxRecords bounds the records of all batches of the call together,
@@ -137,13 +139,13 @@ func decodeBatch(data []byte, lim Limits, left *budget) (Batch, int, error) {
 	count := int32(binary.BigEndian.Uint32(raw[57:]))
 	codec := b.Codec()
 	if !codec.valid() {
-		return Batch{}, 0, fmt.Errorf("%w: codec %d: supported are 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd", ErrUnsupportedCodec, int(codec))
+		return Batch{}, 0, errUnsupportedCodec(codec)
 	}
 	switch {
 	case count <= 0:
 		return Batch{}, 0, fmt.Errorf("%w: record count %d: a produced batch holds at least one record", ErrInvalidRecord, count)
 	case int(count) > left.records:
-		return Batch{}, 0, fmt.Errorf("%w: %d records: at most %d allowed in one request (%d already used)", ErrTooLarge, count, left.records, lim.MaxRecords-left.records)
+		return Batch{}, 0, fmt.Errorf("%w: %d records: the limit is %d per request and %d are used by earlier batches", ErrTooLarge, count, lim.MaxRecords, lim.MaxRecords-left.records)
 	case b.LastOffsetDelta != count-1:
 		return Batch{}, 0, fmt.Errorf("%w: last offset delta %d with %d records: must be the record count minus one", ErrInvalidRecord, b.LastOffsetDelta, count)
 	}
@@ -206,10 +208,10 @@ func parseRecord(b []byte, r *Record, left *budget) ([]byte, error) {
 		return nil, err
 	}
 	r.OffsetDelta = int32(off)
-	if r.Key, body, err = bytesField(body, "key"); err != nil {
+	if r.Key, body, err = bytesField(body, "key length"); err != nil {
 		return nil, err
 	}
-	if r.Value, body, err = bytesField(body, "value"); err != nil {
+	if r.Value, body, err = bytesField(body, "value length"); err != nil {
 		return nil, err
 	}
 	nh, body, err := varint32(body, "header count")
@@ -222,7 +224,7 @@ func parseRecord(b []byte, r *Record, left *budget) ([]byte, error) {
 	case nh*minHeaderSize > int64(len(body)):
 		return nil, fmt.Errorf("%w: header count %d: %d bytes left hold at most %d", ErrCorrupt, nh, len(body), len(body)/minHeaderSize)
 	case nh > int64(left.headers):
-		return nil, fmt.Errorf("%w: headers: at most %d allowed in one request", ErrTooLarge, left.headers+int(nh))
+		return nil, fmt.Errorf("%w: %d headers: only %d more allowed in this request (Limits.MaxRecords caps headers too)", ErrTooLarge, nh, left.headers)
 	}
 	if nh > 0 {
 		left.headers -= int(nh)
@@ -230,14 +232,14 @@ func parseRecord(b []byte, r *Record, left *budget) ([]byte, error) {
 		for i := range r.Headers {
 			h := &r.Headers[i]
 			var key []byte
-			if key, body, err = bytesField(body, "header key"); err != nil {
+			if key, body, err = bytesField(body, "header key length"); err != nil {
 				return nil, fmt.Errorf("header %d: %w", i, err)
 			}
 			if key == nil {
 				return nil, fmt.Errorf("%w: header %d: null key: header keys must not be null", ErrCorrupt, i)
 			}
 			h.Key = string(key)
-			if h.Value, body, err = bytesField(body, "header value"); err != nil {
+			if h.Value, body, err = bytesField(body, "header value length"); err != nil {
 				return nil, fmt.Errorf("header %d: %w", i, err)
 			}
 		}
@@ -264,11 +266,11 @@ func varint32(b []byte, what string) (int64, []byte, error) {
 	return v, b, err
 }
 
-// bytesField reads a varint length and that many bytes; length -1 is null
-// (nil). The result aliases b, capped so appending to it cannot overwrite
-// what follows.
+// bytesField reads a varint length (named by what in errors) and that
+// many bytes; length -1 is null (nil). The result aliases b, capped so
+// appending to it cannot overwrite what follows.
 func bytesField(b []byte, what string) ([]byte, []byte, error) {
-	n, b, err := varint32(b, what+" length")
+	n, b, err := varint32(b, what)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -276,7 +278,7 @@ func bytesField(b []byte, what string) ([]byte, []byte, error) {
 	case n == -1:
 		return nil, b, nil
 	case n < -1 || n > int64(len(b)):
-		return nil, nil, fmt.Errorf("%w: %s length %d: must be -1 (null) or 0..%d (the bytes left)", ErrCorrupt, what, n, len(b))
+		return nil, nil, fmt.Errorf("%w: %s %d: must be -1 (null) or 0..%d (the bytes left)", ErrCorrupt, what, n, len(b))
 	}
 	return b[:n:n], b[n:], nil
 }

@@ -25,7 +25,7 @@ import (
 // error.
 func AppendBatch(dst []byte, b Batch, c Codec) ([]byte, error) {
 	if !c.valid() {
-		return dst, fmt.Errorf("%w: codec %d: supported are 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd", ErrUnsupportedCodec, int(c))
+		return dst, errUnsupportedCodec(c)
 	}
 	if err := checkOffsets(&b); err != nil {
 		return dst, err

@@ -2,6 +2,7 @@ package recordbatch
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 )
@@ -58,4 +59,8 @@ func KafkaErrorCode(err error) int16 {
 		return kerr.InvalidRecord.Code
 	}
 	return kerr.UnknownServerError.Code
+}
+
+func errUnsupportedCodec(c Codec) error {
+	return fmt.Errorf("%w: codec %d: supported are 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd", ErrUnsupportedCodec, int(c))
 }
