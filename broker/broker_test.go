@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -242,5 +243,44 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %v", d)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Topic configs given at creation map onto the log's and are described
+// back in Kafka's names; an unsupported one is refused and creates
+// nothing.
+func TestTopicConfigs(t *testing.T) {
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	adm := kadm.NewClient(tb.client())
+	ms, policy := "3600000", "compact"
+	if _, err := adm.CreateTopic(ctx, 2, 1, map[string]*string{"retention.ms": &ms, "cleanup.policy": &policy}, "c"); err != nil {
+		t.Fatal(err)
+	}
+	info, err := tb.log.Topic("c")
+	if err != nil || info.Config.RetentionAge != time.Hour || !info.Config.Compact {
+		t.Fatalf("the log's topic: %+v, %v", info.Config, err)
+	}
+	rcs, err := adm.DescribeTopicConfigs(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, rc := range rcs {
+		for _, c := range rc.Configs {
+			got[c.Key] = c.MaybeValue()
+		}
+	}
+	if got["retention.ms"] != "3600000" || got["cleanup.policy"] != "compact" || got["retention.bytes"] != "-1" {
+		t.Fatalf("described configs %v", got)
+	}
+	bad := "1"
+	resp, _ := adm.CreateTopic(ctx, 1, 1, map[string]*string{"segment.jitter.ms": &bad}, "d")
+	if resp.Err == nil || !strings.Contains(resp.ErrMessage, `topic config "segment.jitter.ms": not supported`) {
+		t.Fatalf("an unsupported config: %v %q", resp.Err, resp.ErrMessage)
+	}
+	if _, err := tb.log.Topic("d"); err == nil {
+		t.Fatal("a refused CreateTopics created the topic")
 	}
 }
