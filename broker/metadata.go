@@ -302,6 +302,18 @@ func handleDeleteTopics(r *request) kmsg.Response {
 	return resp
 }
 
+// partitionCode is the Kafka error of naming partition p of a topic,
+// given the topic's lookup (0 if the partition exists).
+func partitionCode(info commitlog.TopicInfo, terr error, p int32) int16 {
+	switch {
+	case terr != nil:
+		return errorCode(terr)
+	case p < 0 || int(p) >= len(info.Partitions):
+		return kerr.UnknownTopicOrPartition.Code
+	}
+	return 0
+}
+
 // errorCode maps the log's errors to Kafka's.
 func errorCode(err error) int16 {
 	switch {

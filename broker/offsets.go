@@ -41,10 +41,8 @@ func handleOffsetCommit(r *request) kmsg.Response {
 				rp.ErrorCode = code
 			case req.Group == "":
 				rp.ErrorCode = kerr.InvalidGroupID.Code
-			case terr != nil:
-				rp.ErrorCode = errorCode(terr)
-			case p.Partition < 0 || int(p.Partition) >= len(info.Partitions):
-				rp.ErrorCode = kerr.UnknownTopicOrPartition.Code
+			case partitionCode(info, terr, p.Partition) != 0:
+				rp.ErrorCode = partitionCode(info, terr, p.Partition)
 			case p.Offset < 0:
 				rp.ErrorCode = kerr.InvalidRequest.Code
 			default:

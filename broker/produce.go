@@ -223,11 +223,8 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 			case denied != 0:
 				fail(denied, "")
 				continue
-			case terr != nil:
-				fail(errorCode(terr), "")
-				continue
-			case p.Partition < 0 || int(p.Partition) >= len(info.Partitions):
-				fail(kerr.UnknownTopicOrPartition.Code, "")
+			case partitionCode(info, terr, p.Partition) != 0:
+				fail(partitionCode(info, terr, p.Partition), "")
 				continue
 			}
 			in, code, why := s.messages(t.Topic, p.Partition, p.Records)

@@ -161,10 +161,8 @@ func handleAddPartitionsToTxn(r *request) kmsg.Response {
 				op.ErrorCode = code
 			case !r.may("topic", rt.Topic, "write"):
 				op.ErrorCode = kerr.TopicAuthorizationFailed.Code
-			case terr != nil:
-				op.ErrorCode = errorCode(terr)
-			case p < 0 || int(p) >= len(info.Partitions):
-				op.ErrorCode = kerr.UnknownTopicOrPartition.Code
+			case partitionCode(info, terr, p) != 0:
+				op.ErrorCode = partitionCode(info, terr, p)
 			}
 			ot.Partitions = append(ot.Partitions, op)
 		}
@@ -258,10 +256,8 @@ func handleTxnOffsetCommit(r *request) kmsg.Response {
 				op.ErrorCode = code
 			case !r.may("topic", rt.Topic, "read"):
 				op.ErrorCode = kerr.TopicAuthorizationFailed.Code
-			case terr != nil:
-				op.ErrorCode = errorCode(terr)
-			case p.Partition < 0 || int(p.Partition) >= len(info.Partitions):
-				op.ErrorCode = kerr.UnknownTopicOrPartition.Code
+			case partitionCode(info, terr, p.Partition) != 0:
+				op.ErrorCode = partitionCode(info, terr, p.Partition)
 			case p.Offset < 0:
 				op.ErrorCode = kerr.InvalidRequest.Code
 			case !t.open || t.epoch != req.ProducerEpoch:
