@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -34,6 +35,8 @@ type session struct {
 	// loopDone is closed when offsetLoop returned: no transaction of the
 	// member runs any more.
 	loopDone chan struct{}
+	// inTxn is set while offsetLoop runs a transaction.
+	inTxn atomic.Bool
 
 	mu       sync.Mutex
 	owned    map[backend.TopicPartition]bool // commits allowed
@@ -337,8 +340,15 @@ func (s *session) Leave() {
 	// first: closing the client under it would leave it open on the
 	// brokers until their timeout, holding back the last stable offset of
 	// every partition it wrote, and with it every other member's start.
-	// Its end is bounded by txnTimeout.
-	<-s.loopDone
+	// The wait is bounded (a transaction cannot end while a revocation
+	// holds franz-go's lock, for one), and a plain commit is not waited
+	// for: it may wait for a rebalance only leaving ends.
+	if s.inTxn.Load() {
+		select {
+		case <-s.loopDone:
+		case <-time.After(leaveTxnWait):
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s.cl.LeaveGroupContext(ctx)
@@ -656,8 +666,13 @@ func (s *session) ownedOffsets(offsets []backend.Offset) (map[string]map[int32]k
 	return out, nil
 }
 
+// leaveTxnWait bounds how long Leave waits for a running transaction.
+const leaveTxnWait = 10 * time.Second
+
 // emptyTransaction begins and aborts a transaction with nothing in it.
 func (s *session) emptyTransaction() error {
+	s.inTxn.Store(true)
+	defer s.inTxn.Store(false)
 	if err := s.txn.Begin(); err != nil {
 		return fmt.Errorf("kafka: begin transaction of %s: %w", s.member, err)
 	}
@@ -671,6 +686,8 @@ func (s *session) emptyTransaction() error {
 
 // transact runs one transaction: begin, produce, mark the offsets, end.
 func (s *session) transact(msgs []*ferry.Message, recs []*kgo.Record, offsets []backend.Offset) error {
+	s.inTxn.Store(true)
+	defer s.inTxn.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), txnTimeout)
 	defer cancel()
 	if err := s.txn.Begin(); err != nil {
