@@ -1,5 +1,5 @@
 // Command ferry-bench measures ferry side by side with NATS JetStream and
-// Watermill, in one process, on one disk, in one run. It is a program of
+// Watermill (and ferry serve, with Kafka clients, next to JetStream), in one process, on one disk, in one run. It is a program of
 // its own so that the ferry command does not link the peers it measures
 // against (an in-process NATS server, Watermill): see BENCHMARKS.md.
 //
@@ -62,6 +62,11 @@ want measured), else in the system's temporary directory:
                   offered rate
   router          the runtime vs Watermill's router with retry middleware,
                   each on its in-memory transport, no-op handler
+  serve           ferry serve (the broker, in this process, over a durable
+                  log) with franz-go producers and a consumer vs JetStream
+                  PublishAsync: produce throughput (8 producers, 8
+                  partitions), ack latency at 5,000 msg/s, and the
+                  process's RSS and heap growth under a 1M-record backlog
 
 A full run takes a few minutes; --quick is a smoke run of well under a
 minute (its numbers are too small to quote). --plot writes the latency
@@ -97,7 +102,7 @@ distribution as SVG.`,
 	cmd.Flags().StringVar(&dir, "dir", "", "directory for the disk scenarios (default: the system's temporary directory)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke run of well under a minute")
-	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios (publish, publish-pipelined, append-vs-disk, consume, latency, router)")
+	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios (publish, publish-pipelined, append-vs-disk, consume, latency, router, serve)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
 	return cmd
 }

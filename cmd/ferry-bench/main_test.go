@@ -56,7 +56,8 @@ func TestBenchQuickIsWellFormed(t *testing.T) {
 			t.Errorf("%s / %s: percentiles out of order: %v %v %v", r.Scenario, r.System, r.P50, r.P99, r.P999)
 		}
 	}
-	for scenario, n := range map[string]int{"publish": 11, "publish-pipelined": 3, "append-vs-disk": 2, "consume": 2, "latency": 3, "latency-ack": 2, "router": 2} {
+	for scenario, n := range map[string]int{"publish": 11, "publish-pipelined": 3, "append-vs-disk": 2, "consume": 2, "latency": 3, "latency-ack": 2, "router": 2,
+		"serve-produce": 3, "serve-latency": 3, "serve-backlog": 1, "serve-consume": 1} {
 		if systems[scenario] != n {
 			t.Errorf("scenario %s: %d lines, want %d", scenario, systems[scenario], n)
 		}

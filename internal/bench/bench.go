@@ -13,7 +13,11 @@
 //   - latency: publish acknowledgement and publish-to-handler latency at a
 //     fixed offered rate;
 //   - router: the runtime vs Watermill's router with its retry middleware,
-//     each on its in-memory transport, no-op handler.
+//     each on its in-memory transport, no-op handler;
+//   - serve: ferry serve (package broker, in this process) driven by
+//     franz-go producers and a consumer, vs JetStream driven by nats.go's
+//     PublishAsync: produce throughput, ack latency at a fixed rate, and
+//     the process's memory under a backlog.
 package bench
 
 import (
@@ -54,6 +58,11 @@ type Result struct {
 	// Note): ferry / reference throughput, or measured / bound.
 	Ratio float64 `json:"ratio,omitempty"`
 	Note  string  `json:"note,omitempty"`
+	// RSSGrowthMB and HeapGrowthMB are the whole process's resident set
+	// and Go live heap growth in MiB over what the line measured (set by
+	// the serve scenario's backlog lines; the broker runs in this process).
+	RSSGrowthMB  float64 `json:"rss_growth_mb,omitempty"`
+	HeapGrowthMB float64 `json:"heap_growth_mb,omitempty"`
 	// latencies are the samples to plot (set by the latency scenario).
 	latencies []time.Duration
 }
@@ -81,15 +90,24 @@ type sizes struct {
 	latencyFor    time.Duration
 	routerN       int
 	fsyncProbes   int
+	// The serve scenario: serveWindow records in flight per producer,
+	// ack latency at serveLatencyRate msg/s for serveLatencyFor, and a
+	// backlog of serveBacklog records.
+	serveWindow      int
+	serveLatencyRate int
+	serveLatencyFor  time.Duration
+	serveBacklog     int
 }
 
 func sizesFor(quick bool) sizes {
 	if quick {
 		return sizes{publishFor: 300 * time.Millisecond, concurrencies: []int{1, 16, 64}, diskBytes: 16 << 20,
-			consumeN: 50_000, lanesN: 5_000, latencyRate: 2_000, latencyFor: time.Second, routerN: 20_000, fsyncProbes: 200}
+			consumeN: 50_000, lanesN: 5_000, latencyRate: 2_000, latencyFor: time.Second, routerN: 20_000, fsyncProbes: 200,
+			serveWindow: 256, serveLatencyRate: 1_000, serveLatencyFor: 300 * time.Millisecond, serveBacklog: 20_000}
 	}
 	return sizes{publishFor: 5 * time.Second, concurrencies: []int{1, 16, 64}, diskBytes: 512 << 20,
-		consumeN: 1_000_000, lanesN: 200_000, latencyRate: 20_000, latencyFor: 10 * time.Second, routerN: 500_000, fsyncProbes: 3000}
+		consumeN: 1_000_000, lanesN: 200_000, latencyRate: 20_000, latencyFor: 10 * time.Second, routerN: 500_000, fsyncProbes: 3000,
+		serveWindow: 4096, serveLatencyRate: 5_000, serveLatencyFor: 5 * time.Second, serveBacklog: 1_000_000}
 }
 
 // Run runs every scenario and returns the report.
@@ -111,6 +129,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		{"consume", consumeScenario},
 		{"latency", latencyScenario},
 		{"router", routerScenario},
+		{"serve", serveScenario},
 	}
 	for _, st := range steps {
 		if len(o.Only) > 0 && !slices.Contains(o.Only, st.name) {
