@@ -121,6 +121,10 @@ const (
 // may be large.
 const maxOtherRequestBytes = 1 << 20
 
+// maxUnauthenticatedBytes bounds a request before the connection
+// authenticated (Kafka's sasl.server.max.receive.size).
+const maxUnauthenticatedBytes = 512 << 10
+
 // deadline sets the read deadline, unless the connection is stopping
 // (shutdown's deadline must stay).
 func (c *conn) deadline(d time.Duration) bool {
@@ -145,6 +149,9 @@ func (c *conn) readLoop() error {
 			return nil
 		}
 		n := int32(binary.BigEndian.Uint32(head[:4]))
+		if c.s.cfg.security != nil && c.principal == "" && n > maxUnauthenticatedBytes {
+			return errClose{fmt.Sprintf("request of %d bytes before authentication: at most %d allowed", n, maxUnauthenticatedBytes)}
+		}
 		if n < 8 || int(n) > c.s.cfg.maxRequestBytes {
 			return errClose{fmt.Sprintf("request of %d bytes: allowed 8 to %d (max request bytes)", n, c.s.cfg.maxRequestBytes)}
 		}

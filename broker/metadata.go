@@ -73,7 +73,16 @@ func handleMetadata(r *request) kmsg.Response {
 			case t.Topic != nil:
 				names = append(names, *t.Topic)
 			default:
-				names = append(names, r.c.s.topicByID(t.TopicID))
+				name := r.c.s.topicByID(t.TopicID)
+				if name == "" || !r.may("topic", name, "describe") {
+					// Unknown and not describable answer alike: an ID
+					// does not tell which names exist.
+					rt := kmsg.NewMetadataResponseTopic()
+					rt.TopicID, rt.ErrorCode = t.TopicID, kerr.UnknownTopicID.Code
+					resp.Topics = append(resp.Topics, rt)
+					continue
+				}
+				names = append(names, name)
 			}
 		}
 	}
@@ -281,8 +290,12 @@ func handleDeleteTopics(r *request) kmsg.Response {
 		for _, t := range req.Topics {
 			if t.Topic != nil {
 				names = append(names, *t.Topic)
+			} else if name := r.c.s.topicByID(t.TopicID); name != "" && r.may("topic", name, "describe") {
+				names = append(names, name)
 			} else {
-				names = append(names, r.c.s.topicByID(t.TopicID))
+				rt := kmsg.NewDeleteTopicsResponseTopic()
+				rt.TopicID, rt.ErrorCode = t.TopicID, kerr.UnknownTopicID.Code
+				resp.Topics = append(resp.Topics, rt)
 			}
 		}
 	}

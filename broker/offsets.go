@@ -16,7 +16,12 @@ func handleOffsetCommit(r *request) kmsg.Response {
 	req := r.body.(*kmsg.OffsetCommitRequest)
 	resp := kmsg.NewPtrOffsetCommitResponse()
 	s := r.c.s
-	code := s.groups.CheckMember(req.Group, req.MemberID, req.Generation)
+	code := int16(kerr.GroupAuthorizationFailed.Code)
+	if r.may("group", req.Group, "read") {
+		// Checked only when allowed: the check counts as the member's
+		// heartbeat, which a denied request must not give.
+		code = s.groups.CheckMember(req.Group, req.MemberID, req.Generation)
+	}
 	if code == groups.SimpleCommit {
 		// No member and generation -1, to a group without members (an
 		// admin tool setting offsets): stored.
@@ -33,8 +38,8 @@ func handleOffsetCommit(r *request) kmsg.Response {
 			rp := kmsg.NewOffsetCommitResponseTopicPartition()
 			rp.Partition = p.Partition
 			switch {
-			case !r.may("group", req.Group, "read"):
-				rp.ErrorCode = kerr.GroupAuthorizationFailed.Code
+			case code == kerr.GroupAuthorizationFailed.Code:
+				rp.ErrorCode = code
 			case !r.may("topic", t.Topic, "read"):
 				rp.ErrorCode = kerr.TopicAuthorizationFailed.Code
 			case code != 0:
@@ -65,8 +70,10 @@ func handleOffsetCommit(r *request) kmsg.Response {
 }
 
 // handleOffsetFetch answers a group's committed offsets (-1 where none).
-// Offsets are never pending: a transaction's are written with it, whole,
-// so RequireStable needs no wait.
+// With RequireStable (KIP-447), a partition whose offset an open (or
+// committing) transaction holds is answered UNSTABLE_OFFSET_COMMIT: the
+// client asks again, and so never starts a partition from an offset the
+// previous owner's transaction is about to move.
 func handleOffsetFetch(r *request) kmsg.Response {
 	req := r.body.(*kmsg.OffsetFetchRequest)
 	resp := kmsg.NewPtrOffsetFetchResponse()
@@ -88,7 +95,7 @@ func handleOffsetFetch(r *request) kmsg.Response {
 				resp.Groups = append(resp.Groups, rg)
 				continue
 			}
-			for _, t := range r.c.s.committed(r, g.Group, topics, g.Topics == nil) {
+			for _, t := range r.c.s.committed(r, g.Group, topics, g.Topics == nil, req.RequireStable) {
 				gt := kmsg.NewOffsetFetchResponseGroupTopic()
 				gt.Topic = t.Topic
 				for _, p := range t.Partitions {
@@ -106,13 +113,13 @@ func handleOffsetFetch(r *request) kmsg.Response {
 		resp.ErrorCode = kerr.GroupAuthorizationFailed.Code
 		return resp
 	}
-	resp.Topics = r.c.s.committed(r, req.Group, req.Topics, req.Topics == nil)
+	resp.Topics = r.c.s.committed(r, req.Group, req.Topics, req.Topics == nil, r.version >= 7 && req.RequireStable)
 	return resp
 }
 
 // committed lists group's offsets of topics (every partition it committed,
 // when all).
-func (s *Server) committed(r *request, group string, topics []kmsg.OffsetFetchRequestTopic, all bool) []kmsg.OffsetFetchResponseTopic {
+func (s *Server) committed(r *request, group string, topics []kmsg.OffsetFetchRequestTopic, all, stable bool) []kmsg.OffsetFetchResponseTopic {
 	if all {
 		byTopic := map[string][]int32{}
 		for _, o := range s.log.Groups()[group] {
@@ -136,6 +143,8 @@ func (s *Server) committed(r *request, group string, topics []kmsg.OffsetFetchRe
 			rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p, -1, -1, kmsg.StringPtr("")
 			if !r.may("topic", t.Topic, "describe") {
 				rp.ErrorCode = kerr.TopicAuthorizationFailed.Code
+			} else if stable && s.txns.pending(group, tpKey{t.Topic, p}) {
+				rp.ErrorCode = kerr.UnstableOffsetCommit.Code
 			} else if off, ok := s.log.CommittedOffset(group, t.Topic, p); ok {
 				rp.Offset = int64(off)
 			}

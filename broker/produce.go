@@ -227,8 +227,13 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				fail(partitionCode(info, terr, p.Partition), "")
 				continue
 			}
-			in, code, why := s.messages(t.Topic, p.Partition, p.Records)
+			in, code, why := s.messages(t.Topic, p.Partition, info.Config.Compact, p.Records)
 			switch {
+			case code != 0 && req.TransactionID != nil:
+				// The transaction lost records: it can only abort.
+				s.txns.fail(*req.TransactionID, why)
+				fail(code, why)
+				continue
 			case code != 0:
 				fail(code, why)
 				continue
@@ -240,9 +245,12 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 			case len(in.msgs) == 0:
 				fail(kerr.InvalidRecord.Code, "no records")
 				continue
+			case in.txn != nil && req.TransactionID == nil:
+				fail(kerr.InvalidRecord.Code, "a transactional batch in a produce request without a transactional ID")
+				continue
 			case in.txn != nil:
 				// Held until EndTxn: its offsets are not known yet.
-				fail(s.bufferTxn(tpKey{t.Topic, p.Partition}, in.pid, in.txn.ProducerEpoch, in.txn.BaseSequence, in.msgs))
+				fail(s.bufferTxn(*req.TransactionID, tpKey{t.Topic, p.Partition}, in.pid, in.txn.ProducerEpoch, in.txn.BaseSequence, in.msgs))
 				continue
 			}
 			tp := tpKey{t.Topic, p.Partition}
@@ -315,7 +323,7 @@ type acceptedBatch struct {
 
 // messages decodes a partition's records into the log's messages, or
 // returns a Kafka error code and why (nothing is accepted then).
-func (s *Server) messages(topic string, partition int32, records []byte) (produced, int16, string) {
+func (s *Server) messages(topic string, partition int32, compact bool, records []byte) (produced, int16, string) {
 	out := produced{pid: -1, dupBase: -1}
 	batches, err := recordbatch.Decode(records, recordbatch.Limits{})
 	if err != nil {
@@ -331,6 +339,11 @@ func (s *Server) messages(topic string, partition int32, records []byte) (produc
 			return out, kerr.InvalidRecord.Code, "a transactional batch comes alone in its partition's records, from a producer with an ID"
 		}
 		for i, rec := range b.Records {
+			if compact && len(rec.Key) == 0 {
+				// Refused before anything is queued: the log would refuse
+				// it, after the batch's other parts were written.
+				return out, kerr.InvalidRecord.Code, fmt.Sprintf("record %d: a compacted topic needs a key on every record", i)
+			}
 			m := &ferry.Message{Topic: topic, Partition: partition, PinPartition: true, Key: rec.Key, Payload: rec.Value}
 			if !b.LogAppendTime() {
 				m.Time = time.UnixMilli(b.BaseTimestamp + rec.TimestampDelta)

@@ -24,6 +24,11 @@ type Security struct {
 	users map[string]*user
 	acls  []ACL
 	super map[string]bool
+	// secret derives the salts told for unknown users, and dummy is
+	// what a PLAIN attempt of an unknown user is checked against: an
+	// unknown name is answered as a known one, in the same time.
+	secret []byte
+	dummy  scramCreds
 }
 
 type user struct {
@@ -98,13 +103,16 @@ func LoadSecurity(path string) (*Security, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("broker: security file %s: %w", path, err)
 	}
-	s := &Security{users: map[string]*user{}, super: map[string]bool{}}
+	s := NewSecurity()
 	for i, u := range f.Users {
 		if err := s.AddUser(u.Name, u.Password); err != nil {
 			return nil, fmt.Errorf("broker: security file %s: user %d: %w", path, i, err)
 		}
 	}
 	for _, su := range f.SuperUsers {
+		if su == "" || strings.Contains(su, ":") {
+			return nil, fmt.Errorf("broker: security file %s: super user %q: want a user name (without User:)", path, su)
+		}
 		s.super[su] = true
 	}
 	for i, a := range f.ACLs {
@@ -118,7 +126,12 @@ func LoadSecurity(path string) (*Security, error) {
 // NewSecurity returns a Security with no users and no ACLs (nothing is
 // allowed); AddUser, AddSuperUser and Allow fill it.
 func NewSecurity() *Security {
-	return &Security{users: map[string]*user{}, super: map[string]bool{}}
+	s := &Security{users: map[string]*user{}, super: map[string]bool{}, secret: make([]byte, 32)}
+	rand.Read(s.secret)
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	s.dummy, _ = deriveCreds(sha256.New, string(s.secret), salt, scramIterations)
+	return s
 }
 
 // AddUser adds a user who authenticates with password (SASL PLAIN or
@@ -238,8 +251,8 @@ type saslState struct {
 	step int
 	// SCRAM: the client's first message without its GS2 header, the
 	// server's first message, the user.
-	clientFirstBare, serverFirst, nonce string
-	user                                *user
+	gs2, clientFirstBare, serverFirst, nonce string
+	user                                     *user
 }
 
 // plain checks a SASL PLAIN message ("authzid NUL user NUL password") and
@@ -254,12 +267,12 @@ func (s *Security) plain(msg []byte) (string, error) {
 		return "", errors.New("PLAIN: authorization ID differs from the user")
 	}
 	u := s.users[name]
-	if u == nil {
-		return "", errors.New("invalid user name or password")
+	c := s.dummy
+	if u != nil {
+		c = u.creds["SCRAM-SHA-256"]
 	}
-	c := u.creds["SCRAM-SHA-256"]
 	got, err := deriveCreds(sha256.New, password, c.salt, c.iterations)
-	if err != nil || !hmac.Equal(got.storedKey, c.storedKey) {
+	if err != nil || u == nil || !hmac.Equal(got.storedKey, c.storedKey) {
 		return "", errors.New("invalid user name or password")
 	}
 	return name, nil
@@ -283,18 +296,24 @@ func (s *Security) scramStep(st *saslState, msg []byte) (reply []byte, authed st
 		if i < 0 {
 			return nil, "", errors.New("SCRAM: malformed client-first message")
 		}
+		st.gs2 = m[:2+i+1]
+		authz := rest[:i]
 		st.clientFirstBare = rest[i+1:]
 		attrs := scramAttrs(st.clientFirstBare)
 		name, cnonce := unescapeSASLName(attrs["n"]), attrs["r"]
 		if name == "" || cnonce == "" {
 			return nil, "", errors.New("SCRAM: client-first message without user or nonce")
 		}
+		if authz != "" && unescapeSASLName(strings.TrimPrefix(authz, "a=")) != name {
+			return nil, "", errors.New("SCRAM: an authorization ID other than the user is not served")
+		}
 		u := s.users[name]
 		var c scramCreds
 		if u == nil {
-			// Answer as for a user, so a client cannot tell which
-			// names exist; the proof will fail.
-			c = scramCreds{salt: make([]byte, 16), iterations: scramIterations}
+			// Answer as for a user, with a salt of its own derived from
+			// the name, so a client cannot tell which names exist; the
+			// proof will fail.
+			c = scramCreds{salt: hmacOf(sha256.New, s.secret, st.mech+"\x00"+name)[:16], iterations: scramIterations}
 		} else {
 			c = u.creds[st.mech]
 		}
@@ -315,6 +334,9 @@ func (s *Security) scramStep(st *saslState, msg []byte) (reply []byte, authed st
 		attrs := scramAttrs(m)
 		if attrs["r"] != st.nonce {
 			return nil, "", errors.New("SCRAM: nonce mismatch")
+		}
+		if attrs["c"] != base64.StdEncoding.EncodeToString([]byte(st.gs2)) {
+			return nil, "", errors.New("SCRAM: channel binding differs from the first message's")
 		}
 		proof, err := base64.StdEncoding.DecodeString(attrs["p"])
 		if err != nil || st.user == nil {

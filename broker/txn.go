@@ -40,6 +40,7 @@ type txn struct {
 	timeout time.Duration
 
 	open    bool
+	gen     uint64 // counts the transactions begun: a timer knows its own
 	timer   *time.Timer
 	parts   map[tpKey]bool
 	group   string
@@ -48,6 +49,17 @@ type txn struct {
 	bytes   int
 	next    map[tpKey]int32 // next sequence of each partition in this transaction
 	failed  string          // why the transaction can only abort ("" if it can commit)
+
+	// The last transaction's end, kept until the next begins, so that a
+	// retried EndTxn gets the same answer (and the other outcome
+	// INVALID_TXN_STATE). ending is closed once it is known; committing
+	// holds its group offsets meanwhile (RequireStable).
+	ended      bool
+	lastCommit bool
+	lastCode   int16
+	ending     chan struct{}
+	committing map[tpKey]int64
+	commitGrp  string
 }
 
 func newTxns(maxBytes int) *txns {
@@ -86,12 +98,13 @@ func (ts *txns) beginLocked(t *txn, logger func(string, ...any)) {
 	if t.open {
 		return
 	}
-	t.open = true
-	epoch := t.epoch
+	t.open, t.ended = true, false
+	t.gen++
+	gen := t.gen
 	t.timer = time.AfterFunc(t.timeout, func() {
 		ts.mu.Lock()
 		defer ts.mu.Unlock()
-		if t.open && t.epoch == epoch {
+		if t.open && t.gen == gen {
 			logger("transaction timed out: aborted, producer fenced", "transactional_id", t.id, "producer_id", t.pid, "epoch", t.epoch, "timeout", t.timeout)
 			t.resetLocked()
 			t.epoch++
@@ -232,7 +245,10 @@ func handleTxnOffsetCommit(r *request) kmsg.Response {
 	if code == 0 && (t.group != req.Group || !t.open) {
 		code = kerr.InvalidTxnState.Code // AddOffsetsToTxn first
 	}
-	if !r.may("group", req.Group, "read") {
+	switch {
+	case !r.may("transactional_id", req.TransactionalID, "write"):
+		code = kerr.TransactionalIDAuthorizationFailed.Code
+	case !r.may("group", req.Group, "read"):
 		code = kerr.GroupAuthorizationFailed.Code
 	}
 	ts.mu.Unlock()
@@ -260,7 +276,7 @@ func handleTxnOffsetCommit(r *request) kmsg.Response {
 				op.ErrorCode = partitionCode(info, terr, p.Partition)
 			case p.Offset < 0:
 				op.ErrorCode = kerr.InvalidRequest.Code
-			case !t.open || t.epoch != req.ProducerEpoch:
+			case !t.open || t.epoch != req.ProducerEpoch || t.group != req.Group:
 				op.ErrorCode = kerr.InvalidTxnState.Code // aborted meanwhile
 			default:
 				t.offsets[tpKey{rt.Topic, p.Partition}] = p.Offset
@@ -274,14 +290,14 @@ func handleTxnOffsetCommit(r *request) kmsg.Response {
 
 // bufferTxn adds a transactional batch's messages to its open
 // transaction. It returns a Kafka error code and why.
-func (s *Server) bufferTxn(tp tpKey, pid int64, epoch int16, first int32, msgs []*ferry.Message) (int16, string) {
+func (s *Server) bufferTxn(txnID string, tp tpKey, pid int64, epoch int16, first int32, msgs []*ferry.Message) (int16, string) {
 	ts := s.txns
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	t := ts.byPID[pid]
 	switch {
-	case t == nil:
-		return kerr.InvalidProducerIDMapping.Code, fmt.Sprintf("transactional batch of producer %d: no transactional ID has it", pid)
+	case t == nil || t.id != txnID:
+		return kerr.InvalidProducerIDMapping.Code, fmt.Sprintf("transactional batch of producer %d: transactional ID %q does not have it", pid, txnID)
 	case epoch < t.epoch:
 		return kerr.ProducerFenced.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", pid, epoch, t.epoch)
 	case epoch > t.epoch:
@@ -301,13 +317,13 @@ func (s *Server) bufferTxn(tp tpKey, pid int64, epoch int16, first int32, msgs [
 	}
 	n := 0
 	for _, m := range msgs {
-		n += len(m.Key) + len(m.Payload) + 64
+		n += len(m.Key) + len(m.Payload) + 128 // the log's record overhead, with room
 		for _, h := range m.Headers {
-			n += len(h.Key) + len(h.Value)
+			n += len(h.Key) + len(h.Value) + 32
 		}
 	}
-	if t.bytes+n > ts.max {
-		t.failed = fmt.Sprintf("transaction of %q holds more than %d bytes (the log's atomic batch bound): it can only be aborted", t.id, ts.max)
+	if t.bytes+n > ts.max || len(t.msgs)+len(msgs) > maxLogBatch {
+		t.failed = fmt.Sprintf("transaction of %q holds more than %d bytes or %d records (one atomic batch of the log): it can only be aborted", t.id, ts.max, maxLogBatch)
 		return kerr.RecordListTooLarge.Code, t.failed
 	}
 	if t.failed != "" {
@@ -335,9 +351,24 @@ func handleEndTxn(r *request) kmsg.Response {
 		return resp
 	}
 	if !t.open {
-		// Nothing open: an empty transaction, or the retry of an end
-		// that was answered before. Nothing to do either way.
+		// Nothing open: the retry of an end (the same answer, once it is
+		// known), the other outcome (refused), or no transaction at all.
+		ending, ended, last, code := t.ending, t.ended, t.lastCommit, t.lastCode
 		ts.mu.Unlock()
+		if !ended {
+			return resp // an empty transaction: nothing to end
+		}
+		if ending != nil {
+			<-ending
+			ts.mu.Lock()
+			code = t.lastCode
+			ts.mu.Unlock()
+		}
+		if last != req.Commit {
+			resp.ErrorCode = kerr.InvalidTxnState.Code
+			return resp
+		}
+		resp.ErrorCode = code
 		return resp
 	}
 	if req.Commit && t.failed != "" {
@@ -348,22 +379,63 @@ func handleEndTxn(r *request) kmsg.Response {
 		return resp
 	}
 	b := &commitlog.Batch{Messages: t.msgs}
+	var committing map[tpKey]int64
 	if t.group != "" && len(t.offsets) > 0 {
-		b.Group = t.group
+		b.Group, committing = t.group, t.offsets
 		for _, k := range sortedTPs(t.offsets) {
 			b.Offsets = append(b.Offsets, commitlog.Offset{Topic: k.topic, Partition: k.partition, Offset: uint64(t.offsets[k])})
 		}
 	}
+	group := t.group
 	t.resetLocked()
-	ts.mu.Unlock()
+	t.ended, t.lastCommit, t.lastCode = true, req.Commit, 0
 	if !req.Commit || len(b.Messages) == 0 && len(b.Offsets) == 0 {
+		t.ending = nil
+		ts.mu.Unlock()
 		return resp
 	}
-	if err := s.log.Commit(r.ctx, b); err != nil {
-		s.cfg.logger.Warn("transaction commit failed", "transactional_id", req.TransactionalID, "err", err)
-		resp.ErrorCode = errorCode(err)
+	ending := make(chan struct{})
+	t.ending, t.committing, t.commitGrp = ending, committing, group
+	ts.mu.Unlock()
+	err := s.log.Commit(r.ctx, b)
+	ts.mu.Lock()
+	if err != nil {
+		// The producer cannot know what to do but start again: fenced.
+		s.cfg.logger.Warn("transaction commit failed; producer fenced", "transactional_id", req.TransactionalID, "err", err)
+		t.lastCode = errorCode(err)
+		t.epoch++
 	}
+	resp.ErrorCode = t.lastCode
+	t.committing, t.commitGrp = nil, ""
+	close(ending)
+	ts.mu.Unlock()
 	return resp
+}
+
+// fail marks the open transaction of id as able only to abort.
+func (ts *txns) fail(id, why string) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if t := ts.byID[id]; t != nil && t.open && t.failed == "" {
+		t.failed = fmt.Sprintf("a produce of transaction %q was refused (%s): it can only be aborted", id, why)
+	}
+}
+
+// pending reports whether an open or committing transaction holds an
+// offset of group for tp (OffsetFetch with RequireStable then answers
+// UNSTABLE_OFFSET_COMMIT, and the client asks again).
+func (ts *txns) pending(group string, tp tpKey) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for _, t := range ts.byID {
+		if _, ok := t.offsets[tp]; ok && t.open && t.group == group {
+			return true
+		}
+		if _, ok := t.committing[tp]; ok && t.commitGrp == group {
+			return true
+		}
+	}
+	return false
 }
 
 func sortedTPs(m map[tpKey]int64) []tpKey {
