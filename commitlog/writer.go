@@ -382,6 +382,10 @@ func (l *Log) run() {
 			// waiting for two fsyncs per append.
 			runtime.Gosched()
 		}
+		// The scratch group is reused: the requests it still points to
+		// (and through them their callers' messages, a whole produce
+		// request's buffer for ferry serve) must not stay alive.
+		clear(g)
 	}
 }
 
@@ -569,6 +573,7 @@ func (l *Log) processGroup(g []*request) {
 		respond(g, l.writeBatch(buf))
 	}
 	for _, bk := range sc.buckets {
+		clear(bk.msgs) // nor the messages, through a reused bucket
 		bk.msgs = bk.msgs[:0]
 		sc.free = append(sc.free, bk)
 	}
