@@ -47,6 +47,10 @@ func (g *eoGate) Commit(ctx context.Context, s backend.Session, offsets ...backe
 	return err
 }
 
+func (g *eoGate) StableEnd(ctx context.Context, tp backend.TopicPartition) (uint64, error) {
+	return g.tx.StableEnd(ctx, tp)
+}
+
 func (g *eoGate) PublishAndCommit(ctx context.Context, s backend.Session, msgs []*ferry.Message, offsets ...backend.Offset) error {
 	g.mu.Lock()
 	hold := !g.held && len(offsets) == 1 && offsets[0].Topic == "in" && len(msgs) > 0 && string(msgs[0].Payload) == "out of y"
