@@ -259,8 +259,11 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 	// The DLQ holds each dead letter once, with why it failed.
 	deadLetters := readTopic(t, b, "g.dlq")
 	seen := map[string]bool{}
+	states := map[string][]string{} // original ID -> its markers' states, in order
 	for _, d := range deadLetters {
 		if state, marker := d.Header(dlq.HeaderState); marker {
+			orig, _ := d.Header(dlq.HeaderOriginalID)
+			states[string(orig)] = append(states[string(orig)], string(state))
 			if string(state) == dlq.StateRedriven {
 				redriven++
 			}
@@ -284,6 +287,18 @@ func TestCheckerUnderFaultsAndRebalances(t *testing.T) {
 	}
 	if len(seen) != len(chk.dead) || redriven != len(seen) {
 		t.Errorf("DLQ holds %d entries (%d redriven), %d messages were dead-lettered", len(seen), redriven, len(chk.dead))
+		for _, d := range deadLetters {
+			if _, marker := d.Header(dlq.HeaderState); marker {
+				continue
+			}
+			orig, _ := d.Header(dlq.HeaderOriginalID)
+			if ss := states[string(orig)]; len(ss) == 0 || ss[len(ss)-1] != dlq.StateRedriven {
+				class, _ := d.Header(dlq.HeaderClass)
+				id, _ := ferry.ParseID(string(orig))
+				k, seq := seqOf(d)
+				t.Errorf("  entry of %s (key %s seq %d, class %s, at DLQ offset %d): markers %v; handled %d times, dead-lettered %d times", orig, k, seq, class, d.Offset, ss, chk.handled[id], chk.dead[id])
+			}
+		}
 	}
 	if len(chk.dead) == 0 || len(chk.handled) == 0 {
 		t.Errorf("test exercised nothing: %d handled, %d dead", len(chk.handled), len(chk.dead))
