@@ -50,6 +50,7 @@ func init() {
 		15:             {min: 0, max: 5, handle: sync(handleDescribeGroups)},
 		16:             {min: 0, max: 4, handle: sync(handleListGroups)},
 		32:             {min: 0, max: 4, handle: sync(handleDescribeConfigs)},
+		37:             {min: 0, max: 3, handle: sync(handleCreatePartitions)},
 		24:             {min: 0, max: 3, handle: sync(handleAddPartitionsToTxn)},
 		25:             {min: 0, max: 3, handle: sync(handleAddOffsetsToTxn)},
 		28:             {min: 0, max: 3, handle: sync(handleTxnOffsetCommit)},

@@ -284,3 +284,24 @@ func TestTopicConfigs(t *testing.T) {
 		t.Fatal("a refused CreateTopics created the topic")
 	}
 }
+
+// A topic's partition count is fixed: CreatePartitions is refused with
+// why, and the topic keeps its partitions.
+func TestCreatePartitionsRefusedWithWhy(t *testing.T) {
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tb.createTopic(ctx, "fixed", 2)
+	adm := kadm.NewClient(tb.client())
+	resps, err := adm.CreatePartitions(ctx, 2, "fixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := resps["fixed"]
+	if r.Err == nil || !strings.Contains(r.ErrMessage, "fixed at creation") {
+		t.Fatalf("CreatePartitions: %v %q", r.Err, r.ErrMessage)
+	}
+	if info, _ := tb.log.Topic("fixed"); len(info.Partitions) != 2 {
+		t.Fatalf("the topic has %d partitions", len(info.Partitions))
+	}
+}

@@ -82,3 +82,28 @@ func handleDescribeConfigs(r *request) kmsg.Response {
 	}
 	return resp
 }
+
+// handleCreatePartitions refuses to add partitions, saying why: the log
+// maps each key to a partition by the topic's partition count, which
+// therefore never changes (a key's order would break). The same count is
+// no change and answers success.
+func handleCreatePartitions(r *request) kmsg.Response {
+	req := r.body.(*kmsg.CreatePartitionsRequest)
+	resp := kmsg.NewPtrCreatePartitionsResponse()
+	for _, t := range req.Topics {
+		rt := kmsg.NewCreatePartitionsResponseTopic()
+		rt.Topic = t.Topic
+		info, err := r.c.s.log.Topic(t.Topic)
+		switch {
+		case !r.may("topic", t.Topic, "create"):
+			rt.ErrorCode = kerr.TopicAuthorizationFailed.Code
+		case err != nil:
+			rt.ErrorCode, rt.ErrorMessage = errorCode(err), kmsg.StringPtr(err.Error())
+		case int(t.Count) != len(info.Partitions):
+			rt.ErrorCode = kerr.InvalidPartitions.Code
+			rt.ErrorMessage = kmsg.StringPtr("topic " + t.Topic + " has " + strconv.Itoa(len(info.Partitions)) + " partitions, fixed at creation: ferry's log maps each key to a partition by that count, so changing it would break the order of keys; create a new topic and replay into it (ferry replay)")
+		}
+		resp.Topics = append(resp.Topics, rt)
+	}
+	return resp
+}
