@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -338,6 +339,7 @@ func (s *Server) messages(topic string, partition int32, compact bool, records [
 		case b.Transactional() && (len(batches) > 1 || b.ProducerID < 0):
 			return out, kerr.InvalidRecord.Code, "a transactional batch comes alone in its partition's records, from a producer with an ID"
 		}
+		var scope []byte
 		for i, rec := range b.Records {
 			if compact && len(rec.Key) == 0 {
 				// Refused before anything is queued: the log would refuse
@@ -363,8 +365,13 @@ func (s *Server) messages(topic string, partition int32, compact bool, records [
 				}
 			}
 			if m.ID.IsZero() && b.ProducerID >= 0 {
+				// "pid/epoch/topic/partition/seq", the batch's prefix
+				// built once.
+				if scope == nil {
+					scope = fmt.Appendf(nil, "%d/%d/%s/%d/", b.ProducerID, b.ProducerEpoch, topic, partition)
+				}
 				seq := (int64(b.BaseSequence) + int64(i)) % (1 << 31)
-				m.ID = ferry.DeriveID("kafka-idempotent", fmt.Sprintf("%d/%d/%s/%d/%d", b.ProducerID, b.ProducerEpoch, topic, partition, seq), ferry.ID{})
+				m.ID = ferry.DeriveID("kafka-idempotent", string(strconv.AppendInt(scope, seq, 10)), ferry.ID{})
 			}
 			per[bi] = append(per[bi], m)
 		}
