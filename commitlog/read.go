@@ -356,13 +356,7 @@ func (l *Log) Topics() []TopicInfo {
 	defer l.mu.RUnlock()
 	out := make([]TopicInfo, 0, len(l.topics))
 	for _, t := range l.topics {
-		ti := TopicInfo{Name: t.name, Config: t.config}
-		for _, p := range t.parts {
-			p.mu.RLock()
-			ti.Partitions = append(ti.Partitions, PartitionInfo{Start: p.start, End: p.end, Bytes: p.bytes})
-			p.mu.RUnlock()
-		}
-		out = append(out, ti)
+		out = append(out, t.info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -370,12 +364,24 @@ func (l *Log) Topics() []TopicInfo {
 
 // Topic describes one topic.
 func (l *Log) Topic(name string) (TopicInfo, error) {
-	for _, t := range l.Topics() {
-		if t.Name == name {
-			return t, nil
-		}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	t := l.topics[name]
+	if t == nil {
+		return TopicInfo{}, fmt.Errorf("commitlog: topic %q: %w", name, ferry.ErrTopicNotFound)
 	}
-	return TopicInfo{}, fmt.Errorf("commitlog: topic %q: %w", name, ferry.ErrTopicNotFound)
+	return t.info(), nil
+}
+
+// info describes t. The caller holds Log.mu.
+func (t *topic) info() TopicInfo {
+	ti := TopicInfo{Name: t.name, Config: t.config}
+	for _, p := range t.parts {
+		p.mu.RLock()
+		ti.Partitions = append(ti.Partitions, PartitionInfo{Start: p.start, End: p.end, Bytes: p.bytes})
+		p.mu.RUnlock()
+	}
+	return ti
 }
 
 // CommittedOffset returns a group's committed offset for a partition, and
