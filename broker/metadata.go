@@ -1,12 +1,10 @@
 package broker
 
 import (
-	"cmp"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strconv"
 	"time"
 
@@ -17,15 +15,6 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 )
 
-func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
-	keys := make([]K, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
 // topicID is a topic's Kafka ID: derived from its name (the log has no
 // IDs of its own).
 func topicID(name string) [16]byte {
@@ -35,19 +24,16 @@ func topicID(name string) [16]byte {
 	return id
 }
 
-// self is the broker's address as the client should reach it.
+// self is the broker's address as the client should reach it (the
+// advertised address was checked by New; a listener's is host:port).
 func (c *conn) self() (string, int32) {
 	hp := c.s.cfg.advertised
 	if hp == "" {
 		hp = c.nc.LocalAddr().String()
 	}
-	host, port, err := splitHostPort(hp)
-	if err != nil {
-		h, p, _ := net.SplitHostPort(hp)
-		n, _ := strconv.Atoi(p)
-		return h, int32(n)
-	}
-	return host, port
+	host, port, _ := net.SplitHostPort(hp)
+	n, _ := strconv.Atoi(port)
+	return host, int32(n)
 }
 
 func handleMetadata(r *request) kmsg.Response {

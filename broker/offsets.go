@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"maps"
+	"slices"
+
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -128,7 +131,7 @@ func (s *Server) committed(r *request, group string, topics []kmsg.OffsetFetchRe
 			}
 		}
 		topics = nil
-		for _, name := range sortedKeys(byTopic) {
+		for _, name := range slices.Sorted(maps.Keys(byTopic)) {
 			t := kmsg.NewOffsetFetchRequestTopic()
 			t.Topic, t.Partitions = name, byTopic[name]
 			topics = append(topics, t)

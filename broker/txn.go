@@ -1,7 +1,10 @@
 package broker
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -382,7 +385,7 @@ func handleEndTxn(r *request) kmsg.Response {
 	var committing map[tpKey]int64
 	if t.group != "" && len(t.offsets) > 0 {
 		b.Group, committing = t.group, t.offsets
-		for _, k := range sortedTPs(t.offsets) {
+		for _, k := range slices.SortedFunc(maps.Keys(t.offsets), cmpTP) {
 			b.Offsets = append(b.Offsets, commitlog.Offset{Topic: k.topic, Partition: k.partition, Offset: uint64(t.offsets[k])})
 		}
 	}
@@ -438,15 +441,7 @@ func (ts *txns) pending(group string, tp tpKey) bool {
 	return false
 }
 
-func sortedTPs(m map[tpKey]int64) []tpKey {
-	keys := make([]tpKey, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	for i := 1; i < len(keys); i++ {
-		for j := i; j > 0 && (keys[j].topic < keys[j-1].topic || keys[j].topic == keys[j-1].topic && keys[j].partition < keys[j-1].partition); j-- {
-			keys[j], keys[j-1] = keys[j-1], keys[j]
-		}
-	}
-	return keys
+// cmpTP orders partitions by topic, then number.
+func cmpTP(a, b tpKey) int {
+	return cmp.Or(cmp.Compare(a.topic, b.topic), cmp.Compare(a.partition, b.partition))
 }
