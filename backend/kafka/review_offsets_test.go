@@ -279,6 +279,14 @@ func throughSecondRevocation(t *testing.T, ctx context.Context, newMember func(m
 // and the context after two minutes.
 func kafkaWithTopics(t *testing.T, topics map[string]int) (context.Context, *kafka.Backend) {
 	t.Helper()
+	ctx, _, be := clusterWithTopics(t, topics)
+	return ctx, be
+}
+
+// clusterWithTopics is kafkaWithTopics with the cluster, for tests that
+// also reach it with clients of their own.
+func clusterWithTopics(t *testing.T, topics map[string]int) (context.Context, *cluster, *kafka.Backend) {
+	t.Helper()
 	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -292,5 +300,5 @@ func kafkaWithTopics(t *testing.T, topics map[string]int) (context.Context, *kaf
 			t.Fatal(err)
 		}
 	}
-	return ctx, be
+	return ctx, c, be
 }

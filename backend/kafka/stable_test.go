@@ -26,14 +26,7 @@ import (
 // transactions open at the call to end, so everything committed before it
 // is read.
 func TestStableEndSeesWhatCommittedBehindAnOpenTransaction(t *testing.T) {
-	c := startCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	be, err := kafka.New(ctx, c.seeds())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	ctx, c, be := clusterWithTopics(t, nil)
 
 	// openBefore has another member write open to topic in a transaction
 	// it leaves open, then the previous owner's record committed behind
@@ -133,19 +126,7 @@ func TestStableEndSeesWhatCommittedBehindAnOpenTransaction(t *testing.T) {
 // start a partition meanwhile. Leave now lets the running transaction
 // end first.
 func TestLeaveLetsTheRunningTransactionEnd(t *testing.T) {
-	c := startCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	b, err := kafka.New(ctx, c.seeds())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	for _, topic := range []string{"in", "out"} {
-		if err := b.EnsureTopic(ctx, topic, 1); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ctx, b := kafkaWithTopics(t, map[string]int{"in": 1, "out": 1})
 	s, err := b.Join(ctx, "g", "m", []string{"in"})
 	if err != nil {
 		t.Fatal(err)
