@@ -123,38 +123,7 @@ func (x *rawTxn) endTxn(commit bool) int16 {
 // txnBatch builds one transactional record batch.
 func txnBatch(t *testing.T, pid int64, epoch int16, seq int32, keys bool, values ...string) []byte {
 	t.Helper()
-	b := recordbatch.Batch{Attributes: 0x10, ProducerID: pid, ProducerEpoch: epoch, BaseSequence: seq, BaseTimestamp: time.Now().UnixMilli(),
-		LastOffsetDelta: int32(len(values) - 1)}
-	b.MaxTimestamp = b.BaseTimestamp
-	for i, v := range values {
-		r := recordbatch.Record{OffsetDelta: int32(i), Value: []byte(v)}
-		if keys {
-			r.Key = []byte(v)
-		}
-		b.Records = append(b.Records, r)
-	}
-	raw, err := recordbatch.AppendBatch(nil, b, recordbatch.None)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw
-}
-
-func produceRaw(t *testing.T, ctx context.Context, cl *kgo.Client, txnID *string, topic string, part int32, raw []byte) kmsg.ProduceResponseTopicPartition {
-	t.Helper()
-	req := kmsg.NewPtrProduceRequest()
-	req.Acks, req.TimeoutMillis, req.TransactionID = -1, 5000, txnID
-	rt := kmsg.NewProduceRequestTopic()
-	rt.Topic = topic
-	rp := kmsg.NewProduceRequestTopicPartition()
-	rp.Partition, rp.Records = part, raw
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, cl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.Topics[0].Partitions[0]
+	return producerBatch(t, 0x10, pid, epoch, seq, keys, values...)
 }
 
 // produce sends values as one transactional batch of x to topic/part.
@@ -620,20 +589,8 @@ func TestReview6IdempotentPipelineWrapAndBump(t *testing.T) {
 	// is answered (a retry of a batch still being written).
 	rc := dialRaw(t, tb.addr)
 	mk := func(seq int32, vals ...string) *kmsg.ProduceRequest {
-		b := recordbatch.Batch{ProducerID: pid, ProducerEpoch: epoch, BaseSequence: seq, BaseTimestamp: time.Now().UnixMilli(), LastOffsetDelta: int32(len(vals) - 1)}
-		b.MaxTimestamp = b.BaseTimestamp
-		for i, v := range vals {
-			b.Records = append(b.Records, recordbatch.Record{OffsetDelta: int32(i), Value: []byte(v)})
-		}
-		raw, _ := recordbatch.AppendBatch(nil, b, recordbatch.None)
-		req := kmsg.NewPtrProduceRequest()
-		req.Version, req.Acks, req.TimeoutMillis = 7, -1, 5000
-		rt := kmsg.NewProduceRequestTopic()
-		rt.Topic = "t"
-		rp := kmsg.NewProduceRequestTopicPartition()
-		rp.Records = raw
-		rt.Partitions = append(rt.Partitions, rp)
-		req.Topics = append(req.Topics, rt)
+		req := produceRequest(nil, "t", 0, producerBatch(t, 0, pid, epoch, seq, false, vals...))
+		req.Version = 7
 		return req
 	}
 	var buf []byte

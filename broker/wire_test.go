@@ -16,33 +16,58 @@ import (
 	"github.com/ferrymq/ferry/broker/recordbatch"
 )
 
-// produceBatch sends one Produce request of a batch from producer pid at
-// sequence seq, and returns the partition's answer.
-func produceBatch(t *testing.T, ctx context.Context, cl *kgo.Client, topic string, pid int64, epoch int16, seq int32, values ...string) kmsg.ProduceResponseTopicPartition {
+// producerBatch builds one record batch of producer pid at sequence seq
+// with attributes attrs (0x10: transactional), keyed by the values when
+// keys is set.
+func producerBatch(t *testing.T, attrs int16, pid int64, epoch int16, seq int32, keys bool, values ...string) []byte {
 	t.Helper()
-	b := recordbatch.Batch{ProducerID: pid, ProducerEpoch: epoch, BaseSequence: seq, BaseTimestamp: time.Now().UnixMilli(),
+	b := recordbatch.Batch{Attributes: attrs, ProducerID: pid, ProducerEpoch: epoch, BaseSequence: seq, BaseTimestamp: time.Now().UnixMilli(),
 		LastOffsetDelta: int32(len(values) - 1)}
 	b.MaxTimestamp = b.BaseTimestamp
 	for i, v := range values {
-		b.Records = append(b.Records, recordbatch.Record{OffsetDelta: int32(i), Value: []byte(v)})
+		r := recordbatch.Record{OffsetDelta: int32(i), Value: []byte(v)}
+		if keys {
+			r.Key = []byte(v)
+		}
+		b.Records = append(b.Records, r)
 	}
 	raw, err := recordbatch.AppendBatch(nil, b, recordbatch.None)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return raw
+}
+
+// produceRequest is a Produce request (acks all) of raw records to one
+// partition.
+func produceRequest(txnID *string, topic string, part int32, raw []byte) *kmsg.ProduceRequest {
 	req := kmsg.NewPtrProduceRequest()
-	req.Acks, req.TimeoutMillis = -1, 5000
+	req.Acks, req.TimeoutMillis, req.TransactionID = -1, 5000, txnID
 	rt := kmsg.NewProduceRequestTopic()
 	rt.Topic = topic
 	rp := kmsg.NewProduceRequestTopicPartition()
-	rp.Partition, rp.Records = 0, raw
+	rp.Partition, rp.Records = part, raw
 	rt.Partitions = append(rt.Partitions, rp)
 	req.Topics = append(req.Topics, rt)
-	resp, err := req.RequestWith(ctx, cl)
+	return req
+}
+
+// produceRaw sends raw records to topic/part and returns the partition's
+// answer.
+func produceRaw(t *testing.T, ctx context.Context, cl *kgo.Client, txnID *string, topic string, part int32, raw []byte) kmsg.ProduceResponseTopicPartition {
+	t.Helper()
+	resp, err := produceRequest(txnID, topic, part, raw).RequestWith(ctx, cl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return resp.Topics[0].Partitions[0]
+}
+
+// produceBatch sends one batch of producer pid at sequence seq to
+// partition 0 of topic, and returns the partition's answer.
+func produceBatch(t *testing.T, ctx context.Context, cl *kgo.Client, topic string, pid int64, epoch int16, seq int32, values ...string) kmsg.ProduceResponseTopicPartition {
+	t.Helper()
+	return produceRaw(t, ctx, cl, nil, topic, 0, producerBatch(t, 0, pid, epoch, seq, false, values...))
 }
 
 // An idempotent producer's retried batch is answered with the offsets it
