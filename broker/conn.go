@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -173,7 +174,7 @@ func (c *conn) readLoop() error {
 		copy(buf, head[4:6])
 		for len(buf) < int(n) {
 			if len(buf) == cap(buf) {
-				buf = append(buf, make([]byte, min(int(n)-len(buf), len(buf)))...)[:len(buf)]
+				buf = slices.Grow(buf, min(int(n)-len(buf), len(buf)))
 			}
 			m, err := c.br.Read(buf[len(buf):min(cap(buf), int(n))])
 			buf = buf[:len(buf)+m]
