@@ -70,6 +70,37 @@ type Retention interface {
 	EnsureTopicRetention(ctx context.Context, topic string, partitions int, age time.Duration) error
 }
 
+// Admin is implemented by backends an operator can manage through the
+// admin API: what it needs beyond the runtime's operations.
+type Admin interface {
+	// Topics lists the topics, sorted by name.
+	Topics(ctx context.Context) ([]TopicInfo, error)
+	// DeleteTopic deletes a topic and its messages (ferry.ErrTopicNotFound
+	// if there is none).
+	DeleteTopic(ctx context.Context, topic string) error
+	// Groups returns every consumer group with committed offsets, with
+	// them, sorted by topic and partition.
+	Groups(ctx context.Context) (map[string][]Offset, error)
+	// Members lists the group's members that the backend knows to be
+	// live (in any process), sorted.
+	Members(ctx context.Context, group string) ([]string, error)
+	// SetCommitted moves a group's committed offsets outside any
+	// session: an operator's reset. Callers check Members first; a live
+	// member would commit over it.
+	SetCommitted(ctx context.Context, group string, offsets ...Offset) error
+}
+
+// TopicInfo describes a topic for Admin.Topics.
+type TopicInfo struct {
+	Name       string
+	Partitions int
+	// RetentionAge drops messages older than this (0: kept forever, or
+	// not known to the backend).
+	RetentionAge time.Duration
+	// Bytes is the size the backend stores, -1 if it does not say.
+	Bytes int64
+}
+
 // Transactional backends can publish messages and commit a group's input
 // offsets atomically: the basis of exactly-once consume-transform-produce.
 type Transactional interface {

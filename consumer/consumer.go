@@ -260,6 +260,15 @@ type Consumer struct {
 	last    Stats // what Stats reports once Run has returned: its figures as it stopped
 }
 
+// Group returns the consumer group the consumer is a member of.
+func (c *Consumer) Group() string { return c.group }
+
+// Member returns the consumer's member name within its group.
+func (c *Consumer) Member() string { return c.cfg.member }
+
+// DLQTopic returns the topic the consumer dead-letters to.
+func (c *Consumer) DLQTopic() string { return c.cfg.dlqTopic }
+
 // Ready is closed once Run has joined the group and started a worker for
 // every partition of its first assignment (none, if it got none): a
 // message published after it is handled without waiting for a rebalance.

@@ -128,7 +128,7 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, pr *printer, to
 		if only >= 0 && int32(p) != only {
 			continue
 		}
-		off, err := from.offset(l, topic, int32(p))
+		off, err := offsetIn(from, l, topic, int32(p))
 		if err != nil {
 			l.Close()
 			return err
@@ -206,7 +206,7 @@ func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, pr *printe
 	for p := range t.Partitions {
 		if off, ok := l.CommittedOffset(group, topic, int32(p)); ok {
 			next[int32(p)] = off
-		} else if next[int32(p)], err = from.offset(l, topic, int32(p)); err != nil {
+		} else if next[int32(p)], err = offsetIn(from, l, topic, int32(p)); err != nil {
 			return err
 		}
 	}

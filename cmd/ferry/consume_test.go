@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/admin"
 	"github.com/ferrymq/ferry/commitlog"
 )
 
@@ -443,7 +444,7 @@ func TestReplayRerunAfterDedupWindow(t *testing.T) {
 		}
 		return l
 	}
-	r := replayRange{source: "orders", target: "audit", start: startPoint{kind: startEarliest}}
+	r := replayRange{source: "orders", target: "audit", start: startPoint{Kind: admin.StartEarliest}}
 
 	l := open()
 	var notes bytes.Buffer

@@ -46,7 +46,7 @@ func newGroupsResetCmd(g *globals) *cobra.Command {
 				if partition >= 0 && p != partition {
 					continue
 				}
-				off, err := start.offset(l, topic, int32(p))
+				off, err := offsetIn(start, l, topic, int32(p))
 				if err != nil {
 					return err
 				}
@@ -208,10 +208,10 @@ func runReplay(ctx context.Context, l *commitlog.Log, r replayRange, notes io.Wr
 	if err != nil {
 		return res, err
 	}
-	since, bySince := r.start.since()
+	since, bySince := startTime(r.start)
 	for p := range info.Partitions {
 		part := int32(p)
-		off, err := r.start.offset(l, r.source, part)
+		off, err := offsetIn(r.start, l, r.source, part)
 		if err != nil {
 			return res, err
 		}
