@@ -21,6 +21,15 @@ type Topic struct {
 	Partitions int    `json:"partitions"`
 	// Retention is how long messages are kept ("" forever, or unknown).
 	Retention string `json:"retention,omitempty"`
+	// RetentionBytes bounds each partition's size (0: unbounded).
+	RetentionBytes int64 `json:"retention_bytes,omitempty"`
+	// Compact keeps only each key's latest message.
+	Compact bool `json:"compact,omitempty"`
+	// DedupWindow is how long message IDs are remembered ("": the
+	// backend's default).
+	DedupWindow string `json:"dedup_window,omitempty"`
+	// Messages counts the messages retained (ends minus starts).
+	Messages uint64 `json:"messages"`
 	// Bytes is the size stored, -1 if the backend does not say.
 	Bytes int64 `json:"bytes"`
 	// Bounds are per partition; Describe fills them, List does not.
@@ -40,6 +49,24 @@ type CreateTopic struct {
 	Partitions int    `json:"partitions"`
 	// Retention, a Go duration (72h), drops older messages; "" keeps them.
 	Retention string `json:"retention,omitempty"`
+	// RetentionBytes bounds each partition's size (0: unbounded).
+	RetentionBytes int64 `json:"retention_bytes,omitempty"`
+	// Compact keeps only each key's latest message.
+	Compact bool `json:"compact,omitempty"`
+}
+
+// Search is a bounded search of a topic.
+type Search struct {
+	// Key, if set, selects messages with this key (text).
+	Key *string `json:"key,omitempty"`
+	// Header, NAME or NAME=VALUE, selects messages with such a header.
+	Header string `json:"header,omitempty"`
+	// Start is where the scan starts in each partition (ParseStart).
+	Start string `json:"start,omitempty"`
+	// Limit bounds the matches (0: DefaultLimit), Scan the messages read
+	// (0: DefaultScan).
+	Limit int `json:"limit,omitempty"`
+	Scan  int `json:"scan,omitempty"`
 }
 
 // Header is one message header; repeated names stay in order.
@@ -213,7 +240,7 @@ type Reset struct {
 	Force bool `json:"force,omitempty"`
 }
 
-// Reset offsets: what a reset moved.
+// ResetOffset is where a reset moved a group in one partition.
 type ResetOffset struct {
 	Group     string `json:"group"`
 	Topic     string `json:"topic"`
@@ -237,6 +264,8 @@ type DeadLetter struct {
 	Class        string    `json:"class"`
 	Error        string    `json:"error"`
 	Reason       string    `json:"reason,omitempty"`
+	// RetryAt is when a scheduled retry is due.
+	RetryAt *time.Time `json:"retry_at,omitempty"`
 	Stack        string    `json:"stack,omitempty"`
 	// Message is the original message; DLQ list leaves it out.
 	Message *Message `json:"message,omitempty"`

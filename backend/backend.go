@@ -75,6 +75,10 @@ type Retention interface {
 type Admin interface {
 	// Topics lists the topics, sorted by name.
 	Topics(ctx context.Context) ([]TopicInfo, error)
+	// CreateTopic creates a topic as t describes it (ferry.ErrTopicExists
+	// if there is one; ferry.ErrInvalidArgument for what the backend
+	// cannot do, such as compaction where it has none). Bytes is ignored.
+	CreateTopic(ctx context.Context, t TopicInfo) error
 	// DeleteTopic deletes a topic and its messages (ferry.ErrTopicNotFound
 	// if there is none).
 	DeleteTopic(ctx context.Context, topic string) error
@@ -97,6 +101,13 @@ type TopicInfo struct {
 	// RetentionAge drops messages older than this (0: kept forever, or
 	// not known to the backend).
 	RetentionAge time.Duration
+	// RetentionBytes bounds each partition's size (0: unbounded).
+	RetentionBytes int64
+	// Compact keeps only each key's latest message.
+	Compact bool
+	// DedupWindow is how long message IDs are remembered for producer
+	// deduplication (0: the backend's default, or none).
+	DedupWindow time.Duration
 	// Bytes is the size the backend stores, -1 if it does not say.
 	Bytes int64
 }

@@ -18,9 +18,16 @@ func (b *Backend) Topics(context.Context) ([]backend.TopicInfo, error) {
 		for _, p := range t.Partitions {
 			bytes += p.Bytes
 		}
-		out = append(out, backend.TopicInfo{Name: t.Name, Partitions: len(t.Partitions), RetentionAge: t.Config.RetentionAge, Bytes: bytes})
+		out = append(out, backend.TopicInfo{Name: t.Name, Partitions: len(t.Partitions), RetentionAge: t.Config.RetentionAge,
+			RetentionBytes: t.Config.RetentionBytes, Compact: t.Config.Compact, DedupWindow: t.Config.DedupWindow, Bytes: bytes})
 	}
 	return out, nil
+}
+
+// CreateTopic implements backend.Admin.
+func (b *Backend) CreateTopic(ctx context.Context, t backend.TopicInfo) error {
+	return b.log.CreateTopic(ctx, t.Name, commitlog.TopicConfig{Partitions: t.Partitions, RetentionAge: t.RetentionAge,
+		RetentionBytes: t.RetentionBytes, Compact: t.Compact, DedupWindow: t.DedupWindow})
 }
 
 // DeleteTopic implements backend.Admin.

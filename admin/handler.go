@@ -1,0 +1,328 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/ferrymq/ferry"
+)
+
+// Prefix is the path every route of the API lives under.
+const Prefix = "/api/v1"
+
+// Bounds of a request body.
+const (
+	// MaxBody bounds a request body, except a produce's.
+	MaxBody = 1 << 20
+	// MaxProduceBody bounds a produce request's body.
+	MaxProduceBody = 32 << 20
+)
+
+// Handler serves a Service as the JSON API under /api/v1. It
+// authenticates each request (Auth), checks the verb its route needs on
+// the topic or group it names, and appends every mutating request, allowed
+// or denied, to the audit topic. Mount it at "/api/" (or "/").
+type Handler struct {
+	svc  *Service
+	auth *Auth
+	log  *slog.Logger
+	mux  *http.ServeMux
+}
+
+// NewHandler returns the API over svc. A nil auth lets every request in
+// as "anonymous" with every verb: only for a loopback listener.
+func NewHandler(svc *Service, auth *Auth) *Handler {
+	h := &Handler{svc: svc, auth: auth, log: svc.log, mux: http.NewServeMux()}
+	for _, rt := range routes {
+		h.mux.HandleFunc(rt.Method+" "+Prefix+rt.Path, func(w http.ResponseWriter, r *http.Request) { h.serve(rt, w, r) })
+	}
+	h.mux.HandleFunc(Prefix+"/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openAPIDocument)
+	})
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, requestID(r), fmt.Errorf("no route %s %s: the API is under %s (see %s/openapi.json): %w",
+			r.Method, r.URL.Path, Prefix, Prefix, ErrNotFound))
+	})
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// call is one request being served.
+type call struct {
+	h     *Handler
+	w     http.ResponseWriter
+	r     *http.Request
+	id    string
+	who   Principal
+	audit AuditData
+	// streamed says the response has started (server-sent events): an
+	// error can no longer change its status.
+	streamed bool
+}
+
+// serve runs one route.
+func (h *Handler) serve(rt route, w http.ResponseWriter, r *http.Request) {
+	c := &call{h: h, w: w, r: r, id: requestID(r)}
+	w.Header().Set("X-Request-Id", c.id)
+	c.audit = AuditData{Method: r.Method, Path: r.URL.Path, RequestID: c.id, Verb: rt.Verb}
+	mutating := r.Method != http.MethodGet
+	who, err := h.auth.Authenticate(r)
+	var out any
+	if err == nil {
+		c.who = who
+		c.audit.Actor, c.audit.Auth = who.Name, who.Method
+		out, err = rt.handle(c)
+	} else {
+		c.audit.Actor, c.audit.Auth = "unauthenticated", "none"
+		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			c.audit.Actor, c.audit.Auth = r.TLS.VerifiedChains[0][0].Subject.String(), "mtls"
+		}
+	}
+	status := http.StatusOK
+	if err != nil {
+		status, _ = errorCode(err)
+	}
+	if mutating {
+		c.audit.Status = status
+		switch {
+		case err == nil:
+			c.audit.Result = AuditOK
+		case errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrForbidden), errors.Is(err, ErrProtected):
+			c.audit.Result, c.audit.Error = AuditDenied, err.Error()
+		default:
+			c.audit.Result, c.audit.Error = AuditFailed, err.Error()
+		}
+		target := c.audit.Target
+		if target == "" {
+			target = r.URL.Path
+		}
+		rec := h.svc.NewAuditRecord(rt.Verb, target, c.audit)
+		if aerr := h.svc.Record(r.Context(), rec); aerr != nil {
+			// The operation is done; the record of it could not be kept.
+			h.log.Error("admin: audit record not written", "request_id", c.id, "actor", c.audit.Actor, "verb", rt.Verb, "target", target, "err", aerr)
+		}
+	}
+	switch {
+	case c.streamed && err != nil:
+		c.event("error", errorBody(err, c.id))
+	case c.streamed:
+	case err != nil:
+		writeError(w, c.id, err)
+	default:
+		writeJSON(w, status, out)
+	}
+}
+
+// need checks that the caller may perform verb on the topic or group
+// name, and records the target for the audit log.
+func (c *call) need(verb, kind, name string) error {
+	if c.audit.Target == "" {
+		c.audit.Target = kind + ":" + name
+	}
+	if c.who.Allowed(verb, kind, name) {
+		return nil
+	}
+	return fmt.Errorf("%s may not %s %s %q: its roles do not grant %q on it: %w", c.who.Name, verb, kind, name, verb, ErrForbidden)
+}
+
+// decode reads the JSON body into v strictly: at most max bytes, no
+// unknown fields, one value.
+func (c *call) decode(v any, max int64) error {
+	body := http.MaxBytesReader(c.w, c.r.Body, max)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("more than one JSON value")
+	}
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errors.New("data after the JSON value")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooBig):
+		return fmt.Errorf("request body larger than %d bytes: %w", tooBig.Limit, ferry.ErrInvalidArgument)
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("request body: empty, want a JSON object: %w", ferry.ErrInvalidArgument)
+	case errors.As(err, &syntax):
+		return fmt.Errorf("request body: malformed JSON at byte %d: %v: %w", syntax.Offset, err, ferry.ErrInvalidArgument)
+	case errors.As(err, &typ):
+		return fmt.Errorf("request body: field %q: want %s, got a JSON %s: %w", typ.Field, typ.Type, typ.Value, ferry.ErrInvalidArgument)
+	}
+	return fmt.Errorf("request body: %v: %w", err, ferry.ErrInvalidArgument)
+}
+
+// query returns the request's query, refusing parameters not in allowed
+// and repeated ones.
+func (c *call) query(allowed ...string) (url.Values, error) {
+	q, err := url.ParseQuery(c.r.URL.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("query: %v: %w", err, ferry.ErrInvalidArgument)
+	}
+	for name, vs := range q {
+		if !slices.Contains(allowed, name) {
+			want := "none"
+			if len(allowed) > 0 {
+				want = strings.Join(allowed, ", ")
+			}
+			return nil, fmt.Errorf("unknown query parameter %q: want %s: %w", name, want, ferry.ErrInvalidArgument)
+		}
+		if len(vs) > 1 {
+			return nil, fmt.Errorf("query parameter %q given %d times: at most once: %w", name, len(vs), ferry.ErrInvalidArgument)
+		}
+	}
+	return q, nil
+}
+
+// intParam parses an integer query parameter (absent: 0).
+func intParam(q url.Values, name string) (int, error) {
+	s := q.Get(name)
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("query parameter %s=%q: want an integer: %w", name, s, ferry.ErrInvalidArgument)
+	}
+	return n, nil
+}
+
+// pathInt parses a numeric path segment.
+func (c *call) pathInt(name string, bits int) (int64, error) {
+	s := c.r.PathValue(name)
+	n, err := strconv.ParseInt(s, 10, bits)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s %q in the path: want a number from 0: %w", name, s, ferry.ErrInvalidArgument)
+	}
+	return n, nil
+}
+
+// wantsStream reports whether the client asked for server-sent events.
+func (c *call) wantsStream() bool {
+	return strings.Contains(c.r.Header.Get("Accept"), "text/event-stream")
+}
+
+// startStream begins a server-sent event response.
+func (c *call) startStream() {
+	c.w.Header().Set("Content-Type", "text/event-stream")
+	c.w.Header().Set("Cache-Control", "no-store")
+	c.w.WriteHeader(http.StatusOK)
+	c.streamed = true
+	c.flush()
+}
+
+// event writes one server-sent event.
+func (c *call) event(name string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(c.w, "event: %s\ndata: %s\n\n", name, data); err != nil {
+		return err
+	}
+	c.flush()
+	return nil
+}
+
+func (c *call) flush() {
+	if f, ok := c.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// requestID returns the request's X-Request-Id if it is a sane one, or a
+// new ID.
+func requestID(r *http.Request) string {
+	id := r.Header.Get("X-Request-Id")
+	if id != "" && len(id) <= 64 && !strings.ContainsFunc(id, func(c rune) bool { return c <= ' ' || c > '~' }) {
+		return id
+	}
+	return ferry.NewID().String()
+}
+
+// ErrorBody is the body of every error response.
+type ErrorBody struct {
+	Error     ErrorDetail `json:"error"`
+	RequestID string      `json:"request_id"`
+}
+
+// ErrorDetail says what went wrong: a stable code to branch on, and a
+// message for people.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes, and the errors they stand for.
+var errorCodes = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
+	{ErrForbidden, http.StatusForbidden, "forbidden"},
+	{ErrProtected, http.StatusForbidden, "protected"},
+	{ferry.ErrTopicNotFound, http.StatusNotFound, "topic_not_found"},
+	{ErrNotFound, http.StatusNotFound, "not_found"},
+	{ferry.ErrOffsetOutOfRange, http.StatusRequestedRangeNotSatisfiable, "offset_out_of_range"},
+	{ferry.ErrTopicExists, http.StatusConflict, "topic_exists"},
+	{ErrGroupActive, http.StatusConflict, "group_active"},
+	{ferry.ErrInvalidArgument, http.StatusBadRequest, "invalid_argument"},
+	{ErrUnsupported, http.StatusNotImplemented, "unsupported"},
+	{ferry.ErrBackpressure, http.StatusServiceUnavailable, "backpressure"},
+}
+
+// errorCode returns err's status and code.
+func errorCode(err error) (int, string) {
+	for _, ec := range errorCodes {
+		if errors.Is(err, ec.err) {
+			return ec.status, ec.code
+		}
+	}
+	return http.StatusInternalServerError, "internal"
+}
+
+func errorBody(err error, id string) ErrorBody {
+	_, code := errorCode(err)
+	return ErrorBody{Error: ErrorDetail{Code: code, Message: err.Error()}, RequestID: id}
+}
+
+func writeError(w http.ResponseWriter, id string, err error) {
+	status, _ := errorCode(err)
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
+	}
+	writeJSON(w, status, errorBody(err, id))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		fmt.Fprintf(&buf, `{"error":{"code":"internal","message":%q}}`, err.Error())
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
