@@ -280,6 +280,7 @@ var errorCodes = []struct {
 	{ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
 	{ErrForbidden, http.StatusForbidden, "forbidden"},
 	{ErrProtected, http.StatusForbidden, "protected"},
+	{ErrNoDLQ, http.StatusNotFound, "dlq_not_found"},
 	{ferry.ErrTopicNotFound, http.StatusNotFound, "topic_not_found"},
 	{ErrNotFound, http.StatusNotFound, "not_found"},
 	{ferry.ErrOffsetOutOfRange, http.StatusRequestedRangeNotSatisfiable, "offset_out_of_range"},

@@ -61,7 +61,7 @@ func (s *Service) Replay(ctx context.Context, r Replay) (ReplayResult, error) {
 		if err := s.b.EnsureTopic(ctx, r.To, parts); err != nil {
 			return res, err
 		}
-		res.Created = true
+		res.Created, res.Partitions = true, parts
 	} else if err != nil {
 		return res, err
 	}
@@ -159,8 +159,13 @@ func (s *Service) replayedFrom(ctx context.Context, target, source string) (map[
 	return done, nil
 }
 
-// parseReplayOf parses a ferry-replay-of value naming a message of
-// source.
+// ParseReplayOf parses a ferry-replay-of value naming a message of
+// source: its partition and offset.
+func ParseReplayOf(v, source string) (partition int32, offset uint64, ok bool) {
+	pos, ok := parseReplayOf(v, source)
+	return pos.partition, pos.offset, ok
+}
+
 func parseReplayOf(v, source string) (replayPos, bool) {
 	rest, ok := strings.CutPrefix(v, source+"/")
 	if !ok {

@@ -30,6 +30,9 @@ var (
 	ErrUnauthenticated = errors.New("admin: unauthenticated")
 	// ErrForbidden: the caller's roles do not grant the verb.
 	ErrForbidden = errors.New("admin: forbidden")
+	// ErrNoDLQ: the DLQ topic does not exist (yet): nothing was
+	// dead-lettered. It comes with ferry.ErrTopicNotFound.
+	ErrNoDLQ = errors.New("admin: no such DLQ topic")
 	// ErrNotFound: no such message, entry or group.
 	ErrNotFound = errors.New("admin: not found")
 )
@@ -92,13 +95,13 @@ var _ API = (*Service)(nil)
 
 // Service performs the operator's operations over a backend.
 type Service struct {
-	b        backend.Backend
-	adm      backend.Admin // nil if the backend has none
-	name     string
-	reg      *Registry
-	audit    string
-	now      func() time.Time
-	log      *slog.Logger
+	b     backend.Backend
+	adm   backend.Admin // nil if the backend has none
+	name  string
+	reg   *Registry
+	audit string
+	now   func() time.Time
+	log   *slog.Logger
 }
 
 // Opt configures a Service.
@@ -708,7 +711,7 @@ func (s *Service) queue(ctx context.Context, topic string) (*dlq.Queue, error) {
 	}
 	if _, err := s.b.Partitions(ctx, topic); err != nil {
 		if errors.Is(err, ferry.ErrTopicNotFound) {
-			return nil, fmt.Errorf("DLQ topic %q does not exist (a consumer of the group creates it when it starts): %w", topic, err)
+			return nil, fmt.Errorf("DLQ topic %q does not exist (a consumer of the group creates it when it starts): %w: %w", topic, ErrNoDLQ, err)
 		}
 		return nil, err
 	}

@@ -266,7 +266,7 @@ type DeadLetter struct {
 	Reason       string    `json:"reason,omitempty"`
 	// RetryAt is when a scheduled retry is due.
 	RetryAt *time.Time `json:"retry_at,omitempty"`
-	Stack        string    `json:"stack,omitempty"`
+	Stack   string     `json:"stack,omitempty"`
 	// Message is the original message; DLQ list leaves it out.
 	Message *Message `json:"message,omitempty"`
 }
@@ -316,11 +316,13 @@ type Replay struct {
 
 // ReplayResult is what a replay did.
 type ReplayResult struct {
-	From         string `json:"from"`
-	To           string `json:"to"`
-	Created      bool   `json:"created"`
-	Copied       int    `json:"copied"`
-	AlreadyThere int    `json:"already_there"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+	Created bool   `json:"created"`
+	// Partitions is the target's partition count, when Created.
+	Partitions   int `json:"partitions,omitempty"`
+	Copied       int `json:"copied"`
+	AlreadyThere int `json:"already_there"`
 }
 
 // Health is the state of the system behind the API.

@@ -76,14 +76,14 @@ func TestProduceConsumeRoundTrip(t *testing.T) {
 		t.Fatalf("per-key payloads %v", perKey)
 	}
 	var desc struct {
-		Partitions []struct{ End uint64 } `json:"partitions"`
+		Bounds []struct{ End uint64 } `json:"bounds"`
 	}
 	json.Unmarshal([]byte(mustRun(t, dir, "", "topics", "describe", "orders", "--json")), &desc)
 	total := uint64(0)
-	for _, p := range desc.Partitions {
+	for _, p := range desc.Bounds {
 		total += p.End
 	}
-	if len(desc.Partitions) != 3 || total != 5 {
+	if len(desc.Bounds) != 3 || total != 5 {
 		t.Fatalf("describe: %+v", desc)
 	}
 	if out := mustRun(t, dir, "", "consume", "orders", "--from", "latest"); strings.TrimSpace(out) != "" {

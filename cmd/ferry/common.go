@@ -18,14 +18,16 @@ import (
 
 // globals are the flags every command over a data directory shares.
 type globals struct {
-	dir  string
-	json bool
+	dir    string
+	json   bool
+	remote *remote
 }
 
 func addGlobals(root *cobra.Command) *globals {
-	g := &globals{}
+	g := &globals{remote: &remote{}}
 	root.PersistentFlags().StringVar(&g.dir, "dir", "./ferry-data", "data directory")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print JSON instead of tables")
+	g.remote.add(root)
 	return g
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/admin"
+	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 )
 
@@ -279,7 +280,7 @@ func TestFromFormsAreTheSameEverywhere(t *testing.T) {
 			}
 		}
 		target := "copy-" + strings.NewReplacer(":", "", "-", "m").Replace(c.from)
-		var res replayResult
+		var res admin.ReplayResult
 		if err := json.Unmarshal([]byte(stdoutOf(t, dir, "replay", "orders", "--from", c.from, "--to", target, "--json")), &res); err != nil {
 			t.Fatal(err)
 		}
@@ -289,9 +290,9 @@ func TestFromFormsAreTheSameEverywhere(t *testing.T) {
 		var origins []string
 		for _, r := range readRecords(t, mustRun(t, dir, "", "consume", target, "--json")) {
 			for _, h := range r.Headers {
-				if h.Key == replayOfHeader {
-					pos, _ := parseReplayOf(h.Value, "orders")
-					origins = append(origins, fmt.Sprintf("%d:%d", pos.partition, pos.offset))
+				if h.Key == admin.ReplayOfHeader {
+					p, off, _ := admin.ParseReplayOf(h.Value, "orders")
+					origins = append(origins, fmt.Sprintf("%d:%d", p, off))
 				}
 			}
 		}
@@ -370,22 +371,22 @@ func TestReplayCreatesTargetAndCopiesOnce(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("replay: %v\n%s%s", err, stdout.String(), stderr.String())
 	}
-	var res replayResult
+	var res admin.ReplayResult
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		t.Fatalf("replay --json: %v\n%s", err, stdout.String())
 	}
-	if res != (replayResult{From: "orders", To: "audit", Created: true, Copied: 12}) {
+	if res != (admin.ReplayResult{From: "orders", To: "audit", Created: true, Partitions: 3, Copied: 12}) {
 		t.Fatalf("replay: %+v", res)
 	}
 	if !strings.Contains(stderr.String(), "created topic audit with 3 partitions, as orders has") {
 		t.Fatalf("stderr: %q", stderr.String())
 	}
 	var desc struct {
-		Partitions []struct{} `json:"partitions"`
+		Partitions int `json:"partitions"`
 	}
 	json.Unmarshal([]byte(mustRun(t, dir, "", "topics", "describe", "audit", "--json")), &desc)
-	if len(desc.Partitions) != 3 {
-		t.Fatalf("audit has %d partitions, want 3", len(desc.Partitions))
+	if desc.Partitions != 3 {
+		t.Fatalf("audit has %d partitions, want 3", desc.Partitions)
 	}
 	if out := mustRun(t, dir, "", "replay", "orders", "--from", "earliest", "--to", "audit"); out != "replayed 0 messages from orders into audit (12 already there)\n" {
 		t.Fatalf("rerun: %q", out)
@@ -417,8 +418,8 @@ func TestReplayCreatesTargetAndCopiesOnce(t *testing.T) {
 		var m jsonMessage
 		b, _ := json.Marshal(r)
 		json.Unmarshal(b, &m)
-		of := m.Headers[replayOfHeader]
-		if seen[of] || of == "" || m.Headers[replayOfIDHeader] == "" {
+		of := m.Headers[admin.ReplayOfHeader]
+		if seen[of] || of == "" || m.Headers[admin.ReplayOfIDHeader] == "" {
 			t.Fatalf("copy %+v: ferry-replay-of %q missing or seen twice", r, of)
 		}
 		seen[of] = true
@@ -444,11 +445,15 @@ func TestReplayRerunAfterDedupWindow(t *testing.T) {
 		}
 		return l
 	}
-	r := replayRange{source: "orders", target: "audit", start: startPoint{Kind: admin.StartEarliest}}
+	r := admin.Replay{From: "orders", To: "audit", Start: "earliest"}
+	replay := func(l *commitlog.Log) (admin.ReplayResult, error) {
+		b := embedded.New(l)
+		defer b.Close()
+		return admin.NewService(b).Replay(ctx, r)
+	}
 
 	l := open()
-	var notes bytes.Buffer
-	res, err := runReplay(ctx, l, r, &notes)
+	res, err := replay(l)
 	if err != nil || res.Copied != 20 || !res.Created {
 		t.Fatalf("first replay: %+v %v", res, err)
 	}
@@ -457,7 +462,7 @@ func TestReplayRerunAfterDedupWindow(t *testing.T) {
 		t.Fatalf("audit's dedup window is %s; this test assumes the 2m default", info.Config.DedupWindow)
 	}
 	advance(3 * time.Hour)
-	res, err = runReplay(ctx, l, r, &notes)
+	res, err = replay(l)
 	if err != nil || res.Copied != 0 || res.AlreadyThere != 20 || res.Created {
 		t.Fatalf("replay 3h later, same process: %+v %v", res, err)
 	}
@@ -466,12 +471,12 @@ func TestReplayRerunAfterDedupWindow(t *testing.T) {
 	advance(3 * time.Hour)
 	l = open() // the window is rebuilt on open: nothing is remembered now
 	defer l.Close()
-	res, err = runReplay(ctx, l, r, &notes)
+	res, err = replay(l)
 	if err != nil || res.Copied != 0 || res.AlreadyThere != 20 {
 		t.Fatalf("replay 6h later, reopened: %+v %v", res, err)
 	}
 	// The window has indeed passed: the log takes a copy's ID again.
-	b := &commitlog.Batch{Messages: []*ferry.Message{{ID: replayCopyID("orders", 0, 0, "audit"), Topic: "audit", Payload: []byte("x")}}}
+	b := &commitlog.Batch{Messages: []*ferry.Message{{ID: admin.ReplayCopyID("orders", 0, 0, "audit"), Topic: "audit", Payload: []byte("x")}}}
 	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 0 {
 		t.Fatalf("commit of a copy's ID after the window: duplicates %d, %v (the log still deduplicates: the test proves nothing)", b.Duplicates, err)
 	}
@@ -485,25 +490,6 @@ func TestReplayRerunAfterDedupWindow(t *testing.T) {
 	}
 }
 
-func TestReplayCopyIDIsDeterministic(t *testing.T) {
-	a := replayCopyID("orders", 1, 7, "audit")
-	if a != replayCopyID("orders", 1, 7, "audit") {
-		t.Fatal("not deterministic")
-	}
-	for _, b := range []ferry.ID{replayCopyID("orders", 1, 8, "audit"), replayCopyID("orders", 2, 7, "audit"), replayCopyID("orders", 1, 7, "audit2"), replayCopyID("orders2", 1, 7, "audit")} {
-		if a == b {
-			t.Fatalf("two copies share ID %s", a)
-		}
-	}
-	if pos, ok := parseReplayOf("orders/1/7", "orders"); !ok || pos != (replayPos{1, 7}) {
-		t.Fatalf("parseReplayOf: %v %v", pos, ok)
-	}
-	for _, v := range []string{"orders-x/1/7", "orders/1", "orders/a/7", "other/1/7", ""} {
-		if _, ok := parseReplayOf(v, "orders"); ok {
-			t.Errorf("parseReplayOf(%q) accepted", v)
-		}
-	}
-}
 
 func TestTailHelpIsItsOwn(t *testing.T) {
 	dir := t.TempDir()

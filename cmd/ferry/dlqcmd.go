@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,10 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry"
-	"github.com/ferrymq/ferry/backend/embedded"
-	"github.com/ferrymq/ferry/commitlog"
-	"github.com/ferrymq/ferry/dlq"
-	"github.com/ferrymq/ferry/retry"
+	"github.com/ferrymq/ferry/admin"
 )
 
 type dlqFlags struct {
@@ -34,14 +30,10 @@ func (f *dlqFlags) addQueue(cmd *cobra.Command) {
 // add adds the flags that name the DLQ and select entries.
 func (f *dlqFlags) add(cmd *cobra.Command) {
 	f.addQueue(cmd)
-	cmd.Flags().StringVar(&f.class, "class", "", "only entries of this failure class: "+strings.Join(classNames, ", "))
+	cmd.Flags().StringVar(&f.class, "class", "", "only entries of this failure class: "+strings.Join(admin.Classes, ", "))
 	cmd.Flags().StringVar(&f.key, "key", "", "only entries of this message key")
 	cmd.Flags().StringVar(&f.since, "since", "", "only entries that last failed after this: a duration ago (1h) or an RFC 3339 time")
 }
-
-// classNames are the failure classes an entry can have.
-var classNames = []string{string(retry.ClassTransient), string(retry.ClassPermanent), string(retry.ClassDecode), string(retry.ClassTimeout),
-	string(retry.ClassPanic), string(dlq.ClassParked), string(dlq.ClassScheduled)}
 
 func (f *dlqFlags) queueTopic() (string, error) {
 	switch {
@@ -53,41 +45,24 @@ func (f *dlqFlags) queueTopic() (string, error) {
 	return "", usageError{fmt.Errorf("name the consumer group (--group) or the DLQ topic (--dlq-topic)")}
 }
 
-func (f *dlqFlags) filter() (dlq.Filter, error) {
-	var flt dlq.Filter
-	if f.class != "" && !slices.Contains(classNames, f.class) {
-		return flt, usageError{fmt.Errorf("--class %q: want one of %s", f.class, strings.Join(classNames, ", "))}
-	}
-	flt.Class = retry.Class(f.class)
-	switch f.state {
-	case "", dlq.StateDead, dlq.StateRequested, dlq.StateRedriven, dlq.StatePurged:
-		flt.State = f.state
-	default:
-		return flt, usageError{fmt.Errorf("--state %q: want dead, requested, redriven or purged", f.state)}
-	}
+// filter is the API's filter of the flags; it is checked where it is
+// parsed (admin.Filter.Parse), the same here and on a server.
+func (f *dlqFlags) filter() (admin.Filter, error) {
 	if f.limit < 0 {
-		return flt, usageError{fmt.Errorf("--limit %d: want 0 (no limit) or more", f.limit)}
+		return admin.Filter{}, usageError{fmt.Errorf("--limit %d: want 0 (no limit) or more", f.limit)}
 	}
-	if f.key != "" {
-		flt.Key = []byte(f.key)
-	}
-	if f.since != "" {
-		t, _, ok := timeOrAgo(f.since, time.Now())
-		if !ok {
-			return flt, usageError{fmt.Errorf("--since %q: want a duration like 1h or an RFC 3339 time", f.since)}
-		}
-		flt.Since = t
+	flt := admin.Filter{Class: f.class, Key: f.key, Since: f.since, State: f.state}
+	if _, err := flt.Parse(time.Now()); err != nil {
+		return flt, usageError{err}
 	}
 	return flt, nil
 }
 
-// errNoDLQ: the DLQ topic does not exist yet (nothing was dead-lettered).
-var errNoDLQ = errors.New("no dead letters yet")
-
-// withQueue opens the directory and the DLQ and runs fn. A DLQ topic that
-// does not exist yet returns errNoDLQ: its consumer creates it when it
-// starts, so there is nothing in it.
-func withQueue(ctx context.Context, g *globals, f *dlqFlags, write bool, fn func(*commitlog.Log, *dlq.Queue, dlq.Filter) error) error {
+// withQueue runs fn with the API (over --dir, --nats, --kafka or
+// --server), the DLQ topic and the filter. A DLQ topic that does not
+// exist yet is errNoDLQ: its consumer creates it when it starts, so there
+// is nothing in it.
+func withQueue(ctx context.Context, cmd *cobra.Command, g *globals, f *dlqFlags, write bool, fn func(admin.API, string, admin.Filter) error) error {
 	topic, err := f.queueTopic()
 	if err != nil {
 		return err
@@ -96,20 +71,20 @@ func withQueue(ctx context.Context, g *globals, f *dlqFlags, write bool, fn func
 	if err != nil {
 		return err
 	}
-	l, err := g.open(ctx, write)
+	api, closeAPI, err := g.api(ctx, cmd, write, false)
 	if err != nil {
 		return err
 	}
-	defer l.Close()
-	if _, err := l.Topic(topic); errors.Is(err, ferry.ErrTopicNotFound) {
+	defer closeAPI()
+	err = fn(api, topic, flt)
+	if errors.Is(err, admin.ErrNoDLQ) {
 		return fmt.Errorf("%w: the DLQ topic %q does not exist (a consumer of the group creates it when it starts)", errNoDLQ, topic)
-	} else if err != nil {
-		return err
 	}
-	b := embedded.New(l)
-	defer b.Close()
-	return fn(l, dlq.Open(b, topic), flt)
+	return err
 }
+
+// errNoDLQ: the DLQ topic does not exist yet (nothing was dead-lettered).
+var errNoDLQ = errors.New("no dead letters yet")
 
 // nothingYet reports errNoDLQ as an empty result (exit 0): empty is
 // printed as JSON, the reason as text.
@@ -121,42 +96,23 @@ func nothingYet(g *globals, w io.Writer, err error, empty any) error {
 }
 
 func newDLQCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "dlq", Short: "List, show, redrive and purge dead letters"}
+	cmd := &cobra.Command{Use: "dlq", Short: "List, show, redrive and purge dead letters (of --dir, --nats, --kafka or a --server)"}
 	var lf dlqFlags
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List unresolved entries (dead, or requested for their consumer to handle)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := withQueue(cmd.Context(), g, &lf, false, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
-				entries, err := q.List(cmd.Context(), flt)
+			err := withQueue(cmd.Context(), cmd, g, &lf, false, func(api admin.API, queue string, flt admin.Filter) error {
+				rows, err := api.DeadLetters(cmd.Context(), queue, flt, lf.limit)
 				if err != nil {
 					return err
-				}
-				type row struct {
-					ID          string `json:"id"`
-					Topic       string `json:"topic"`
-					Partition   int32  `json:"partition"`
-					Offset      uint64 `json:"offset"`
-					Key         string `json:"key"`
-					Class       string `json:"class"`
-					State       string `json:"state"`
-					Attempts    int    `json:"attempts"`
-					LastFailure string `json:"last_failure"`
-					Error       string `json:"error"`
-				}
-				if lf.limit > 0 && len(entries) > lf.limit {
-					entries = entries[:lf.limit]
-				}
-				rows := []row{}
-				for _, e := range entries {
-					rows = append(rows, row{e.Original.ID.String(), e.Original.Topic, e.Original.Partition, e.Original.Offset, string(e.Original.Key),
-						string(e.Class), e.State, e.Attempts, e.LastFailure.UTC().Format(time.RFC3339), e.Error})
 				}
 				return g.print(cmd.OutOrStdout(), rows, func(w *tabwriter.Writer) {
 					fmt.Fprintln(w, "ID\tSOURCE\tKEY\tCLASS\tSTATE\tATTEMPTS\tLAST FAILURE\tERROR")
 					for _, r := range rows {
-						fmt.Fprintf(w, "%s\t%s/%d@%d\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Topic, r.Partition, r.Offset, r.Key, r.Class, r.State, r.Attempts, r.LastFailure, firstLine(r.Error))
+						fmt.Fprintf(w, "%s\t%s/%d@%d\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Topic, r.Partition, r.Offset, r.Key, r.Class, r.State, r.Attempts,
+							r.LastFailure.Format(time.RFC3339), firstLine(r.Error))
 					}
 				})
 			})
@@ -173,46 +129,36 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Short: "Show one dead letter: the original message and why it failed",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := ferry.ParseID(args[0])
-			if err != nil {
+			if _, err := ferry.ParseID(args[0]); err != nil {
 				return usageError{err}
 			}
-			err = withQueue(cmd.Context(), g, &sf, false, func(_ *commitlog.Log, q *dlq.Queue, _ dlq.Filter) error {
-				e, err := q.Get(cmd.Context(), id)
+			err := withQueue(cmd.Context(), cmd, g, &sf, false, func(api admin.API, queue string, _ admin.Filter) error {
+				e, err := api.DeadLetter(cmd.Context(), queue, args[0])
 				if err != nil {
-					return usageError{err}
+					return err
 				}
-				type shown struct {
-					ID           string `json:"id"`
-					State        string `json:"state"`
-					Topic        string `json:"topic"`
-					Partition    int32  `json:"partition"`
-					Offset       uint64 `json:"offset"`
-					Key          string `json:"key"`
-					Payload      string `json:"payload"`
-					Group        string `json:"group"`
-					Handler      string `json:"handler"`
-					Attempts     int    `json:"attempts"`
-					FirstFailure string `json:"first_failure"`
-					LastFailure  string `json:"last_failure"`
-					Class        string `json:"class"`
-					Error        string `json:"error"`
-					Reason       string `json:"reason"`
-					Stack        string `json:"stack,omitempty"`
-				}
-				out := shown{e.Original.ID.String(), e.State, e.Original.Topic, e.Original.Partition, e.Original.Offset, string(e.Original.Key), string(e.Original.Payload),
-					e.Group, e.Handler, e.Attempts, e.FirstFailure.UTC().Format(time.RFC3339), e.LastFailure.UTC().Format(time.RFC3339), string(e.Class), e.Error, e.Reason, e.Stack}
-				return g.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				return g.print(cmd.OutOrStdout(), e, func(w *tabwriter.Writer) {
+					key, payload := e.Key, ""
+					if e.Message != nil {
+						payload = e.Message.Payload
+						if e.Message.Encoding == admin.EncodingBase64 {
+							payload += " (base64)"
+						}
+					}
 					fmt.Fprintf(w, "id\t%s\nstate\t%s\nsource\t%s/%d@%d\nkey\t%s\npayload\t%s\ngroup\t%s\nhandler\t%s\nattempts\t%d\n",
-						out.ID, out.State, out.Topic, out.Partition, out.Offset, out.Key, out.Payload, out.Group, out.Handler, out.Attempts)
-					fmt.Fprintf(w, "first failure\t%s\nlast failure\t%s\nclass\t%s\nerror\t%s\nreason\t%s\n", out.FirstFailure, out.LastFailure, out.Class, out.Error, out.Reason)
+						e.ID, e.State, e.Topic, e.Partition, e.Offset, key, payload, e.Group, e.Handler, e.Attempts)
+					fmt.Fprintf(w, "first failure\t%s\nlast failure\t%s\nclass\t%s\nerror\t%s\nreason\t%s\n",
+						e.FirstFailure.Format(time.RFC3339), e.LastFailure.Format(time.RFC3339), e.Class, e.Error, e.Reason)
+					if e.RetryAt != nil {
+						fmt.Fprintf(w, "retry at\t%s\n", e.RetryAt.Format(time.RFC3339))
+					}
 					if e.Stack != "" {
 						fmt.Fprintf(w, "stack\t\n%s\n", e.Stack)
 					}
 				})
 			})
 			if errors.Is(err, errNoDLQ) {
-				return usageError{fmt.Errorf("entry %s: %w", id, err)}
+				return usageError{fmt.Errorf("entry %s: %w", args[0], err)}
 			}
 			return err
 		},
@@ -227,8 +173,8 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Short: "Have dead entries handled again by their partition's consumer (or move them --to a topic), whole keys in order",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			result := redriveResult{To: to}
-			err := withQueue(cmd.Context(), g, &rf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
+			result := admin.RedriveResult{To: to}
+			err := withQueue(cmd.Context(), cmd, g, &rf, true, func(api admin.API, queue string, flt admin.Filter) error {
 				out := cmd.OutOrStdout()
 				if g.json {
 					out = io.Discard // progress is for people
@@ -238,31 +184,31 @@ func newDLQCmd(g *globals) *cobra.Command {
 					verb = "moved"
 				}
 				var bar *progressbar.ProgressBar
-				opts := dlq.RedriveOpts{Filter: flt, To: to, PerSecond: perSecond, Progress: func(done, total int) {
+				progress := func(p admin.Progress) {
 					if isTerminal(out) {
 						if bar == nil {
-							bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("redriving"),
+							bar = progressbar.NewOptions(p.Total, progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("redriving"),
 								progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true))
 						}
-						bar.Set(done)
-					} else if done == total || done%1000 == 0 {
-						fmt.Fprintf(out, "%s %d/%d\n", verb, done, total)
+						bar.Set(p.Done)
+					} else if p.Done == p.Total || p.Done%1000 == 0 {
+						fmt.Fprintf(out, "%s %d/%d\n", verb, p.Done, p.Total)
 					}
-				}}
-				n, err := q.Redrive(cmd.Context(), opts)
+				}
+				res, err := api.Redrive(cmd.Context(), queue, admin.Redrive{Filter: flt, To: to, PerSecond: perSecond}, progress)
 				if bar != nil {
 					bar.Finish()
 					fmt.Fprintln(out)
 				}
 				if err != nil {
-					return fmt.Errorf("after %d redriven: %w", n, err)
+					return err
 				}
-				result.Entries = n
+				result = res
 				return g.print(cmd.OutOrStdout(), result, func(w *tabwriter.Writer) {
 					if to != "" {
-						fmt.Fprintf(w, "moved %d entries to %q\n", n, to)
+						fmt.Fprintf(w, "moved %d entries to %q\n", res.Entries, to)
 					} else {
-						fmt.Fprintf(w, "requested %d entries: each partition's consumer handles them in key order (now, or when it starts)\n", n)
+						fmt.Fprintf(w, "requested %d entries: each partition's consumer handles them in key order (now, or when it starts)\n", res.Entries)
 					}
 				})
 			})
@@ -279,16 +225,14 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Short: "Mark dead entries purged (they no longer list or redrive)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var result struct {
-				Purged int `json:"purged"`
-			}
-			err := withQueue(cmd.Context(), g, &pf, true, func(_ *commitlog.Log, q *dlq.Queue, flt dlq.Filter) error {
-				n, err := q.Purge(cmd.Context(), flt)
+			var result admin.PurgeResult
+			err := withQueue(cmd.Context(), cmd, g, &pf, true, func(api admin.API, queue string, flt admin.Filter) error {
+				res, err := api.Purge(cmd.Context(), queue, admin.Purge{Filter: flt})
 				if err != nil {
 					return err
 				}
-				result.Purged = n
-				return g.print(cmd.OutOrStdout(), result, func(w *tabwriter.Writer) { fmt.Fprintf(w, "purged %d entries\n", n) })
+				result = res
+				return g.print(cmd.OutOrStdout(), result, func(w *tabwriter.Writer) { fmt.Fprintf(w, "purged %d entries\n", res.Purged) })
 			})
 			return nothingYet(g, cmd.OutOrStdout(), err, result)
 		},
@@ -296,12 +240,6 @@ func newDLQCmd(g *globals) *cobra.Command {
 	pf.add(purge)
 	cmd.AddCommand(list, show, redrive, purge)
 	return cmd
-}
-
-// redriveResult is what dlq redrive did.
-type redriveResult struct {
-	Entries int    `json:"entries"`      // requested (or moved, with To)
-	To      string `json:"to,omitempty"` // the topic entries were moved to
 }
 
 func firstLine(s string) string {

@@ -3,10 +3,10 @@ package main
 import (
 	"fmt"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrymq/ferry/admin"
 	"github.com/ferrymq/ferry/commitlog"
 )
 
@@ -29,12 +29,19 @@ func newTopicsCmd(g *globals) *cobra.Command {
 			if cfg.Partitions < 1 || cfg.Partitions > commitlog.MaxPartitions {
 				return usageError{fmt.Errorf("--partitions %d: want 1 to %d", cfg.Partitions, commitlog.MaxPartitions)}
 			}
-			l, err := g.openDir(cmd.Context(), true, true)
+			if cfg.RetentionAge < 0 || cfg.RetentionBytes < 0 {
+				return usageError{fmt.Errorf("--retention and --retention-bytes: want 0 (keep) or more")}
+			}
+			api, closeAPI, err := g.api(cmd.Context(), cmd, true, true)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
-			if err := l.CreateTopic(cmd.Context(), args[0], cfg); err != nil {
+			defer closeAPI()
+			ct := admin.CreateTopic{Name: args[0], Partitions: cfg.Partitions, RetentionBytes: cfg.RetentionBytes, Compact: cfg.Compact}
+			if cfg.RetentionAge > 0 {
+				ct.Retention = cfg.RetentionAge.String()
+			}
+			if _, err := api.CreateTopic(cmd.Context(), ct); err != nil {
 				return err
 			}
 			return g.print(cmd.OutOrStdout(), topicResult{Topic: args[0], Partitions: cfg.Partitions, Created: true}, func(w *tabwriter.Writer) {
@@ -52,31 +59,19 @@ func newTopicsCmd(g *globals) *cobra.Command {
 		Short: "List topics",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := g.open(cmd.Context(), false)
+			api, closeAPI, err := g.api(cmd.Context(), cmd, false, false)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
-			topics := l.Topics()
-			type row struct {
-				Name       string `json:"name"`
-				Partitions int    `json:"partitions"`
-				Messages   uint64 `json:"messages"`
-				Bytes      int64  `json:"bytes"`
+			defer closeAPI()
+			topics, err := api.Topics(cmd.Context())
+			if err != nil {
+				return err
 			}
-			rows := []row{}
-			for _, t := range topics {
-				r := row{Name: t.Name, Partitions: len(t.Partitions)}
-				for _, p := range t.Partitions {
-					r.Messages += p.End - p.Start
-					r.Bytes += p.Bytes
-				}
-				rows = append(rows, r)
-			}
-			return g.print(cmd.OutOrStdout(), rows, func(w *tabwriter.Writer) {
+			return g.print(cmd.OutOrStdout(), topics, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "TOPIC\tPARTITIONS\tMESSAGES\tBYTES")
-				for _, r := range rows {
-					fmt.Fprintf(w, "%s\t%d\t%d\t%d\n", r.Name, r.Partitions, r.Messages, r.Bytes)
+				for _, t := range topics {
+					fmt.Fprintf(w, "%s\t%d\t%d\t%d\n", t.Name, t.Partitions, t.Messages, t.Bytes)
 				}
 			})
 		},
@@ -86,37 +81,27 @@ func newTopicsCmd(g *globals) *cobra.Command {
 		Short: "Show a topic's configuration and partitions",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd.Context(), false)
+			api, closeAPI, err := g.api(cmd.Context(), cmd, false, false)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
-			t, err := l.Topic(args[0])
+			defer closeAPI()
+			t, err := api.Topic(cmd.Context(), args[0])
 			if err != nil {
-				return usageError{err}
+				return err
 			}
-			type part struct {
-				Partition int    `json:"partition"`
-				Start     uint64 `json:"start"`
-				End       uint64 `json:"end"`
-				Bytes     int64  `json:"bytes"`
-			}
-			out := struct {
-				Name        string        `json:"name"`
-				Retention   time.Duration `json:"retention_ns"`
-				RetentionB  int64         `json:"retention_bytes"`
-				Compact     bool          `json:"compact"`
-				DedupWindow time.Duration `json:"dedup_window_ns"`
-				Partitions  []part        `json:"partitions"`
-			}{t.Name, t.Config.RetentionAge, t.Config.RetentionBytes, t.Config.Compact, t.Config.DedupWindow, nil}
-			for i, p := range t.Partitions {
-				out.Partitions = append(out.Partitions, part{i, p.Start, p.End, p.Bytes})
-			}
-			return g.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "topic\t%s\nretention\t%v\nretention bytes\t%d\ncompact\t%v\ndedup window\t%v\n\n", out.Name, out.Retention, out.RetentionB, out.Compact, out.DedupWindow)
-				fmt.Fprintln(w, "PARTITION\tSTART\tEND\tBYTES")
-				for _, p := range out.Partitions {
-					fmt.Fprintf(w, "%d\t%d\t%d\t%d\n", p.Partition, p.Start, p.End, p.Bytes)
+			return g.print(cmd.OutOrStdout(), t, func(w *tabwriter.Writer) {
+				or := func(s, none string) string {
+					if s == "" {
+						return none
+					}
+					return s
+				}
+				fmt.Fprintf(w, "topic\t%s\nretention\t%s\nretention bytes\t%d\ncompact\t%v\ndedup window\t%s\nmessages\t%d\nbytes\t%d\n\n",
+					t.Name, or(t.Retention, "forever"), t.RetentionBytes, t.Compact, or(t.DedupWindow, "default"), t.Messages, t.Bytes)
+				fmt.Fprintln(w, "PARTITION\tSTART\tEND")
+				for _, p := range t.Bounds {
+					fmt.Fprintf(w, "%d\t%d\t%d\n", p.Partition, p.Start, p.End)
 				}
 			})
 		},
@@ -126,13 +111,13 @@ func newTopicsCmd(g *globals) *cobra.Command {
 		Short: "Delete a topic and its consumer offsets",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := g.open(cmd.Context(), true)
+			api, closeAPI, err := g.api(cmd.Context(), cmd, true, false)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
-			if err := l.DeleteTopic(cmd.Context(), args[0]); err != nil {
-				return usageError{err}
+			defer closeAPI()
+			if err := api.DeleteTopic(cmd.Context(), args[0]); err != nil {
+				return err
 			}
 			return g.print(cmd.OutOrStdout(), topicResult{Topic: args[0], Deleted: true}, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "deleted topic %s\n", args[0])
