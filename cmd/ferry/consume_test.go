@@ -490,7 +490,6 @@ func TestReplayRerunAfterDedupWindow(t *testing.T) {
 	}
 }
 
-
 func TestTailHelpIsItsOwn(t *testing.T) {
 	dir := t.TempDir()
 	tail := mustRun(t, dir, "", "tail", "--help")

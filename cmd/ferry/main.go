@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/admin"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -48,7 +49,8 @@ func run(ctx context.Context, args []string) int {
 	// flags as plain errors.
 	unknown := strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") ||
 		strings.HasPrefix(err.Error(), "required flag")
-	badInput := errors.Is(err, ferry.ErrInvalidArgument) || errors.Is(err, ferry.ErrTopicNotFound) || errors.Is(err, ferry.ErrTopicExists) || errors.Is(err, ferry.ErrOffsetOutOfRange)
+	badInput := errors.Is(err, ferry.ErrInvalidArgument) || errors.Is(err, ferry.ErrTopicNotFound) || errors.Is(err, ferry.ErrTopicExists) ||
+		errors.Is(err, ferry.ErrOffsetOutOfRange) || errors.Is(err, admin.ErrNotFound) || errors.Is(err, admin.ErrProtected)
 	if unknown || badInput || errors.As(err, &ue) {
 		return exitBadInput
 	}
@@ -60,7 +62,7 @@ func run(ctx context.Context, args []string) int {
 // as "ferry:" is printed once before the message.
 func sayOnce(err error) string {
 	msg := err.Error()
-	for _, prefix := range []string{"ferry: ", "commitlog: ", "embedded: ", "dlq: "} {
+	for _, prefix := range []string{"ferry: ", "commitlog: ", "embedded: ", "dlq: ", "admin: "} {
 		msg = strings.ReplaceAll(msg, prefix, "")
 	}
 	return msg
@@ -75,7 +77,9 @@ func newRootCmd() *cobra.Command {
 		Short: "Durable messaging and correct processing, embedded in your process",
 		Long: `ferry is a durable, partitioned log embedded in your process and a processing
 runtime over it (consumer groups, ordered lanes, retries, dead letters,
-exactly-once). These commands inspect and operate a data directory.
+exactly-once). These commands inspect and operate a data directory
+(--dir), NATS JetStream (--nats) or Kafka (--kafka), or a running ferry
+through its admin API (--server URL, or FERRY_SERVER; ferry admin --help).
 
 Exit codes:
   0  success
@@ -91,7 +95,22 @@ Exit codes:
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g := addGlobals(root)
 	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(g), newTopicsCmd(g), newProduceCmd(g),
-		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g), newServeCmd(g))
+		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g), newServeCmd(g),
+		newAdminCmd(g), newAuditCmd(g))
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := g.remote.check(cmd); err != nil {
+			return err
+		}
+		top := cmd
+		for top.HasParent() && top.Parent() != root {
+			top = top.Parent()
+		}
+		switch top.Name() {
+		case "topics", "groups", "dlq", "replay", "audit", "admin", "help", "version":
+			return nil
+		}
+		return g.remote.refuseRemote(cmd)
+	}
 	return root
 }
 

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/ferrymq/ferry/admin"
+	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/metrics"
@@ -27,6 +29,7 @@ func newServeCmd(g *globals) *cobra.Command {
 		tlsCert, tlsKey, tlsCA, security string
 		metricsAddr                      string
 		insecure, autoCreate             bool
+		adm                              adminFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -51,7 +54,10 @@ The security file (JSON, mode 600):
 Resources: topic, group, transactional_id; "name": "*" or "prefix": true
 match more; operations: read, write, describe, create, delete, all.
 
-It prints "serving DIR on ADDR" once it listens.`,
+--admin ADDR (127.0.0.1:8080) also serves the admin API there (see ferry
+admin --help; --auth and --admin-tls-* configure it).
+
+It prints "serving DIR on ADDR" once it listens (and "admin API on URL").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			d, err := commitlog.ParseDurability(durability)
@@ -124,7 +130,24 @@ It prints "serving DIR on ADDR" once it listens.`,
 			if tlsConf != nil {
 				ln = tls.NewListener(ln, tlsConf)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "serving %s on %s\n%s", l.Dir(), ln.Addr(), metricsLine)
+			adminLine := ""
+			var admB *embedded.Backend
+			adminDone := make(chan error, 1)
+			adminDone <- nil
+			if adm.listen != "" {
+				aln, auth, url, err := adm.listener(insecure)
+				if err != nil {
+					ln.Close()
+					l.Close()
+					return err
+				}
+				admB = embedded.New(l)
+				h := admin.NewHandler(admin.NewService(admB, admin.WithBackendName("embedded"), admin.WithLogger(logger)), auth)
+				<-adminDone
+				go func() { adminDone <- serveAdmin(ctx, aln, h, logger) }()
+				adminLine = fmt.Sprintf("admin API on %s\n", url)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "serving %s on %s\n%s%s", l.Dir(), ln.Addr(), metricsLine, adminLine)
 			serveErr := make(chan error, 1)
 			go func() { serveErr <- srv.Serve(ctx, ln) }()
 			select {
@@ -133,6 +156,13 @@ It prints "serving DIR on ADDR" once it listens.`,
 			}
 			logger.Info("stopping: answering the requests read, then closing the log")
 			srv.Close()
+			stop()
+			if aerr := <-adminDone; aerr != nil && !errors.Is(aerr, http.ErrServerClosed) {
+				err = errors.Join(err, aerr)
+			}
+			if admB != nil {
+				admB.Close()
+			}
 			if cerr := l.Close(); cerr != nil {
 				err = errors.Join(err, cerr)
 			}
@@ -148,6 +178,7 @@ It prints "serving DIR on ADDR" once it listens.`,
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate file: serve TLS")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key file of --tls-cert")
 	cmd.Flags().StringVar(&tlsCA, "tls-client-ca", "", "PEM CA file: require client certificates it signed")
+	adm.add(cmd, "admin", "")
 	cmd.Flags().BoolVar(&autoCreate, "auto-create-topics", false, "create a topic a client names in a metadata request (Kafka's auto.create.topics.enable)")
 	return cmd
 }
