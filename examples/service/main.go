@@ -1,0 +1,122 @@
+// Command service is a service that owns an embedded ferry log, runs a
+// consumer over it, and mounts the admin API beside it, so that an
+// operator lists and redrives its dead letters while it runs:
+//
+//	go run ./examples/service --dir ./service-data --admin 127.0.0.1:8080 &
+//	ferry --server http://127.0.0.1:8080 dlq list -g billing
+//	ferry --server http://127.0.0.1:8080 dlq redrive -g billing
+//
+// The consumer (group billing, topic orders) appends each message it
+// handles to --handled as "KEY PAYLOAD" and fails a message whose payload
+// is "poison" permanently, so it is dead-lettered and its key parks,
+// until the file --fixed exists (the fix deployed). Messages are produced
+// through the API (POST /api/v1/topics/orders/messages). SIGTERM or
+// Ctrl-C stops it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/admin"
+	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/retry"
+)
+
+func main() {
+	dir := flag.String("dir", "./service-data", "data directory")
+	addr := flag.String("admin", "127.0.0.1:8080", "address of the admin API")
+	authFile := flag.String("auth", "", "access file of the admin API (tokens, roles); none: loopback only, everyone may do everything")
+	handled := flag.String("handled", "handled.txt", "file the handler appends KEY PAYLOAD lines to")
+	fixed := flag.String("fixed", "fixed", "while this file does not exist, a \"poison\" payload fails permanently")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed); err != nil {
+		fmt.Fprintln(os.Stderr, "service:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string) error {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	l, err := commitlog.Open(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	b := embedded.New(l)
+	defer b.Close()
+	if err := b.EnsureTopic(ctx, "orders", 3); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(handledFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	var mu sync.Mutex
+	handle := func(_ context.Context, m *ferry.Message) error {
+		if string(m.Payload) == "poison" {
+			if _, err := os.Stat(fixedFile); err != nil {
+				return ferry.Permanent(errors.New("cannot bill a poison order"))
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := fmt.Fprintf(out, "%s %s\n", m.Key, m.Payload); err != nil {
+			return err
+		}
+		return out.Sync()
+	}
+	c, err := consumer.New(b, "billing", []string{"orders"}, handle, consumer.WithLogger(logger),
+		consumer.WithRetryPolicy(retry.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}))
+	if err != nil {
+		return err
+	}
+
+	// The admin API: one Service over the backend, the consumer
+	// registered for its live state, and the handler on a listener.
+	var reg admin.Registry
+	defer reg.Add(c)()
+	var auth *admin.Auth
+	if authFile != "" {
+		if auth, err = admin.LoadAuth(authFile); err != nil {
+			return err
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: admin.NewHandler(admin.NewService(b, admin.WithRegistry(&reg), admin.WithLogger(logger)), auth),
+		ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- c.Run(ctx) }()
+	select {
+	case <-c.Ready():
+	case err := <-runErr:
+		return err
+	}
+	fmt.Printf("admin API on http://%s\n", ln.Addr())
+	if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
