@@ -160,6 +160,8 @@ func (c *call) decode(v any, max int64) error {
 		return nil
 	case errors.As(err, &tooBig):
 		return fmt.Errorf("request body larger than %d bytes: %w", tooBig.Limit, ferry.ErrInvalidArgument)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("request body: malformed JSON: it ends before the value does: %w", ferry.ErrInvalidArgument)
 	case errors.Is(err, io.EOF):
 		return fmt.Errorf("request body: empty, want a JSON object: %w", ferry.ErrInvalidArgument)
 	case errors.As(err, &syntax):

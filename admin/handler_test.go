@@ -1,0 +1,440 @@
+package admin
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/retry"
+)
+
+// fixture is an API over an embedded log holding topic orders (2
+// partitions) and the DLQ billing.dlq: key k's poison message and one
+// message parked behind it.
+type fixture struct {
+	b   *embedded.Backend
+	svc *Service
+	srv *httptest.Server
+}
+
+// tokens of the fixture's access file: name -> verbs on every topic and
+// group.
+var fixtureTokens = map[string][]string{
+	"reader":   {VerbRead},
+	"ops":      {VerbRead, VerbRedrive, VerbPurge, VerbProduce},
+	"noreplay": {VerbRead, VerbProduce},
+	"root":     {VerbAdmin},
+}
+
+func tokenOf(name string) string { return name + "-secret-token-0123456789" }
+
+func fixtureAuth(t testing.TB, clients ...ClientConfig) *Auth {
+	cfg := AuthConfig{Roles: map[string][]Rule{}, Clients: clients}
+	for name, verbs := range fixtureTokens {
+		h, err := bcrypt.GenerateFromPassword([]byte(tokenOf(name)), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Tokens = append(cfg.Tokens, TokenConfig{Name: name, Hash: string(h), Roles: []string{name}})
+		cfg.Roles[name] = []Rule{{Verbs: verbs, Topics: []string{"*"}, Groups: []string{"*"}}}
+	}
+	a, err := NewAuth(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	b := newTestBackend(t)
+	if err := b.EnsureTopic(ctx, "orders", 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.EnsureTopic(ctx, "billing.dlq", 1); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i, class := range []retry.Class{retry.ClassPermanent, dlq.ClassParked} {
+		m := &ferry.Message{Topic: "orders", Key: []byte("k"), Payload: []byte{byte('a' + i)}}
+		if err := b.Publish(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		e := dlq.NewEntry(m, "billing.dlq", dlq.Failure{Group: "billing", Handler: "h", Attempts: 1, First: now, Last: now, Err: errors.New("poison"), Class: class})
+		if err := b.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &fixture{b: b, svc: NewService(b)}
+	f.srv = httptest.NewServer(NewHandler(f.svc, fixtureAuth(t)))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fixture) client(t *testing.T, token string) *Client {
+	c, err := NewClient(f.srv.URL, token, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// states returns the DLQ's entries' states, as the Service sees them.
+func (f *fixture) states(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, state := range States {
+		es, err := f.svc.DeadLetters(context.Background(), "billing.dlq", Filter{State: state}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range es {
+			out = append(out, state)
+		}
+	}
+	return out
+}
+
+func (f *fixture) audit(t *testing.T) []AuditRecord {
+	t.Helper()
+	recs, err := f.svc.AuditLog(context.Background(), AuditQuery{Limit: MaxLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func TestUnauthenticatedIs401AndAudited(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for _, token := range []string{"", "wrong-token-0123456789"} {
+		_, err := f.client(t, token).Topics(ctx)
+		var ae *APIError
+		if !errors.Is(err, ErrUnauthenticated) || !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+			t.Fatalf("token %q: %v", token, err)
+		}
+		_, err = f.client(t, token).Purge(ctx, "billing.dlq", Purge{})
+		if !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("purge with token %q: %v", token, err)
+		}
+	}
+	if got := f.states(t); !reflect.DeepEqual(got, []string{"dead", "dead"}) {
+		t.Fatalf("after unauthenticated purges: %v", got)
+	}
+	recs := f.audit(t)
+	if len(recs) != 2 || recs[0].Data.Result != AuditDenied || recs[0].Data.Status != 401 || recs[0].Data.Actor != "unauthenticated" {
+		t.Fatalf("audit: %+v", recs)
+	}
+}
+
+func TestRedriveNeedsItsVerbAndNothingMoves(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	_, err := f.client(t, tokenOf("reader")).Redrive(ctx, "billing.dlq", Redrive{}, nil)
+	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), `"redrive"`) {
+		t.Fatalf("reader's redrive: %v", err)
+	}
+	// With progress (server-sent events) too: the check comes first.
+	_, err = f.client(t, tokenOf("reader")).Redrive(ctx, "billing.dlq", Redrive{}, func(Progress) {})
+	if !errors.Is(err, ErrForbidden) {
+		t.Fatalf("reader's streamed redrive: %v", err)
+	}
+	if got := f.states(t); !reflect.DeepEqual(got, []string{"dead", "dead"}) {
+		t.Fatalf("after refused redrives: %v", got)
+	}
+	var progress []Progress
+	res, err := f.client(t, tokenOf("ops")).Redrive(ctx, "billing.dlq", Redrive{}, func(p Progress) { progress = append(progress, p) })
+	if err != nil || res.Entries != 2 || len(progress) == 0 || progress[len(progress)-1] != (Progress{2, 2}) {
+		t.Fatalf("ops' redrive: %+v %v, progress %v", res, err, progress)
+	}
+	if got := f.states(t); !reflect.DeepEqual(got, []string{"requested", "requested"}) {
+		t.Fatalf("after the redrive: %v", got)
+	}
+	var got []string
+	for _, r := range f.audit(t) {
+		got = append(got, r.Data.Actor+" "+r.Data.Result+" "+r.Data.Counts)
+	}
+	want := []string{"reader denied ", "reader denied ", "ops ok redriven 2 of 2"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("audit %q, want %q", got, want)
+	}
+}
+
+func TestReplayIsItsOwnVerb(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.client(t, tokenOf("noreplay"))
+	page, err := c.Messages(ctx, "orders", PartitionOf("k", 2), "earliest", 0)
+	if err != nil || len(page.Messages) != 2 {
+		t.Fatalf("noreplay reads: %+v %v", page, err)
+	}
+	if _, err := c.Replay(ctx, Replay{From: "orders", To: "copy"}); !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), `"replay"`) {
+		t.Fatalf("noreplay's replay: %v", err)
+	}
+	if _, err := f.b.Partitions(ctx, "copy"); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("the refused replay created its target: %v", err)
+	}
+	res, err := f.client(t, tokenOf("root")).Replay(ctx, Replay{From: "orders", To: "copy"})
+	if err != nil || res.Copied != 2 || !res.Created {
+		t.Fatalf("root's replay: %+v %v", res, err)
+	}
+}
+
+// PartitionOf is the partition of key among n.
+func PartitionOf(key string, n int) int32 { return ferry.PartitionForKey([]byte(key), n) }
+
+func TestAuditTopicIsWrittenOnlyByTheAuditLog(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.client(t, tokenOf("root"))
+	if _, err := c.Produce(ctx, "orders", []Message{{Payload: "x"}}); err != nil { // creates the audit topic
+		t.Fatal(err)
+	}
+	for name, call := range map[string]func() error{
+		"produce": func() error { _, err := c.Produce(ctx, DefaultAuditTopic, []Message{{Payload: "forged"}}); return err },
+		"replay":  func() error { _, err := c.Replay(ctx, Replay{From: "orders", To: DefaultAuditTopic}); return err },
+		"delete":  func() error { return c.DeleteTopic(ctx, DefaultAuditTopic) },
+		"purge":   func() error { _, err := c.Purge(ctx, DefaultAuditTopic, Purge{}); return err },
+		"redrive": func() error { _, err := c.Redrive(ctx, DefaultAuditTopic, Redrive{}, nil); return err },
+		"move":    func() error { _, err := c.Redrive(ctx, "billing.dlq", Redrive{To: DefaultAuditTopic}, nil); return err },
+		"reset": func() error {
+			_, err := c.ResetGroup(ctx, "g", Reset{Topic: DefaultAuditTopic, To: "earliest", Force: true})
+			return err
+		},
+		"create": func() error { _, err := c.CreateTopic(ctx, CreateTopic{Name: DefaultAuditTopic, Partitions: 1}); return err },
+	} {
+		if err := call(); !errors.Is(err, ErrProtected) {
+			t.Errorf("%s on the audit topic: %v", name, err)
+		}
+	}
+	recs := f.audit(t)
+	if len(recs) != 9 { // the produce, and each refusal
+		t.Fatalf("%d audit records, want 9: %+v", len(recs), recs)
+	}
+	for _, r := range recs[1:] {
+		if r.Data.Result != AuditDenied || r.Data.Status != http.StatusForbidden {
+			t.Errorf("audit record of a refusal: %+v", r.Data)
+		}
+	}
+	if got := f.states(t); !reflect.DeepEqual(got, []string{"dead", "dead"}) {
+		t.Fatalf("after the refusals: %v", got)
+	}
+}
+
+func TestBadInputIs400AndChangesNothing(t *testing.T) {
+	f := newFixture(t)
+	do := func(method, path, body string) (int, ErrorBody) {
+		req, _ := http.NewRequest(method, f.srv.URL+Prefix+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tokenOf("root"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var eb ErrorBody
+		json.NewDecoder(resp.Body).Decode(&eb)
+		return resp.StatusCode, eb
+	}
+	for _, c := range []struct{ method, path, body, says string }{
+		{"POST", "/dlq/billing.dlq/purge", "{", "malformed JSON"},
+		{"POST", "/dlq/billing.dlq/purge", "", "empty"},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{"clas":"permanent"}}`, `unknown field "clas"`},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{}} {"filter":{}}`, "more than one JSON value"},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{"class":"nope"}}`, "want one of transient"},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{"since":"yesterday"}}`, "RFC 3339"},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{"ids":["not-a-uuid"]}}`, "want a message ID"},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{"class":7}}`, "want string"},
+		{"POST", "/dlq/billing.dlq/purge", `{"filter":{"key":"` + strings.Repeat("x", MaxBody) + `"}}`, "larger than 1048576 bytes"},
+		{"POST", "/dlq/billing.dlq/redrive", `{"per_second":-1}`, "per_second"},
+		{"GET", "/dlq/billing.dlq/entries?class=nope", "", "want one of"},
+		{"GET", "/dlq/billing.dlq/entries?bogus=1", "", `unknown filter parameter "bogus"`},
+		{"GET", "/dlq/billing.dlq/entries?key=a&key=b", "", "given 2 times"},
+		{"GET", "/dlq/billing.dlq/entries?limit=x", "", "want an integer"},
+		{"GET", "/topics/orders/partitions/0/messages?start=noon", "", "want earliest"},
+		{"GET", "/topics/orders/partitions/9/messages", "", "partitions 0 to 1"},
+		{"GET", "/topics/orders/partitions/-1/messages", "", "want a number"},
+		{"GET", "/topics/orders/partitions/0/messages?limit=100000", "", "want 1 to"},
+		{"GET", "/topics/orders/search", "", "give a key or a header"},
+		{"POST", "/topics", `{"name":"t","partitions":0}`, "want 1 to"},
+		{"POST", "/topics/orders/messages", `{"messages":[]}`, "want 1 to"},
+		{"POST", "/topics/orders/messages", `{"messages":[{"payload":"%%","encoding":"base64"}]}`, "message 0"},
+		{"POST", "/groups/billing/reset", `{"topic":"orders","to":"noon"}`, "want earliest"},
+	} {
+		status, eb := do(c.method, c.path, c.body)
+		if status != http.StatusBadRequest || eb.Error.Code != "invalid_argument" || !strings.Contains(eb.Error.Message, c.says) || eb.RequestID == "" {
+			t.Errorf("%s %s %.60q: %d %+v, want 400 saying %q", c.method, c.path, c.body, status, eb, c.says)
+		}
+	}
+	if got := f.states(t); !reflect.DeepEqual(got, []string{"dead", "dead"}) {
+		t.Fatalf("after bad input: %v", got)
+	}
+	if _, err := f.b.Partitions(context.Background(), "t"); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("a refused create made the topic: %v", err)
+	}
+	if status, eb := do("GET", "/no/such/route", ""); status != 404 || !strings.Contains(eb.Error.Message, "no route") {
+		t.Fatalf("unknown route: %d %+v", status, eb)
+	}
+}
+
+func TestGroupResetRefusedWhileMembersLive(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	s, err := f.b.Join(ctx, "billing", "m1", []string{"orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t, tokenOf("root"))
+	_, err = c.ResetGroup(ctx, "billing", Reset{Topic: "orders", To: "latest"})
+	if !errors.Is(err, ErrGroupActive) || !strings.Contains(err.Error(), "m1") {
+		t.Fatalf("reset with a live member: %v", err)
+	}
+	if _, ok, _ := f.b.Committed(ctx, "billing", backend.TopicPartition{Topic: "orders"}); ok {
+		t.Fatal("the refused reset committed")
+	}
+	out, err := c.ResetGroup(ctx, "billing", Reset{Topic: "orders", To: "latest", Force: true})
+	if err != nil || len(out) != 2 {
+		t.Fatalf("forced reset: %+v %v", out, err)
+	}
+	s.Leave()
+	g, err := c.Group(ctx, "billing")
+	if err != nil || len(g.Partitions) != 2 || len(g.Members) != 0 {
+		t.Fatalf("group after: %+v %v", g, err)
+	}
+}
+
+// certs makes a CA, a server certificate for 127.0.0.1 and a client
+// certificate for CN=ops, all signed by the CA.
+func certs(t *testing.T) (ca *x509.CertPool, server, client tls.Certificate) {
+	key := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	caKey := key()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	ca = x509.NewCertPool()
+	ca.AddCert(caCert)
+	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP) tls.Certificate {
+		k := key()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
+			NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+	}
+	return ca, leaf(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, []net.IP{net.ParseIP("127.0.0.1")}),
+		leaf(3, "ops", x509.ExtKeyUsageClientAuth, nil)
+}
+
+func TestClientCertificatesAndTLS(t *testing.T) {
+	b := newTestBackend(t)
+	ctx := context.Background()
+	b.EnsureTopic(ctx, "orders", 1)
+	ca, serverCert, clientCert := certs(t)
+	svc := NewService(b)
+	srv := httptest.NewUnstartedServer(NewHandler(svc, fixtureAuth(t, ClientConfig{Subject: "CN=ops", Roles: []string{"ops"}})))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: ca, ClientAuth: tls.VerifyClientCertIfGiven, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	defer srv.Close()
+	client := func(certs ...tls.Certificate) *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca, Certificates: certs}}}
+	}
+	c, err := NewClient(srv.URL, "", client(clientCert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Produce(ctx, "orders", []Message{{Payload: "by certificate"}}); err != nil {
+		t.Fatalf("produce with a client certificate: %v", err)
+	}
+	recs, _ := svc.AuditLog(ctx, AuditQuery{})
+	if len(recs) != 1 || recs[0].Data.Actor != "CN=ops" || recs[0].Data.Auth != "mtls" {
+		t.Fatalf("audit: %+v", recs)
+	}
+	// Without a certificate and without a token: 401.
+	c2, _ := NewClient(srv.URL, "", client())
+	if _, err := c2.Topics(ctx); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("no certificate, no token: %v", err)
+	}
+	// With a token instead: in.
+	c3, _ := NewClient(srv.URL, tokenOf("reader"), client())
+	if _, err := c3.Topics(ctx); err != nil {
+		t.Fatalf("token over TLS: %v", err)
+	}
+	// Plain HTTP to the TLS port fails.
+	plain := strings.Replace(srv.URL, "https://", "http://", 1)
+	c4, _ := NewClient(plain, tokenOf("root"), nil)
+	if _, err := c4.Topics(ctx); err == nil {
+		t.Fatal("plain HTTP to the TLS port answered")
+	}
+}
+
+func TestAuthConfigIsChecked(t *testing.T) {
+	for _, c := range []struct {
+		cfg  AuthConfig
+		says string
+	}{
+		{AuthConfig{Tokens: []TokenConfig{{Name: "a", Hash: "plain", Roles: nil}}}, "bcrypt"},
+		{AuthConfig{Tokens: []TokenConfig{{Name: "a", Hash: "$2a$04$012345678901234567890u8OhNf5j2M0ZpSpdXhMkMRlM5A1ZGq.", Roles: []string{"x"}}}}, `role "x" is not defined`},
+		{AuthConfig{Roles: map[string][]Rule{"r": {{Verbs: []string{"delete"}}}}}, `verb "delete"`},
+		{AuthConfig{Roles: map[string][]Rule{"r": {{Verbs: []string{"read"}, Topics: []string{"["}}}}}, `pattern "["`},
+	} {
+		if _, err := NewAuth(c.cfg); !errors.Is(err, ferry.ErrInvalidArgument) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%+v: %v, want saying %q", c.cfg, err, c.says)
+		}
+	}
+}
+
+func FuzzParseFilter(f *testing.F) {
+	for _, s := range []string{"class=permanent&key=k", "since=1h&until=2026-01-01T00:00:00Z", "id=0190d3a0-0000-7000-8000-000000000000&id=x", "state=dead", "bogus=1", "key=%ff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		flt, err := ParseFilter(q)
+		if err != nil {
+			if !errors.Is(err, ferry.ErrInvalidArgument) {
+				t.Fatalf("%q: error without ErrInvalidArgument: %v", raw, err)
+			}
+			return
+		}
+		again, err := ParseFilter(flt.Query())
+		if err != nil || !reflect.DeepEqual(flt, again) {
+			t.Fatalf("%q: %+v round-trips to %+v, %v", raw, flt, again, err)
+		}
+	})
+}
