@@ -106,3 +106,41 @@ func TestREADMEServeRunsAsWritten(t *testing.T) {
 		t.Errorf("want 'again' from the plain and the group read:\n%s", out)
 	}
 }
+
+// The README's admin section runs as written (on a free port instead of
+// 8080): the example service in the background, the CLI listing and
+// redriving its dead letters through --server while it runs.
+func TestREADMEAdminRunsAsWritten(t *testing.T) {
+	if testing.Short() {
+		t.Skip("installs the binaries")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	block := strings.ReplaceAll(readmeBlock(t, "## Operating a running service: the admin API"), "127.0.0.1:8080", addr)
+	bin := t.TempDir()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", block)
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "GOBIN="+bin, "PATH="+bin+string(filepath.ListSeparator)+os.Getenv("PATH"), "TMPDIR="+t.TempDir())
+	done := make(chan struct{})
+	var out []byte
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("the README's admin section did not finish:\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("the README's admin section failed: %v\n--- script ---\n%s--- output ---\n%s", err, block, out)
+	}
+	for _, want := range []string{"parked", "requested 2 entries", "k poison\nk k/1", "running here", "redriven 2 of 2"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -56,7 +56,7 @@ func TestOperatorRedrivesWhileTheServiceRuns(t *testing.T) {
 	tmp := t.TempDir()
 	bins := t.TempDir()
 	ferryBin := build(t, "../../cmd/ferry", bins, "ferry")
-	serviceBin := build(t, ".", bins, "service")
+	serviceBin := build(t, ".", bins, "billing")
 
 	opsToken, viewerToken := "ops-token-0123456789abcdef", "viewer-token-0123456789abcdef"
 	hash := func(tok string) string {

@@ -1,8 +1,8 @@
-// Command service is a service that owns an embedded ferry log, runs a
+// Command billing is a service that owns an embedded ferry log, runs a
 // consumer over it, and mounts the admin API beside it, so that an
 // operator lists and redrives its dead letters while it runs:
 //
-//	go run ./examples/service --dir ./service-data --admin 127.0.0.1:8080 &
+//	go run ./examples/billing --dir ./service-data --admin 127.0.0.1:8080 &
 //	ferry --server http://127.0.0.1:8080 dlq list -g billing
 //	ferry --server http://127.0.0.1:8080 dlq redrive -g billing
 //
@@ -46,7 +46,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed); err != nil {
-		fmt.Fprintln(os.Stderr, "service:", err)
+		fmt.Fprintln(os.Stderr, "billing:", err)
 		os.Exit(1)
 	}
 }
