@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/admin"
 	"github.com/ferrymq/ferry/commitlog"
 )
 
@@ -188,13 +189,46 @@ func runProduce(cmd *cobra.Command, g *globals, topic string, args []string, o p
 	if err != nil {
 		return usageError{err}
 	}
-	l, err := g.open(cmd.Context(), true)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	if _, err := l.Topic(topic); err != nil {
-		return usageError{err}
+	p := &producer{tpl: tpl, singleID: !tpl.id.IsZero()}
+	if g.remote.isRemote() {
+		if o.atomic {
+			return usageError{errors.New("--atomic commits one batch of the log: it works on a data directory (--dir) only")}
+		}
+		api, closeAPI, err := g.api(cmd.Context(), cmd, true, false)
+		if err != nil {
+			return err
+		}
+		defer closeAPI()
+		if _, err := api.Topic(cmd.Context(), topic); err != nil {
+			return err
+		}
+		o.batch = min(o.batch, admin.MaxProduce)
+		// One request at a time: requests in flight together could land
+		// in any order, and a key's messages must keep the input's.
+		p.publish = func(ctx context.Context, msgs []*ferry.Message, done func(*commitlog.Batch, error)) {
+			wire := make([]admin.Message, len(msgs))
+			for i, m := range msgs {
+				wire[i] = admin.NewMessage(m)
+			}
+			out, err := api.Produce(ctx, topic, wire)
+			for i := range min(len(out), len(msgs)) {
+				msgs[i].Partition, msgs[i].Offset = out[i].Partition, out[i].Offset
+			}
+			done(&commitlog.Batch{Messages: msgs}, err)
+		}
+	} else {
+		l, err := g.open(cmd.Context(), true)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		if _, err := l.Topic(topic); err != nil {
+			return usageError{err}
+		}
+		p.l = l
+		p.publish = func(ctx context.Context, msgs []*ferry.Message, done func(*commitlog.Batch, error)) {
+			l.CommitAsync(ctx, &commitlog.Batch{Messages: msgs}, done)
+		}
 	}
 
 	frames := make(chan []byte, 2*o.batch)
@@ -205,7 +239,6 @@ func runProduce(cmd *cobra.Command, g *globals, topic string, args []string, o p
 		defer close(frames)
 		readErr <- readFrames(ctx, in, args, split, frames)
 	}()
-	p := &producer{l: l, tpl: tpl, singleID: !tpl.id.IsZero()}
 	if o.atomic {
 		err = p.atomic(ctx, frames)
 	} else {
@@ -351,9 +384,12 @@ func readFrames(ctx context.Context, in io.Reader, args []string, split bufio.Sp
 
 // producer publishes frames and keeps where each message went.
 type producer struct {
-	l        *commitlog.Log
+	l        *commitlog.Log // --atomic's
 	tpl      template
 	singleID bool
+	// publish commits a streamed batch and calls done: the log's group
+	// commit, or the admin API's produce.
+	publish func(ctx context.Context, msgs []*ferry.Message, done func(*commitlog.Batch, error))
 
 	mu         sync.Mutex
 	count      int // messages read into batches
@@ -449,7 +485,7 @@ func (p *producer) stream(ctx context.Context, frames <-chan []byte, max int) er
 			break
 		}
 		wg.Add(1)
-		p.l.CommitAsync(ctx, &commitlog.Batch{Messages: msgs}, func(b *commitlog.Batch, err error) {
+		p.publish(ctx, msgs, func(b *commitlog.Batch, err error) {
 			defer wg.Done()
 			defer func() { <-slots }()
 			if err != nil {

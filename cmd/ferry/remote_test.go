@@ -139,6 +139,9 @@ func TestDLQOverNATSAndKafka(t *testing.T) {
 			if es := list("--server", url); len(es) != 2 {
 				t.Fatalf("dlq list --server: %+v", es)
 			}
+			if out, code := ferryExec(t, "--server", url, "produce", "orders", "-k", "k", "--json", "k/2", "k/3"); code != 0 || !strings.Contains(out, `"offset": 3`) {
+				t.Fatalf("produce through ferry admin: exit %d: %s", code, out)
+			}
 			if out, code := ferryExec(t, "--server", url, "dlq", "redrive", "-g", "billing", "--class", "permanent"); code != 0 || !strings.Contains(out, "requested 2 entries") {
 				t.Fatalf("redrive through ferry admin: exit %d: %s", code, out) // the parked entry goes with its key
 			}
@@ -151,7 +154,7 @@ func TestDLQOverNATSAndKafka(t *testing.T) {
 			if es := list(c.flag, c.addr); len(es) != 0 {
 				t.Fatalf("after the purge: %+v", es)
 			}
-			out, code := ferryExec(t, "--server", url, "audit", "--json")
+			out, code := ferryExec(t, "--server", url, "audit", "--verb", "redrive", "--json")
 			var recs []admin.AuditRecord
 			if code != 0 || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 1 || recs[0].Data.Counts != "redriven 2 of 2" {
 				t.Fatalf("audit through ferry admin: exit %d: %s", code, out)
@@ -171,7 +174,8 @@ func TestAdminRefusesOpenListenAndMixedTargets(t *testing.T) {
 		{[]string{"--dir", dir, "admin", "--listen", "0.0.0.0:0", "--auth", "x.json"}, "not a loopback address"},
 		{[]string{"--dir", dir, "--server", "http://127.0.0.1:1", "topics", "list"}, "--dir and --server"},
 		{[]string{"--nats", "nats://127.0.0.1:1", "--kafka", "127.0.0.1:1", "dlq", "list", "-g", "x"}, "give one"},
-		{[]string{"--server", "http://127.0.0.1:1", "produce", "orders", "x"}, "data directory (--dir) only"},
+		{[]string{"--server", "http://127.0.0.1:1", "consume", "orders"}, "data directory (--dir) only"},
+		{[]string{"--server", "http://127.0.0.1:1", "produce", "orders", "--atomic", "x"}, "--atomic commits one batch"},
 		{[]string{"--server", "http://127.0.0.1:1", "verify"}, "data directory (--dir) only"},
 		{[]string{"--server", "ftp://x", "topics", "list"}, "want http://HOST:PORT"},
 		{[]string{"--server", "http://127.0.0.1:8080", "admin"}, "--server is for the commands"},
