@@ -223,7 +223,10 @@ func TestAuditTopicIsWrittenOnlyByTheAuditLog(t *testing.T) {
 			_, err := c.ResetGroup(ctx, "g", Reset{Topic: DefaultAuditTopic, To: "earliest", Force: true})
 			return err
 		},
-		"create": func() error { _, err := c.CreateTopic(ctx, CreateTopic{Name: DefaultAuditTopic, Partitions: 1}); return err },
+		"create": func() error {
+			_, err := c.CreateTopic(ctx, CreateTopic{Name: DefaultAuditTopic, Partitions: 1})
+			return err
+		},
 	} {
 		if err := call(); !errors.Is(err, ErrProtected) {
 			t.Errorf("%s on the audit topic: %v", name, err)

@@ -330,19 +330,19 @@ func (s *Service) Messages(ctx context.Context, topic string, partition int32, s
 	if err != nil {
 		return page, err
 	}
-	err = s.scan(ctx, tp, off, func(m *ferry.Message, end uint64) bool {
-		page.End = end
+	first, end, err := s.b.Bounds(ctx, tp)
+	if err != nil {
+		return page, err
+	}
+	if off > end {
+		return page, fmt.Errorf("offset %d of %s/%d: the partition ends at %d: %w", off, topic, partition, end, ferry.ErrOffsetOutOfRange)
+	}
+	page.Next, page.End = max(off, first), end
+	err = s.scan(ctx, tp, page.Next, func(m *ferry.Message, _ uint64) bool {
 		page.Messages = append(page.Messages, NewMessage(m))
 		page.Next = m.Offset + 1
 		return len(page.Messages) < n
 	})
-	if page.Next == 0 || page.Next < off {
-		page.Next = max(off, page.Next)
-	}
-	if page.End == 0 {
-		_, page.End, _ = s.b.Bounds(ctx, tp)
-		page.Next = min(max(page.Next, off), max(page.End, off))
-	}
 	return page, err
 }
 
