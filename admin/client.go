@@ -38,7 +38,11 @@ func NewClient(base, token string, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = &http.Client{}
 	}
-	return &Client{base: strings.TrimSuffix(base, "/"), token: token, hc: hc}, nil
+	// A redirect would resend a request elsewhere (or as a GET): an
+	// answer of its own, reported as an error.
+	own := *hc
+	own.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Client{base: strings.TrimSuffix(base, "/"), token: token, hc: &own}, nil
 }
 
 // APIError is an error response of the API. It unwraps to the sentinel its

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ferrymq/ferry"
 )
@@ -109,7 +111,12 @@ func (h *Handler) serve(rt route, w http.ResponseWriter, r *http.Request) {
 			target = r.URL.Path
 		}
 		rec := h.svc.NewAuditRecord(rt.Verb, target, c.audit)
-		if aerr := h.svc.Record(r.Context(), rec); aerr != nil {
+		// The record is written even if the caller has gone: what was
+		// done must be on record.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+		aerr := h.svc.Record(actx, rec)
+		cancel()
+		if aerr != nil {
 			// The operation is done; the record of it could not be kept.
 			h.log.Error("admin: audit record not written", "request_id", c.id, "actor", c.audit.Actor, "verb", rt.Verb, "target", target, "err", aerr)
 		}
@@ -137,9 +144,13 @@ func (c *call) need(verb, kind, name string) error {
 	return fmt.Errorf("%s may not %s %s %q: its roles do not grant %q on it: %w", c.who.Name, verb, kind, name, verb, ErrForbidden)
 }
 
-// decode reads the JSON body into v strictly: at most max bytes, no
-// unknown fields, one value.
+// decode reads the JSON body into v strictly: a Content-Type of
+// application/json (so that a browser cannot send it cross-site without
+// asking first), at most max bytes, no unknown fields, one value.
 func (c *call) decode(v any, max int64) error {
+	if ct := c.r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		return fmt.Errorf("request body of Content-Type %q: want application/json: %w", ct, ErrUnsupportedMedia)
+	}
 	body := http.MaxBytesReader(c.w, c.r.Body, max)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
@@ -288,6 +299,7 @@ var errorCodes = []struct {
 	{ferry.ErrOffsetOutOfRange, http.StatusRequestedRangeNotSatisfiable, "offset_out_of_range"},
 	{ferry.ErrTopicExists, http.StatusConflict, "topic_exists"},
 	{ErrGroupActive, http.StatusConflict, "group_active"},
+	{ErrUnsupportedMedia, http.StatusUnsupportedMediaType, "unsupported_media_type"},
 	{ferry.ErrInvalidArgument, http.StatusBadRequest, "invalid_argument"},
 	{ErrUnsupported, http.StatusNotImplemented, "unsupported"},
 	{ferry.ErrBackpressure, http.StatusServiceUnavailable, "backpressure"},

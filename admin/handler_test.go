@@ -251,6 +251,7 @@ func TestBadInputIs400AndChangesNothing(t *testing.T) {
 	do := func(method, path, body string) (int, ErrorBody) {
 		req, _ := http.NewRequest(method, f.srv.URL+Prefix+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+tokenOf("root"))
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -52,6 +52,7 @@ func TestOpenAPIPathsServed(t *testing.T) {
 			n++
 			url := param.ReplaceAllString(path, "0")
 			req := httptest.NewRequest(strings.ToUpper(method), url, strings.NewReader("{"))
+			req.Header.Set("Content-Type", "application/json")
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
 			if strings.Contains(rec.Body.String(), "no route") {

@@ -201,6 +201,11 @@ var routes = []route{
 			if err := c.decode(&r, MaxBody); err != nil {
 				return nil, err
 			}
+			// A reset makes the group read the topic again: the caller
+			// must be allowed to reset it, too.
+			if err := c.need(VerbReset, KindTopic, r.Topic); err != nil {
+				return nil, err
+			}
 			out, err := c.h.svc.ResetGroup(c.r.Context(), group, r)
 			c.audit.Counts = fmt.Sprintf("reset %d partition(s) of %s to %s", len(out), r.Topic, r.To)
 			return out, err
@@ -258,8 +263,9 @@ var routes = []route{
 			var progress func(Progress)
 			stream := c.wantsStream()
 			if stream {
-				// Checked before the stream starts, so that bad input is a 400.
-				if _, err := r.Filter.Parse(c.h.svc.now()); err != nil {
+				// Checked before the stream starts, so that bad input gets
+				// its status (400, 403, 404), not an error event.
+				if _, _, err := c.h.svc.checkRedrive(c.r.Context(), queue, r); err != nil {
 					return nil, err
 				}
 				c.startStream()

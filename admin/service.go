@@ -33,6 +33,9 @@ var (
 	// ErrNoDLQ: the DLQ topic does not exist (yet): nothing was
 	// dead-lettered. It comes with ferry.ErrTopicNotFound.
 	ErrNoDLQ = errors.New("admin: no such DLQ topic")
+	// ErrUnsupportedMedia: a request body that is not application/json.
+	// It comes with ferry.ErrInvalidArgument.
+	ErrUnsupportedMedia = fmt.Errorf("admin: unsupported media type: %w", ferry.ErrInvalidArgument)
 	// ErrNotFound: no such message, entry or group.
 	ErrNotFound = errors.New("admin: not found")
 )
@@ -343,8 +346,20 @@ func (s *Service) Messages(ctx context.Context, topic string, partition int32, s
 		page.Next = m.Offset + 1
 		return len(page.Messages) < n
 	})
+	if errors.Is(err, errNotDue) {
+		err = nil // the page ends there; Next names the delayed message
+	}
 	return page, err
 }
+
+// errNotDue: a scan reached a message whose delivery is delayed: the
+// backend serves nothing from it on until it is due.
+var errNotDue = errors.New("a message delayed until later: nothing is readable from it on until it is due")
+
+// notDueWait is how long a scan's fetch waits before taking its silence
+// for a message not due yet (below the partition's end a fetch otherwise
+// answers at once).
+const notDueWait = time.Second
 
 // scan calls fn with tp's messages from off to the end the partition had
 // when scan began (fn also gets that end), until fn returns false.
@@ -355,7 +370,13 @@ func (s *Service) scan(ctx context.Context, tp backend.TopicPartition, off uint6
 	}
 	off = max(off, start) // removed by retention: the first retained
 	for off < end {
-		f, err := s.b.Fetch(ctx, tp, off, 500)
+		// Fetch waits for a delayed message to be due; a scan must not.
+		fctx, cancel := context.WithTimeout(ctx, notDueWait)
+		f, err := s.b.Fetch(fctx, tp, off, 500)
+		cancel()
+		if err != nil && ctx.Err() == nil && fctx.Err() != nil {
+			return fmt.Errorf("%s/%d at offset %d: %w", tp.Topic, tp.Partition, off, errNotDue)
+		}
 		if errors.Is(err, ferry.ErrOffsetOutOfRange) {
 			// Retention moved the start under us.
 			if start, _, err = s.b.Bounds(ctx, tp); err != nil {
@@ -468,7 +489,10 @@ func (s *Service) Search(ctx context.Context, topic string, q Search) (SearchRes
 			}
 			return true
 		})
-		if err != nil || res.Truncated {
+		if errors.Is(err, errNotDue) {
+			res.Truncated, err = true, nil // the rest of the partition is not due yet
+		}
+		if err != nil || res.Scanned >= scan || len(res.Messages) >= n {
 			return res, err
 		}
 	}
@@ -782,24 +806,49 @@ func (s *Service) DeadLetter(ctx context.Context, queue, id string) (DeadLetter,
 	return NewDeadLetter(e, true), nil
 }
 
-// Redrive implements API.
-func (s *Service) Redrive(ctx context.Context, queue string, r Redrive, progress func(Progress)) (RedriveResult, error) {
-	res := RedriveResult{To: r.To}
+// checkRedrive checks a redrive before it starts: its filter, pace,
+// target and queue.
+func (s *Service) checkRedrive(ctx context.Context, queue string, r Redrive) (dlq.Filter, *dlq.Queue, error) {
 	flt, err := r.Filter.Parse(s.now())
 	if err != nil {
-		return res, err
+		return flt, nil, err
 	}
 	if r.PerSecond < 0 {
-		return res, fmt.Errorf("redrive per_second %v: want 0 (unlimited) or more: %w", r.PerSecond, ferry.ErrInvalidArgument)
+		return flt, nil, fmt.Errorf("redrive per_second %v: want 0 (unlimited) or more: %w", r.PerSecond, ferry.ErrInvalidArgument)
 	}
 	if r.To != "" {
 		if err := s.protect("redriving into", r.To); err != nil {
-			return res, err
+			return flt, nil, err
+		}
+		if r.To == queue {
+			return flt, nil, fmt.Errorf("redrive to %s: that is the DLQ itself: %w", r.To, ferry.ErrInvalidArgument)
 		}
 	}
 	q, err := s.queue(ctx, queue)
+	return flt, q, err
+}
+
+// Redrive implements API.
+func (s *Service) Redrive(ctx context.Context, queue string, r Redrive, progress func(Progress)) (RedriveResult, error) {
+	res := RedriveResult{To: r.To}
+	flt, q, err := s.checkRedrive(ctx, queue, r)
 	if err != nil {
 		return res, err
+	}
+	if r.To != "" {
+		// A copy in an entry's own source topic would land after the
+		// key's later messages and release the key: it would overtake
+		// them. Back to the source is a request for its owner (no To).
+		entries, err := q.List(ctx, flt)
+		if err != nil {
+			return res, err
+		}
+		for _, e := range entries {
+			if e.Original.Topic == r.To {
+				return res, fmt.Errorf("redrive to %s: entry %s came from it, and a copy would overtake its key's later messages; redrive without a target to have its consumer handle it in order: %w",
+					r.To, e.Original.ID, ferry.ErrInvalidArgument)
+			}
+		}
 	}
 	opts := dlq.RedriveOpts{Filter: flt, To: r.To, PerSecond: r.PerSecond}
 	if progress != nil {

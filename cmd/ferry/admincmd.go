@@ -86,7 +86,9 @@ func (f *adminFlags) listener(insecure bool) (net.Listener, *admin.Auth, string,
 // gracefully: requests in progress (a redrive) are given 10 s.
 func serveAdmin(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		BaseContext: func(net.Listener) context.Context { return ctx }}
+		// Requests in progress at shutdown get the grace below; their
+		// context is not the one that ends the server.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) }}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
