@@ -22,7 +22,9 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -37,7 +39,7 @@ import (
 type Options struct {
 	Dir   string   // where the disk scenarios write (a temporary directory inside)
 	Quick bool     // a smoke run: small sizes, well under a minute
-	Only  []string // run only these scenarios (all if empty)
+	Only  []string // run only these scenarios (all if empty): names from Scenarios, or "peers"
 	// Progress, if set, is told each scenario's name as it starts.
 	Progress func(scenario string)
 }
@@ -58,6 +60,10 @@ type Result struct {
 	// Note): ferry / reference throughput, or measured / bound.
 	Ratio float64 `json:"ratio,omitempty"`
 	Note  string  `json:"note,omitempty"`
+	// FsyncAck says whether the system acknowledged a message only after
+	// it was fsynced ("yes"), before ("no"), or is empty where the line is
+	// no acknowledgement (a disk probe, a consumer, the runtime in memory).
+	FsyncAck string `json:"fsync_before_ack,omitempty"`
 	// RSSGrowthMB and HeapGrowthMB are the whole process's resident set
 	// and Go live heap growth in MiB over what the line measured (set by
 	// the serve scenario's backlog lines; the broker runs in this process).
@@ -75,6 +81,10 @@ type Report struct {
 	CPUs    int       `json:"cpus"`
 	Quick   bool      `json:"quick"`
 	Results []Result  `json:"results"`
+	// Unavailable lists the peers the run could not measure, and why
+	// (a service down, a binary or plugin missing): they were skipped,
+	// not measured as zero.
+	Unavailable []Unavailable `json:"unavailable,omitempty"`
 	// Latency holds the latency scenario's samples for the plot.
 	Latency []time.Duration `json:"-"`
 }
@@ -97,17 +107,22 @@ type sizes struct {
 	serveLatencyRate int
 	serveLatencyFor  time.Duration
 	serveBacklog     int
+	// riverJobs is how many jobs (and messages) the River work and retry
+	// lines run.
+	riverJobs int
 }
 
 func sizesFor(quick bool) sizes {
 	if quick {
 		return sizes{publishFor: 300 * time.Millisecond, concurrencies: []int{1, 16, 64}, diskBytes: 16 << 20,
 			consumeN: 50_000, lanesN: 5_000, latencyRate: 2_000, latencyFor: time.Second, routerN: 20_000, fsyncProbes: 200,
-			serveWindow: 256, serveLatencyRate: 1_000, serveLatencyFor: 300 * time.Millisecond, serveBacklog: 20_000}
+			serveWindow: 256, serveLatencyRate: 1_000, serveLatencyFor: 300 * time.Millisecond, serveBacklog: 20_000,
+			riverJobs: 2_000}
 	}
 	return sizes{publishFor: 5 * time.Second, concurrencies: []int{1, 16, 64}, diskBytes: 512 << 20,
 		consumeN: 1_000_000, lanesN: 200_000, latencyRate: 20_000, latencyFor: 10 * time.Second, routerN: 500_000, fsyncProbes: 3000,
-		serveWindow: 4096, serveLatencyRate: 5_000, serveLatencyFor: 5 * time.Second, serveBacklog: 1_000_000}
+		serveWindow: 4096, serveLatencyRate: 5_000, serveLatencyFor: 5 * time.Second, serveBacklog: 1_000_000,
+		riverJobs: 100_000}
 }
 
 // Run runs every scenario and returns the report.
@@ -119,6 +134,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer os.RemoveAll(dir)
 	s := sizesFor(o.Quick)
 	r := &Report{Started: time.Now().UTC(), Go: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU(), Quick: o.Quick}
+	pr := &peerRun{}
 	steps := []struct {
 		name string
 		run  func(context.Context, string, sizes) ([]Result, error)
@@ -130,9 +146,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		{"latency", latencyScenario},
 		{"router", routerScenario},
 		{"serve", serveScenario},
+		{"redis", pr.redisScenario},
+		{"rabbitmq", pr.rabbitQuorumScenario},
+		{"rabbitmq-stream", pr.rabbitStreamScenario},
+		{"river", riverScenario},
+	}
+	var only []string
+	for _, name := range o.Only {
+		if name == "peers" {
+			only = append(only, peerScenarios...)
+			continue
+		}
+		if !slices.Contains(Scenarios, name) {
+			return r, fmt.Errorf("bench: unknown scenario %q (known: %v, peers)", name, Scenarios)
+		}
+		only = append(only, name)
 	}
 	for _, st := range steps {
-		if len(o.Only) > 0 && !slices.Contains(o.Only, st.name) {
+		if len(only) > 0 && !slices.Contains(only, st.name) {
 			continue
 		}
 		if o.Progress != nil {
@@ -140,6 +171,14 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		settle()
 		res, err := st.run(ctx, dir, s)
+		r.Results = append(r.Results, res...)
+		var ue *unavailableError
+		if errors.As(err, &ue) {
+			u := Unavailable{Scenario: st.name, System: ue.system, Reason: ue.Error()}
+			slog.Warn("bench: peer unavailable, skipped", "scenario", u.Scenario, "system", u.System, "reason", u.Reason)
+			r.Unavailable = append(r.Unavailable, u)
+			continue
+		}
 		if err != nil {
 			return r, fmt.Errorf("bench: %s: %w", st.name, err)
 		}
@@ -148,7 +187,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				r.Latency = x.latencies
 			}
 		}
-		r.Results = append(r.Results, res...)
 	}
 	return r, nil
 }

@@ -143,7 +143,7 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 		return nil, err
 	}
 	el := time.Since(start)
-	alone := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", no consumer", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
+	alone := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", no consumer", FsyncAck: "yes", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	alone.percentiles(acks)
 
 	// Publishing with a consumer of 64 lanes in the process.
@@ -183,7 +183,7 @@ func latencyScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 	el = time.Since(start)
 	cancel()
 	<-done
-	ack := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", consumer running", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
+	ack := Result{Scenario: "latency-ack", System: "ferry publish ack " + offered + ", consumer running", FsyncAck: "yes", Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	ack.percentiles(acks)
 	res := Result{Scenario: "latency", System: "ferry publish-to-handler " + offered, Messages: total, Seconds: el.Seconds(), MsgsPerSec: rate(total, el)}
 	mu.Lock()

@@ -58,7 +58,7 @@ func diskScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 	n := int(perRound/payloadSize) * rounds
 	disk := Result{Scenario: "append-vs-disk", System: "disk: 1 MiB write + fsync", Messages: n, Seconds: diskTime.Seconds(), MBPerSec: median(diskMB),
 		Note: fmt.Sprintf("median of %d rounds alternating with ferry's: %s MB/s", rounds, list(diskMB))}
-	ferryRes := Result{Scenario: "append-vs-disk", System: "ferry: batched durable append (payload)", Concurrency: batchAppenders, Messages: n, Seconds: ferryTime.Seconds(),
+	ferryRes := Result{Scenario: "append-vs-disk", System: "ferry: batched durable append (payload)", FsyncAck: "yes", Concurrency: batchAppenders, Messages: n, Seconds: ferryTime.Seconds(),
 		MsgsPerSec: median(ferryRate), MBPerSec: median(ferryMB), Ratio: median(ferryMB) / median(diskMB),
 		Note: fmt.Sprintf("ratio: median payload MB/s over median disk MB/s; rounds %s MB/s of payload, %s MB/s written to disk (framing, IDs, headers)", list(ferryMB), list(ferryDiskMB))}
 	return []Result{disk, ferryRes}, nil

@@ -14,7 +14,7 @@ import (
 func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "ferry bench (%s, %s, %d CPUs, %s%s)\n\n", r.Started.Format(time.RFC3339), r.OS, r.CPUs, r.Go, map[bool]string{true: ", --quick"}[r.Quick])
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tsystem\tconc\tmessages\tmsg/s\tMB/s\tp50 ms\tp99 ms\tp99.9 ms\tratio\t")
+	fmt.Fprintln(tw, "scenario\tsystem\tfsync ack\tconc\tmessages\tmsg/s\tMB/s\tp50 ms\tp99 ms\tp99.9 ms\tratio\t")
 	num := func(v float64, format string) string {
 		if v == 0 {
 			return "-"
@@ -26,7 +26,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if x.Concurrency > 0 {
 			conc = fmt.Sprint(x.Concurrency)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Scenario, x.System, conc, x.Messages, num(x.MsgsPerSec, "%.0f"), num(x.MBPerSec, "%.1f"),
+		fsync := x.FsyncAck
+		if fsync == "" {
+			fsync = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Scenario, x.System, fsync, conc, x.Messages, num(x.MsgsPerSec, "%.0f"), num(x.MBPerSec, "%.1f"),
 			num(x.P50Ms, "%.3f"), num(x.P99Ms, "%.3f"), num(x.P999Ms, "%.3f"), num(x.Ratio, "%.2f"))
 	}
 	if err := tw.Flush(); err != nil {
@@ -36,6 +40,13 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, x := range r.Results {
 		if x.Note != "" {
 			fmt.Fprintf(w, "%s / %s: %s\n", x.Scenario, x.System, x.Note)
+		}
+	}
+	fmt.Fprintln(w, "\nfsync ack: yes = acknowledged only after an fsync; no = acknowledged from the page cache or memory; - = not an acknowledgement")
+	if len(r.Unavailable) > 0 {
+		fmt.Fprintln(w, "\nnot measured (peer unavailable):")
+		for _, u := range r.Unavailable {
+			fmt.Fprintf(w, "  %s / %s: %s\n", u.Scenario, u.System, u.Reason)
 		}
 	}
 	return nil

@@ -52,7 +52,7 @@ func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 		if err != nil {
 			return nil, err
 		}
-		ferryRes := Result{Scenario: "publish", System: "ferry (fsync before ack)", Concurrency: n, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
+		ferryRes := Result{Scenario: "publish", System: "ferry (fsync before ack)", FsyncAck: "yes", Concurrency: n, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
 			Note: fmt.Sprintf("%d synchronous publishers that each wait for an fsync cannot pass %d × %.0f fsyncs/s = %.0f msg/s on this disk", n, n, fsync.MsgsPerSec, float64(n)*fsync.MsgsPerSec)}
 		ferryRes.percentiles(lat)
 		out = append(out, ferryRes)
@@ -64,7 +64,7 @@ func publishScenario(ctx context.Context, dir string, s sizes) ([]Result, error)
 			if err != nil {
 				return nil, err
 			}
-			res.System = mode.name
+			res.System, res.FsyncAck = mode.name, yesNo(mode.sync)
 			out = append(out, res)
 			ratio := ferryRes.MsgsPerSec / res.MsgsPerSec
 			out[len(out)-1].Ratio = ratio
@@ -189,7 +189,7 @@ func publishAsyncScenario(ctx context.Context, dir string, s sizes) ([]Result, e
 	if err != nil {
 		return nil, err
 	}
-	ferryRes := Result{Scenario: "publish-pipelined", System: "ferry AppendAsync (fsync before ack)", Concurrency: n, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
+	ferryRes := Result{Scenario: "publish-pipelined", System: "ferry AppendAsync (fsync before ack)", FsyncAck: "yes", Concurrency: n, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
 		Note: fmt.Sprintf("%d publishers × %d in flight", n, window)}
 	ferryRes.percentiles(lat)
 	out := []Result{ferryRes}
@@ -221,7 +221,7 @@ func publishAsyncScenario(ctx context.Context, dir string, s sizes) ([]Result, e
 		if err != nil {
 			return nil, err
 		}
-		res.System = mode.name
+		res.System, res.FsyncAck = mode.name, yesNo(mode.sync)
 		res.Ratio = ferryRes.MsgsPerSec / res.MsgsPerSec
 		res.Note = fmt.Sprintf("ferry is %.2fx this", res.Ratio)
 		out = append(out, res)

@@ -69,7 +69,7 @@ func serveScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		res.System = mode.name
+		res.System, res.FsyncAck = mode.name, yesNo(mode.sync)
 		res.Ratio = ferryRes.MsgsPerSec / res.MsgsPerSec
 		res.Note = fmt.Sprintf("ferry serve is %.2fx this", res.Ratio)
 		out = append(out, res)
@@ -87,7 +87,7 @@ func serveScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		res.System = "ferry serve ack " + offered + ", " + linger.name
+		res.System, res.FsyncAck = "ferry serve ack "+offered+", "+linger.name, "yes"
 		out = append(out, res)
 	}
 	settle()
@@ -95,7 +95,7 @@ func serveScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	jsLat.System = "jetstream PublishAsync (sync_always) ack " + offered
+	jsLat.System, jsLat.FsyncAck = "jetstream PublishAsync (sync_always) ack "+offered, "yes"
 	out = append(out, jsLat)
 
 	// Backlog: memory, then consumption.
@@ -223,7 +223,7 @@ func serveProduce(ctx context.Context, path string, d time.Duration, window int,
 	if err != nil {
 		return Result{}, fmt.Errorf("ferry serve: produce: %w", err)
 	}
-	res := Result{Scenario: "serve-produce", System: "ferry serve, franz-go producers (fsync before ack)", Concurrency: serveProducers, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
+	res := Result{Scenario: "serve-produce", System: "ferry serve, franz-go producers (fsync before ack)", FsyncAck: "yes", Concurrency: serveProducers, Messages: cnt, Seconds: el.Seconds(), MsgsPerSec: rate(cnt, el),
 		MBPerSec: mbPerSec(int64(cnt)*payloadSize, el),
 		Note:     fmt.Sprintf("%d franz-go clients (acks=all, idempotent, default 10 ms linger and snappy), %d records in flight each at most, 8 partitions, random 256-byte values", serveProducers, window)}
 	res.percentiles(lat)
@@ -566,7 +566,7 @@ func serveBacklog(ctx context.Context, path string, n, window int, pool payloadP
 		peakNote = fmt.Sprintf("peak RSS while producing %+.1f MiB over the start", mib(peak.hwm-before.rss))
 	}
 	disk := dirBytes(path)
-	prod := Result{Scenario: "serve-backlog", System: fmt.Sprintf("ferry serve: %d records produced, %d producers (fsync before ack)", n, serveProducers), Concurrency: serveProducers,
+	prod := Result{Scenario: "serve-backlog", System: fmt.Sprintf("ferry serve: %d records produced, %d producers (fsync before ack)", n, serveProducers), FsyncAck: "yes", Concurrency: serveProducers,
 		Messages: n, Seconds: el.Seconds(), MsgsPerSec: rate(n, el), MBPerSec: mbPerSec(int64(n)*payloadSize, el),
 		RSSGrowthMB: mib(after.rss - before.rss), HeapGrowthMB: mib(after.liveHeap - before.liveHeap),
 		Note: fmt.Sprintf("whole process (broker, log, and the closed producers' leftovers), after GC and sync(2): %s; %s; %.0f MiB on disk",
