@@ -1,7 +1,10 @@
 // Command ferry-bench measures ferry side by side with NATS JetStream and
-// Watermill (and ferry serve, with Kafka clients, next to JetStream), in one process, on one disk, in one run. It is a program of
-// its own so that the ferry command does not link the peers it measures
-// against (an in-process NATS server, Watermill): see BENCHMARKS.md.
+// Watermill (and ferry serve, with Kafka clients, next to JetStream), in
+// one process, on one disk, in one run, and with the durable peers that
+// run as services: Redis Streams (a redis-server the bench starts),
+// RabbitMQ quorum and stream queues, and River on PostgreSQL. It is a
+// program of its own so that the ferry command does not link the peers
+// it measures against: see BENCHMARKS.md.
 //
 // Exit codes: 0 success; 1 a scenario failed; 2 bad usage.
 package main
@@ -12,6 +15,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -42,7 +47,7 @@ func newBenchCmd() *cobra.Command {
 	var only []string
 	cmd := &cobra.Command{
 		Use:   "ferry-bench",
-		Short: "Measure ferry side by side with NATS JetStream and Watermill",
+		Short: "Measure ferry side by side with JetStream, Watermill, Redis Streams, RabbitMQ and River",
 		Long: `ferry-bench runs ferry and its peers in one process, on one disk, in one run, and
 prints throughput and latency percentiles with ratios (--json: the report as
 JSON). The disk scenarios run under --dir when it is given (the disk you
@@ -67,12 +72,39 @@ want measured), else in the system's temporary directory:
                   PublishAsync: produce throughput (8 producers, 8
                   partitions), ack latency at 5,000 msg/s, and the
                   process's RSS and heap growth under a 1M-record backlog
+  redis           Redis Streams: a redis-server the bench starts (it must be
+                  on PATH) on a free loopback port, appendonly yes,
+                  appendfsync always, data under --dir; 64 connections
+                  pipelining 16 XADDs each, then XREADGROUP/XACK, next to
+                  ferry's AppendAsync (64 × 16 in flight) and the runtime
+  rabbitmq        a RabbitMQ quorum queue at 127.0.0.1:5672 (guest/guest),
+                  fresh and uniquely named, deleted afterwards: 64
+                  publishers with confirms, 16 unconfirmed each, 256-byte
+                  messages, then consumers with manual acks
+  rabbitmq-stream the same with a stream queue (x-queue-type stream over
+                  AMQP; no plugin needed)
+  river           River on PostgreSQL at 127.0.0.1:5432 (user postgres, db
+                  test) in a fresh schema, dropped afterwards: Insert from
+                  64 goroutines and InsertMany of 1000, a no-op job's
+                  worker throughput, and 1% of jobs failing twice before
+                  they succeed, each next to ferry doing the same
+  peers           (for --only) redis, rabbitmq, rabbitmq-stream and river
+
+The "fsync ack" column says whether a line's system acknowledged each
+message only after an fsync. A peer that cannot run here (its service
+down, its binary missing) is listed under "not measured" with the reason,
+and the other scenarios run.
 
 A full run takes a few minutes; --quick is a smoke run of well under a
 minute (its numbers are too small to quote). --plot writes the latency
 distribution as SVG.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, name := range only {
+				if name != "peers" && !slices.Contains(bench.Scenarios, name) {
+					return usageError{fmt.Errorf("--only: unknown scenario %q (known: %s, peers)", name, strings.Join(bench.Scenarios, ", "))}
+				}
+			}
 			o := bench.Options{Dir: dir, Quick: quick, Only: only, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
@@ -102,7 +134,7 @@ distribution as SVG.`,
 	cmd.Flags().StringVar(&dir, "dir", "", "directory for the disk scenarios (default: the system's temporary directory)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke run of well under a minute")
-	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios (publish, publish-pipelined, append-vs-disk, consume, latency, router, serve)")
+	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios ("+strings.Join(bench.Scenarios, ", ")+", or peers for the last four)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
 	return cmd
 }
