@@ -17,7 +17,19 @@
 //   - serve: ferry serve (package broker, in this process) driven by
 //     franz-go producers and a consumer, vs JetStream driven by nats.go's
 //     PublishAsync: produce throughput, ack latency at a fixed rate, and
-//     the process's memory under a backlog.
+//     the process's memory under a backlog;
+//   - redis, rabbitmq, rabbitmq-stream: the durable peers that run as
+//     services (a redis-server the bench starts with appendfsync always,
+//     the machine's RabbitMQ with a fresh quorum or stream queue), 64
+//     publishers with 16 in flight each and a consumer, against ferry's
+//     AppendAsync and runtime measured once in the same run;
+//   - river: River on the machine's PostgreSQL in a fresh schema: inserts,
+//     a no-op job, and 1% of jobs failing twice, each beside ferry doing
+//     the same.
+//
+// Each line says whether its system acknowledged only after an fsync
+// (Result.FsyncAck). A peer that cannot run here is listed in
+// Report.Unavailable with the reason, and the run goes on.
 package bench
 
 import (
