@@ -42,7 +42,7 @@ func main() {
 type usageError struct{ error }
 
 func newBenchCmd() *cobra.Command {
-	var plot, dir string
+	var plot, dir, rabbitURL, postgresDSN string
 	var quick, asJSON bool
 	var only []string
 	cmd := &cobra.Command{
@@ -77,17 +77,19 @@ want measured), else in the system's temporary directory:
                   appendfsync always, data under --dir; 64 connections
                   pipelining 16 XADDs each, then XREADGROUP/XACK, next to
                   ferry's AppendAsync (64 × 16 in flight) and the runtime
-  rabbitmq        a RabbitMQ quorum queue at 127.0.0.1:5672 (guest/guest),
-                  fresh and uniquely named, deleted afterwards: 64
+  rabbitmq        a RabbitMQ quorum queue (--rabbitmq-url; default guest at
+                  127.0.0.1:5672), fresh and uniquely named, deleted
+                  afterwards: 64
                   publishers with confirms, 16 unconfirmed each, 256-byte
                   messages, then consumers with manual acks
   rabbitmq-stream the same with a stream queue (x-queue-type stream over
                   AMQP; no plugin needed)
-  river           River on PostgreSQL at 127.0.0.1:5432 (user postgres, db
-                  test) in a fresh schema, dropped afterwards: Insert from
-                  64 goroutines and InsertMany of 1000, a no-op job's
-                  worker throughput, and 1% of jobs failing twice before
-                  they succeed, each next to ferry doing the same
+  river           River on PostgreSQL (--postgres-dsn; default user postgres,
+                  db test at 127.0.0.1:5432) in a fresh schema, dropped
+                  afterwards: Insert from 64 goroutines and InsertMany of
+                  1000, a no-op job's worker throughput, and 1% of jobs
+                  failing twice before they succeed, each next to ferry
+                  doing the same
   peers           (for --only) redis, rabbitmq, rabbitmq-stream and river
 
 The "fsync ack" column says whether a line's system acknowledged each
@@ -105,7 +107,7 @@ distribution as SVG.`,
 					return usageError{fmt.Errorf("--only: unknown scenario %q (known: %s, peers)", name, strings.Join(bench.Scenarios, ", "))}
 				}
 			}
-			o := bench.Options{Dir: dir, Quick: quick, Only: only, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
+			o := bench.Options{Dir: dir, Quick: quick, Only: only, RabbitMQURL: rabbitURL, PostgresDSN: postgresDSN, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -135,6 +137,8 @@ distribution as SVG.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().BoolVar(&quick, "quick", false, "a smoke run of well under a minute")
 	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios ("+strings.Join(bench.Scenarios, ", ")+", or peers for the last four)")
+	cmd.Flags().StringVar(&rabbitURL, "rabbitmq-url", bench.DefaultRabbitMQURL, "the RabbitMQ of the rabbitmq and rabbitmq-stream scenarios")
+	cmd.Flags().StringVar(&postgresDSN, "postgres-dsn", bench.DefaultPostgresDSN, "the PostgreSQL of the river scenario (a schema is created and dropped in it)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
 	return cmd
 }

@@ -33,6 +33,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -52,6 +53,10 @@ type Options struct {
 	Dir   string   // where the disk scenarios write (a temporary directory inside)
 	Quick bool     // a smoke run: small sizes, well under a minute
 	Only  []string // run only these scenarios (all if empty): names from Scenarios, or "peers"
+	// RabbitMQURL and PostgresDSN locate the RabbitMQ and PostgreSQL
+	// peers (default: the machine's, DefaultRabbitMQURL and
+	// DefaultPostgresDSN).
+	RabbitMQURL, PostgresDSN string
 	// Progress, if set, is told each scenario's name as it starts.
 	Progress func(scenario string)
 }
@@ -146,7 +151,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer os.RemoveAll(dir)
 	s := sizesFor(o.Quick)
 	r := &Report{Started: time.Now().UTC(), Go: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, CPUs: runtime.NumCPU(), Quick: o.Quick}
-	pr := &peerRun{}
+	pr := &peerRun{rabbitURL: cmp.Or(o.RabbitMQURL, DefaultRabbitMQURL), postgresDSN: cmp.Or(o.PostgresDSN, DefaultPostgresDSN)}
 	steps := []struct {
 		name string
 		run  func(context.Context, string, sizes) ([]Result, error)
@@ -161,7 +166,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		{"redis", pr.redisScenario},
 		{"rabbitmq", pr.rabbitQuorumScenario},
 		{"rabbitmq-stream", pr.rabbitStreamScenario},
-		{"river", riverScenario},
+		{"river", pr.riverScenario},
 	}
 	var only []string
 	for _, name := range o.Only {

@@ -63,7 +63,8 @@ var peerScenarios = []string{"redis", "rabbitmq", "rabbitmq-stream", "river"}
 // reference lines, measured once, by the first peer scenario that runs,
 // on the same disk and with the same publishers, window and payload.
 type peerRun struct {
-	ref *ferryRef
+	rabbitURL, postgresDSN string
+	ref                    *ferryRef
 }
 
 // ferryRef is ferry's reference for the durable peers: the published

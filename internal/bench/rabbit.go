@@ -14,8 +14,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// rabbitURL is the machine's RabbitMQ (guest/guest on loopback).
-const rabbitURL = "amqp://guest:guest@127.0.0.1:5672/"
+// DefaultRabbitMQURL is the machine's RabbitMQ (guest/guest on loopback).
+const DefaultRabbitMQURL = "amqp://guest:guest@127.0.0.1:5672/"
 
 // rabbitKind is one RabbitMQ queue type the bench measures.
 type rabbitKind struct {
@@ -47,9 +47,9 @@ func (p *peerRun) rabbitStreamScenario(ctx context.Context, dir string, s sizes)
 // with manual acks and deletes the queue. The broker's data directory is
 // the machine's (/var/lib/rabbitmq), not the bench's --dir.
 func (p *peerRun) rabbitScenario(ctx context.Context, dir string, s sizes, kind rabbitKind) ([]Result, error) {
-	admin, err := amqp.Dial(rabbitURL)
+	admin, err := amqp.Dial(p.rabbitURL)
 	if err != nil {
-		return nil, unavailable(kind.system, fmt.Errorf("connecting to %s: %w", "127.0.0.1:5672", err))
+		return nil, unavailable(kind.system, fmt.Errorf("connecting to RabbitMQ: %w", err))
 	}
 	defer admin.Close()
 	ach, err := admin.Channel()
@@ -84,17 +84,17 @@ func (p *peerRun) rabbitScenario(ctx context.Context, dir string, s sizes, kind 
 	if err != nil {
 		return out, err
 	}
-	pub, err := rabbitPublish(ctx, queue, s.publishFor)
+	pub, err := rabbitPublish(ctx, p.rabbitURL, queue, s.publishFor)
 	if err != nil {
 		return out, fmt.Errorf("rabbitmq %s: publish: %w", kind.queue, err)
 	}
 	pub.System, pub.FsyncAck = kind.system, yesNo(kind.fsyncAck)
-	pub.Note = fmt.Sprintf("RabbitMQ %s on 127.0.0.1:5672, fresh queue %s; %s; %d connections, each with up to %d unconfirmed persistent publishes", version, queue, kind.note, peerPublishers, peerWindow)
+	pub.Note = fmt.Sprintf("RabbitMQ %s, fresh queue %s; %s; %d connections, each with up to %d unconfirmed persistent publishes", version, queue, kind.note, peerPublishers, peerWindow)
 	compare(&pub, ref.publish)
 	out = append(out, pub)
 
 	settle()
-	cons, err := rabbitConsume(ctx, queue, kind, pub.Messages)
+	cons, err := rabbitConsume(ctx, p.rabbitURL, queue, kind, pub.Messages)
 	if err != nil {
 		return out, fmt.Errorf("rabbitmq %s: consume: %w", kind.queue, err)
 	}
@@ -104,7 +104,7 @@ func (p *peerRun) rabbitScenario(ctx context.Context, dir string, s sizes, kind 
 }
 
 // rabbitPublish runs the publishers into queue for d.
-func rabbitPublish(ctx context.Context, queue string, d time.Duration) (Result, error) {
+func rabbitPublish(ctx context.Context, url, queue string, d time.Duration) (Result, error) {
 	chs := make([]*amqp.Channel, peerPublishers)
 	waits := make([]chan pendingConfirm, peerPublishers)
 	var waiters sync.WaitGroup
@@ -117,7 +117,7 @@ func rabbitPublish(ctx context.Context, queue string, d time.Duration) (Result, 
 		waiters.Wait()
 	}()
 	for w := range peerPublishers {
-		conn, err := amqp.Dial(rabbitURL)
+		conn, err := amqp.Dial(url)
 		if err != nil {
 			return Result{}, fmt.Errorf("connecting publisher %d: %w", w, err)
 		}
@@ -172,8 +172,8 @@ const rabbitConsumers, rabbitPrefetch = 4, 256
 // consumers (one for a stream) on a connection of their own, each
 // acknowledging every delivery; it cancels each consumer (synchronously)
 // before closing its channel.
-func rabbitConsume(ctx context.Context, queue string, kind rabbitKind, n int) (Result, error) {
-	conn, err := amqp.Dial(rabbitURL)
+func rabbitConsume(ctx context.Context, url, queue string, kind rabbitKind, n int) (Result, error) {
+	conn, err := amqp.Dial(url)
 	if err != nil {
 		return Result{}, fmt.Errorf("connecting the consumers: %w", err)
 	}

@@ -25,8 +25,10 @@ import (
 	"github.com/ferrymq/ferry/retry"
 )
 
-// riverDSN is the machine's PostgreSQL (trust authentication on loopback).
-const riverDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&pool_max_conns=80"
+// DefaultPostgresDSN is the machine's PostgreSQL (trust authentication on
+// loopback) with a pool large enough for 64 inserters and River's own
+// connections.
+const DefaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&pool_max_conns=80"
 
 const riverSystem = "river (postgres)"
 
@@ -86,8 +88,8 @@ type riverEnv struct {
 	logger   *slog.Logger
 }
 
-func openRiver(ctx context.Context) (*riverEnv, error) {
-	pool, err := pgxpool.New(ctx, riverDSN)
+func openRiver(ctx context.Context, dsn string) (*riverEnv, error) {
+	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
 		return nil, unavailable(riverSystem, fmt.Errorf("postgres pool: %w", err))
 	}
@@ -95,7 +97,7 @@ func openRiver(ctx context.Context) (*riverEnv, error) {
 	defer cancel()
 	if err := pool.Ping(pctx); err != nil {
 		pool.Close()
-		return nil, unavailable(riverSystem, fmt.Errorf("postgres on 127.0.0.1:5432: %w", err))
+		return nil, unavailable(riverSystem, fmt.Errorf("postgres: %w", err))
 	}
 	var version, syncCommit, fsync, dataDir string
 	if err := pool.QueryRow(ctx, "SELECT current_setting('server_version'), current_setting('synchronous_commit'), current_setting('fsync'), current_setting('data_directory')").
@@ -155,8 +157,8 @@ func (e *riverEnv) client(queues map[string]river.QueueConfig) (*river.Client[pg
 // InsertMany batches) against ferry's appends of the same shapes, the
 // throughput of a no-op job against the runtime's no-op handler, and a
 // run where one job in riverFlakyEvery fails twice before it succeeds.
-func riverScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
-	e, err := openRiver(ctx)
+func (p *peerRun) riverScenario(ctx context.Context, dir string, s sizes) ([]Result, error) {
+	e, err := openRiver(ctx, p.postgresDSN)
 	if err != nil {
 		return nil, err
 	}
