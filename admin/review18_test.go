@@ -180,7 +180,6 @@ func TestReviewDisconnectSkipsAudit(t *testing.T) {
 	}
 }
 
-
 // 9. Without Auth (loopback default) a cross-site "simple" request mutates:
 // no Content-Type check, no Origin/Host check (CSRF, DNS rebinding).
 func TestReviewCrossSiteSimpleRequestMutates(t *testing.T) {
