@@ -60,8 +60,8 @@ func (e *APIError) Error() string { return e.Message }
 func (e *APIError) Unwrap() []error {
 	for _, ec := range errorCodes {
 		if ec.code == e.Code {
-			if ec.err == ErrNoDLQ {
-				return []error{ErrNoDLQ, ferry.ErrTopicNotFound}
+			if ec.also != nil {
+				return []error{ec.err, ec.also}
 			}
 			return []error{ec.err}
 		}

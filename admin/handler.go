@@ -289,20 +289,21 @@ var errorCodes = []struct {
 	err    error
 	status int
 	code   string
+	also   error // a second sentinel the code stands for (nil: none)
 }{
-	{ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
-	{ErrForbidden, http.StatusForbidden, "forbidden"},
-	{ErrProtected, http.StatusForbidden, "protected"},
-	{ErrNoDLQ, http.StatusNotFound, "dlq_not_found"},
-	{ferry.ErrTopicNotFound, http.StatusNotFound, "topic_not_found"},
-	{ErrNotFound, http.StatusNotFound, "not_found"},
-	{ferry.ErrOffsetOutOfRange, http.StatusRequestedRangeNotSatisfiable, "offset_out_of_range"},
-	{ferry.ErrTopicExists, http.StatusConflict, "topic_exists"},
-	{ErrGroupActive, http.StatusConflict, "group_active"},
-	{ErrUnsupportedMedia, http.StatusUnsupportedMediaType, "unsupported_media_type"},
-	{ferry.ErrInvalidArgument, http.StatusBadRequest, "invalid_argument"},
-	{ErrUnsupported, http.StatusNotImplemented, "unsupported"},
-	{ferry.ErrBackpressure, http.StatusServiceUnavailable, "backpressure"},
+	{ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated", nil},
+	{ErrForbidden, http.StatusForbidden, "forbidden", nil},
+	{ErrProtected, http.StatusForbidden, "protected", nil},
+	{ErrNoDLQ, http.StatusNotFound, "dlq_not_found", ferry.ErrTopicNotFound},
+	{ferry.ErrTopicNotFound, http.StatusNotFound, "topic_not_found", nil},
+	{ErrNotFound, http.StatusNotFound, "not_found", nil},
+	{ferry.ErrOffsetOutOfRange, http.StatusRequestedRangeNotSatisfiable, "offset_out_of_range", nil},
+	{ferry.ErrTopicExists, http.StatusConflict, "topic_exists", nil},
+	{ErrGroupActive, http.StatusConflict, "group_active", nil},
+	{ErrUnsupportedMedia, http.StatusUnsupportedMediaType, "unsupported_media_type", nil},
+	{ferry.ErrInvalidArgument, http.StatusBadRequest, "invalid_argument", nil},
+	{ErrUnsupported, http.StatusNotImplemented, "unsupported", nil},
+	{ferry.ErrBackpressure, http.StatusServiceUnavailable, "backpressure", nil},
 }
 
 // errorCode returns err's status and code.

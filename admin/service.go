@@ -291,12 +291,17 @@ func (s *Service) DeleteTopic(ctx context.Context, name string) error {
 	return adm.DeleteTopic(ctx, name)
 }
 
-// partition checks that topic has partition p and returns the count.
+// partition checks that topic has partition p.
 func (s *Service) partition(ctx context.Context, topic string, p int32) error {
 	n, err := s.b.Partitions(ctx, topic)
 	if err != nil {
 		return err
 	}
+	return checkPartition(topic, p, n)
+}
+
+// checkPartition checks that p is one of a topic's n partitions.
+func checkPartition(topic string, p int32, n int) error {
 	if p < 0 || int(p) >= n {
 		return fmt.Errorf("partition %d of %s: it has partitions 0 to %d: %w", p, topic, n-1, ferry.ErrInvalidArgument)
 	}
@@ -694,7 +699,7 @@ func (s *Service) ResetGroup(ctx context.Context, group string, r Reset) ([]Rese
 		return nil, err
 	}
 	if r.Partition != nil {
-		if err := s.partition(ctx, r.Topic, *r.Partition); err != nil {
+		if err := checkPartition(r.Topic, *r.Partition, n); err != nil {
 			return nil, err
 		}
 	}

@@ -132,9 +132,6 @@ loopback address unless --insecure; a public address also needs TLS
 certificates). It prints "admin API on URL" once it listens.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := g.remote.check(cmd); err != nil {
-				return err
-			}
 			if g.remote.server != "" {
 				return usageError{errors.New("ferry admin serves the API; --server is for the commands that call it")}
 			}

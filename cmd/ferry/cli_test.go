@@ -23,7 +23,14 @@ import (
 // the exit code.
 func ferryRun(t *testing.T, dir, stdin string, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.Command(buildFerry(t), append([]string{"--dir", dir}, args...)...)
+	return ferryIn(t, stdin, append([]string{"--dir", dir}, args...)...)
+}
+
+// ferryIn runs the binary with args as given and stdin, and returns
+// stdout+stderr and the exit code.
+func ferryIn(t *testing.T, stdin string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(buildFerry(t), args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	code := 0

@@ -91,10 +91,7 @@ func (r *remote) refuseRemote(cmd *cobra.Command) error {
 // a Service over --nats or --kafka, or else a Service over the --dir log
 // (opened for writing if write, created if create). close releases it.
 func (g *globals) api(ctx context.Context, cmd *cobra.Command, write, create bool) (api admin.API, close func(), err error) {
-	r := g.remote
-	if err := r.check(cmd); err != nil {
-		return nil, nil, err
-	}
+	r := g.remote // checked by the root command's PersistentPreRunE
 	switch {
 	case r.server != "":
 		hc, err := r.httpClient()

@@ -27,15 +27,7 @@ import (
 // ferryExec runs the binary with args as given (no --dir).
 func ferryExec(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	out, err := exec.Command(buildFerry(t), args...).CombinedOutput()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), code
+	return ferryIn(t, "", args...)
 }
 
 // seedBackendDLQ writes key k's poison message and one parked behind it
