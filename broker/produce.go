@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -28,12 +29,22 @@ const (
 // sequence expected and the last five batches it accepted: a batch at the
 // next sequence is written; a retry of one of the five is answered with
 // that batch's offset and not written again; an older sequence is refused
-// as a duplicate, a later one as out of order. The table is in memory. A
-// producer the broker has not seen since it started is taken at the
-// sequence it sends; its records' message IDs, derived from producer ID,
-// epoch, partition and sequence, let the log's deduplication answer a
-// retry of a batch written before the restart, within the topic's
-// deduplication window (2 minutes by default).
+// as a duplicate, a later one as out of order. The table is in memory.
+//
+// What survives a restart is the log: each record's message ID is derived
+// from producer ID, epoch, partition and sequence, and the log remembers
+// the IDs appended within the topic's deduplication window (2 minutes by
+// default). A producer the broker has not seen since it started (or whose
+// last write failed) is taken at the sequence it sends only if the record
+// just before it, sequence-1, is in the log, or if the batch is itself a
+// retry of one in the log; otherwise it is refused as out of order, and
+// the client starts a new epoch. Accepting it anyway would leave a gap:
+// the earlier batch, still being retried, would then be refused as a
+// duplicate (which the client takes as success: a lost record) or written
+// after it (out of order). A batch sent while the one before it is still
+// being written follows that one the same way, so a failed write never
+// leaves a later batch written after a gap. The log makes both checks as
+// it writes (commitlog.Batch.Follows), in the order batches are written.
 type producers struct {
 	mu   sync.Mutex
 	byID map[int64]*producer
@@ -42,19 +53,29 @@ type producers struct {
 type producer struct {
 	epoch int16
 	parts map[tpKey]*sequences
+	// issued is set when this run of the broker gave the producer its ID
+	// and epoch: none of its records can be in the log from before, so
+	// its first batch to a partition is taken at any sequence.
+	issued bool
 }
 
 // sequences is one producer's state in one partition.
 type sequences struct {
 	next   int32
 	recent []*seqBatch // the last batches accepted, oldest first
+	// lost is set after a write failed: the next sequence is not known.
+	lost bool
 }
 
 // seqBatch is an accepted batch: its sequences and, once written, its
 // base offset.
 type seqBatch struct {
 	first, count int32
-	base         int64 // -1 until written
+	base         int64    // -1 until written
+	last         ferry.ID // its last record's message ID
+	// follows is the message ID the batch must follow in the log (zero:
+	// none), as commitlog.Batch.Follows; a retry follows the same.
+	follows ferry.ID
 }
 
 const recentBatches = 5
@@ -70,14 +91,18 @@ func newProducers() *producers { return &producers{byID: map[int64]*producer{}} 
 func (ps *producers) register(id int64, epoch int16) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	ps.byID[id] = &producer{epoch: epoch, parts: map[tpKey]*sequences{}}
+	ps.byID[id] = &producer{epoch: epoch, parts: map[tpKey]*sequences{}, issued: true}
 }
 
 // accept checks a batch's producer epoch and sequence. A new batch is
-// accepted (its entry is returned, for written to fill in); a retry of a
-// recent batch already written returns that batch's entry with dup set;
-// anything else returns a Kafka error code and why.
-func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int) (b *seqBatch, dup bool, code int16, why string) {
+// accepted (its entry is returned, for written to fill in; its follows
+// field says what the log must hold before it); a retry of a recent
+// batch already written returns that batch's entry with dup set; anything
+// else returns a Kafka error code and why. last is the batch's last
+// message ID; before derives the message ID of an earlier sequence of
+// this producer, epoch and partition; dedup tells whether the topic keeps
+// a deduplication window (without one the log cannot tell what it holds).
+func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int, last ferry.ID, before func(seq int32) ferry.ID, dedup bool) (b *seqBatch, dup bool, code int16, why string) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	p := ps.byID[id]
@@ -95,7 +120,8 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int)
 		}
 	}
 	st := p.parts[tp]
-	if st != nil && first != st.next {
+	known := st != nil && !st.lost
+	if known && first != st.next {
 		for _, r := range st.recent {
 			if r.first == first && r.count == int32(n) {
 				if r.base < 0 {
@@ -111,12 +137,23 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int)
 		}
 		return nil, false, kerr.DuplicateSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d is older than the last %d batches (next expected %d)", id, tp.topic, tp.partition, first, recentBatches, st.next)
 	}
-	if st == nil {
+	b = &seqBatch{first: first, count: int32(n), base: -1, last: last}
+	switch {
+	case !known && first != 0 && (st != nil || !p.issued):
+		// Not seen since the broker started, or after a failed write:
+		// the log must hold the record before this batch (or the batch
+		// itself).
+		b.follows = before(int32((int64(first) - 1 + (1 << 31)) % (1 << 31)))
+	case known && dedup && len(st.recent) > 0 && st.recent[len(st.recent)-1].base < 0:
+		// The batch before is still being written: if that write
+		// fails, this one must not be written after the gap.
+		b.follows = st.recent[len(st.recent)-1].last
+	}
+	if st == nil || st.lost {
 		st = &sequences{}
 		p.parts[tp] = st
 	}
 	st.next = int32((int64(first) + int64(n)) % (1 << 31))
-	b = &seqBatch{first: first, count: int32(n), base: -1}
 	st.recent = append(st.recent, b)
 	if len(st.recent) > recentBatches {
 		st.recent = st.recent[1:]
@@ -131,14 +168,14 @@ func (ps *producers) written(b *seqBatch, base int64) {
 	b.base = base
 }
 
-// forget makes the next batch of the producer to tp accepted at any
-// sequence (after a batch whose append failed: its retry must get
-// through).
+// forget marks the producer's next sequence to tp as not known, after a
+// batch whose append failed: its retry must get through, provided the
+// log holds the record before it.
 func (ps *producers) forget(tp tpKey, id int64) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if p := ps.byID[id]; p != nil {
-		delete(p.parts, tp)
+	if p := ps.byID[id]; p != nil && p.parts[tp] != nil {
+		p.parts[tp] = &sequences{lost: true}
 	}
 }
 
@@ -228,7 +265,7 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				fail(partitionCode(info, terr, p.Partition), "")
 				continue
 			}
-			in, code, why := s.messages(t.Topic, p.Partition, info.Config.Compact, p.Records)
+			in, code, why := s.messages(t.Topic, p.Partition, info.Config, p.Records)
 			switch {
 			case code != 0 && req.TransactionID != nil:
 				// The transaction lost records: it can only abort.
@@ -263,7 +300,10 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 			left := chunks
 			wg.Add(chunks)
 			for c := range chunks {
-				b := &commitlog.Batch{Messages: in.msgs[c*maxLogBatch : min((c+1)*maxLogBatch, len(in.msgs))]}
+				b := &commitlog.Batch{Messages: in.msgs[c*maxLogBatch : min((c+1)*maxLogBatch, len(in.msgs))], Follows: in.follows}
+				if c > 0 && in.pid >= 0 && keepsDedup(info.Config) {
+					b.Follows = in.msgs[c*maxLogBatch-1].ID // the chunk before
+				}
 				s.log.CommitAsync(r.ctx, b, func(_ *commitlog.Batch, err error) {
 					defer wg.Done()
 					mu.Lock()
@@ -278,7 +318,12 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 						if in.pid >= 0 {
 							s.producers.forget(tp, in.pid)
 						}
-						fail(errorCode(firstErr), firstErr.Error())
+						code := errorCode(firstErr)
+						if errors.Is(firstErr, commitlog.ErrNotFollowing) {
+							// A gap: the client starts a new epoch.
+							code = kerr.OutOfOrderSequenceNumber.Code
+						}
+						fail(code, firstErr.Error())
 						return
 					}
 					for _, a := range in.accepted {
@@ -315,6 +360,8 @@ type produced struct {
 	// dupBase is the offset of the first batch when every batch is the
 	// retry of one written before (nothing to write), else -1.
 	dupBase int64
+	// follows is what the log must hold before msgs (commitlog.Batch.Follows).
+	follows ferry.ID
 }
 
 type acceptedBatch struct {
@@ -324,7 +371,8 @@ type acceptedBatch struct {
 
 // messages decodes a partition's records into the log's messages, or
 // returns a Kafka error code and why (nothing is accepted then).
-func (s *Server) messages(topic string, partition int32, compact bool, records []byte) (produced, int16, string) {
+func (s *Server) messages(topic string, partition int32, config commitlog.TopicConfig, records []byte) (produced, int16, string) {
+	compact, dedup := config.Compact, keepsDedup(config)
 	out := produced{pid: -1, dupBase: -1}
 	batches, err := recordbatch.Decode(records, recordbatch.Limits{})
 	if err != nil {
@@ -365,13 +413,10 @@ func (s *Server) messages(topic string, partition int32, compact bool, records [
 				}
 			}
 			if m.ID.IsZero() && b.ProducerID >= 0 {
-				// "pid/epoch/topic/partition/seq", the batch's prefix
-				// built once.
 				if scope == nil {
-					scope = fmt.Appendf(nil, "%d/%d/%s/%d/", b.ProducerID, b.ProducerEpoch, topic, partition)
+					scope = sequenceScope(b.ProducerID, b.ProducerEpoch, topic, partition)
 				}
-				seq := (int64(b.BaseSequence) + int64(i)) % (1 << 31)
-				m.ID = ferry.DeriveID("kafka-idempotent", string(strconv.AppendInt(scope, seq, 10)), ferry.ID{})
+				m.ID = sequenceID(scope, (int64(b.BaseSequence)+int64(i))%(1<<31))
 			}
 			per[bi] = append(per[bi], m)
 		}
@@ -385,7 +430,11 @@ func (s *Server) messages(topic string, partition int32, compact bool, records [
 			out.txn, out.pid = &batches[bi], b.ProducerID // its sequence is checked within the transaction
 			allDup = false
 		case b.ProducerID >= 0:
-			entry, dup, code, why := s.producers.accept(tp, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records))
+			before := func(seq int32) ferry.ID {
+				return sequenceID(sequenceScope(b.ProducerID, b.ProducerEpoch, topic, partition), int64(seq))
+			}
+			last := per[bi][len(per[bi])-1].ID
+			entry, dup, code, why := s.producers.accept(tp, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records), last, before, dedup)
 			if code != 0 {
 				if len(out.accepted) > 0 {
 					s.producers.forget(tp, b.ProducerID)
@@ -400,6 +449,9 @@ func (s *Server) messages(topic string, partition int32, compact bool, records [
 				continue
 			}
 			allDup = false
+			if len(out.accepted) == 0 {
+				out.follows = entry.follows
+			}
 			out.accepted = append(out.accepted, acceptedBatch{entry, len(out.msgs)})
 		default:
 			allDup = false
@@ -410,6 +462,21 @@ func (s *Server) messages(topic string, partition int32, compact bool, records [
 		out.dupBase = -1
 	}
 	return out, 0, ""
+}
+
+// keepsDedup reports whether a topic keeps a deduplication window: only
+// then can the log tell which message IDs it holds.
+func keepsDedup(c commitlog.TopicConfig) bool { return c.DedupWindow > 0 && c.DedupMaxIDs > 0 }
+
+// sequenceScope is the prefix of the message IDs of an idempotent
+// producer's records in one partition: "pid/epoch/topic/partition/".
+func sequenceScope(pid int64, epoch int16, topic string, partition int32) []byte {
+	return fmt.Appendf(nil, "%d/%d/%s/%d/", pid, epoch, topic, partition)
+}
+
+// sequenceID is the message ID of the record at seq within scope.
+func sequenceID(scope []byte, seq int64) ferry.ID {
+	return ferry.DeriveID("kafka-idempotent", string(strconv.AppendInt(scope, seq, 10)), ferry.ID{})
 }
 
 // ceID is the message ID of a CloudEvents ID: itself if it is one, else

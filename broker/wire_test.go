@@ -111,6 +111,46 @@ func TestIdempotentProducerRetriesAndGaps(t *testing.T) {
 	}
 }
 
+// After a restart the broker knows an idempotent producer only by what
+// the log holds. A batch after a gap (the batch before it was never
+// written: it died with the server, and the client is still retrying it)
+// is refused as out of order and writes nothing; taking it would leave
+// the gap, and the earlier batch's retry would then be refused as a
+// duplicate, which the client counts as written: a lost record. The
+// batch right after the last one written is taken.
+func TestIdempotentProducerGapAfterRestart(t *testing.T) {
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tb.createTopic(ctx, "t", 1)
+	cl := tb.client()
+	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
+	if err != nil || init.ErrorCode != 0 {
+		t.Fatalf("InitProducerId: %v %v", err, init)
+	}
+	pid := init.ProducerID
+	if r := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a", "b", "c"); r.ErrorCode != 0 {
+		t.Fatalf("first batch: %v", kerr.ErrorForCode(r.ErrorCode))
+	}
+	cl.Close()
+	tb.stop()
+	tb.start("127.0.0.1:0")
+	cl = tb.client()
+	// Sequences 3..5 were in flight when the server died; 6.. comes first.
+	if r := produceBatch(t, ctx, cl, "t", pid, 0, 6, "g", "h"); r.ErrorCode != kerr.OutOfOrderSequenceNumber.Code {
+		t.Fatalf("a batch at sequence 6 after a restart, with 3..5 never written: %v, want OUT_OF_ORDER_SEQUENCE_NUMBER", kerr.ErrorForCode(r.ErrorCode))
+	}
+	if _, end, _ := tb.log.Bounds("t", 0); end != 3 {
+		t.Fatalf("the refused batch was written: the log ends at %d, want 3", end)
+	}
+	if r := produceBatch(t, ctx, cl, "t", pid, 0, 3, "d", "e", "f"); r.ErrorCode != 0 || r.BaseOffset != 3 {
+		t.Fatalf("the batch in flight, retried: %v at %d, want written at 3", kerr.ErrorForCode(r.ErrorCode), r.BaseOffset)
+	}
+	if r := produceBatch(t, ctx, cl, "t", pid, 0, 6, "g", "h"); r.ErrorCode != 0 || r.BaseOffset != 6 {
+		t.Fatalf("the batch after it: %v at %d, want written at 6", kerr.ErrorForCode(r.ErrorCode), r.BaseOffset)
+	}
+}
+
 // Garbage on one connection closes that connection and nothing else: the
 // server goes on answering the others.
 func TestBadRequestsCloseOnlyTheirConnection(t *testing.T) {

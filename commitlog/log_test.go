@@ -654,3 +654,72 @@ func TestTopicNameErrorNamesTheCharacter(t *testing.T) {
 		t.Fatalf("ValidateTopicName(zamówienia): %v", err)
 	}
 }
+
+// A batch with Follows is written only when the log holds the message it
+// follows (from this run or, after a reopen, an earlier one) or when it
+// is itself a retry of a batch in the log. Refused, it writes nothing,
+// and a batch queued behind it that follows it is refused as well, even
+// when both are queued before either is written.
+func TestFollowsRefusesABatchAfterAGap(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	l := openTest(t, fs)
+	mustCreate(t, l, "t", TopicConfig{Partitions: 1})
+	mustCreate(t, l, "nodedup", TopicConfig{Partitions: 1, DedupWindow: -1})
+	first := msg("t", "", "first")
+	if err := l.Append(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	end := func() uint64 { _, e, _ := l.Bounds("t", 0); return e }
+
+	missing := ferry.NewID()
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{msg("t", "", "after a gap")}, Follows: missing}); !errors.Is(err, ErrNotFollowing) {
+		t.Fatalf("a batch following a message not in the log: %v, want ErrNotFollowing", err)
+	}
+	if end() != 1 {
+		t.Fatalf("the refused batch was written: the log ends at %d", end())
+	}
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{msg("nodedup", "", "x")}, Follows: missing}); !errors.Is(err, ErrNotFollowing) {
+		t.Fatalf("a topic without a dedup window cannot tell: %v, want ErrNotFollowing", err)
+	}
+
+	// Queued together: the refusal of the first refuses the second.
+	gapped, behind := msg("t", "", "gapped"), msg("t", "", "behind")
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	wg.Add(2)
+	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{gapped}, Follows: missing}, func(_ *Batch, err error) { errs[0] = err; wg.Done() })
+	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{behind}, Follows: gapped.ID}, func(_ *Batch, err error) { errs[1] = err; wg.Done() })
+	wg.Wait()
+	if !errors.Is(errs[0], ErrNotFollowing) || !errors.Is(errs[1], ErrNotFollowing) {
+		t.Fatalf("a gap and the batch behind it: %v, %v; want both ErrNotFollowing", errs[0], errs[1])
+	}
+	// Queued together, in order: both written.
+	second, third := msg("t", "", "second"), msg("t", "", "third")
+	wg.Add(2)
+	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{second}, Follows: first.ID}, func(_ *Batch, err error) { errs[0] = err; wg.Done() })
+	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{third}, Follows: second.ID}, func(_ *Batch, err error) { errs[1] = err; wg.Done() })
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil || end() != 3 {
+		t.Fatalf("two batches in order: %v, %v; the log ends at %d, want 3", errs[0], errs[1], end())
+	}
+
+	// After a reopen the log still knows what it holds.
+	l.Close()
+	l = openTest(t, fs)
+	defer l.Close()
+	fourth := msg("t", "", "fourth")
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{fourth}, Follows: third.ID}); err != nil {
+		t.Fatalf("after a reopen, a batch following the last one written: %v", err)
+	}
+	// A retry of a batch in the log, whatever it follows: a duplicate.
+	retry := msg("t", "", "fourth")
+	retry.ID = fourth.ID
+	b := &Batch{Messages: []*ferry.Message{retry}, Follows: missing}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 1 || retry.Offset != fourth.Offset {
+		t.Fatalf("a retry of a batch in the log: %v, %d duplicates, offset %d; want the first's offset %d", err, b.Duplicates, retry.Offset, fourth.Offset)
+	}
+	if end() != 4 {
+		t.Fatalf("the log ends at %d, want 4", end())
+	}
+}

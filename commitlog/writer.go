@@ -3,6 +3,7 @@ package commitlog
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -36,7 +37,21 @@ type Batch struct {
 	// their topic's deduplication window. They were not written again; their
 	// Partition and Offset are those of the original.
 	Duplicates int
+	// Follows, when set (by the caller), makes the append conditional on
+	// what is already in the log: the batch is written only if a message
+	// with this ID is in the deduplication window of the first message's
+	// topic (it was appended before, in this run or an earlier one), or if
+	// the first message is itself a duplicate (the batch is a retry of one
+	// appended before). Otherwise nothing of the batch is written and the
+	// append fails with ErrNotFollowing. A producer that numbers its
+	// batches uses it so that no batch is written after a gap: the
+	// check is made by the writer, in the order batches are written.
+	Follows ferry.ID
 }
+
+// ErrNotFollowing is the error of an append whose Batch.Follows names a
+// message that is not in the log's deduplication window.
+var ErrNotFollowing = errors.New("commitlog: the message the batch follows is not in the log")
 
 type request struct {
 	batch      *Batch
@@ -489,6 +504,26 @@ func respond(g []*request, err error) {
 	}
 }
 
+// checkFollows refuses b if it follows a message the log does not hold
+// (see Batch.Follows). It runs in the writer, after the batches before b
+// in its group were given their offsets and dedup entries.
+func (l *Log) checkFollows(b *Batch, now int64) error {
+	if b.Follows.IsZero() || len(b.Messages) == 0 {
+		return nil
+	}
+	t := l.topics[b.Messages[0].Topic]
+	if t.dedup == nil {
+		return fmt.Errorf("commitlog: topic %q keeps no deduplication window, so whether message %s was appended is not known: %w", t.name, b.Follows, ErrNotFollowing)
+	}
+	if _, ok := t.dedup.lookup(b.Follows, now); ok {
+		return nil
+	}
+	if _, ok := t.dedup.lookup(b.Messages[0].ID, now); ok {
+		return nil
+	}
+	return fmt.Errorf("commitlog: message %s, which the batch follows, is not in topic %q's deduplication window: %w", b.Follows, t.name, ErrNotFollowing)
+}
+
 // processGroup encodes every batch of the group into one log batch, writes
 // it, fsyncs once, makes it visible and acknowledges every waiter.
 func (l *Log) processGroup(g []*request) {
@@ -500,6 +535,9 @@ func (l *Log) processGroup(g []*request) {
 	live := 0
 	for _, r := range g {
 		if r.err = l.route(r); r.err != nil {
+			continue
+		}
+		if r.err = l.checkFollows(r.batch, now); r.err != nil {
 			continue
 		}
 		live++
