@@ -206,10 +206,13 @@ func (c *Client) Search(ctx context.Context, topic string, s Search) (SearchResu
 }
 
 // Tail implements API: it reads the tail's server-sent events.
-func (c *Client) Tail(ctx context.Context, topic string, start string, fn func(Message) error) error {
+func (c *Client) Tail(ctx context.Context, topic string, partition int32, start string, fn func(Message) error) error {
 	q := url.Values{}
 	if start != "" {
 		q.Set("start", start)
+	}
+	if partition >= 0 {
+		q.Set("partition", strconv.Itoa(int(partition)))
 	}
 	resp, err := c.request(ctx, http.MethodGet, "/topics/"+esc(topic)+"/tail", q, nil, nil, "text/event-stream")
 	if err != nil {

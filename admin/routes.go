@@ -3,6 +3,7 @@ package admin
 import (
 	"fmt"
 	"net/url"
+	"strconv"
 
 	"github.com/ferrymq/ferry"
 )
@@ -136,24 +137,37 @@ var routes = []route{
 			return c.h.svc.Search(c.r.Context(), topic, s)
 		}},
 	{Method: "GET", Path: "/topics/{topic}/tail", Summary: "Stream a topic's messages from a start on, as server-sent events (event: message)", Verb: VerbRead,
-		Query: []string{"start"}, Response: Message{}, Stream: true,
+		Query: []string{"start", "partition"}, Response: Message{}, Stream: true,
 		handle: func(c *call) (any, error) {
 			topic := c.r.PathValue("topic")
 			if err := c.need(VerbRead, KindTopic, topic); err != nil {
 				return nil, err
 			}
-			q, err := c.query("start")
+			q, err := c.query("start", "partition")
 			if err != nil {
 				return nil, err
 			}
 			if _, err := ParseStart(q.Get("start"), c.h.svc.now()); err != nil {
 				return nil, err
 			}
-			if _, err := c.h.svc.b.Partitions(c.r.Context(), topic); err != nil {
+			partition := int32(-1) // every partition
+			if v := q.Get("partition"); v != "" {
+				p, err := strconv.ParseInt(v, 10, 32)
+				if err != nil || p < 0 {
+					return nil, fmt.Errorf("query parameter partition=%q: want a partition number, 0 or more: %w", v, ferry.ErrInvalidArgument)
+				}
+				partition = int32(p)
+			}
+			if partition >= 0 {
+				err = c.h.svc.partition(c.r.Context(), topic, partition)
+			} else {
+				_, err = c.h.svc.b.Partitions(c.r.Context(), topic)
+			}
+			if err != nil {
 				return nil, err
 			}
 			c.startStream()
-			return nil, c.h.svc.Tail(c.r.Context(), topic, q.Get("start"), func(m Message) error { return c.event("message", m) })
+			return nil, c.h.svc.Tail(c.r.Context(), topic, partition, q.Get("start"), func(m Message) error { return c.event("message", m) })
 		}},
 	{Method: "POST", Path: "/topics/{topic}/messages", Summary: "Produce messages (keys partition them)", Verb: VerbProduce, Body: Produce{}, Response: []Produced{},
 		handle: func(c *call) (any, error) {

@@ -74,9 +74,11 @@ type API interface {
 	Message(ctx context.Context, topic string, partition int32, offset uint64) (Message, error)
 	// Search scans a topic for messages with a key or a header.
 	Search(ctx context.Context, topic string, q Search) (SearchResult, error)
-	// Tail calls fn with the topic's messages from start on, as they
-	// arrive, until ctx ends or fn returns an error.
-	Tail(ctx context.Context, topic string, start string, fn func(Message) error) error
+	// Tail calls fn with the messages of one partition of the topic, or
+	// of all of them when partition is negative, from start on, as they
+	// arrive, until ctx ends or fn returns an error. Each partition's
+	// messages come in offset order.
+	Tail(ctx context.Context, topic string, partition int32, start string, fn func(Message) error) error
 	Produce(ctx context.Context, topic string, msgs []Message) ([]Produced, error)
 	Groups(ctx context.Context) ([]GroupSummary, error)
 	Group(ctx context.Context, name string) (Group, error)
@@ -505,7 +507,7 @@ func (s *Service) Search(ctx context.Context, topic string, q Search) (SearchRes
 }
 
 // Tail implements API.
-func (s *Service) Tail(ctx context.Context, topic string, start string, fn func(Message) error) error {
+func (s *Service) Tail(ctx context.Context, topic string, partition int32, start string, fn func(Message) error) error {
 	st, err := ParseStart(start, s.now())
 	if err != nil {
 		return err
@@ -514,11 +516,18 @@ func (s *Service) Tail(ctx context.Context, topic string, start string, fn func(
 	if err != nil {
 		return err
 	}
+	first, last := int32(0), int32(parts-1)
+	if partition >= 0 {
+		if err := s.partition(ctx, topic, partition); err != nil {
+			return err
+		}
+		first, last = partition, partition
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	msgs := make(chan *ferry.Message)
-	for p := range parts {
-		tp := backend.TopicPartition{Topic: topic, Partition: int32(p)}
+	for p := first; p <= last; p++ {
+		tp := backend.TopicPartition{Topic: topic, Partition: p}
 		off, err := st.Resolve(ctx, s.b, tp)
 		if err != nil {
 			return err

@@ -63,7 +63,7 @@ func TestBrowseSearchTail(t *testing.T) {
 	}
 	tctx, cancel := context.WithCancel(ctx)
 	var tailed []string
-	err = c.Tail(tctx, "orders", "earliest", func(m Message) error {
+	err = c.Tail(tctx, "orders", -1, "earliest", func(m Message) error {
 		if dm, err := m.Decode(); err == nil && string(dm.Key) == "b" {
 			tailed = append(tailed, m.Payload)
 		}
@@ -75,7 +75,7 @@ func TestBrowseSearchTail(t *testing.T) {
 	if err != nil || len(tailed) != 6 || tailed[0] != "m0" || tailed[4] != "m4" {
 		t.Fatalf("tail: %q %v", tailed, err)
 	}
-	if err := c.Tail(ctx, "nope", "earliest", func(Message) error { return nil }); !errors.Is(err, ferry.ErrTopicNotFound) {
+	if err := c.Tail(ctx, "nope", -1, "earliest", func(Message) error { return nil }); !errors.Is(err, ferry.ErrTopicNotFound) {
 		t.Fatalf("tail of a missing topic: %v", err)
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/admin"
 	"github.com/ferrymq/ferry/commitlog"
 )
 
@@ -28,6 +30,10 @@ the directory. With --group it reads from the group's committed offsets (or
 --from where it has none) and commits what it printed; this needs the
 directory to itself. tail is consume --follow --from latest.
 
+With --server (a ferry admin API), --nats or --kafka it reads through the
+admin API or the backend instead, with the same output; --group is for a
+data directory only.
+
 ` + outputHelp
 
 const tailLong = `tail prints the messages appended to a topic from now on (all partitions,
@@ -35,7 +41,8 @@ or --partition) and keeps waiting for more until interrupted: it is consume
 --follow --from latest. It reads while another process owns the directory.
 --from starts earlier instead (earliest, an offset, -10 for the last ten of
 each partition, an RFC 3339 time, or a duration ago like 1h); -n stops after
-that many messages.
+that many messages. With --server, --nats or --kafka it follows through the
+admin API's stream or the backend.
 
 ` + outputHelp
 
@@ -93,7 +100,17 @@ func newConsumeCmd(g *globals, name string, follow bool, from string) *cobra.Com
 				return err
 			}
 			defer tel.close()
-			if group != "" {
+			switch {
+			case g.remote.isRemote() && group != "":
+				return usageError{fmt.Errorf("--group reads and commits offsets in a data directory: it needs --dir, not --server, --nats or --kafka")}
+			case g.remote.isRemote():
+				api, closeAPI, err := g.api(cmd.Context(), cmd, false, false)
+				if err != nil {
+					return err
+				}
+				defer closeAPI()
+				return runRemoteConsume(cmd.Context(), api, tel, pr, args[0], int32(partition), from, follow, max)
+			case group != "":
 				return runGroupConsume(cmd.Context(), g, tel, pr, args[0], group, start, follow, max)
 			}
 			return runConsume(cmd.Context(), g, tel, pr, args[0], int32(partition), start, follow, max)
@@ -188,6 +205,84 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, pr *printer, to
 		}
 	}
 }
+
+// errPrintedEnough ends a remote tail once --max messages are printed.
+var errPrintedEnough = errors.New("printed enough")
+
+// runRemoteConsume prints a topic's messages through the admin API (of
+// --server, or a Service over --nats or --kafka): without follow, page by
+// page up to each partition's end as it was when the partition was first
+// read; with follow, from the API's tail stream until ctx ends.
+func runRemoteConsume(ctx context.Context, api admin.API, tel *telemetry, pr *printer, topic string, only int32, from string, follow bool, max int) error {
+	printed := 0
+	print := func(am admin.Message) error {
+		m, err := am.Decode()
+		if err != nil {
+			return err
+		}
+		if err := pr.print(m); err != nil {
+			return err
+		}
+		tel.countPrinted()
+		if printed++; max > 0 && printed >= max {
+			return errPrintedEnough
+		}
+		return nil
+	}
+	if follow {
+		err := api.Tail(ctx, topic, only, from, print)
+		if errors.Is(err, errPrintedEnough) {
+			return nil
+		}
+		return err
+	}
+	t, err := api.Topic(ctx, topic)
+	if err != nil {
+		return err
+	}
+	parts := make([]int32, 0, t.Partitions)
+	for p := range int32(t.Partitions) {
+		if only < 0 || p == only {
+			parts = append(parts, p)
+		}
+	}
+	if len(parts) == 0 {
+		return usageError{fmt.Errorf("partition %d of %s: it has partitions 0 to %d", only, topic, t.Partitions-1)}
+	}
+	for _, p := range parts {
+		start, end := from, uint64(0)
+		for first := true; ; first = false {
+			page, err := api.Messages(ctx, topic, p, start, remotePage)
+			if err != nil {
+				return err
+			}
+			if first {
+				end = page.End
+			}
+			for _, m := range page.Messages {
+				if m.Offset >= end {
+					break
+				}
+				if err := print(m); err != nil {
+					if errors.Is(err, errPrintedEnough) {
+						return nil
+					}
+					return err
+				}
+			}
+			// An empty page before the end: a message delayed until later
+			// stops the partition here, as it does a reader of the log.
+			if len(page.Messages) == 0 || page.Next >= end {
+				break
+			}
+			start = strconv.FormatUint(page.Next, 10)
+		}
+	}
+	return nil
+}
+
+// remotePage is how many messages runRemoteConsume asks for at a time.
+const remotePage = 500
 
 // runGroupConsume prints messages from the group's committed offsets and
 // commits after each printed batch.

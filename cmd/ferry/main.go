@@ -106,7 +106,7 @@ Exit codes:
 			top = top.Parent()
 		}
 		switch top.Name() {
-		case "topics", "groups", "dlq", "replay", "audit", "admin", "produce", "help", "version":
+		case "topics", "groups", "dlq", "replay", "audit", "admin", "produce", "consume", "tail", "help", "version":
 			return nil
 		}
 		return g.remote.refuseRemote(cmd)

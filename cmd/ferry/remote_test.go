@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +32,110 @@ import (
 func ferryExec(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	return ferryIn(t, "", args...)
+}
+
+// startAdmin runs ferry admin with args on a free loopback port until the
+// test ends, and returns its URL.
+func startAdmin(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(buildFerry(t), append([]string{"admin", "--listen", "127.0.0.1:0"}, args...)...)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	fields := strings.Fields(line) // admin API on URL (over ...)
+	if !strings.HasPrefix(line, "admin API on ") || len(fields) < 4 {
+		t.Fatalf("ferry admin printed %q", line)
+	}
+	return fields[3]
+}
+
+// consume and tail work through the admin API as they do on the
+// directory: the same lines for every start, partition and output form;
+// tail waits for what comes next and stops at -n; --group, which commits
+// in the directory, is refused.
+func TestConsumeAndTailThroughTheAdminAPI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders", "--partitions", "2")
+	for i := range 6 {
+		mustRun(t, dir, "", "produce", "orders", "-k", fmt.Sprintf("k%d", i%3), "-H", "n="+strconv.Itoa(i), fmt.Sprintf("order %d", i))
+	}
+	bin := filepath.Join(t.TempDir(), "bin")
+	if err := os.WriteFile(bin, []byte("\xff\x00 not utf-8"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, dir, "", "produce", "orders", "-k", "bin", "--headers-json", `{"ce-type":"x"}`, "--file", bin)
+	mustRun(t, dir, "", "topics", "create", "many", "--partitions", "1")
+	var lines strings.Builder
+	for i := range 1234 { // more than a page
+		fmt.Fprintf(&lines, "line %d\n", i)
+	}
+	mustRun(t, dir, lines.String(), "produce", "many")
+	url := startAdmin(t, "--dir", dir)
+	sorted := func(out string) string {
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		slices.Sort(lines)
+		return strings.Join(lines, "\n")
+	}
+	for _, args := range [][]string{
+		{"consume", "orders"},
+		{"consume", "orders", "--json"},
+		{"consume", "orders", "--verbose"},
+		{"consume", "orders", "--partition", "1"},
+		{"consume", "orders", "--from", "-1"},
+		{"consume", "orders", "--from", "2"},
+		{"consume", "orders", "--from", "latest"},
+		{"consume", "orders", "-F", "%p %o %k %h\n", "-e", "hex"},
+		{"consume", "many"},
+		{"consume", "many", "--from", "700"},
+	} {
+		local := mustRun(t, dir, "", args...) // read-only beside ferry admin
+		remote, code := ferryExec(t, append([]string{"--server", url}, args...)...)
+		if code != 0 || sorted(remote) != sorted(local) {
+			t.Errorf("%v through --server: exit %d\n%s\nwant, as on the directory:\n%s", args, code, remote, local)
+		}
+	}
+	if out, code := ferryExec(t, "--server", url, "consume", "orders", "-n", "3"); code != 0 || strings.Count(out, "\n") != 3 {
+		t.Errorf("consume -n 3 through --server: exit %d\n%s", code, out)
+	}
+	if out, code := ferryExec(t, "--server", url, "consume", "orders", "--partition", "2"); code != exitBadInput || !strings.Contains(out, "partitions 0 to 1") {
+		t.Errorf("consume of partition 2 of 2: exit %d: %s", code, out)
+	}
+	if out, code := ferryExec(t, "--server", url, "consume", "nope"); code != exitBadInput || !strings.Contains(out, `"nope"`) {
+		t.Errorf("consume of a missing topic: exit %d: %s", code, out)
+	}
+	if out, code := ferryExec(t, "--server", url, "consume", "orders", "--group", "g"); code != exitBadInput || !strings.Contains(out, "--group") {
+		t.Errorf("consume --group through --server: exit %d: %s, want refused", code, out)
+	}
+
+	// tail from the start of partition 0 waits past its end for one more.
+	local := mustRun(t, dir, "", "consume", "orders", "--partition", "0")
+	have := strings.Count(local, "\n")
+	tail := exec.Command(buildFerry(t), "--server", url, "tail", "orders", "--partition", "0", "--from", "earliest", "-n", strconv.Itoa(have+1))
+	var tailOut strings.Builder
+	tail.Stdout, tail.Stderr = &tailOut, &tailOut
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var next string
+	for i := 0; ; i++ { // a key of partition 0
+		p, code := ferryExec(t, "--server", url, "produce", "orders", "-k", fmt.Sprintf("new%d", i), "--json", "next")
+		if code != 0 {
+			t.Fatalf("produce through --server: exit %d: %s", code, p)
+		}
+		if strings.Contains(p, `"partition": 0`) {
+			next = fmt.Sprintf("new%d", i)
+			break
+		}
+	}
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("tail: %v\n%s", err, tailOut.String())
+	}
+	if got := tailOut.String(); !strings.HasPrefix(got, local) || !strings.Contains(got, next+"\tnext") || strings.Count(got, "\n") != have+1 {
+		t.Fatalf("tail through --server printed:\n%s\nwant partition 0's messages, then %s's", got, next)
+	}
 }
 
 // seedBackendDLQ writes key k's poison message and one parked behind it
@@ -116,18 +224,7 @@ func TestDLQOverNATSAndKafka(t *testing.T) {
 			}
 
 			// ferry admin over the backend; the CLI through it.
-			cmd := exec.Command(buildFerry(t), "admin", c.flag, c.addr, "--listen", "127.0.0.1:0")
-			stdout, _ := cmd.StdoutPipe()
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
-			line, _ := bufio.NewReader(stdout).ReadString('\n')
-			fields := strings.Fields(line) // admin API on URL (over ...)
-			if !strings.HasPrefix(line, "admin API on ") || len(fields) < 4 {
-				t.Fatalf("ferry admin printed %q", line)
-			}
-			url := fields[3]
+			url := startAdmin(t, c.flag, c.addr)
 			if es := list("--server", url); len(es) != 2 {
 				t.Fatalf("dlq list --server: %+v", es)
 			}
