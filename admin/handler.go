@@ -52,14 +52,78 @@ func NewHandler(svc *Service, auth *Auth) *Handler {
 		w.Write(openAPIDocument)
 	})
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, requestID(r), fmt.Errorf("no route %s %s: the API is under %s (see %s/openapi.json): %w",
-			r.Method, r.URL.Path, Prefix, Prefix, ErrNotFound))
+		err := h.noRoute(r)
+		if errors.Is(err, ErrMethodNotAllowed) {
+			w.Header().Set("Allow", strings.Join(h.allowed(r), ", "))
+		}
+		writeError(w, requestID(r), err)
 	})
 	return h
 }
 
-// ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+// noRoute is the error of a request no route takes: ErrMethodNotAllowed
+// if the path takes other methods, else ErrNotFound.
+func (h *Handler) noRoute(r *http.Request) error {
+	if allow := h.allowed(r); len(allow) > 0 {
+		return fmt.Errorf("%s %s: the path takes %s: %w", r.Method, r.URL.Path, strings.Join(allow, ", "), ErrMethodNotAllowed)
+	}
+	return fmt.Errorf("no route %s %s: the API is under %s (see %s/openapi.json): %w", r.Method, r.URL.Path, Prefix, Prefix, ErrNotFound)
+}
+
+// allowed returns the methods the routes take on r's path.
+func (h *Handler) allowed(r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		other := r.Clone(r.Context())
+		other.Method = m
+		if _, pattern := h.mux.Handler(other); pattern != "" && pattern != "/" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ServeHTTP implements http.Handler. A mutating request that matches no
+// route (an unknown path, or a method the path does not take) gets the
+// mux's answer, and is audited as verb "unrouted": every attempt to
+// change something is on record.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := h.mux.Handler(r); !mutating(r.Method) || (pattern != "" && pattern != "/") {
+		h.mux.ServeHTTP(w, r)
+		return
+	}
+	c := &call{h: h, w: w, r: r, id: requestID(r)}
+	w.Header().Set("X-Request-Id", c.id)
+	c.identify()
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	h.mux.ServeHTTP(sw, r)
+	h.audit(c, VerbUnrouted, sw.status, h.noRoute(r))
+}
+
+// VerbUnrouted is the audit verb of a mutating request that matched no
+// route; no role grants it.
+const VerbUnrouted = "unrouted"
+
+// mutating reports whether a request of this method may change something
+// (and so is audited).
+func mutating(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return false
+	}
+	return true
+}
+
+// statusWriter remembers the status a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
 
 // call is one request being served.
 type call struct {
@@ -78,48 +142,17 @@ type call struct {
 func (h *Handler) serve(rt route, w http.ResponseWriter, r *http.Request) {
 	c := &call{h: h, w: w, r: r, id: requestID(r)}
 	w.Header().Set("X-Request-Id", c.id)
-	c.audit = AuditData{Method: r.Method, Path: r.URL.Path, RequestID: c.id, Verb: rt.Verb}
-	mutating := r.Method != http.MethodGet
-	who, err := h.auth.Authenticate(r)
 	var out any
+	err := c.identify()
 	if err == nil {
-		c.who = who
-		c.audit.Actor, c.audit.Auth = who.Name, who.Method
 		out, err = rt.handle(c)
-	} else {
-		c.audit.Actor, c.audit.Auth = "unauthenticated", "none"
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			c.audit.Actor, c.audit.Auth = r.TLS.VerifiedChains[0][0].Subject.String(), "mtls"
-		}
 	}
 	status := http.StatusOK
 	if err != nil {
 		status, _ = errorCode(err)
 	}
-	if mutating {
-		c.audit.Status = status
-		switch {
-		case err == nil:
-			c.audit.Result = AuditOK
-		case errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrForbidden), errors.Is(err, ErrProtected):
-			c.audit.Result, c.audit.Error = AuditDenied, err.Error()
-		default:
-			c.audit.Result, c.audit.Error = AuditFailed, err.Error()
-		}
-		target := c.audit.Target
-		if target == "" {
-			target = r.URL.Path
-		}
-		rec := h.svc.NewAuditRecord(rt.Verb, target, c.audit)
-		// The record is written even if the caller has gone: what was
-		// done must be on record.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
-		aerr := h.svc.Record(actx, rec)
-		cancel()
-		if aerr != nil {
-			// The operation is done; the record of it could not be kept.
-			h.log.Error("admin: audit record not written", "request_id", c.id, "actor", c.audit.Actor, "verb", rt.Verb, "target", target, "err", aerr)
-		}
+	if mutating(r.Method) {
+		h.audit(c, rt.Verb, status, err)
 	}
 	switch {
 	case c.streamed && err != nil:
@@ -129,6 +162,51 @@ func (h *Handler) serve(rt route, w http.ResponseWriter, r *http.Request) {
 		writeError(w, c.id, err)
 	default:
 		writeJSON(w, status, out)
+	}
+}
+
+// identify authenticates the caller and names it in the audit data
+// (unauthenticated: by its verified certificate subject if it has one).
+func (c *call) identify() error {
+	r := c.r
+	c.audit = AuditData{Method: r.Method, Path: r.URL.Path, RequestID: c.id}
+	who, err := c.h.auth.Authenticate(r)
+	if err == nil {
+		c.who = who
+		c.audit.Actor, c.audit.Auth = who.Name, who.Method
+		return nil
+	}
+	c.audit.Actor, c.audit.Auth = "unauthenticated", "none"
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+		c.audit.Actor, c.audit.Auth = r.TLS.VerifiedChains[0][0].Subject.String(), "mtls"
+	}
+	return err
+}
+
+// audit appends the record of a mutating request to the audit topic.
+func (h *Handler) audit(c *call, verb string, status int, err error) {
+	c.audit.Status = status
+	switch {
+	case err == nil:
+		c.audit.Result = AuditOK
+	case errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrForbidden), errors.Is(err, ErrProtected):
+		c.audit.Result, c.audit.Error = AuditDenied, err.Error()
+	default:
+		c.audit.Result, c.audit.Error = AuditFailed, err.Error()
+	}
+	target := c.audit.Target
+	if target == "" {
+		target = c.r.URL.Path
+	}
+	rec := h.svc.NewAuditRecord(verb, target, c.audit)
+	// The record is written even if the caller has gone: what was done
+	// must be on record.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(c.r.Context()), 30*time.Second)
+	aerr := h.svc.Record(actx, rec)
+	cancel()
+	if aerr != nil {
+		// The operation is done; the record of it could not be kept.
+		h.log.Error("admin: audit record not written", "request_id", c.id, "actor", c.audit.Actor, "verb", verb, "target", target, "err", aerr)
 	}
 }
 
@@ -297,6 +375,7 @@ var errorCodes = []struct {
 	{ErrNoDLQ, http.StatusNotFound, "dlq_not_found", ferry.ErrTopicNotFound},
 	{ferry.ErrTopicNotFound, http.StatusNotFound, "topic_not_found", nil},
 	{ErrNotFound, http.StatusNotFound, "not_found", nil},
+	{ErrMethodNotAllowed, http.StatusMethodNotAllowed, "method_not_allowed", nil},
 	{ferry.ErrOffsetOutOfRange, http.StatusRequestedRangeNotSatisfiable, "offset_out_of_range", nil},
 	{ferry.ErrTopicExists, http.StatusConflict, "topic_exists", nil},
 	{ErrGroupActive, http.StatusConflict, "group_active", nil},

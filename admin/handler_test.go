@@ -442,3 +442,52 @@ func FuzzParseFilter(f *testing.F) {
 		}
 	})
 }
+
+// Every request that may change something is on record, also one that
+// matches no route (an unknown path, a method the path does not take);
+// HEAD and OPTIONS, like GET, are reads and are not.
+func TestEveryMutatingRequestIsAudited(t *testing.T) {
+	f := newFixture(t)
+	do := func(method, path string) int {
+		t.Helper()
+		req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tokenOf("root"))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{
+		{"POST", "/api/v1/nope", 404},
+		{"DELETE", "/api/v1/topics/orders/partitions/0", 404},
+		{"PUT", "/api/v1/topics", 405},
+		{"DELETE", "/api/v1/health", 405},
+		{"PATCH", "/elsewhere", 404},
+	} {
+		if got := do(c.method, c.path); got != c.status {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, got, c.status)
+		}
+	}
+	for _, method := range []string{"HEAD", "OPTIONS", "GET"} {
+		do(method, "/api/v1/topics")
+		do(method, "/api/v1/nope")
+	}
+	recs := f.audit(t)
+	if len(recs) != 5 {
+		t.Fatalf("%d audit records, want the 5 mutating requests: %+v", len(recs), recs)
+	}
+	for i, r := range recs {
+		if r.Data.Verb != VerbUnrouted || r.Data.Actor != "root" || r.Data.Result != AuditFailed || r.Data.Status < 404 {
+			t.Errorf("record %d: %+v", i, r.Data)
+		}
+	}
+}

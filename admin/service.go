@@ -38,6 +38,8 @@ var (
 	ErrUnsupportedMedia = fmt.Errorf("admin: unsupported media type: %w", ferry.ErrInvalidArgument)
 	// ErrNotFound: no such message, entry or group.
 	ErrNotFound = errors.New("admin: not found")
+	// ErrMethodNotAllowed: the path exists, but not with that method.
+	ErrMethodNotAllowed = errors.New("admin: method not allowed")
 )
 
 // DefaultAuditTopic is the topic the audit log is kept in.
