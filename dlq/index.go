@@ -178,9 +178,7 @@ func (x *Index) apply(records ...*ferry.Message) error {
 			x.applyMarkerLocked(r, string(s))
 			continue
 		}
-		if err := x.addLocked(r); err != nil {
-			return err
-		}
+		x.addLocked(r)
 	}
 	return nil
 }
@@ -242,12 +240,15 @@ func readDeadLetter(r *ferry.Message) deadLetter {
 // addLocked indexes the dead letter r. It reads only the headers the
 // index keeps (Parse would copy the original message and parse every
 // time), and copies the key, so nothing of the fetched record stays
-// referenced.
-func (x *Index) addLocked(r *ferry.Message) error {
+// referenced. A record that is not a dead letter (no original ID: written
+// to the topic by something else) is not an entry: it is skipped, as
+// Queue skips it, so that it can stop neither the owner of a partition
+// nor an operator.
+func (x *Index) addLocked(r *ferry.Message) {
 	d := readDeadLetter(r)
 	u, err := uuid.ParseBytes(d.id)
 	if err != nil {
-		return fmt.Errorf("dlq: record at offset %d is not a dead letter: original ID %q: %w", r.Offset, d.id, err)
+		return
 	}
 	id := ferry.ID(u)
 	group := x.intern(d.group)
@@ -257,7 +258,7 @@ func (x *Index) addLocked(r *ferry.Message) error {
 		x.byID[group] = ids
 	}
 	if _, ok := ids[id]; ok {
-		return nil
+		return
 	}
 	part, _ := strconv.Atoi(string(d.partition))
 	pk := PartitionKey{group, x.intern(d.topic), int32(part)}
@@ -276,7 +277,7 @@ func (x *Index) addLocked(r *ferry.Message) error {
 		// No order to keep: nothing parks behind it.
 		p.loose = insertByRecord(p.loose, ix)
 		p.looseChanged = true
-		return nil
+		return
 	}
 	// The entries of a key share one copy of it (the map's key, and
 	// Key's bytes), made for the first.
@@ -289,7 +290,7 @@ func (x *Index) addLocked(r *ferry.Message) error {
 	}
 	p.keys[ix.key] = insertByRecord(es, ix)
 	p.changed[ix.key] = true
-	return nil
+	return
 }
 
 func insertByRecord(es []*Indexed, ix *Indexed) []*Indexed {

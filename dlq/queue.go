@@ -124,7 +124,7 @@ func (q *Queue) scan(ctx context.Context) ([]Entry, error) {
 				}
 				e, err := Parse(r)
 				if err != nil {
-					return nil, err
+					continue // not a dead letter: not an entry (see Index.addLocked)
 				}
 				entries = append(entries, e)
 			}

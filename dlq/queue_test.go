@@ -206,3 +206,48 @@ func TestRedriveKeepsGroupsApart(t *testing.T) {
 		t.Fatalf("requested: %v, want billing's entry", req)
 	}
 }
+
+// A record in a DLQ topic that is not a dead letter (produced there by
+// hand, or by another program) is not an entry: listing, redrive and the
+// owner's index skip it, and the entries around it work as ever.
+func TestForeignRecordsInADLQTopicAreSkipped(t *testing.T) {
+	ctx := context.Background()
+	b, _ := setup(t)
+	for _, tp := range []string{"orders", "billing.dlq"} {
+		if err := b.EnsureTopic(ctx, tp, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	foreign := func(payload string) {
+		t.Helper()
+		if err := b.Publish(ctx, &ferry.Message{Topic: "billing.dlq", Key: []byte("k"), Payload: []byte(payload),
+			Headers: []ferry.Header{{Key: dlq.HeaderOriginalID, Value: []byte("not an ID")}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	foreign("before")
+	m := &ferry.Message{ID: ferry.NewID(), Topic: "orders", Key: []byte("k"), Payload: []byte("poison")}
+	e := dlq.NewEntry(m, "billing.dlq", dlq.Failure{Group: "billing", Handler: "h", Attempts: 1, First: time.Now(), Last: time.Now(), Err: errors.New("poison"), Class: retry.ClassPermanent})
+	if err := b.Publish(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, &ferry.Message{Topic: "billing.dlq", Payload: []byte("no headers at all")}); err != nil {
+		t.Fatal(err)
+	}
+	foreign("after")
+	q := dlq.Open(b, "billing.dlq")
+	all, err := q.List(ctx, dlq.Filter{})
+	if err != nil || len(all) != 1 || all[0].Original.ID != m.ID {
+		t.Fatalf("list beside foreign records: %v, %v; want the one entry", all, err)
+	}
+	x := dlq.NewIndex(b, "billing.dlq")
+	if err := x.CatchUp(ctx); err != nil || !x.Known("billing", m.ID) {
+		t.Fatalf("the owner's index beside foreign records: %v, known %v", err, x.Known("billing", m.ID))
+	}
+	if n, err := q.Redrive(ctx, dlq.RedriveOpts{}); err != nil || n != 1 {
+		t.Fatalf("redrive beside foreign records: %d, %v; want 1", n, err)
+	}
+	if req, err := q.List(ctx, dlq.Filter{State: dlq.StateRequested}); err != nil || len(req) != 1 {
+		t.Fatalf("requested after the redrive: %v, %v", req, err)
+	}
+}
