@@ -866,7 +866,7 @@ func (s *Service) Redrive(ctx context.Context, queue string, r Redrive, progress
 			}
 		}
 	}
-	opts := dlq.RedriveOpts{Filter: flt, To: r.To, PerSecond: r.PerSecond}
+	opts := dlq.RedriveOpts{Filter: flt, To: r.To, IncludeRequested: r.IncludeRequested, PerSecond: r.PerSecond}
 	if progress != nil {
 		opts.Progress = func(done, total int) { progress(Progress{Done: done, Total: total}) }
 	}
@@ -874,6 +874,14 @@ func (s *Service) Redrive(ctx context.Context, queue string, r Redrive, progress
 	res.Entries = n
 	if err != nil {
 		return res, fmt.Errorf("after %d redriven: %w", n, err)
+	}
+	if r.To != "" && !r.IncludeRequested {
+		// What the move left to the entries' owner.
+		left, err := q.List(ctx, flt)
+		if err != nil {
+			return res, err
+		}
+		res.Left = len(left)
 	}
 	return res, nil
 }

@@ -277,6 +277,11 @@ type Redrive struct {
 	// To moves the entries to this topic instead of having their source
 	// partition's consumer handle them.
 	To string `json:"to,omitempty"`
+	// IncludeRequested makes a move (To) take the entries already
+	// requested too, which their owner may be handling: only for an owner
+	// that does not run (see dlq.RedriveOpts). Without it a move leaves
+	// the keys with a requested entry to their owner.
+	IncludeRequested bool `json:"include_requested,omitempty"`
 	// PerSecond limits the pace (0: unlimited).
 	PerSecond float64 `json:"per_second,omitempty"`
 }
@@ -285,6 +290,9 @@ type Redrive struct {
 type RedriveResult struct {
 	Entries int    `json:"entries"` // requested (or moved, with To)
 	To      string `json:"to,omitempty"`
+	// Left counts, after a move, the entries of the filter still
+	// unresolved: those left to their owner because a key was requested.
+	Left int `json:"left,omitempty"`
 }
 
 // Purge is the body of a purge.

@@ -203,6 +203,12 @@ type RedriveOpts struct {
 	// derived from the entry, and the entry marked redriven) instead of
 	// requesting that its source partition's owner handle it.
 	To string
+	// IncludeRequested makes a move (To set) take entries already
+	// requested too. Their owner may be handling them at that moment, and
+	// then they would be handled twice: set it only when the owner does
+	// not run. Without it a move leaves every key that has a requested
+	// entry as it is (keys move whole).
+	IncludeRequested bool
 	// PerSecond limits how many entries a second are requested or moved
 	// (0: unlimited). How fast the owner handles requested entries is the
 	// consumer's own pace (its rate limit, WithRateLimit).
@@ -229,7 +235,8 @@ type RedriveOpts struct {
 // With To set, each entry is moved: re-published to To with an ID derived
 // from the entry (a rerun is deduplicated), a ferry-redrive-of header
 // naming the original, and marked redriven, atomically where the backend
-// can.
+// can. A key with an entry requested already stays for its owner, unless
+// IncludeRequested.
 func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 	if o.PerSecond < 0 {
 		return 0, fmt.Errorf("dlq: redrive rate %v: want 0 (unlimited) or more: %w", o.PerSecond, ferry.ErrInvalidArgument)
@@ -238,8 +245,19 @@ func (q *Queue) Redrive(ctx context.Context, o RedriveOpts) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if o.To == "" {
+	switch {
+	case o.To == "":
 		entries = slices.DeleteFunc(entries, func(e Entry) bool { return e.State != StateDead })
+	case !o.IncludeRequested:
+		busy := map[entryKey]bool{}
+		for _, e := range entries {
+			if e.State == StateRequested {
+				busy[keyOfEntry(e)] = true
+			}
+		}
+		entries = slices.DeleteFunc(entries, func(e Entry) bool {
+			return e.State == StateRequested || e.Original.Key != nil && busy[keyOfEntry(e)]
+		})
 	}
 	var lim *rate.Limiter
 	if o.PerSecond > 0 {
@@ -306,6 +324,17 @@ func RedriveHeaders(orig *ferry.Message) []ferry.Header {
 	return append(hs, ferry.Header{Key: HeaderRedriveOf, Value: []byte(orig.ID.String())})
 }
 
+// entryKey is an entry's key: one group's, in one source partition.
+type entryKey struct {
+	group, topic string
+	partition    int32
+	key          string
+}
+
+func keyOfEntry(e Entry) entryKey {
+	return entryKey{e.Group, e.Original.Topic, e.Original.Partition, string(e.Original.Key)}
+}
+
 // wholeKeys lists the unresolved entries matching f plus every unresolved
 // entry that shares a key with one of them, in dead-letter order. A key is
 // one group's, in one source partition: two groups sharing a DLQ topic
@@ -315,15 +344,8 @@ func (q *Queue) wholeKeys(ctx context.Context, f Filter) ([]Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	type keyOf struct {
-		group, topic string
-		partition    int32
-		key          string
-	}
-	id := func(e Entry) keyOf {
-		return keyOf{e.Group, e.Original.Topic, e.Original.Partition, string(e.Original.Key)}
-	}
-	keys := map[keyOf]bool{}
+	id := keyOfEntry
+	keys := map[entryKey]bool{}
 	chosen := map[int]bool{}
 	for i, e := range all {
 		if f.Match(e) {

@@ -251,3 +251,45 @@ func TestForeignRecordsInADLQTopicAreSkipped(t *testing.T) {
 		t.Fatalf("requested after the redrive: %v, %v", req, err)
 	}
 }
+
+// A move (To) leaves a key with a requested entry whole to its owner,
+// which may be handling it: moving it too would handle it twice. Other
+// keys move; IncludeRequested moves the requested keys as well.
+func TestMoveLeavesRequestedKeysToTheirOwner(t *testing.T) {
+	ctx := context.Background()
+	b, _ := setup(t)
+	for _, tp := range []string{"orders", "billing.dlq", "orders.retry"} {
+		if err := b.EnsureTopic(ctx, tp, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := dlq.Open(b, "billing.dlq")
+	deadLetter := func(key, payload string, class retry.Class) ferry.ID {
+		t.Helper()
+		m := &ferry.Message{ID: ferry.NewID(), Topic: "orders", Key: []byte(key), Payload: []byte(payload)}
+		e := dlq.NewEntry(m, "billing.dlq", dlq.Failure{Group: "billing", Handler: "h", Attempts: 1, First: time.Now(), Last: time.Now(), Err: errors.New("poison"), Class: class})
+		if err := b.Publish(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		return m.ID
+	}
+	first := deadLetter("k", "k/0", retry.ClassPermanent)
+	if n, err := q.Redrive(ctx, dlq.RedriveOpts{Filter: dlq.Filter{IDs: []ferry.ID{first}}}); err != nil || n != 1 {
+		t.Fatalf("request k/0: %d, %v", n, err)
+	}
+	deadLetter("k", "k/1", dlq.ClassParked) // parked behind the requested one
+	other := deadLetter("j", "j/0", retry.ClassPermanent)
+	n, err := q.Redrive(ctx, dlq.RedriveOpts{To: "orders.retry"})
+	if err != nil || n != 1 {
+		t.Fatalf("move: %d moved (%v), want 1: j's entry, not k's", n, err)
+	}
+	if moved, _ := q.List(ctx, dlq.Filter{State: dlq.StateRedriven}); len(moved) != 1 || moved[0].Original.ID != other {
+		t.Fatalf("moved: %v, want j/0 only", moved)
+	}
+	if n, err := q.Redrive(ctx, dlq.RedriveOpts{To: "orders.retry", IncludeRequested: true}); err != nil || n != 2 {
+		t.Fatalf("move with IncludeRequested: %d, %v; want k/0 and k/1", n, err)
+	}
+	if left, _ := q.List(ctx, dlq.Filter{}); len(left) != 0 {
+		t.Fatalf("left after both moves: %v", left)
+	}
+}

@@ -230,7 +230,15 @@ func TestDLQListShowRedrivePurge(t *testing.T) {
 		t.Fatalf("orders holds %d poison messages, want the 3 originals (a redrive publishes nothing there):\n%s", n, consumed)
 	}
 	mustRun(t, dir, "", "topics", "create", "orders.retry")
-	if out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing", "--to", "orders.retry"); !strings.Contains(out, `moved 2 entries to "orders.retry"`) {
+	// A move leaves requested entries to their owner (it may be handling
+	// them), unless told the owner does not run.
+	if out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing", "--to", "orders.retry"); !strings.Contains(out, `moved 0 entries to "orders.retry"`) || !strings.Contains(out, "left 2 entries") {
+		t.Fatalf("move of requested entries: %s", out)
+	}
+	if out, code := ferryRun(t, dir, "", "dlq", "redrive", "-g", "billing", "--requested"); code != exitBadInput || !strings.Contains(out, "--requested is for a move") {
+		t.Fatalf("--requested without --to: exit %d: %s", code, out)
+	}
+	if out := mustRun(t, dir, "", "dlq", "redrive", "-g", "billing", "--to", "orders.retry", "--requested"); !strings.Contains(out, `moved 2 entries to "orders.retry"`) {
 		t.Fatalf("move: %s", out)
 	}
 	if out := mustRun(t, dir, "", "dlq", "list", "-g", "billing"); strings.Count(out, "\n") != 1 {

@@ -167,6 +167,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 
 	var rf dlqFlags
 	var to string
+	var requested bool
 	var perSecond float64
 	redrive := &cobra.Command{
 		Use:   "redrive",
@@ -195,7 +196,10 @@ func newDLQCmd(g *globals) *cobra.Command {
 						fmt.Fprintf(out, "%s %d/%d\n", verb, p.Done, p.Total)
 					}
 				}
-				res, err := api.Redrive(cmd.Context(), queue, admin.Redrive{Filter: flt, To: to, PerSecond: perSecond}, progress)
+				if requested && to == "" {
+					return usageError{fmt.Errorf("--requested is for a move (--to): back to the source, requested entries are their owner's already")}
+				}
+				res, err := api.Redrive(cmd.Context(), queue, admin.Redrive{Filter: flt, To: to, IncludeRequested: requested, PerSecond: perSecond}, progress)
 				if bar != nil {
 					bar.Finish()
 					fmt.Fprintln(out)
@@ -207,6 +211,9 @@ func newDLQCmd(g *globals) *cobra.Command {
 				return g.print(cmd.OutOrStdout(), result, func(w *tabwriter.Writer) {
 					if to != "" {
 						fmt.Fprintf(w, "moved %d entries to %q\n", res.Entries, to)
+						if res.Left > 0 {
+							fmt.Fprintf(w, "left %d entries: their keys are requested, for their consumer to handle; --requested moves them too, if that consumer does not run\n", res.Left)
+						}
 					} else {
 						fmt.Fprintf(w, "requested %d entries: each partition's consumer handles them in key order (now, or when it starts)\n", res.Entries)
 					}
@@ -218,6 +225,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 	rf.add(redrive)
 	redrive.Flags().StringVar(&to, "to", "", "send to this topic instead of each entry's source topic")
 	redrive.Flags().Float64Var(&perSecond, "rate", 0, "at most this many entries per second (0: unlimited)")
+	redrive.Flags().BoolVar(&requested, "requested", false, "with --to: also move entries already requested, which their consumer may be handling (only when it does not run: else they may be handled twice)")
 
 	var pf dlqFlags
 	purge := &cobra.Command{

@@ -263,7 +263,7 @@ func TestAdminRefusesOpenListenAndMixedTargets(t *testing.T) {
 		{[]string{"--dir", dir, "admin", "--listen", "0.0.0.0:0", "--auth", "x.json"}, "not a loopback address"},
 		{[]string{"--dir", dir, "--server", "http://127.0.0.1:1", "topics", "list"}, "--dir and --server"},
 		{[]string{"--nats", "nats://127.0.0.1:1", "--kafka", "127.0.0.1:1", "dlq", "list", "-g", "x"}, "give one"},
-		{[]string{"--server", "http://127.0.0.1:1", "consume", "orders"}, "data directory (--dir) only"},
+		{[]string{"--server", "http://127.0.0.1:1", "consume", "orders", "--group", "g"}, "--group reads and commits offsets in a data directory"},
 		{[]string{"--server", "http://127.0.0.1:1", "produce", "orders", "--atomic", "x"}, "--atomic commits one batch"},
 		{[]string{"--server", "http://127.0.0.1:1", "verify"}, "data directory (--dir) only"},
 		{[]string{"--server", "ftp://x", "topics", "list"}, "want http://HOST:PORT"},
