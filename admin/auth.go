@@ -42,8 +42,9 @@ var Verbs = []string{VerbRead, VerbProduce, VerbReplay, VerbRedrive, VerbPurge, 
 //
 // A token is stored as its bcrypt hash (ferry admin hash-token prints
 // one); a client certificate is named by its subject as Go prints it
-// (pkix.Name.String). Topic and group patterns are path.Match globs; a
-// DLQ is a topic (GROUP.dlq).
+// (pkix.Name.String). Topic and group patterns are path.Match globs in
+// which '/' is an ordinary character, so "*" matches every name; a DLQ is
+// a topic (GROUP.dlq).
 type AuthConfig struct {
 	Tokens  []TokenConfig     `json:"tokens"`
 	Clients []ClientConfig    `json:"clients"`
@@ -98,12 +99,20 @@ func (p Principal) Allowed(verb, kind, name string) bool {
 			patterns = r.Groups
 		}
 		for _, pat := range patterns {
-			if ok, _ := path.Match(pat, name); ok {
+			if globMatch(pat, name) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// globMatch reports whether name matches the path.Match pattern pat, with
+// '/' an ordinary character: "*" matches every name, "a/*" every name
+// that starts with "a/" (group names may hold slashes).
+func globMatch(pat, name string) bool {
+	ok, _ := path.Match(strings.ReplaceAll(pat, "/", "\x00"), strings.ReplaceAll(name, "/", "\x00"))
+	return ok
 }
 
 // Auth authenticates requests by bearer token or client certificate. It is

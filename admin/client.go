@@ -79,6 +79,13 @@ func (c *Client) request(ctx context.Context, method, path string, q url.Values,
 		}
 		rd = bytes.NewReader(b)
 	}
+	for _, seg := range strings.Split(path, "/")[1:] {
+		if seg == "" || seg == "." || seg == ".." {
+			// A name a URL path cannot carry: the server would see
+			// another path (or redirect).
+			return nil, fmt.Errorf("admin API: %s %s: a topic, group or entry name cannot be empty, \".\" or \"..\": %w", method, path, ferry.ErrInvalidArgument)
+		}
+	}
 	u := c.base + Prefix + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()

@@ -491,3 +491,32 @@ func TestEveryMutatingRequestIsAudited(t *testing.T) {
 		}
 	}
 }
+
+// A name a URL path cannot carry ("", ".", "..") is refused by the Client
+// as bad input, not sent as some other path (which the server would
+// redirect or answer for another resource). A glob "*" grants names with
+// a slash too.
+func TestClientRefusesNamesAPathCannotCarry(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.client(t, tokenOf("root"))
+	for _, name := range []string{"", ".", ".."} {
+		_, e1 := c.Topic(ctx, name)
+		e2 := c.DeleteTopic(ctx, name)
+		_, e3 := c.Group(ctx, name)
+		_, e4 := c.DeadLetters(ctx, name, Filter{}, 0)
+		_, e5 := c.Messages(ctx, name, 0, "", 0)
+		_, e6 := c.DeadLetter(ctx, "billing.dlq", name)
+		for i, err := range []error{e1, e2, e3, e4, e5, e6} {
+			if !errors.Is(err, ferry.ErrInvalidArgument) {
+				t.Errorf("name %q, call %d: %v, want ErrInvalidArgument", name, i+1, err)
+			}
+		}
+	}
+	if recs := f.audit(t); len(recs) != 0 {
+		t.Errorf("refused names reached the server: %d audit records", len(recs))
+	}
+	if _, err := c.Group(ctx, "team/billing"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("group team/billing with a role on \"*\": %v, want not found (not forbidden)", err)
+	}
+}
