@@ -305,11 +305,14 @@ func (c *Client) ResetGroup(ctx context.Context, group string, r Reset) ([]Reset
 }
 
 // DeadLetters implements API.
-func (c *Client) DeadLetters(ctx context.Context, queue string, f Filter, limit int) ([]DeadLetter, error) {
+func (c *Client) DeadLetters(ctx context.Context, queue string, f Filter, page Page) ([]DeadLetter, error) {
 	var out []DeadLetter
 	q := f.Query()
-	if limit != 0 {
-		q.Set("limit", strconv.Itoa(limit))
+	if page.Limit != 0 {
+		q.Set("limit", strconv.Itoa(page.Limit))
+	}
+	if page.After != "" {
+		q.Set("after", page.After)
 	}
 	return out, c.get(ctx, "/dlq/"+esc(queue)+"/entries", q, &out)
 }

@@ -10,12 +10,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -106,7 +108,7 @@ func (f *fixture) states(t *testing.T) []string {
 	t.Helper()
 	var out []string
 	for _, state := range States {
-		es, err := f.svc.DeadLetters(context.Background(), "billing.dlq", Filter{State: state}, 0)
+		es, err := f.svc.DeadLetters(context.Background(), "billing.dlq", Filter{State: state}, Page{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -504,7 +506,7 @@ func TestClientRefusesNamesAPathCannotCarry(t *testing.T) {
 		_, e1 := c.Topic(ctx, name)
 		e2 := c.DeleteTopic(ctx, name)
 		_, e3 := c.Group(ctx, name)
-		_, e4 := c.DeadLetters(ctx, name, Filter{}, 0)
+		_, e4 := c.DeadLetters(ctx, name, Filter{}, Page{})
 		_, e5 := c.Messages(ctx, name, 0, "", 0)
 		_, e6 := c.DeadLetter(ctx, "billing.dlq", name)
 		for i, err := range []error{e1, e2, e3, e4, e5, e6} {
@@ -519,4 +521,90 @@ func TestClientRefusesNamesAPathCannotCarry(t *testing.T) {
 	if _, err := c.Group(ctx, "team/billing"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("group team/billing with a role on \"*\": %v, want not found (not forbidden)", err)
 	}
+}
+
+// A DLQ list is a page (DefaultLimit unless told, at most MaxLimit);
+// After a page's last position comes the next one, and entries resolved
+// between pages move no other entry: every entry still listed is seen
+// once, in dead-letter order.
+func TestDeadLettersPageByPosition(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	for _, tp := range []string{"orders", "g.dlq"} {
+		if err := b.EnsureTopic(ctx, tp, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 250
+	var want []string
+	var batch []*ferry.Message
+	for i := range n {
+		m := &ferry.Message{ID: ferry.NewID(), Topic: "orders", Key: []byte(fmt.Sprint("k", i)), Payload: []byte("x")}
+		batch = append(batch, dlq.NewEntry(m, "g.dlq", dlq.Failure{Group: "g", Handler: "h", Attempts: 1, First: time.Now(), Last: time.Now(), Err: errors.New("poison"), Class: retry.ClassPermanent}))
+		want = append(want, m.ID.String())
+	}
+	if err := b.Publish(ctx, batch...); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(NewHandler(NewService(b), nil))
+	defer srv.Close()
+	c, err := NewClient(srv.URL, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, api := range []API{NewService(b), c} {
+		first, err := api.DeadLetters(ctx, "g.dlq", Filter{}, Page{})
+		if err != nil || len(first) != DefaultLimit {
+			t.Fatalf("%T: a list without a limit: %d entries (%v), want a page of %d", api, len(first), err, DefaultLimit)
+		}
+		if _, err := api.DeadLetters(ctx, "g.dlq", Filter{}, Page{Limit: MaxLimit + 1}); !errors.Is(err, ferry.ErrInvalidArgument) {
+			t.Fatalf("%T: limit over MaxLimit: %v", api, err)
+		}
+		for _, bad := range []string{"x", "1", "-1:2", "0:x"} {
+			if _, err := api.DeadLetters(ctx, "g.dlq", Filter{}, Page{After: bad}); !errors.Is(err, ferry.ErrInvalidArgument) {
+				t.Fatalf("%T: after %q: %v, want ErrInvalidArgument", api, bad, err)
+			}
+		}
+	}
+	var got []string
+	page := Page{Limit: 40}
+	svc := NewService(b)
+	for i := 0; ; i++ {
+		rows, err := c.DeadLetters(ctx, "g.dlq", Filter{}, page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			got = append(got, r.ID)
+		}
+		if len(rows) < page.Limit {
+			break
+		}
+		page.After = rows[len(rows)-1].Position
+		if i > n/page.Limit+1 {
+			t.Fatalf("still paging after %d pages: After does not move the list on", i)
+		}
+		if i == 1 {
+			// Resolve the last entry seen and two not seen yet.
+			id := func(k int) []ferry.ID { v, _ := ferry.ParseID(want[k]); return []ferry.ID{v} }
+			for _, k := range []int{len(got) - 1, len(got), len(got) + 1} {
+				if _, err := svc.Purge(ctx, "g.dlq", Purge{Filter: Filter{IDs: []string{id(k)[0].String()}}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want = slices.Delete(want, len(got), len(got)+2)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged through %d entries, want %d in dead-letter order (first difference near %d)", len(got), len(want), firstDiff(got, want))
+	}
+}
+
+func firstDiff(a, b []string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

@@ -168,7 +168,7 @@ func TestReviewDisconnectSkipsAudit(t *testing.T) {
 	req.Header.Set("Content-Type", "application/json")
 	w := reviewCancelWriter{httptest.NewRecorder(), cancel} // the client goes away after the first event
 	h.ServeHTTP(w, req)
-	got, err := svc.DeadLetters(context.Background(), "g.dlq", Filter{State: dlq.StateRequested}, 0)
+	got, err := svc.DeadLetters(context.Background(), "g.dlq", Filter{State: dlq.StateRequested}, Page{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestReviewRedriveToSourceTopicOvertakes(t *testing.T) {
 		for _, m := range page.Messages {
 			order = append(order, m.Payload)
 		}
-		left, _ := svc.DeadLetters(ctx, "g.dlq", Filter{}, 0)
+		left, _ := svc.DeadLetters(ctx, "g.dlq", Filter{}, Page{})
 		t.Errorf("redrive --to src (the entries' source) moved %d: src now reads %v and %d entries of key k are left parked: m3 is handled before the copy of m1; want it refused (ErrInvalidArgument) or done by request markers", res.Entries, order, len(left))
 	}
 }

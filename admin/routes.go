@@ -26,7 +26,7 @@ type route struct {
 }
 
 // dlqQuery are a DLQ list's parameters.
-var dlqQuery = append(append([]string{}, filterParams...), "limit")
+var dlqQuery = append(append([]string{}, filterParams...), "limit", "after")
 
 var routes = []route{
 	{Method: "GET", Path: "/health", Summary: "The backend's and the running consumers' health", Response: Health{},
@@ -235,18 +235,20 @@ var routes = []route{
 			if err != nil {
 				return nil, fmt.Errorf("query: %v: %w", err, ferry.ErrInvalidArgument)
 			}
-			f, err := ParseFilter(q, "limit") // refuses unknown and repeated parameters
+			f, err := ParseFilter(q, "limit", "after") // refuses unknown and repeated parameters
 			if err != nil {
 				return nil, err
 			}
-			if len(q["limit"]) > 1 {
-				return nil, fmt.Errorf("query parameter \"limit\" given %d times: at most once: %w", len(q["limit"]), ferry.ErrInvalidArgument)
+			for _, name := range []string{"limit", "after"} {
+				if len(q[name]) > 1 {
+					return nil, fmt.Errorf("query parameter %q given %d times: at most once: %w", name, len(q[name]), ferry.ErrInvalidArgument)
+				}
 			}
-			n, err := intParam(q, "limit")
-			if err != nil {
+			page := Page{After: q.Get("after")}
+			if page.Limit, err = intParam(q, "limit"); err != nil {
 				return nil, err
 			}
-			return c.h.svc.DeadLetters(c.r.Context(), queue, f, n)
+			return c.h.svc.DeadLetters(c.r.Context(), queue, f, page)
 		}},
 	{Method: "GET", Path: "/dlq/{queue}/entries/{id}", Summary: "Show one entry with its original message and why it failed", Verb: VerbRead, Response: DeadLetter{},
 		handle: func(c *call) (any, error) {

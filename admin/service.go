@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,8 +86,9 @@ type API interface {
 	Groups(ctx context.Context) ([]GroupSummary, error)
 	Group(ctx context.Context, name string) (Group, error)
 	ResetGroup(ctx context.Context, group string, r Reset) ([]ResetOffset, error)
-	// DeadLetters lists the entries of the DLQ topic queue that match f.
-	DeadLetters(ctx context.Context, queue string, f Filter, limit int) ([]DeadLetter, error)
+	// DeadLetters lists a page of the entries of the DLQ topic queue that
+	// match f, in dead-letter order.
+	DeadLetters(ctx context.Context, queue string, f Filter, page Page) ([]DeadLetter, error)
 	// DeadLetter returns the entry of an original message ID.
 	DeadLetter(ctx context.Context, queue, id string) (DeadLetter, error)
 	// Redrive brings entries back (see dlq.Queue.Redrive); progress, if
@@ -759,13 +761,20 @@ func (s *Service) queue(ctx context.Context, topic string) (*dlq.Queue, error) {
 }
 
 // DeadLetters implements API.
-func (s *Service) DeadLetters(ctx context.Context, queue string, f Filter, n int) ([]DeadLetter, error) {
+func (s *Service) DeadLetters(ctx context.Context, queue string, f Filter, page Page) ([]DeadLetter, error) {
 	flt, err := f.Parse(s.now())
 	if err != nil {
 		return nil, err
 	}
-	if n < 0 {
-		return nil, fmt.Errorf("limit %d: want 0 (all) or more: %w", n, ferry.ErrInvalidArgument)
+	n, err := limit(page.Limit)
+	if err != nil {
+		return nil, err
+	}
+	var after position
+	if page.After != "" {
+		if after, err = parsePosition(page.After); err != nil {
+			return nil, err
+		}
 	}
 	q, err := s.queue(ctx, queue)
 	if err != nil {
@@ -775,21 +784,51 @@ func (s *Service) DeadLetters(ctx context.Context, queue string, f Filter, n int
 	if err != nil {
 		return nil, err
 	}
-	if n > 0 && len(entries) > n {
-		entries = entries[:n]
-	}
-	out := make([]DeadLetter, 0, len(entries))
+	out := make([]DeadLetter, 0, min(n, len(entries)))
 	for _, e := range entries {
+		if page.After != "" && !after.before(positionOf(e)) {
+			continue
+		}
+		if len(out) == n {
+			break
+		}
 		out = append(out, NewDeadLetter(e, false))
 	}
 	return out, nil
+}
+
+// position is where a dead letter's record is in its DLQ topic.
+type position struct {
+	partition int32
+	offset    uint64
+}
+
+func positionOf(e dlq.Entry) position { return position{e.Record.Partition, e.Record.Offset} }
+
+func (p position) String() string { return fmt.Sprintf("%d:%d", p.partition, p.offset) }
+
+// before reports whether p comes before q in dead-letter order (a DLQ
+// topic is listed partition by partition).
+func (p position) before(q position) bool {
+	return p.partition < q.partition || p.partition == q.partition && p.offset < q.offset
+}
+
+func parsePosition(s string) (position, error) {
+	ps, offs, ok := strings.Cut(s, ":")
+	p, perr := strconv.ParseInt(ps, 10, 32)
+	o, oerr := strconv.ParseUint(offs, 10, 64)
+	if !ok || perr != nil || oerr != nil || p < 0 {
+		return position{}, fmt.Errorf("after %q: want an entry's position, PARTITION:OFFSET (from a list's \"position\"): %w", s, ferry.ErrInvalidArgument)
+	}
+	return position{int32(p), o}, nil
 }
 
 // NewDeadLetter renders e for the API, with its original message if full.
 func NewDeadLetter(e dlq.Entry, full bool) DeadLetter {
 	d := DeadLetter{ID: e.Original.ID.String(), State: e.State, Topic: e.Original.Topic, Partition: e.Original.Partition,
 		Offset: e.Original.Offset, Key: string(e.Original.Key), Group: e.Group, Handler: e.Handler, Attempts: e.Attempts,
-		FirstFailure: e.FirstFailure.UTC(), LastFailure: e.LastFailure.UTC(), Class: string(e.Class), Error: e.Error, Reason: e.Reason}
+		FirstFailure: e.FirstFailure.UTC(), LastFailure: e.LastFailure.UTC(), Class: string(e.Class), Error: e.Error, Reason: e.Reason,
+		Position: positionOf(e).String()}
 	if !e.RetryAt.IsZero() {
 		t := e.RetryAt.UTC()
 		d.RetryAt = &t

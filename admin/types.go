@@ -269,6 +269,18 @@ type DeadLetter struct {
 	Stack   string     `json:"stack,omitempty"`
 	// Message is the original message; DLQ list leaves it out.
 	Message *Message `json:"message,omitempty"`
+	// Position is where the entry is in its DLQ topic ("PARTITION:OFFSET"
+	// of its record): the After of the next page of a list.
+	Position string `json:"position"`
+}
+
+// Page bounds a DLQ list: at most Limit entries (0: DefaultLimit, at most
+// MaxLimit) after the entry at position After (empty: from the first).
+// Positions do not move when entries are resolved, so paging through a
+// DLQ that changes meanwhile skips nothing still listed.
+type Page struct {
+	Limit int    `json:"limit,omitempty"`
+	After string `json:"after,omitempty"`
 }
 
 // Redrive is the body of a redrive.

@@ -95,6 +95,28 @@ func nothingYet(g *globals, w io.Writer, err error, empty any) error {
 	return g.print(w, empty, func(tw *tabwriter.Writer) { fmt.Fprintln(tw, err) })
 }
 
+// listDeadLetters returns the first limit entries of queue matching flt
+// (0: every one), page by page.
+func listDeadLetters(ctx context.Context, api admin.API, queue string, flt admin.Filter, limit int) ([]admin.DeadLetter, error) {
+	out := []admin.DeadLetter{}
+	page := admin.Page{}
+	for {
+		page.Limit = admin.MaxLimit
+		if limit > 0 {
+			page.Limit = min(admin.MaxLimit, limit-len(out))
+		}
+		rows, err := api.DeadLetters(ctx, queue, flt, page)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rows...)
+		if len(rows) < page.Limit || len(out) == limit {
+			return out, nil
+		}
+		page.After = rows[len(rows)-1].Position
+	}
+}
+
 func newDLQCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "dlq", Short: "List, show, redrive and purge dead letters (of --dir, --nats, --kafka or a --server)"}
 	var lf dlqFlags
@@ -104,7 +126,7 @@ func newDLQCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			err := withQueue(cmd.Context(), cmd, g, &lf, false, func(api admin.API, queue string, flt admin.Filter) error {
-				rows, err := api.DeadLetters(cmd.Context(), queue, flt, lf.limit)
+				rows, err := listDeadLetters(cmd.Context(), api, queue, flt, lf.limit)
 				if err != nil {
 					return err
 				}
