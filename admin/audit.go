@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/ferrymq/ferry"
@@ -121,7 +120,16 @@ func (s *Service) AuditLog(ctx context.Context, q AuditQuery) ([]AuditRecord, er
 	} else if err != nil {
 		return nil, err
 	}
-	err = s.scan(ctx, backend.TopicPartition{Topic: s.audit}, 0, func(m *ferry.Message, _ uint64) bool {
+	tp := backend.TopicPartition{Topic: s.audit}
+	from := uint64(0)
+	if !since.IsZero() {
+		// A record is appended just after it is made: its message's time
+		// is not before its own (a minute's margin for clock steps).
+		if from, err = s.b.OffsetForTime(ctx, tp, since.Add(-time.Minute)); err != nil {
+			return nil, err
+		}
+	}
+	err = s.scan(ctx, tp, from, func(m *ferry.Message, _ uint64) bool {
 		var rec AuditRecord
 		if json.Unmarshal(m.Payload, &rec) != nil {
 			return true // not ours: the topic is written only by Record
@@ -131,10 +139,14 @@ func (s *Service) AuditLog(ctx context.Context, q AuditQuery) ([]AuditRecord, er
 			return true
 		}
 		out = append(out, rec)
-		if len(out) > n {
-			out = slices.Delete(out, 0, 1)
+		if len(out) == 2*n {
+			// Keep the newest n (amortized: one copy per n records).
+			out = append(out[:0], out[n:]...)
 		}
 		return true
 	})
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
 	return out, err
 }

@@ -608,3 +608,49 @@ func firstDiff(a, b []string) int {
 	}
 	return min(len(a), len(b))
 }
+
+// The audit log answers the newest records that match, oldest first, at
+// most Limit; Since starts the read where the time index says, and misses
+// nothing at or after it.
+func TestAuditLogNewestMatchesSince(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	now := t0
+	svc := NewService(b, WithClock(func() time.Time { return now }))
+	const n = 250
+	for i := range n {
+		now = t0.Add(time.Duration(i) * time.Minute)
+		verb := VerbRedrive
+		if i%3 == 0 {
+			verb = VerbPurge
+		}
+		if err := svc.Record(ctx, svc.NewAuditRecord(verb, fmt.Sprint("topic:t", i), AuditData{Actor: "ops", Result: AuditOK})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	targets := func(recs []AuditRecord) []string {
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.Data.Target)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		q    AuditQuery
+		want []string
+	}{
+		{AuditQuery{Limit: 3}, []string{"topic:t247", "topic:t248", "topic:t249"}},
+		{AuditQuery{Limit: 2, Verb: VerbPurge}, []string{"topic:t246", "topic:t249"}},
+		{AuditQuery{Since: t0.Add(247 * time.Minute).Format(time.RFC3339)}, []string{"topic:t247", "topic:t248", "topic:t249"}},
+		{AuditQuery{Since: t0.Add(240 * time.Minute).Format(time.RFC3339), Verb: VerbPurge, Limit: 2}, []string{"topic:t246", "topic:t249"}},
+	} {
+		recs, err := svc.AuditLog(ctx, c.q)
+		if err != nil || !slices.Equal(targets(recs), c.want) {
+			t.Errorf("%+v: %v (%v), want %v", c.q, targets(recs), err, c.want)
+		}
+	}
+	if recs, err := svc.AuditLog(ctx, AuditQuery{}); err != nil || len(recs) != DefaultLimit || recs[DefaultLimit-1].Data.Target != "topic:t249" {
+		t.Errorf("no limit: %d records (%v), want the newest %d", len(recs), err, DefaultLimit)
+	}
+}
