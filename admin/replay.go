@@ -2,9 +2,11 @@ package admin
 
 import (
 	"context"
+	"cmp"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -92,7 +94,7 @@ func (s *Service) Replay(ctx context.Context, r Replay) (ReplayResult, error) {
 			if st.Kind == StartTime && m.Time.Before(st.Time) || !until.IsZero() && !m.Time.Before(until) {
 				return true
 			}
-			if done[replayPos{tp.Partition, m.Offset}] {
+			if done.has(tp.Partition, m.Offset) {
 				res.AlreadyThere++
 				return true
 			}
@@ -125,6 +127,42 @@ type replayPos struct {
 	offset    uint64
 }
 
+// offsetSet is a set of offsets per partition, kept as sorted disjoint
+// spans: the copies a replay made are runs of consecutive offsets, so a
+// target holding millions of copies takes a few spans, not a map entry
+// each.
+type offsetSet map[int32][]span
+
+// span is the offsets [from, to).
+type span struct{ from, to uint64 }
+
+func (s offsetSet) add(p int32, off uint64) {
+	sp := s[p]
+	// The first span that ends at or after off.
+	i, _ := slices.BinarySearchFunc(sp, off, func(x span, off uint64) int { return cmp.Compare(x.to, off) })
+	switch {
+	case i < len(sp) && sp[i].from <= off && off < sp[i].to:
+		return // there already
+	case i < len(sp) && sp[i].to == off:
+		sp[i].to++ // extends span i; it may now touch span i+1
+		if i+1 < len(sp) && sp[i+1].from == sp[i].to {
+			sp[i].to = sp[i+1].to
+			sp = slices.Delete(sp, i+1, i+2)
+		}
+	case i < len(sp) && sp[i].from == off+1:
+		sp[i].from = off
+	default:
+		sp = slices.Insert(sp, i, span{off, off + 1})
+	}
+	s[p] = sp
+}
+
+func (s offsetSet) has(p int32, off uint64) bool {
+	sp := s[p]
+	i, _ := slices.BinarySearchFunc(sp, off, func(x span, off uint64) int { return cmp.Compare(x.to, off+1) })
+	return i < len(sp) && sp[i].from <= off && off < sp[i].to
+}
+
 // replayOf is the ferry-replay-of value naming a copied message.
 func replayOf(topic string, p int32, off uint64) string {
 	return fmt.Sprintf("%s/%d/%d", topic, p, off)
@@ -133,12 +171,12 @@ func replayOf(topic string, p int32, off uint64) string {
 // replayedFrom reads target and returns the messages of source it holds
 // copies of, by the last ferry-replay-of header of each message (a copy of
 // a copy also carries its original's).
-func (s *Service) replayedFrom(ctx context.Context, target, source string) (map[replayPos]bool, error) {
+func (s *Service) replayedFrom(ctx context.Context, target, source string) (offsetSet, error) {
 	parts, err := s.b.Partitions(ctx, target)
 	if err != nil {
 		return nil, err
 	}
-	done := map[replayPos]bool{}
+	done := offsetSet{}
 	for p := range parts {
 		err := s.scan(ctx, backend.TopicPartition{Topic: target, Partition: int32(p)}, 0, func(m *ferry.Message, _ uint64) bool {
 			var of []byte
@@ -148,7 +186,7 @@ func (s *Service) replayedFrom(ctx context.Context, target, source string) (map[
 				}
 			}
 			if pos, ok := parseReplayOf(string(of), source); ok {
-				done[pos] = true
+				done.add(pos.partition, pos.offset)
 			}
 			return true
 		})
