@@ -1,8 +1,8 @@
 package admin
 
 import (
-	"context"
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
