@@ -367,9 +367,9 @@ func (s *Service) Messages(ctx context.Context, topic string, partition int32, s
 // backend serves nothing from it on until it is due.
 var errNotDue = errors.New("a message delayed until later: nothing is readable from it on until it is due")
 
-// notDueWait is how long a scan's fetch waits before taking its silence
-// for a message not due yet (below the partition's end a fetch otherwise
-// answers at once).
+// notDueWait is how long a scan's fetch, on a backend that cannot browse
+// (backend.Browser), waits before taking its silence for a message not
+// due yet (below the partition's end a fetch otherwise answers at once).
 const notDueWait = time.Second
 
 // scan calls fn with tp's messages from off to the end the partition had
@@ -380,13 +380,20 @@ func (s *Service) scan(ctx context.Context, tp backend.TopicPartition, off uint6
 		return err
 	}
 	off = max(off, start) // removed by retention: the first retained
+	browser, _ := s.b.(backend.Browser)
 	for off < end {
-		// Fetch waits for a delayed message to be due; a scan must not.
-		fctx, cancel := context.WithTimeout(ctx, notDueWait)
-		f, err := s.b.Fetch(fctx, tp, off, 500)
-		cancel()
-		if err != nil && ctx.Err() == nil && fctx.Err() != nil {
-			return fmt.Errorf("%s/%d at offset %d: %w", tp.Topic, tp.Partition, off, errNotDue)
+		var f backend.Fetched
+		if browser != nil {
+			// Delayed messages included: an operator sees them.
+			f, err = browser.Browse(ctx, tp, off, 500)
+		} else {
+			// Fetch waits for a delayed message to be due; a scan must not.
+			fctx, cancel := context.WithTimeout(ctx, notDueWait)
+			f, err = s.b.Fetch(fctx, tp, off, 500)
+			cancel()
+			if err != nil && ctx.Err() == nil && fctx.Err() != nil {
+				return fmt.Errorf("%s/%d at offset %d: %w", tp.Topic, tp.Partition, off, errNotDue)
+			}
 		}
 		if errors.Is(err, ferry.ErrOffsetOutOfRange) {
 			// Retention moved the start under us.

@@ -70,6 +70,15 @@ type Retention interface {
 	EnsureTopicRetention(ctx context.Context, topic string, partitions int, age time.Duration) error
 }
 
+// Browser is implemented by backends that can read a partition as it is,
+// for an operator to look at: delayed messages included, in offset order,
+// without waiting for them to be due. A read at an offset before the
+// partition's end returns at least one message (or moves Next past what
+// is not readable, such as transaction markers) without waiting.
+type Browser interface {
+	Browse(ctx context.Context, tp TopicPartition, offset uint64, max int) (Fetched, error)
+}
+
 // Admin is implemented by backends an operator can manage through the
 // admin API: what it needs beyond the runtime's operations.
 type Admin interface {
@@ -228,6 +237,10 @@ func TakeDue(held *[]*ferry.Message, max int, now time.Time) []*ferry.Message {
 	*held = msgs[n:]
 	return msgs[:n:n]
 }
+
+// AllDue is a clock at the end of time, for TakeDue: every message is
+// due (a Browse).
+func AllDue() time.Time { return time.Unix(1<<62, 0) }
 
 // WaitDue waits until the first of held is due (at most a second, so a
 // caller rechecks regularly) or ctx ends (its error).

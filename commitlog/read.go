@@ -28,6 +28,10 @@ type ReadResult struct {
 type ReadOpts struct {
 	MaxMessages int // default 1000
 	MaxBytes    int // payload bytes, default 4 MiB; at least one message is returned
+	// IncludeDelayed returns delayed messages (ferry.Message.NotBefore)
+	// that are not due yet, and what follows them, instead of stopping
+	// there: a browse, not a consumer's read.
+	IncludeDelayed bool
 }
 
 func (o ReadOpts) withDefaults() ReadOpts {
@@ -116,7 +120,7 @@ func (l *Log) readOnce(t *topic, part int32, p *partition, offset uint64, o Read
 				done = true
 				return false
 			}
-			if !m.NotBefore.IsZero() && m.NotBefore.After(now) {
+			if !o.IncludeDelayed && !m.NotBefore.IsZero() && m.NotBefore.After(now) {
 				res.WaitUntil = m.NotBefore
 				done = true
 				return false

@@ -64,6 +64,7 @@ func Run(t *testing.T, h Harness) {
 		{"ConcurrentFetchesOfOnePartition", testConcurrentFetches},
 		{"KeyToPartition", testKeyToPartition},
 		{"Dedup", testDedup},
+		{"BrowseIncludesDelayed", testBrowse},
 		{"ReplayFromOffsetAndTime", testReplay},
 		{"GroupRebalanceResumeFence", testGroup},
 		{"SessionLease", testLease},
@@ -132,6 +133,53 @@ func readAll(t *testing.T, b backend.Backend, tp backend.TopicPartition, from ui
 		off = res.Next
 	}
 	return out
+}
+
+// testBrowse: a consumer's Fetch stops at a delayed message; a Browse
+// (backend.Browser, for an operator) reads past it at once, the delayed
+// message with its NotBefore, in offset order.
+func testBrowse(t *testing.T, h Harness) {
+	b := h.New(t)
+	br, ok := b.(backend.Browser)
+	if !ok {
+		t.Skip("the backend does not implement backend.Browser")
+	}
+	ctx := ctxFor(t)
+	ensure(t, b, "browse", 1)
+	later := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	ms := []*ferry.Message{msg("browse", "k", 0), msg("browse", "k", 1), msg("browse", "k", 2)}
+	ms[1].NotBefore = later
+	if err := b.Publish(ctx, ms...); err != nil {
+		t.Fatal(err)
+	}
+	tp := backend.TopicPartition{Topic: "browse", Partition: 0}
+	fctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	f, _ := b.Fetch(fctx, tp, 0, 10)
+	cancel()
+	for _, m := range f.Messages {
+		if m.Offset >= 1 {
+			t.Fatalf("Fetch returned offset %d, at or past a message delayed for an hour", m.Offset)
+		}
+	}
+	var got []*ferry.Message
+	for off := uint64(0); off < 3; {
+		// Browse must not wait for the delayed message: a deadline far
+		// below its hour, but no test of speed.
+		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		res, err := br.Browse(bctx, tp, off, 10)
+		cancel()
+		if err != nil {
+			t.Fatalf("Browse at %d: %v", off, err)
+		}
+		if res.Next <= off {
+			t.Fatalf("Browse at %d did not move on (next %d)", off, res.Next)
+		}
+		got = append(got, res.Messages...)
+		off = res.Next
+	}
+	if len(got) != 3 || string(got[1].Payload) != "k:1" || !got[1].NotBefore.Equal(later) || string(got[2].Payload) != "k:2" {
+		t.Fatalf("Browse read %d messages (%v), want k:0, k:1 delayed until %s, k:2", len(got), got, later)
+	}
 }
 
 // testConcurrentFetches reads one partition twice at once: one fetch

@@ -29,6 +29,7 @@ type Backend struct {
 
 var (
 	_ backend.Backend       = (*Backend)(nil)
+	_ backend.Browser       = (*Backend)(nil)
 	_ backend.Transactional = (*Backend)(nil)
 )
 
@@ -99,6 +100,12 @@ func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
 // Fetch implements backend.Backend.
 func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
 	res, err := b.log.Fetch(ctx, tp.Topic, tp.Partition, offset, commitlog.ReadOpts{MaxMessages: max})
+	return backend.Fetched{Messages: res.Messages, Next: res.Next}, err
+}
+
+// Browse implements backend.Browser.
+func (b *Backend) Browse(_ context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	res, err := b.log.Read(tp.Topic, tp.Partition, offset, commitlog.ReadOpts{MaxMessages: max, IncludeDelayed: true})
 	return backend.Fetched{Messages: res.Messages, Next: res.Next}, err
 }
 

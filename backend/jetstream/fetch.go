@@ -38,6 +38,16 @@ func (p *puller) Close() { p.drop() }
 // future are held back, and so is everything after them in the
 // partition, as in the embedded log.
 func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	return b.fetch(ctx, tp, offset, max, time.Now)
+}
+
+// Browse implements backend.Browser: Fetch with every message due.
+func (b *Backend) Browse(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	return b.fetch(ctx, tp, offset, max, backend.AllDue)
+}
+
+// fetch is Fetch, with now deciding which delayed messages are due.
+func (b *Backend) fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int, now func() time.Time) (backend.Fetched, error) {
 	if max <= 0 {
 		max = 500
 	}
@@ -58,7 +68,7 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 				return backend.Fetched{Next: offset}, err
 			}
 		}
-		if out := backend.TakeDue(&p.held, max, time.Now()); len(out) > 0 {
+		if out := backend.TakeDue(&p.held, max, now()); len(out) > 0 {
 			p.next = out[len(out)-1].Offset + 1
 			return backend.Fetched{Messages: out, Next: p.next}, nil
 		}

@@ -66,7 +66,10 @@ type Backend struct {
 	closed     bool
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Browser = (*Backend)(nil)
+)
 
 type config struct {
 	prefix         string

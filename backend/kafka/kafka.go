@@ -65,7 +65,10 @@ type Backend struct {
 	closed  bool
 }
 
-var _ backend.Backend = (*Backend)(nil)
+var (
+	_ backend.Backend = (*Backend)(nil)
+	_ backend.Browser = (*Backend)(nil)
+)
 
 var (
 	_ backend.Transactional = (*Backend)(nil)
@@ -436,6 +439,16 @@ func (p *puller) Close() { p.close() }
 
 // Fetch implements backend.Backend.
 func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	return b.fetch(ctx, tp, offset, max, time.Now)
+}
+
+// Browse implements backend.Browser: Fetch with every message due.
+func (b *Backend) Browse(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
+	return b.fetch(ctx, tp, offset, max, backend.AllDue)
+}
+
+// fetch is Fetch, with now deciding which delayed messages are due.
+func (b *Backend) fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int, now func() time.Time) (backend.Fetched, error) {
 	if max <= 0 {
 		max = 500
 	}
@@ -495,7 +508,7 @@ func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset u
 				p.held = append(p.held, m)
 			}
 		}
-		if out := backend.TakeDue(&p.held, max, time.Now()); len(out) > 0 {
+		if out := backend.TakeDue(&p.held, max, now()); len(out) > 0 {
 			p.next = out[len(out)-1].Offset + 1
 			if len(p.held) == 0 {
 				p.next = p.polled
