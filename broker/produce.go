@@ -28,23 +28,33 @@ const (
 // As Kafka, the broker keeps for each producer and partition the next
 // sequence expected and the last five batches it accepted: a batch at the
 // next sequence is written; a retry of one of the five is answered with
-// that batch's offset and not written again; an older sequence is refused
-// as a duplicate, a later one as out of order. The table is in memory.
+// that batch's offset once it is written (a retry of one still being
+// written waits for it, and is never written again); an older sequence is
+// refused as a duplicate, a later one as out of order. The table is in
+// memory.
 //
 // What survives a restart is the log: each record's message ID is derived
-// from producer ID, epoch, partition and sequence, and the log remembers
+// from producer ID, epoch, partition and sequence (unless the record
+// names its own, in a ferry-id or ce-id header), and the log remembers
 // the IDs appended within the topic's deduplication window (2 minutes by
 // default). A producer the broker has not seen since it started (or whose
 // last write failed) is taken at the sequence it sends only if the record
-// just before it, sequence-1, is in the log, or if the batch is itself a
-// retry of one in the log; otherwise it is refused as out of order, and
-// the client starts a new epoch. Accepting it anyway would leave a gap:
-// the earlier batch, still being retried, would then be refused as a
-// duplicate (which the client takes as success: a lost record) or written
-// after it (out of order). A batch sent while the one before it is still
-// being written follows that one the same way, so a failed write never
+// just before it (sequence-1, also across the wrap at 2^31) or the
+// batch's own first record is in the log, by their derived IDs; otherwise
+// it is refused as out of order, and the client starts a new epoch.
+// Accepting it anyway would leave a gap: the earlier batch, still being
+// retried, would then be refused as a duplicate (which the client takes
+// as success: a lost record) or written after it (out of order). A batch
+// accepted while the one before it is still being written is written
+// only if that one was (commitlog.Batch.After), so a failed write never
 // leaves a later batch written after a gap. The log makes both checks as
-// it writes (commitlog.Batch.Follows), in the order batches are written.
+// it writes, in the order batches are written.
+//
+// Records with IDs of their own cost an epoch bump after a restart (their
+// derived IDs are never in the log); the records the new epoch sends
+// again are deduplicated by those IDs. A topic without a deduplication
+// window cannot answer across a restart: there, a batch whose answer the
+// restart lost is written again under the new epoch (at least once).
 type producers struct {
 	mu   sync.Mutex
 	byID map[int64]*producer
@@ -67,16 +77,31 @@ type sequences struct {
 	lost bool
 }
 
-// seqBatch is an accepted batch: its sequences and, once written, its
-// base offset.
+// seqBatch is an accepted batch. Its fields after first and count are
+// guarded by producers.mu; done is closed once it is written or failed.
 type seqBatch struct {
 	first, count int32
-	base         int64    // -1 until written
-	last         ferry.ID // its last record's message ID
-	// follows is the message ID the batch must follow in the log (zero:
-	// none), as commitlog.Batch.Follows; a retry follows the same.
-	follows ferry.ID
+	base         int64 // -1 until written
+	err          error // why its write failed
+	done         chan struct{}
+	// commit is the log batch that holds its last record, once queued
+	// (until it is written or failed).
+	commit *commitlog.Batch
+	// follows names what the log must hold before it
+	// (commitlog.Batch.Follows); after is the batch before it, still being
+	// written when it was accepted (until it is written or failed).
+	follows []ferry.ID
+	after   *seqBatch
 }
+
+// acceptance is what accept made of a batch.
+type acceptance int
+
+const (
+	acceptNew     acceptance = iota // to be written
+	acceptWritten                   // a retry of a batch written: answer with its offset
+	acceptPending                   // a retry of a batch still being written: wait for it
+)
 
 const recentBatches = 5
 
@@ -95,14 +120,12 @@ func (ps *producers) register(id int64, epoch int16) {
 }
 
 // accept checks a batch's producer epoch and sequence. A new batch is
-// accepted (its entry is returned, for written to fill in; its follows
-// field says what the log must hold before it); a retry of a recent
-// batch already written returns that batch's entry with dup set; anything
-// else returns a Kafka error code and why. last is the batch's last
-// message ID; before derives the message ID of an earlier sequence of
-// this producer, epoch and partition; dedup tells whether the topic keeps
-// a deduplication window (without one the log cannot tell what it holds).
-func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int, last ferry.ID, before func(seq int32) ferry.ID, dedup bool) (b *seqBatch, dup bool, code int16, why string) {
+// accepted: its entry is returned, for queued and finished to fill in,
+// with what the log must hold before it. A retry of a recent batch
+// returns that batch's entry, written or still being written. Anything
+// else returns a Kafka error code and why. before derives the message ID
+// of a sequence of this producer, epoch and partition.
+func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int, before func(seq int32) ferry.ID) (b *seqBatch, how acceptance, code int16, why string) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	p := ps.byID[id]
@@ -112,11 +135,11 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int,
 	}
 	switch {
 	case epoch < p.epoch:
-		return nil, false, kerr.InvalidProducerEpoch.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", id, epoch, p.epoch)
+		return nil, 0, kerr.InvalidProducerEpoch.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", id, epoch, p.epoch)
 	case epoch > p.epoch:
 		p.epoch, p.parts = epoch, map[tpKey]*sequences{}
 		if first != 0 {
-			return nil, false, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d epoch %d: a new epoch starts at sequence 0, got %d", id, epoch, first)
+			return nil, 0, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d epoch %d: a new epoch starts at sequence 0, got %d", id, epoch, first)
 		}
 	}
 	st := p.parts[tp]
@@ -125,29 +148,27 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int,
 		for _, r := range st.recent {
 			if r.first == first && r.count == int32(n) {
 				if r.base < 0 {
-					// Still being written: written again, the log's
-					// deduplication answers it with the first's offsets.
-					return r, false, 0, ""
+					return r, acceptPending, 0, ""
 				}
-				return r, true, 0, ""
+				return r, acceptWritten, 0, ""
 			}
 		}
 		if seqAfter(first, st.next) {
-			return nil, false, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d, expected %d", id, tp.topic, tp.partition, first, st.next)
+			return nil, 0, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d, expected %d", id, tp.topic, tp.partition, first, st.next)
 		}
-		return nil, false, kerr.DuplicateSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d is older than the last %d batches (next expected %d)", id, tp.topic, tp.partition, first, recentBatches, st.next)
+		return nil, 0, kerr.DuplicateSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d is older than the last %d batches (next expected %d)", id, tp.topic, tp.partition, first, recentBatches, st.next)
 	}
-	b = &seqBatch{first: first, count: int32(n), base: -1, last: last}
+	b = &seqBatch{first: first, count: int32(n), base: -1, done: make(chan struct{})}
 	switch {
-	case !known && first != 0 && (st != nil || !p.issued):
+	case !known && (st != nil || !p.issued):
 		// Not seen since the broker started, or after a failed write:
-		// the log must hold the record before this batch (or the batch
-		// itself).
-		b.follows = before(int32((int64(first) - 1 + (1 << 31)) % (1 << 31)))
-	case known && dedup && len(st.recent) > 0 && st.recent[len(st.recent)-1].base < 0:
+		// the log must hold the record before this batch, or the batch
+		// itself (a retry of one written before the restart).
+		b.follows = []ferry.ID{before(int32((int64(first) - 1 + (1 << 31)) % (1 << 31))), before(first)}
+	case known && len(st.recent) > 0 && st.recent[len(st.recent)-1].base < 0:
 		// The batch before is still being written: if that write
 		// fails, this one must not be written after the gap.
-		b.follows = st.recent[len(st.recent)-1].last
+		b.after = st.recent[len(st.recent)-1]
 	}
 	if st == nil || st.lost {
 		st = &sequences{}
@@ -158,14 +179,53 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int,
 	if len(st.recent) > recentBatches {
 		st.recent = st.recent[1:]
 	}
-	return b, false, 0, ""
+	return b, acceptNew, 0, ""
 }
 
-// written records where an accepted batch was written.
-func (ps *producers) written(b *seqBatch, base int64) {
+// afterBatch returns the log batch a new batch accepted after b must
+// follow (nil: none, b is written), or b's error if its write failed.
+func (ps *producers) afterBatch(b *seqBatch) (*commitlog.Batch, error) {
+	if b == nil {
+		return nil, nil
+	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	b.base = base
+	switch {
+	case b.err != nil:
+		return nil, fmt.Errorf("the batch at sequence %d before it failed: %w", b.first, commitlog.ErrNotFollowing)
+	case b.base >= 0:
+		return nil, nil
+	}
+	return b.commit, nil
+}
+
+// queued records the log batch that holds the last record of bs.
+func (ps *producers) queued(bs []acceptedBatch, commit *commitlog.Batch) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, a := range bs {
+		a.entry.commit = commit
+	}
+}
+
+// finished records the outcome of an accepted batch's write (base, its
+// first offset, or err) and wakes the retries waiting for it.
+func (ps *producers) finished(b *seqBatch, base int64, err error) {
+	ps.mu.Lock()
+	b.base, b.err = base, err
+	if err != nil {
+		b.base = -1
+	}
+	b.commit, b.after = nil, nil // nothing to hold on to any more
+	ps.mu.Unlock()
+	close(b.done)
+}
+
+// outcome returns how a finished batch's write went.
+func (ps *producers) outcome(b *seqBatch) (int64, error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return b.base, b.err
 }
 
 // forget marks the producer's next sequence to tp as not known, after a
@@ -280,6 +340,25 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				// answer again.
 				rp.BaseOffset, rp.LogAppendTime = in.dupBase, -1
 				continue
+			case in.wait != nil:
+				// A retry of a batch still being written: its answer, once
+				// it has one (never a second write).
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					select {
+					case <-in.wait.done:
+					case <-r.ctx.Done():
+						fail(kerr.RequestTimedOut.Code, "the connection closed while the batch was being written")
+						return
+					}
+					if base, err := s.producers.outcome(in.wait); err != nil {
+						fail(produceErrorCode(err), err.Error())
+					} else {
+						rp.BaseOffset, rp.LogAppendTime = base, -1
+					}
+				}()
+				continue
 			case len(in.msgs) == 0:
 				fail(kerr.InvalidRecord.Code, "no records")
 				continue
@@ -292,18 +371,33 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 				continue
 			}
 			tp := tpKey{t.Topic, p.Partition}
+			after, err := s.producers.afterBatch(in.after)
+			if err != nil {
+				// The batch before failed: this one would follow a gap.
+				s.producers.forget(tp, in.pid)
+				for _, a := range in.accepted {
+					s.producers.finished(a.entry, -1, err)
+				}
+				fail(kerr.OutOfOrderSequenceNumber.Code, err.Error())
+				continue
+			}
 			// The log takes at most maxLogBatch messages per atomic
-			// batch; a larger produce is queued as several, in order.
+			// batch; a larger produce is queued as several, in order,
+			// each written only if the one before was.
 			chunks := (len(in.msgs) + maxLogBatch - 1) / maxLogBatch
 			var mu sync.Mutex
 			var firstErr error
 			left := chunks
 			wg.Add(chunks)
+			batches := make([]*commitlog.Batch, chunks)
 			for c := range chunks {
-				b := &commitlog.Batch{Messages: in.msgs[c*maxLogBatch : min((c+1)*maxLogBatch, len(in.msgs))], Follows: in.follows}
-				if c > 0 && in.pid >= 0 && keepsDedup(info.Config) {
-					b.Follows = in.msgs[c*maxLogBatch-1].ID // the chunk before
+				batches[c] = &commitlog.Batch{Messages: in.msgs[c*maxLogBatch : min((c+1)*maxLogBatch, len(in.msgs))], Follows: in.follows, After: after}
+				if c > 0 {
+					batches[c].Follows, batches[c].After = nil, batches[c-1]
 				}
+			}
+			s.producers.queued(in.accepted, batches[chunks-1])
+			for _, b := range batches {
 				s.log.CommitAsync(r.ctx, b, func(_ *commitlog.Batch, err error) {
 					defer wg.Done()
 					mu.Lock()
@@ -318,16 +412,14 @@ func handleProduce(r *request, reply func(kmsg.Response)) {
 						if in.pid >= 0 {
 							s.producers.forget(tp, in.pid)
 						}
-						code := errorCode(firstErr)
-						if errors.Is(firstErr, commitlog.ErrNotFollowing) {
-							// A gap: the client starts a new epoch.
-							code = kerr.OutOfOrderSequenceNumber.Code
+						for _, a := range in.accepted {
+							s.producers.finished(a.entry, -1, firstErr)
 						}
-						fail(code, firstErr.Error())
+						fail(produceErrorCode(firstErr), firstErr.Error())
 						return
 					}
 					for _, a := range in.accepted {
-						s.producers.written(a.entry, int64(in.msgs[a.at].Offset))
+						s.producers.finished(a.entry, int64(in.msgs[a.at].Offset), nil)
 					}
 					rp.BaseOffset = int64(in.msgs[0].Offset)
 					rp.LogAppendTime = -1
@@ -360,8 +452,13 @@ type produced struct {
 	// dupBase is the offset of the first batch when every batch is the
 	// retry of one written before (nothing to write), else -1.
 	dupBase int64
-	// follows is what the log must hold before msgs (commitlog.Batch.Follows).
-	follows ferry.ID
+	// follows and after are what the log must hold before msgs: those of
+	// the first batch accepted (the others go in the same log batch).
+	follows []ferry.ID
+	after   *seqBatch
+	// wait is set when the only batch is a retry of one still being
+	// written: the answer is that batch's.
+	wait *seqBatch
 }
 
 type acceptedBatch struct {
@@ -372,7 +469,7 @@ type acceptedBatch struct {
 // messages decodes a partition's records into the log's messages, or
 // returns a Kafka error code and why (nothing is accepted then).
 func (s *Server) messages(topic string, partition int32, config commitlog.TopicConfig, records []byte) (produced, int16, string) {
-	compact, dedup := config.Compact, keepsDedup(config)
+	compact := config.Compact
 	out := produced{pid: -1, dupBase: -1}
 	batches, err := recordbatch.Decode(records, recordbatch.Limits{})
 	if err != nil {
@@ -433,8 +530,10 @@ func (s *Server) messages(topic string, partition int32, config commitlog.TopicC
 			before := func(seq int32) ferry.ID {
 				return sequenceID(sequenceScope(b.ProducerID, b.ProducerEpoch, topic, partition), int64(seq))
 			}
-			last := per[bi][len(per[bi])-1].ID
-			entry, dup, code, why := s.producers.accept(tp, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records), last, before, dedup)
+			entry, how, code, why := s.producers.accept(tp, b.ProducerID, b.ProducerEpoch, b.BaseSequence, len(b.Records), before)
+			if code == 0 && how == acceptPending && len(batches) > 1 {
+				code, why = kerr.RequestTimedOut.Code, fmt.Sprintf("producer %d to %s/%d: the batch at sequence %d is still being written: send its retry alone", b.ProducerID, topic, partition, b.BaseSequence)
+			}
 			if code != 0 {
 				if len(out.accepted) > 0 {
 					s.producers.forget(tp, b.ProducerID)
@@ -442,15 +541,19 @@ func (s *Server) messages(topic string, partition int32, config commitlog.TopicC
 				return produced{pid: -1, dupBase: -1}, code, why
 			}
 			out.pid = b.ProducerID
-			if dup {
+			switch how {
+			case acceptWritten:
 				if bi == 0 {
 					out.dupBase = entry.base
 				}
 				continue
+			case acceptPending:
+				out.wait = entry
+				continue
 			}
 			allDup = false
 			if len(out.accepted) == 0 {
-				out.follows = entry.follows
+				out.follows, out.after = entry.follows, entry.after
 			}
 			out.accepted = append(out.accepted, acceptedBatch{entry, len(out.msgs)})
 		default:
@@ -458,15 +561,21 @@ func (s *Server) messages(topic string, partition int32, config commitlog.TopicC
 		}
 		out.msgs = append(out.msgs, per[bi]...)
 	}
-	if !allDup {
+	if !allDup || out.wait != nil {
 		out.dupBase = -1
 	}
 	return out, 0, ""
 }
 
-// keepsDedup reports whether a topic keeps a deduplication window: only
-// then can the log tell which message IDs it holds.
-func keepsDedup(c commitlog.TopicConfig) bool { return c.DedupWindow > 0 && c.DedupMaxIDs > 0 }
+// produceErrorCode is the Kafka error code of a failed write: a batch
+// refused for a gap is out of order (the client retries in order or
+// starts a new epoch).
+func produceErrorCode(err error) int16 {
+	if errors.Is(err, commitlog.ErrNotFollowing) {
+		return kerr.OutOfOrderSequenceNumber.Code
+	}
+	return errorCode(err)
+}
 
 // sequenceScope is the prefix of the message IDs of an idempotent
 // producer's records in one partition: "pid/epoch/topic/partition/".

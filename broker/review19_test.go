@@ -171,7 +171,6 @@ func TestReview19CeIDDuplicateFirstRecordPassesFollowsAfterRestart(t *testing.T)
 	}
 }
 
-
 // r19Pipeline sends every request on one connection in one write and
 // returns each partition answer, in order.
 func r19Pipeline(t *testing.T, addr string, reqs ...*kmsg.ProduceRequest) []kmsg.ProduceResponseTopicPartition {

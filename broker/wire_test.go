@@ -151,6 +151,56 @@ func TestIdempotentProducerGapAfterRestart(t *testing.T) {
 	}
 }
 
+// Two batches pipelined on one connection after a restart, the first
+// after a gap: the log refuses the first, and so the second, queued
+// behind it before either was answered, is refused too and writes
+// nothing; taking it would leave the gap below it.
+func TestIdempotentPipelineBehindARefusedBatch(t *testing.T) {
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tb.createTopic(ctx, "t", 1)
+	cl := tb.client()
+	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
+	if err != nil || init.ErrorCode != 0 {
+		t.Fatalf("InitProducerId: %v %v", err, init)
+	}
+	pid := init.ProducerID
+	if r := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a", "b", "c"); r.ErrorCode != 0 {
+		t.Fatalf("first batch: %v", kerr.ErrorForCode(r.ErrorCode))
+	}
+	cl.Close()
+	tb.stop()
+	tb.start("127.0.0.1:0")
+	// 3..5 died with the server; 6..7 and 8 come pipelined.
+	rc := dialRaw(t, tb.addr)
+	var buf []byte
+	for _, b := range []struct {
+		seq  int32
+		vals []string
+	}{{6, []string{"g", "h"}}, {8, []string{"i"}}} {
+		req := produceRequest(nil, "t", 0, producerBatch(t, 0, pid, 0, b.seq, false, b.vals...))
+		req.Version = 7
+		buf = append(buf, rc.encode(req)...)
+	}
+	if _, err := rc.nc.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range []int{6, 8} {
+		resp := kmsg.NewPtrProduceResponse()
+		resp.Version = 7
+		if err := rc.recv(resp, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if code := resp.Topics[0].Partitions[0].ErrorCode; code != kerr.OutOfOrderSequenceNumber.Code {
+			t.Errorf("batch at %d: %v, want OUT_OF_ORDER_SEQUENCE_NUMBER", seq, kerr.ErrorForCode(code))
+		}
+	}
+	if _, end, _ := tb.log.Bounds("t", 0); end != 3 {
+		t.Fatalf("the log ends at %d, want 3: a batch was written after the gap", end)
+	}
+}
+
 // Garbage on one connection closes that connection and nothing else: the
 // server goes on answering the others.
 func TestBadRequestsCloseOnlyTheirConnection(t *testing.T) {

@@ -655,11 +655,12 @@ func TestTopicNameErrorNamesTheCharacter(t *testing.T) {
 	}
 }
 
-// A batch with Follows is written only when the log holds the message it
-// follows (from this run or, after a reopen, an earlier one) or when it
-// is itself a retry of a batch in the log. Refused, it writes nothing,
-// and a batch queued behind it that follows it is refused as well, even
-// when both are queued before either is written.
+// A batch with Follows is written only when the log holds one of the
+// messages it names (from this run or, after a reopen, an earlier one).
+// A batch with After only when that batch was written. Refused, it writes
+// nothing, and a batch queued behind it (by Follows or After) is refused
+// as well, even when both are queued before either is written. A first
+// message that is a duplicate is no pass by itself: its ID must be named.
 func TestFollowsRefusesABatchAfterAGap(t *testing.T) {
 	ctx := context.Background()
 	fs := vfs.NewMemFS()
@@ -671,55 +672,76 @@ func TestFollowsRefusesABatchAfterAGap(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := func() uint64 { _, e, _ := l.Bounds("t", 0); return e }
+	ids := func(ids ...ferry.ID) []ferry.ID { return ids }
 
 	missing := ferry.NewID()
-	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{msg("t", "", "after a gap")}, Follows: missing}); !errors.Is(err, ErrNotFollowing) {
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{msg("t", "", "after a gap")}, Follows: ids(missing)}); !errors.Is(err, ErrNotFollowing) {
 		t.Fatalf("a batch following a message not in the log: %v, want ErrNotFollowing", err)
 	}
-	if end() != 1 {
-		t.Fatalf("the refused batch was written: the log ends at %d", end())
+	again := msg("t", "", "first")
+	again.ID = first.ID
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{again, msg("t", "", "new")}, Follows: ids(missing)}); !errors.Is(err, ErrNotFollowing) {
+		t.Fatalf("a batch whose first message is an old duplicate, following a missing one: %v, want ErrNotFollowing", err)
 	}
-	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{msg("nodedup", "", "x")}, Follows: missing}); !errors.Is(err, ErrNotFollowing) {
+	if end() != 1 {
+		t.Fatalf("the refused batches were written: the log ends at %d", end())
+	}
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{msg("nodedup", "", "x")}, Follows: ids(missing)}); !errors.Is(err, ErrNotFollowing) {
 		t.Fatalf("a topic without a dedup window cannot tell: %v, want ErrNotFollowing", err)
 	}
 
-	// Queued together: the refusal of the first refuses the second.
-	gapped, behind := msg("t", "", "gapped"), msg("t", "", "behind")
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	wg.Add(2)
-	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{gapped}, Follows: missing}, func(_ *Batch, err error) { errs[0] = err; wg.Done() })
-	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{behind}, Follows: gapped.ID}, func(_ *Batch, err error) { errs[1] = err; wg.Done() })
-	wg.Wait()
-	if !errors.Is(errs[0], ErrNotFollowing) || !errors.Is(errs[1], ErrNotFollowing) {
-		t.Fatalf("a gap and the batch behind it: %v, %v; want both ErrNotFollowing", errs[0], errs[1])
+	// Queued together: the refusal of the first refuses the second, by
+	// Follows and by After.
+	queue := func(a, b *Batch) (error, error) {
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		wg.Add(2)
+		l.CommitAsync(ctx, a, func(_ *Batch, err error) { errs[0] = err; wg.Done() })
+		l.CommitAsync(ctx, b, func(_ *Batch, err error) { errs[1] = err; wg.Done() })
+		wg.Wait()
+		return errs[0], errs[1]
+	}
+	gapped := msg("t", "", "gapped")
+	gapped.ID = ferry.NewID()
+	a := &Batch{Messages: []*ferry.Message{gapped}, Follows: ids(missing)}
+	if e0, e1 := queue(a, &Batch{Messages: []*ferry.Message{msg("t", "", "behind")}, Follows: ids(gapped.ID)}); !errors.Is(e0, ErrNotFollowing) || !errors.Is(e1, ErrNotFollowing) {
+		t.Fatalf("a gap and the batch following it: %v, %v; want both ErrNotFollowing", e0, e1)
+	}
+	a = &Batch{Messages: []*ferry.Message{msg("t", "", "gapped")}, Follows: ids(missing)}
+	if e0, e1 := queue(a, &Batch{Messages: []*ferry.Message{msg("t", "", "behind")}, After: a}); !errors.Is(e0, ErrNotFollowing) || !errors.Is(e1, ErrNotFollowing) {
+		t.Fatalf("a gap and the batch after it: %v, %v; want both ErrNotFollowing", e0, e1)
+	}
+	if end() != 1 {
+		t.Fatalf("refused batches were written: the log ends at %d", end())
 	}
 	// Queued together, in order: both written.
-	second, third := msg("t", "", "second"), msg("t", "", "third")
-	wg.Add(2)
-	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{second}, Follows: first.ID}, func(_ *Batch, err error) { errs[0] = err; wg.Done() })
-	l.CommitAsync(ctx, &Batch{Messages: []*ferry.Message{third}, Follows: second.ID}, func(_ *Batch, err error) { errs[1] = err; wg.Done() })
-	wg.Wait()
-	if errs[0] != nil || errs[1] != nil || end() != 3 {
-		t.Fatalf("two batches in order: %v, %v; the log ends at %d, want 3", errs[0], errs[1], end())
+	second := msg("t", "", "second")
+	second.ID = ferry.NewID()
+	if e0, e1 := queue(&Batch{Messages: []*ferry.Message{second}, Follows: ids(first.ID)}, &Batch{Messages: []*ferry.Message{msg("t", "", "third")}, Follows: ids(second.ID)}); e0 != nil || e1 != nil || end() != 3 {
+		t.Fatalf("two batches in order: %v, %v; the log ends at %d, want 3", e0, e1, end())
 	}
+	a = &Batch{Messages: []*ferry.Message{msg("t", "", "fourth")}}
+	if e0, e1 := queue(a, &Batch{Messages: []*ferry.Message{msg("t", "", "fifth")}, After: a}); e0 != nil || e1 != nil || end() != 5 {
+		t.Fatalf("a batch and one after it: %v, %v; the log ends at %d, want 5", e0, e1, end())
+	}
+	last := a.Messages[0]
 
 	// After a reopen the log still knows what it holds.
 	l.Close()
 	l = openTest(t, fs)
 	defer l.Close()
-	fourth := msg("t", "", "fourth")
-	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{fourth}, Follows: third.ID}); err != nil {
-		t.Fatalf("after a reopen, a batch following the last one written: %v", err)
+	sixth := msg("t", "", "sixth")
+	if err := l.Commit(ctx, &Batch{Messages: []*ferry.Message{sixth}, Follows: ids(last.ID)}); err != nil {
+		t.Fatalf("after a reopen, a batch following one written before: %v", err)
 	}
-	// A retry of a batch in the log, whatever it follows: a duplicate.
-	retry := msg("t", "", "fourth")
-	retry.ID = fourth.ID
-	b := &Batch{Messages: []*ferry.Message{retry}, Follows: missing}
-	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 1 || retry.Offset != fourth.Offset {
-		t.Fatalf("a retry of a batch in the log: %v, %d duplicates, offset %d; want the first's offset %d", err, b.Duplicates, retry.Offset, fourth.Offset)
+	// A retry of a batch in the log, naming itself: a duplicate.
+	retry := msg("t", "", "sixth")
+	retry.ID = sixth.ID
+	b := &Batch{Messages: []*ferry.Message{retry}, Follows: ids(missing, sixth.ID)}
+	if err := l.Commit(ctx, b); err != nil || b.Duplicates != 1 || retry.Offset != sixth.Offset {
+		t.Fatalf("a retry of a batch in the log: %v, %d duplicates, offset %d; want the first's offset %d", err, b.Duplicates, retry.Offset, sixth.Offset)
 	}
-	if end() != 4 {
-		t.Fatalf("the log ends at %d, want 4", end())
+	if end() != 6 {
+		t.Fatalf("the log ends at %d, want 6", end())
 	}
 }

@@ -38,15 +38,25 @@ type Batch struct {
 	// Partition and Offset are those of the original.
 	Duplicates int
 	// Follows, when set (by the caller), makes the append conditional on
-	// what is already in the log: the batch is written only if a message
-	// with this ID is in the deduplication window of the first message's
-	// topic (it was appended before, in this run or an earlier one), or if
-	// the first message is itself a duplicate (the batch is a retry of one
-	// appended before). Otherwise nothing of the batch is written and the
-	// append fails with ErrNotFollowing. A producer that numbers its
-	// batches uses it so that no batch is written after a gap: the
-	// check is made by the writer, in the order batches are written.
-	Follows ferry.ID
+	// what the log holds: the batch is written only if a message with one
+	// of these IDs is in the deduplication window of the first message's
+	// topic (appended before, in this run or an earlier one). Otherwise
+	// nothing of it is written and the append fails with ErrNotFollowing.
+	// A producer that numbers its batches names the record before the
+	// batch (and the batch's own first, for a retry of one written before),
+	// so that no batch is written after a gap.
+	Follows []ferry.ID
+	// After, when set (by the caller), makes the append conditional on an
+	// earlier append to this log: the batch is written only if After was
+	// (its messages appended, or all of them duplicates); else it fails
+	// with ErrNotFollowing. After must have been queued before this batch
+	// (Commit or CommitAsync returned): the writer decides both in queue
+	// order, so a batch queued behind one that fails is never written
+	// after the gap. The writer clears After once it has decided.
+	After *Batch
+	// written is set by the writer once the batch's messages have
+	// offsets (read only by the writer, for After).
+	written bool
 }
 
 // ErrNotFollowing is the error of an append whose Batch.Follows names a
@@ -227,7 +237,7 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 	if total > l.cfg.maxBatchBytes {
 		return nil, fmt.Errorf("commitlog: batch of %d messages and %d offsets encodes to at most %d bytes: the limit is %d (WithMaxBatchBytes): %w", len(b.Messages), len(b.Offsets), total, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
 	}
-	b.Duplicates = 0
+	b.Duplicates, b.written = 0, false
 	r.size = total
 	if l.cfg.observer != nil {
 		r.start = time.Now()
@@ -504,24 +514,29 @@ func respond(g []*request, err error) {
 	}
 }
 
-// checkFollows refuses b if it follows a message the log does not hold
-// (see Batch.Follows). It runs in the writer, after the batches before b
-// in its group were given their offsets and dedup entries.
+// checkFollows refuses b if it follows a message or a batch the log does
+// not hold (see Batch.Follows and Batch.After). It runs in the writer,
+// after the batches queued before b were given their offsets and dedup
+// entries.
 func (l *Log) checkFollows(b *Batch, now int64) error {
-	if b.Follows.IsZero() || len(b.Messages) == 0 {
+	after := b.After
+	b.After = nil // decided: a chain of batches must not keep every one alive
+	if after != nil && !after.written {
+		return fmt.Errorf("commitlog: the batch it follows was not written: %w", ErrNotFollowing)
+	}
+	if len(b.Follows) == 0 || len(b.Messages) == 0 {
 		return nil
 	}
 	t := l.topics[b.Messages[0].Topic]
 	if t.dedup == nil {
-		return fmt.Errorf("commitlog: topic %q keeps no deduplication window, so whether message %s was appended is not known: %w", t.name, b.Follows, ErrNotFollowing)
+		return fmt.Errorf("commitlog: topic %q keeps no deduplication window, so whether message %s was appended is not known: %w", t.name, b.Follows[0], ErrNotFollowing)
 	}
-	if _, ok := t.dedup.lookup(b.Follows, now); ok {
-		return nil
+	for _, id := range b.Follows {
+		if _, ok := t.dedup.lookup(id, now); ok {
+			return nil
+		}
 	}
-	if _, ok := t.dedup.lookup(b.Messages[0].ID, now); ok {
-		return nil
-	}
-	return fmt.Errorf("commitlog: message %s, which the batch follows, is not in topic %q's deduplication window: %w", b.Follows, t.name, ErrNotFollowing)
+	return fmt.Errorf("commitlog: message %s, which the batch follows, is not in topic %q's deduplication window: %w", b.Follows[0], t.name, ErrNotFollowing)
 }
 
 // processGroup encodes every batch of the group into one log batch, writes
@@ -569,6 +584,7 @@ func (l *Log) processGroup(g []*request) {
 			}
 			bk.msgs = append(bk.msgs, m)
 		}
+		r.batch.written = true
 	}
 	if live == 0 {
 		respond(g, nil)
