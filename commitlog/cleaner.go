@@ -40,20 +40,23 @@ func (l *Log) Clean(ctx context.Context) (CleanStats, error) {
 	activeID := l.activeSegmentID()
 	l.mu.RLock()
 	topics := make([]*topic, 0, len(l.topics))
+	configs := make([]TopicConfig, 0, len(l.topics)) // AlterTopic changes them under l.mu
 	for _, t := range l.topics {
 		topics = append(topics, t)
+		configs = append(configs, t.config)
 	}
 	l.mu.RUnlock()
-	for _, t := range topics {
+	for ti, t := range topics {
+		c := configs[ti]
 		for pi, p := range t.parts {
-			if drops := retentionDrops(t.config, p, now); len(drops) > 0 {
+			if drops := retentionDrops(c, p, now); len(drops) > 0 {
 				if err := l.dropEntries(ctx, t, int32(pi), drops); err != nil {
 					return st, err
 				}
 				st.EntriesDropped += len(drops)
 			}
-			if t.config.Compact {
-				if err := l.compact(ctx, t, int32(pi), p, activeID, now, &st); err != nil {
+			if c.Compact {
+				if err := l.compact(ctx, t, c, int32(pi), p, activeID, now, &st); err != nil {
 					return st, err
 				}
 			}
@@ -143,7 +146,7 @@ func (l *Log) dropEntries(ctx context.Context, t *topic, part int32, entries []i
 // compact keeps only the latest record of each key (and drops tombstones
 // appended longer ago than TombstoneRetention) in the batches of sealed
 // segments.
-func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, activeID uint32, now int64, st *CleanStats) error {
+func (l *Log) compact(ctx context.Context, t *topic, c TopicConfig, part int32, p *partition, activeID uint32, now int64, st *CleanStats) error {
 	p.mu.RLock()
 	entries := append([]indexEntry(nil), p.entries...)
 	p.mu.RUnlock()
@@ -157,13 +160,13 @@ func (l *Log) compact(ctx context.Context, t *topic, part int32, p *partition, a
 			return err
 		}
 	}
-	tombCutoff := now - int64(t.config.TombstoneRetention)
+	tombCutoff := now - int64(c.TombstoneRetention)
 	var drops []indexEntry
 	for _, e := range entries {
 		if e.seg >= activeID {
 			break // only sealed segments are compacted
 		}
-		if t.config.inDedupWindow(e, now) {
+		if c.inDedupWindow(e, now) {
 			continue // a retry of its IDs must still find them after a restart
 		}
 		var live []*ferry.Message

@@ -13,16 +13,30 @@ import (
 //	opCreateTopic: id u32 | name str | TopicConfig (see encodeTopicConfig)
 //	opDeleteTopic: id u32
 //	opCommitOffset: group str | topic id u32 | partition u32 | offset u64
+//	opAlterTopic: id u32 | TopicConfig (the whole new config)
+//	opDeleteOffsets: group str | topic id u32 (0: every topic) |
+//	    partition u32 (allPartitions: every partition)
 //
 // They make topics and consumer offsets part of the log: recovery replays
 // them like any other record, and a consumer-offset record can share a
 // batch with the messages it produced, which is what makes
 // consume-transform-produce atomic.
 const (
-	opCreateTopic  = 1
-	opDeleteTopic  = 2
-	opCommitOffset = 3
+	opCreateTopic   = 1
+	opDeleteTopic   = 2
+	opCommitOffset  = 3
+	opAlterTopic    = 4
+	opDeleteOffsets = 5
 )
+
+// allPartitions in an opDeleteOffsets names every partition.
+const allPartitions = ^uint32(0)
+
+// deletedOffset marks, in Log.groups, an offset deleted since the last
+// base checkpoint: a delta checkpoint carries it like any other change, so
+// that the older checkpoints of its chain do not bring the offset back.
+// No committed offset can take it (Commit refuses it).
+const deletedOffset = ^uint64(0)
 
 type controlOp struct {
 	op        uint8
@@ -76,6 +90,13 @@ func (c controlOp) encode(b []byte) []byte {
 		e.u32(c.topicID)
 		e.u32(c.partition)
 		e.u64(c.offset)
+	case opAlterTopic:
+		e.u32(c.topicID)
+		encodeTopicConfig(&e, c.config)
+	case opDeleteOffsets:
+		e.str(c.group)
+		e.u32(c.topicID)
+		e.u32(c.partition)
 	}
 	return e.b
 }
@@ -95,6 +116,13 @@ func decodeControl(b []byte) (controlOp, error) {
 		c.topicID = d.u32()
 		c.partition = d.u32()
 		c.offset = d.u64()
+	case opAlterTopic:
+		c.topicID = d.u32()
+		c.config = decodeTopicConfig(&d)
+	case opDeleteOffsets:
+		c.group = d.str()
+		c.topicID = d.u32()
+		c.partition = d.u32()
 	default:
 		if d.err == nil {
 			return c, fmt.Errorf("%w: unknown control op %d", ferry.ErrCorrupt, c.op)

@@ -745,3 +745,105 @@ func TestFollowsRefusesABatchAfterAGap(t *testing.T) {
 		t.Fatalf("the log ends at %d, want 6", end())
 	}
 }
+
+// AlterTopic changes retention and nothing else, durably; DeleteOffsets
+// deletes a group's offsets (one partition, one topic, or all), and a
+// deletion holds across reopens with delta checkpoints behind it (an older
+// checkpoint of the chain holds the offset) and without checkpoints.
+func TestAlterTopicAndDeleteOffsetsLast(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	opts := []Opt{WithSegmentBytes(64 << 10), WithMaxMessageBytes(24 << 10), WithMaxBatchBytes(32 << 10), WithMaxGroupBytes(16 << 10)}
+	l := openTest(t, fs, opts...)
+	mustCreate(t, l, "t", TopicConfig{Partitions: 2, RetentionAge: time.Hour})
+	mustCreate(t, l, "u", TopicConfig{Partitions: 1})
+	info, _ := l.Topic("t")
+	c := info.Config
+	c.RetentionAge, c.RetentionBytes = 2*time.Hour, 1<<20
+	if err := l.AlterTopic(ctx, "t", c); err != nil {
+		t.Fatal(err)
+	}
+	for name, bad := range map[string]func(*TopicConfig){
+		"partitions":   func(c *TopicConfig) { c.Partitions = 3 },
+		"compaction":   func(c *TopicConfig) { c.Compact = true },
+		"dedup window": func(c *TopicConfig) { c.DedupWindow = time.Hour },
+	} {
+		b := c
+		bad(&b)
+		if err := l.AlterTopic(ctx, "t", b); !errors.Is(err, ferry.ErrInvalidArgument) || !strings.Contains(err.Error(), name) {
+			t.Errorf("alter of the %s: %v, want ErrInvalidArgument naming it", name, err)
+		}
+	}
+	if err := l.AlterTopic(ctx, "nope", c); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Errorf("alter of a missing topic: %v", err)
+	}
+	commit := func(group, topic string, p int32, off uint64) {
+		t.Helper()
+		if err := l.CommitOffsets(ctx, group, Offset{Topic: topic, Partition: p, Offset: off}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roll := func() { // enough to roll a segment: a delta checkpoint
+		t.Helper()
+		for range 3 {
+			if err := l.Append(ctx, msg("u", "", strings.Repeat("x", 20<<10))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	commit("g", "t", 0, 0)
+	commit("g", "t", 1, 0)
+	commit("g", "u", 0, 1)
+	commit("h", "u", 0, 2)
+	roll()
+	if err := l.DeleteOffsets(ctx, "g", "t", 0); err != nil {
+		t.Fatal(err)
+	}
+	roll()
+	if err := l.DeleteOffsets(ctx, "h", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.DeleteOffsets(ctx, "g", "nope"); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Errorf("delete offsets on a missing topic: %v", err)
+	}
+	if err := l.CommitOffsets(ctx, "g", Offset{Topic: "t", Partition: 0, Offset: deletedOffset}); !errors.Is(err, ferry.ErrInvalidArgument) {
+		t.Errorf("a commit of the deleted marker: %v", err)
+	}
+	check := func(when string) {
+		t.Helper()
+		if info, _ := l.Topic("t"); info.Config.RetentionAge != 2*time.Hour || info.Config.RetentionBytes != 1<<20 {
+			t.Errorf("%s: t's retention %v and %d bytes, want 2h and 1 MiB", when, info.Config.RetentionAge, info.Config.RetentionBytes)
+		}
+		if _, ok := l.CommittedOffset("g", "t", 0); ok {
+			t.Errorf("%s: g's deleted offset on t/0 is back", when)
+		}
+		if off, ok := l.CommittedOffset("g", "t", 1); !ok || off != 0 {
+			t.Errorf("%s: g's offset on t/1: %d %v", when, off, ok)
+		}
+		groups := l.Groups()
+		if _, ok := groups["h"]; ok || len(groups["g"]) != 2 {
+			t.Errorf("%s: groups %v, want g with t/1 and u/0, and no h", when, groups)
+		}
+	}
+	check("before a reopen")
+	l.Close()
+	l = openTest(t, fs, opts...)
+	check("after a reopen")
+	commit("h", "u", 0, 3) // a deleted group comes back with a new commit
+	if off, ok := l.CommittedOffset("h", "u", 0); !ok || off != 3 {
+		t.Errorf("h's new commit: %d %v", off, ok)
+	}
+	if err := l.DeleteOffsets(ctx, "h", ""); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	names, _ := fs.List(testDir + "/" + checkpointDir)
+	for _, n := range names {
+		if err := fs.Remove(testDir + "/" + checkpointDir + "/" + n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l = openTest(t, fs, opts...)
+	defer l.Close()
+	check("after a reopen without checkpoints")
+}

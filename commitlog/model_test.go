@@ -273,6 +273,8 @@ const (
 	kReadOnly                         // a read-only Open and full read beside appends
 	kCloseRace                        // appends racing Close, then Open
 	kDropCheckpoints                  // Close, remove every checkpoint (they are a cache), Open
+	kAlter                            // AlterTopic: new retention
+	kDeleteOffsets                    // DeleteOffsets of a group (a partition, a topic or all)
 )
 
 // mstep is one step of a sequence. Everything in it is decided by the
@@ -287,6 +289,8 @@ type mstep struct {
 	seed      uint64 // kCrash: shapes the random clone
 	inject    int64  // fail the inject-th mutating operation of the step (0: none)
 	injectErr error
+	group     string // kDeleteOffsets: the group; topic "" for all, part -1 for all
+	part      int32
 }
 
 type mbatch struct {
@@ -392,6 +396,10 @@ func (s mstep) String() string {
 		b.WriteString("close+reopen")
 	case kDropCheckpoints:
 		b.WriteString("close, drop checkpoints, reopen")
+	case kAlter:
+		fmt.Fprintf(&b, "alter %s retention %v %dB", s.topic, s.cfg.RetentionAge, s.cfg.RetentionBytes)
+	case kDeleteOffsets:
+		fmt.Fprintf(&b, "delete offsets %s on %q/%d", s.group, s.topic, s.part)
 	case kCrash:
 		if s.random {
 			fmt.Fprintf(&b, "power loss (random clone %d)+reopen", s.seed)
@@ -472,7 +480,7 @@ func (g *stepGen) pick(weights ...int) int {
 }
 
 func (g *stepGen) step() mstep {
-	switch g.pick(26, 12, 11, 4, 4, 1, 8, 10, 3, 5, 4, 3, 2, 2) {
+	switch g.pick(26, 12, 11, 4, 4, 1, 8, 10, 3, 5, 4, 3, 2, 2, 3, 3) {
 	case 0:
 		return mstep{kind: kAppend, batches: []mbatch{g.batch(false)}}
 	case 1:
@@ -514,8 +522,26 @@ func (g *stepGen) step() mstep {
 		return mstep{kind: kReadOnly, batches: g.batches(1 + g.rng.IntN(3))}
 	case 12:
 		return mstep{kind: kCloseRace, batches: g.batches(2 + g.rng.IntN(4))}
-	default:
+	case 13:
 		return mstep{kind: kDropCheckpoints}
+	case 14:
+		var c TopicConfig
+		switch g.pick(40, 30, 30) {
+		case 0:
+			c.RetentionAge = time.Duration(5+g.rng.IntN(120)) * time.Minute
+		case 1:
+			c.RetentionBytes = int64(4<<10 + g.rng.IntN(28<<10))
+		} // else: keep everything
+		return mstep{kind: kAlter, topic: modelTopics[g.rng.IntN(len(modelTopics))], cfg: c}
+	default:
+		st := mstep{kind: kDeleteOffsets, group: g.group(), part: -1}
+		if g.rng.IntN(3) > 0 {
+			st.topic = g.topic()
+			if g.rng.IntN(2) == 0 {
+				st.part = int32(g.rng.IntN(3))
+			}
+		}
+		return st
 	}
 }
 
@@ -707,9 +733,12 @@ type mdedup struct {
 // pendingOp is an operation whose outcome is unknown: it failed because
 // the log stopped (injected error, crash).
 type pendingOp struct {
-	batch    *mbatch  // messages and offsets, concrete (retries resolved)
-	mustNew  []bool   // per message: not a duplicate of anything the log could remember
-	ctrl     *mstep   // a topic creation or deletion
+	batch    *mbatch // messages and offsets, concrete (retries resolved)
+	mustNew  []bool  // per message: not a duplicate of anything the log could remember
+	ctrl     *mstep  // a topic creation, deletion or alteration (cfg: the new config), or an offset deletion
+	oldCfg   TopicConfig
+	delKeys  []mgk // an offset deletion: the keys it deletes, and their offsets before
+	delOld   []uint64
 	at       int64    // clock at the attempt
 	oldOffs  []uint64 // committed offsets before, per batch.offsets (with ok)
 	oldHas   []bool
@@ -1143,6 +1172,56 @@ func (r *modelRun) exec(st mstep) {
 			r.m.pending = append(r.m.pending, &pendingOp{ctrl: &st, describe: st.String()})
 		default:
 			r.fail("unexpected outcome", "delete %s (exists: %v): %v", st.topic, exists, err)
+		}
+	case kAlter:
+		t := r.m.topics[st.topic]
+		if t == nil {
+			if err := r.l.AlterTopic(ctx, st.topic, TopicConfig{Partitions: 1}); !errors.Is(err, ferry.ErrTopicNotFound) && !(err != nil && r.excused(err)) {
+				r.fail("unexpected outcome", "alter of missing topic %s: %v", st.topic, err)
+			}
+			break
+		}
+		c := t.cfg
+		c.RetentionAge, c.RetentionBytes = st.cfg.RetentionAge, st.cfg.RetentionBytes
+		err := r.l.AlterTopic(ctx, st.topic, c)
+		switch {
+		case err == nil:
+			t.cfg = c
+		case r.excused(err):
+			alt := st
+			alt.cfg = c
+			r.m.pending = append(r.m.pending, &pendingOp{ctrl: &alt, oldCfg: t.cfg, describe: st.String()})
+		default:
+			r.fail("unexpected outcome", "alter %s to %+v: %v", st.topic, c, err)
+		}
+	case kDeleteOffsets:
+		var parts []int32
+		if st.part >= 0 {
+			parts = []int32{st.part}
+		}
+		if st.topic != "" && r.m.topics[st.topic] == nil {
+			if err := r.l.DeleteOffsets(ctx, st.group, st.topic, parts...); !errors.Is(err, ferry.ErrTopicNotFound) && !(err != nil && r.excused(err)) {
+				r.fail("unexpected outcome", "delete offsets on missing topic %s: %v", st.topic, err)
+			}
+			break
+		}
+		var keys []mgk
+		var old []uint64
+		for k, v := range r.m.groups[st.group] {
+			if (st.topic == "" || k.topic == st.topic) && (st.part < 0 || k.part == st.part) {
+				keys, old = append(keys, k), append(old, v)
+			}
+		}
+		err := r.l.DeleteOffsets(ctx, st.group, st.topic, parts...)
+		switch {
+		case err == nil:
+			for _, k := range keys {
+				delete(r.m.groups[st.group], k)
+			}
+		case r.excused(err):
+			r.m.pending = append(r.m.pending, &pendingOp{ctrl: &st, delKeys: keys, delOld: old, describe: st.String()})
+		default:
+			r.fail("unexpected outcome", "%s: %v", st, err)
 		}
 	case kClean:
 		now := r.clock.Now().UnixNano()
@@ -1856,6 +1935,33 @@ func (r *modelRun) resolve() {
 		case p.ctrl.kind == kDelete && have && err != nil:
 			r.m.deleteTopic(p.ctrl.topic)
 			r.note("adopted in-doubt %s", p.describe)
+		case p.ctrl.kind == kAlter && have && err == nil && info.Config == p.ctrl.cfg && info.Config != p.oldCfg:
+			r.m.topics[p.ctrl.topic].cfg = info.Config
+			r.note("adopted in-doubt %s", p.describe)
+		case p.ctrl.kind == kAlter && have && err == nil && info.Config != p.oldCfg:
+			r.fail("topic config", "in-doubt alteration of %s recovered with config %+v: neither the old %+v nor the new %+v", p.ctrl.topic, info.Config, p.oldCfg, p.ctrl.cfg)
+			return
+		case p.ctrl.kind == kDeleteOffsets:
+			gone, kept := 0, 0
+			for i, k := range p.delKeys {
+				v, ok := l.CommittedOffset(p.ctrl.group, k.topic, k.part)
+				switch {
+				case !ok:
+					gone++
+				case v == p.delOld[i]:
+					kept++
+				}
+			}
+			if gone != len(p.delKeys) && kept != len(p.delKeys) {
+				r.fail("committed offset", "in-doubt %s recovered with %d of its %d offsets deleted and %d kept: all or none", p.describe, gone, len(p.delKeys), kept)
+				return
+			}
+			if gone == len(p.delKeys) && gone > 0 {
+				for _, k := range p.delKeys {
+					delete(r.m.groups[p.ctrl.group], k)
+				}
+				r.note("adopted in-doubt %s", p.describe)
+			}
 		}
 	}
 	// Every record past the model's end must belong to a pending batch.

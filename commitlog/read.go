@@ -398,6 +398,9 @@ func (l *Log) CommittedOffset(group, topicName string, part int32) (uint64, bool
 		return 0, false
 	}
 	off, ok := l.groups[group][groupKey{t.id, uint32(part)}]
+	if off == deletedOffset {
+		return 0, false
+	}
 	return off, ok
 }
 
@@ -408,9 +411,13 @@ func (l *Log) Groups() map[string][]Offset {
 	out := map[string][]Offset{}
 	for g, offs := range l.groups {
 		for k, v := range offs {
-			if t := l.byID[k.topic]; t != nil {
+			if t := l.byID[k.topic]; t != nil && v != deletedOffset {
 				out[g] = append(out[g], Offset{Topic: t.name, Partition: int32(k.partition), Offset: v})
 			}
+		}
+		if len(out[g]) == 0 {
+			delete(out, g)
+			continue
 		}
 		sort.Slice(out[g], func(i, j int) bool {
 			a, b := out[g][i], out[g][j]

@@ -703,12 +703,35 @@ func (l *Log) applyControl(op controlOp) error {
 		}
 		k := groupKey{op.topicID, op.partition}
 		offs[k] = op.offset
-		if l.ckOffsets[op.group] == nil {
-			l.ckOffsets[op.group] = map[groupKey]bool{}
+		l.offsetChangedLocked(op.group, k)
+	case opAlterTopic:
+		t := l.byID[op.topicID]
+		if t == nil {
+			return nil // altered, then deleted
 		}
-		l.ckOffsets[op.group][k] = true
+		if op.config.Partitions != len(t.parts) || op.config.Compact != t.config.Compact ||
+			op.config.DedupWindow != t.config.DedupWindow || op.config.DedupMaxIDs != t.config.DedupMaxIDs {
+			return fmt.Errorf("%w: topic %q altered to %+v, from %+v: only retention changes", ferry.ErrCorrupt, t.name, op.config, t.config)
+		}
+		t.config = op.config
+	case opDeleteOffsets:
+		for k, v := range l.groups[op.group] {
+			if v != deletedOffset && (op.topicID == 0 || k.topic == op.topicID) && (op.partition == allPartitions || k.partition == op.partition) {
+				l.groups[op.group][k] = deletedOffset
+				l.offsetChangedLocked(op.group, k)
+			}
+		}
 	}
 	return nil
+}
+
+// offsetChangedLocked notes that a group's offset changed since the last
+// checkpoint (for the next delta). The caller holds l.mu.
+func (l *Log) offsetChangedLocked(group string, k groupKey) {
+	if l.ckOffsets[group] == nil {
+		l.ckOffsets[group] = map[groupKey]bool{}
+	}
+	l.ckOffsets[group][k] = true
 }
 
 // rebuildDedup refills each topic's deduplication window from the most
@@ -888,7 +911,7 @@ func (l *Log) snapshot(seg uint32, pos uint64, delta bool) *checkpoint {
 	sort.Slice(ck.topics, func(i, j int) bool { return ck.topics[i].id < ck.topics[j].id })
 	for g, offs := range l.groups {
 		for k, v := range offs {
-			if ck.delta && !l.ckOffsets[g][k] {
+			if ck.delta && !l.ckOffsets[g][k] || !ck.delta && v == deletedOffset {
 				continue
 			}
 			if ck.groups[g] == nil {
@@ -902,9 +925,22 @@ func (l *Log) snapshot(seg uint32, pos uint64, delta bool) *checkpoint {
 
 // markCheckpointed makes the checkpoint just written at (seg, pos) the
 // one the next delta follows.
-func (l *Log) markCheckpointed(seg uint32, pos uint64) {
+func (l *Log) markCheckpointed(seg uint32, pos uint64, base bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if base {
+		// Deleted offsets are not in a base: nothing older to hide.
+		for g, offs := range l.groups {
+			for k, v := range offs {
+				if v == deletedOffset {
+					delete(offs, k)
+				}
+			}
+			if len(offs) == 0 {
+				delete(l.groups, g)
+			}
+		}
+	}
 	for _, t := range l.topics {
 		for _, p := range t.parts {
 			p.mu.Lock()
@@ -934,7 +970,7 @@ func (l *Log) writeCheckpoint(seg uint32, pos uint64) error {
 	if err := l.replaceFile(filepath.Join(l.dir, checkpointDir, name), b); err != nil {
 		return err
 	}
-	l.markCheckpointed(seg, pos)
+	l.markCheckpointed(seg, pos, !ck.delta)
 	if ck.delta {
 		l.ckDeltas.Add(1)
 		if l.ckDeltaBytes.Add(int64(len(b))) > max(l.ckBaseBytes.Load(), minCompactBytes) || l.ckDeltas.Load() >= maxDeltas {

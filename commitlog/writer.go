@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -224,6 +225,11 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 	}
 	if len(b.Offsets) > 0 && (b.Group == "" || len(b.Group) > 255) {
 		return nil, fmt.Errorf("commitlog: offsets need a consumer group name of 1 to 255 bytes, got %q: %w", b.Group, ferry.ErrInvalidArgument)
+	}
+	for i, o := range b.Offsets {
+		if o.Offset == deletedOffset {
+			return nil, fmt.Errorf("commitlog: offset %d of %s/%d is %d: no partition reaches it: %w", i, o.Topic, o.Partition, o.Offset, ferry.ErrInvalidArgument)
+		}
 	}
 	r := &request{batch: b}
 	r.sections = l.sectionBound(b)
@@ -904,6 +910,25 @@ func (l *Log) processControl(r *request) {
 			return
 		}
 		op.topicID = t.id
+	case opAlterTopic:
+		t := l.topics[op.name]
+		if t == nil {
+			r.err = fmt.Errorf("commitlog: alter topic %q: %w", op.name, ferry.ErrTopicNotFound)
+			return
+		}
+		if r.err = alterable(op.name, t.config, op.config); r.err != nil {
+			return
+		}
+		op.topicID = t.id
+	case opDeleteOffsets:
+		if op.name != "" {
+			t := l.topics[op.name]
+			if t == nil {
+				r.err = fmt.Errorf("commitlog: delete offsets of %q on %q: %w", op.group, op.name, ferry.ErrTopicNotFound)
+				return
+			}
+			op.topicID = t.id
+		}
 	}
 	now := l.cfg.now().UnixNano()
 	buf := encodeControlSection(make([]byte, batchHeaderSize), []controlOp{op}, now)
@@ -934,6 +959,68 @@ func (l *Log) createTopic(ctx context.Context, name string, c TopicConfig) error
 // reclaimed by the cleaner.
 func (l *Log) DeleteTopic(ctx context.Context, name string) error {
 	return l.submit(ctx, &request{ctrl: &controlOp{op: opDeleteTopic, name: name}})
+}
+
+// AlterTopic changes a topic's retention: c is the whole new config
+// (start from Topic(name).Config), of which RetentionAge, RetentionBytes
+// and TombstoneRetention may differ (zero fields take their defaults, as
+// in CreateTopic). The partitions, compaction and deduplication are fixed at
+// creation: a c that changes them is refused with
+// ferry.ErrInvalidArgument, naming what. The cleaner applies the new
+// retention on its next pass.
+func (l *Log) AlterTopic(ctx context.Context, name string, c TopicConfig) error {
+	c = c.withDefaults()
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("commitlog: alter topic %q: %w", name, err)
+	}
+	return l.submit(ctx, &request{ctrl: &controlOp{op: opAlterTopic, name: name, config: c}})
+}
+
+// alterable checks that a topic's config may go from old to c.
+func alterable(name string, old, c TopicConfig) error {
+	var fixed []string
+	if c.Partitions != old.Partitions {
+		fixed = append(fixed, fmt.Sprintf("partitions (%d, asked %d: keys map to partitions by their count)", old.Partitions, c.Partitions))
+	}
+	if c.Compact != old.Compact {
+		fixed = append(fixed, fmt.Sprintf("compaction (%v, asked %v)", old.Compact, c.Compact))
+	}
+	if c.DedupWindow != old.DedupWindow || c.DedupMaxIDs != old.DedupMaxIDs {
+		fixed = append(fixed, fmt.Sprintf("the dedup window (%v and %d IDs, asked %v and %d)", old.DedupWindow, old.DedupMaxIDs, c.DedupWindow, c.DedupMaxIDs))
+	}
+	if len(fixed) > 0 {
+		return fmt.Errorf("commitlog: alter topic %q: %s fixed at creation; only retention changes (create a new topic and replay into it): %w",
+			name, strings.Join(fixed, ", "), ferry.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// DeleteOffsets deletes a consumer group's committed offsets: on topic's
+// partitions (all of them if none are named), or on every topic if topic
+// is empty. A group without offsets left is gone from Groups. Deleting
+// what is not there is no error; a named topic that does not exist is
+// ferry.ErrTopicNotFound.
+func (l *Log) DeleteOffsets(ctx context.Context, group, topic string, partitions ...int32) error {
+	if group == "" || len(group) > 255 {
+		return fmt.Errorf("commitlog: delete offsets: want a consumer group name of 1 to 255 bytes, got %q: %w", group, ferry.ErrInvalidArgument)
+	}
+	if topic == "" && len(partitions) > 0 {
+		return fmt.Errorf("commitlog: delete offsets of %q: partitions %v of which topic?: %w", group, partitions, ferry.ErrInvalidArgument)
+	}
+	if len(partitions) == 0 {
+		return l.submit(ctx, &request{ctrl: &controlOp{op: opDeleteOffsets, group: group, name: topic, partition: allPartitions}})
+	}
+	for _, p := range partitions {
+		if p < 0 {
+			return fmt.Errorf("commitlog: delete offsets of %q on %q: partition %d: %w", group, topic, p, ferry.ErrInvalidArgument)
+		}
+	}
+	for _, p := range partitions {
+		if err := l.submit(ctx, &request{ctrl: &controlOp{op: opDeleteOffsets, group: group, name: topic, partition: uint32(p)}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CommitOffsets records a consumer group's positions durably.
