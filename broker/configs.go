@@ -48,8 +48,8 @@ func topicConfigs(tc commitlog.TopicConfig) []kmsg.DescribeConfigsResponseResour
 }
 
 // handleDescribeConfigs answers topics' configs (the log's, in Kafka's
-// names) and, for the broker, none. Configs cannot be altered through the
-// protocol yet.
+// names) and, for the broker, none. IncrementalAlterConfigs and
+// AlterConfigs change them (alter.go).
 func handleDescribeConfigs(r *request) kmsg.Response {
 	req := r.body.(*kmsg.DescribeConfigsRequest)
 	resp := kmsg.NewPtrDescribeConfigsResponse()

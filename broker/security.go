@@ -48,7 +48,8 @@ type scramCreds struct {
 // ACL allows a principal operations on resources. Principal is
 // "User:<name>" or "User:*". Resource is topic, group or transactional_id;
 // Name is a resource name, or "*", matched literally or, with Prefix, as
-// a prefix. Operations: read, write, describe, create, delete, all.
+// a prefix. Operations: read, write, describe, create, delete, alter
+// (topic configs), all; read, write, delete and alter imply describe.
 type ACL struct {
 	Principal  string   `json:"principal"`
 	Resource   string   `json:"resource"`
@@ -71,7 +72,7 @@ const scramIterations = 8192
 
 var (
 	resources  = map[string]bool{"topic": true, "group": true, "transactional_id": true}
-	operations = map[string]bool{"read": true, "write": true, "describe": true, "create": true, "delete": true, "all": true}
+	operations = map[string]bool{"read": true, "write": true, "describe": true, "create": true, "delete": true, "alter": true, "all": true}
 )
 
 // LoadSecurity reads users and ACLs from a JSON file:
@@ -197,7 +198,7 @@ func (s *Security) allowed(principal, resource, name, op string) bool {
 			continue
 		}
 		for _, o := range a.Operations {
-			if o == op || o == "all" || op == "describe" && (o == "read" || o == "write" || o == "delete") {
+			if o == op || o == "all" || op == "describe" && (o == "read" || o == "write" || o == "delete" || o == "alter") {
 				return true
 			}
 		}

@@ -976,6 +976,26 @@ func (l *Log) AlterTopic(ctx context.Context, name string, c TopicConfig) error 
 	return l.submit(ctx, &request{ctrl: &controlOp{op: opAlterTopic, name: name, config: c}})
 }
 
+// CheckAlterTopic reports the error AlterTopic would return for c, and
+// changes nothing (a validate-only request).
+func (l *Log) CheckAlterTopic(name string, c TopicConfig) error {
+	c = c.withDefaults()
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("commitlog: alter topic %q: %w", name, err)
+	}
+	l.mu.RLock()
+	t := l.topics[name]
+	var old TopicConfig
+	if t != nil {
+		old = t.config
+	}
+	l.mu.RUnlock()
+	if t == nil {
+		return fmt.Errorf("commitlog: alter topic %q: %w", name, ferry.ErrTopicNotFound)
+	}
+	return alterable(name, old, c)
+}
+
 // alterable checks that a topic's config may go from old to c.
 func alterable(name string, old, c TopicConfig) error {
 	var fixed []string

@@ -265,6 +265,14 @@ func (c *Coordinator) CheckMember(groupID, memberID string, generation int32) in
 	return 0
 }
 
+// Active reports whether the group has members.
+func (c *Coordinator) Active(groupID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g := c.groups[groupID]
+	return g != nil && len(g.members) > 0
+}
+
 // Delete handles one group of DeleteGroups: it forgets an Empty group and
 // returns 0, NON_EMPTY_GROUP if the group has members, GROUP_ID_NOT_FOUND
 // if the coordinator does not know it (the caller may still hold offsets

@@ -52,7 +52,7 @@ The security file (JSON, mode 600):
    "acls": [{"principal": "User:alice", "resource": "topic", "name": "orders",
              "operations": ["read", "write"]}]}
 Resources: topic, group, transactional_id; "name": "*" or "prefix": true
-match more; operations: read, write, describe, create, delete, all.
+match more; operations: read, write, describe, create, delete, alter (topic configs), all.
 
 --admin ADDR (127.0.0.1:8080) also serves the admin API there (see ferry
 admin --help; --auth and --admin-tls-* configure it).
