@@ -64,8 +64,9 @@ type producer struct {
 	epoch int16
 	parts map[tpKey]*sequences
 	// issued is set when this run of the broker gave the producer its ID
-	// and epoch: none of its records can be in the log from before, so
-	// its first batch to a partition is taken at any sequence.
+	// and epoch, or saw the epoch begin: none of its records can be in the
+	// log from before, so its first batch to a partition is taken at any
+	// sequence.
 	issued bool
 }
 
@@ -137,10 +138,13 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int,
 	case epoch < p.epoch:
 		return nil, 0, kerr.InvalidProducerEpoch.Code, fmt.Sprintf("producer %d epoch %d: fenced by epoch %d", id, epoch, p.epoch)
 	case epoch > p.epoch:
-		p.epoch, p.parts = epoch, map[tpKey]*sequences{}
 		if first != 0 {
 			return nil, 0, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d epoch %d: a new epoch starts at sequence 0, got %d", id, epoch, first)
 		}
+		// A bump this run saw (franz-go bumps locally after an error,
+		// without InitProducerId): the epoch starts here, at 0, as one
+		// this run issued.
+		p.epoch, p.parts, p.issued = epoch, map[tpKey]*sequences{}, true
 	}
 	st := p.parts[tp]
 	known := st != nil && !st.lost

@@ -201,6 +201,37 @@ func TestIdempotentPipelineBehindARefusedBatch(t *testing.T) {
 	}
 }
 
+// After a restart, a producer whose first batch the log cannot place is
+// refused as out of order, and franz-go then bumps its epoch locally
+// (without InitProducerId): the new epoch's first batch, at sequence 0,
+// is taken. Refusing it too would loop forever, one bump after another.
+func TestIdempotentEpochBumpAfterRestartIsTaken(t *testing.T) {
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tb.createTopic(ctx, "t", 1)
+	cl := tb.client()
+	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
+	if err != nil || init.ErrorCode != 0 {
+		t.Fatalf("InitProducerId: %v %v", err, init)
+	}
+	pid := init.ProducerID
+	cl.Close()
+	tb.stop()
+	tb.start("127.0.0.1:0")
+	cl = tb.client()
+	// Issued before the restart; its first batch never written.
+	if r := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a"); r.ErrorCode != kerr.OutOfOrderSequenceNumber.Code {
+		t.Fatalf("the first batch of an epoch issued before the restart: %v, want OUT_OF_ORDER_SEQUENCE_NUMBER (the log cannot place it)", kerr.ErrorForCode(r.ErrorCode))
+	}
+	if r := produceBatch(t, ctx, cl, "t", pid, 1, 0, "a"); r.ErrorCode != 0 || r.BaseOffset != 0 {
+		t.Fatalf("epoch 1 (a local bump), sequence 0: %v at %d, want written at 0", kerr.ErrorForCode(r.ErrorCode), r.BaseOffset)
+	}
+	if r := produceBatch(t, ctx, cl, "t", pid, 1, 1, "b"); r.ErrorCode != 0 || r.BaseOffset != 1 {
+		t.Fatalf("epoch 1, sequence 1: %v at %d", kerr.ErrorForCode(r.ErrorCode), r.BaseOffset)
+	}
+}
+
 // Garbage on one connection closes that connection and nothing else: the
 // server goes on answering the others.
 func TestBadRequestsCloseOnlyTheirConnection(t *testing.T) {
