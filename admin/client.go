@@ -173,6 +173,13 @@ func (c *Client) DeleteTopic(ctx context.Context, name string) error {
 	return err
 }
 
+// AlterTopic implements API.
+func (c *Client) AlterTopic(ctx context.Context, name string, a AlterTopic) (Topic, error) {
+	var out Topic
+	_, err := c.request(ctx, http.MethodPatch, "/topics/"+esc(name), nil, a, &out, "")
+	return out, err
+}
+
 // Messages implements API.
 func (c *Client) Messages(ctx context.Context, topic string, partition int32, start string, limit int) (MessagePage, error) {
 	var out MessagePage

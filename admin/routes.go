@@ -64,6 +64,19 @@ var routes = []route{
 			}
 			return c.h.svc.Topic(c.r.Context(), topic)
 		}},
+	{Method: "PATCH", Path: "/topics/{topic}", Summary: "Change a topic's retention (partitions, compaction and dedup are fixed at creation)", Verb: VerbAdmin,
+		Body: AlterTopic{}, Response: Topic{},
+		handle: func(c *call) (any, error) {
+			topic := c.r.PathValue("topic")
+			if err := c.need(VerbAdmin, KindTopic, topic); err != nil {
+				return nil, err
+			}
+			var a AlterTopic
+			if err := c.decode(&a, MaxBody); err != nil {
+				return nil, err
+			}
+			return c.h.svc.AlterTopic(c.r.Context(), topic, a)
+		}},
 	{Method: "DELETE", Path: "/topics/{topic}", Summary: "Delete a topic and its messages", Verb: VerbAdmin, Response: Deleted{},
 		handle: func(c *call) (any, error) {
 			topic := c.r.PathValue("topic")

@@ -70,6 +70,8 @@ type API interface {
 	Topic(ctx context.Context, name string) (Topic, error)
 	CreateTopic(ctx context.Context, t CreateTopic) (Topic, error)
 	DeleteTopic(ctx context.Context, name string) error
+	// AlterTopic changes a topic's retention.
+	AlterTopic(ctx context.Context, name string, a AlterTopic) (Topic, error)
 	// Messages returns up to limit messages of a partition from start
 	// (ParseStart's forms).
 	Messages(ctx context.Context, topic string, partition int32, start string, limit int) (MessagePage, error)
@@ -283,6 +285,47 @@ func (s *Service) CreateTopic(ctx context.Context, c CreateTopic) (Topic, error)
 		return Topic{}, err
 	}
 	return s.Topic(ctx, c.Name)
+}
+
+// AlterTopic implements API.
+func (s *Service) AlterTopic(ctx context.Context, name string, a AlterTopic) (Topic, error) {
+	if err := s.protect("altering", name); err != nil {
+		return Topic{}, err
+	}
+	if a.Retention == nil && a.RetentionBytes == nil {
+		return Topic{}, fmt.Errorf("alter topic %s: name retention or retention_bytes (partitions, compaction and dedup are fixed at creation): %w", name, ferry.ErrInvalidArgument)
+	}
+	alt, ok := s.b.(backend.TopicAlterer)
+	if !ok {
+		return Topic{}, fmt.Errorf("altering topics on %s: %w", s.name, ErrUnsupported)
+	}
+	cur, err := s.Topic(ctx, name)
+	if err != nil {
+		return Topic{}, err
+	}
+	ti := backend.TopicInfo{Name: name, RetentionBytes: cur.RetentionBytes}
+	if cur.Retention != "" {
+		if ti.RetentionAge, err = time.ParseDuration(cur.Retention); err != nil {
+			return Topic{}, fmt.Errorf("alter topic %s: its retention %q: %w", name, cur.Retention, err)
+		}
+	}
+	if a.Retention != nil {
+		d, err := time.ParseDuration(*a.Retention)
+		if err != nil || d < 0 {
+			return Topic{}, fmt.Errorf("alter topic %s: retention %q: want a Go duration (72h), 0 to keep messages forever: %w", name, *a.Retention, ferry.ErrInvalidArgument)
+		}
+		ti.RetentionAge = d
+	}
+	if a.RetentionBytes != nil {
+		if *a.RetentionBytes < 0 {
+			return Topic{}, fmt.Errorf("alter topic %s: retention_bytes %d: want 0 (unbounded) or more: %w", name, *a.RetentionBytes, ferry.ErrInvalidArgument)
+		}
+		ti.RetentionBytes = *a.RetentionBytes
+	}
+	if err := alt.AlterTopic(ctx, ti); err != nil {
+		return Topic{}, err
+	}
+	return s.Topic(ctx, name)
 }
 
 // DeleteTopic implements API.

@@ -55,6 +55,17 @@ type CreateTopic struct {
 	Compact bool `json:"compact,omitempty"`
 }
 
+// AlterTopic is the body of a topic alteration: the fields given change,
+// the others stay. Partitions, compaction and deduplication are fixed at
+// creation.
+type AlterTopic struct {
+	// Retention, a Go duration (72h), drops older messages; "0" keeps
+	// them.
+	Retention *string `json:"retention,omitempty"`
+	// RetentionBytes bounds each partition's size (0: unbounded).
+	RetentionBytes *int64 `json:"retention_bytes,omitempty"`
+}
+
 // Search is a bounded search of a topic.
 type Search struct {
 	// Key, if set, selects messages with this key (text).

@@ -70,6 +70,16 @@ type Retention interface {
 	EnsureTopicRetention(ctx context.Context, topic string, partitions int, age time.Duration) error
 }
 
+// TopicAlterer is implemented by backends whose topics' retention can
+// change after creation.
+type TopicAlterer interface {
+	// AlterTopic sets the topic's RetentionAge and RetentionBytes to t's
+	// (0: keep forever, unbounded). The other fields of t are ignored:
+	// partitions, compaction and deduplication stay as created.
+	// ferry.ErrTopicNotFound if there is no such topic.
+	AlterTopic(ctx context.Context, t TopicInfo) error
+}
+
 // Browser is implemented by backends that can read a partition as it is,
 // for an operator to look at: delayed messages included, in offset order,
 // without waiting for them to be due. A read at an offset before the

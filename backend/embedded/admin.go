@@ -8,7 +8,10 @@ import (
 	"github.com/ferrymq/ferry/commitlog"
 )
 
-var _ backend.Admin = (*Backend)(nil)
+var (
+	_ backend.Admin        = (*Backend)(nil)
+	_ backend.TopicAlterer = (*Backend)(nil)
+)
 
 // Topics implements backend.Admin.
 func (b *Backend) Topics(context.Context) ([]backend.TopicInfo, error) {
@@ -28,6 +31,17 @@ func (b *Backend) Topics(context.Context) ([]backend.TopicInfo, error) {
 func (b *Backend) CreateTopic(ctx context.Context, t backend.TopicInfo) error {
 	return b.log.CreateTopic(ctx, t.Name, commitlog.TopicConfig{Partitions: t.Partitions, RetentionAge: t.RetentionAge,
 		RetentionBytes: t.RetentionBytes, Compact: t.Compact, DedupWindow: t.DedupWindow})
+}
+
+// AlterTopic implements backend.TopicAlterer.
+func (b *Backend) AlterTopic(ctx context.Context, t backend.TopicInfo) error {
+	info, err := b.log.Topic(t.Name)
+	if err != nil {
+		return err
+	}
+	c := info.Config
+	c.RetentionAge, c.RetentionBytes = t.RetentionAge, t.RetentionBytes
+	return b.log.AlterTopic(ctx, t.Name, c)
 }
 
 // DeleteTopic implements backend.Admin.

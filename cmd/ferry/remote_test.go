@@ -275,3 +275,41 @@ func TestAdminRefusesOpenListenAndMixedTargets(t *testing.T) {
 		}
 	}
 }
+
+// topics alter changes retention, on the directory and through the admin
+// API (audited); the partition count is refused with how to grow a
+// topic instead; bad values and a missing topic are bad input.
+func TestTopicsAlter(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders", "--partitions", "2", "--retention", "1h")
+	if out := mustRun(t, dir, "", "topics", "alter", "orders", "--retention", "2h"); !strings.Contains(out, "altered topic orders: retention 2h0m0s, retention bytes 0") {
+		t.Fatalf("alter: %s", out)
+	}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"topics", "alter", "orders", "--partitions", "4"}, "ferry replay orders --to NEW"},
+		{[]string{"topics", "alter", "orders"}, "--retention or --retention-bytes"},
+		{[]string{"topics", "alter", "orders", "--retention-bytes", "-1"}, "want 0 (unbounded) or more"},
+		{[]string{"topics", "alter", "nope", "--retention", "1h"}, `"nope"`},
+	} {
+		if out, code := ferryRun(t, dir, "", c.args...); code != exitBadInput || !strings.Contains(out, c.says) {
+			t.Errorf("ferry %v: exit %d %q, want exit 2 saying %q", c.args, code, out, c.says)
+		}
+	}
+	url := startAdmin(t, "--dir", dir)
+	out, code := ferryExec(t, "--server", url, "topics", "alter", "orders", "--retention", "0", "--retention-bytes", "1048576", "--json")
+	var got admin.Topic
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.Retention != "" || got.RetentionBytes != 1<<20 || got.Partitions != 2 {
+		t.Fatalf("alter through --server: exit %d: %s", code, out)
+	}
+	out, code = ferryExec(t, "--server", url, "audit", "--verb", "admin", "--json")
+	var recs []admin.AuditRecord
+	if code != 0 || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 1 || recs[0].Data.Method != "PATCH" || recs[0].Data.Target != "topic:orders" {
+		t.Fatalf("the alter's audit record: exit %d: %s", code, out)
+	}
+	if out, code := ferryExec(t, "--server", url, "topics", "alter", "ferry.audit", "--retention", "1h"); code == 0 || !strings.Contains(out, "ferry.audit") {
+		t.Fatalf("alter of the audit topic: exit %d: %s", code, out)
+	}
+}

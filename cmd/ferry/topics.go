@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -19,7 +20,7 @@ type topicResult struct {
 }
 
 func newTopicsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "topics", Short: "Create, list, describe and delete topics"}
+	cmd := &cobra.Command{Use: "topics", Short: "Create, list, describe, alter and delete topics"}
 	var cfg commitlog.TopicConfig
 	create := &cobra.Command{
 		Use:   "create NAME",
@@ -124,6 +125,63 @@ func newTopicsCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(create, list, describe, del)
+	var alterRetention time.Duration
+	var alterBytes int64
+	var alterPartitions int
+	alter := &cobra.Command{
+		Use:   "alter NAME",
+		Short: "Change a topic's retention (--retention, --retention-bytes)",
+		Long: `alter changes a topic's retention: --retention (a duration; 0 keeps
+messages forever) and --retention-bytes (per partition; 0: unbounded). The
+cleaner applies it on its next pass.
+
+The partition count is fixed at creation: each key maps to a partition by
+it, so changing it would break the order of every key. To grow a topic,
+create one with more partitions and replay into it (ferry replay).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f := cmd.Flags()
+			if f.Changed("partitions") {
+				return usageError{fmt.Errorf("--partitions %d: a topic's partition count is fixed at creation (keys map to partitions by it, so a change would break each key's order); create a topic with %d partitions and replay into it: ferry replay %s --to NEW", alterPartitions, alterPartitions, args[0])}
+			}
+			var a admin.AlterTopic
+			if f.Changed("retention") {
+				if alterRetention < 0 {
+					return usageError{fmt.Errorf("--retention %s: want 0 (keep forever) or more", alterRetention)}
+				}
+				v := alterRetention.String()
+				a.Retention = &v
+			}
+			if f.Changed("retention-bytes") {
+				if alterBytes < 0 {
+					return usageError{fmt.Errorf("--retention-bytes %d: want 0 (unbounded) or more", alterBytes)}
+				}
+				a.RetentionBytes = &alterBytes
+			}
+			if a.Retention == nil && a.RetentionBytes == nil {
+				return usageError{fmt.Errorf("name what changes: --retention or --retention-bytes")}
+			}
+			api, closeAPI, err := g.api(cmd.Context(), cmd, true, false)
+			if err != nil {
+				return err
+			}
+			defer closeAPI()
+			t, err := api.AlterTopic(cmd.Context(), args[0], a)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), t, func(w *tabwriter.Writer) {
+				ret := t.Retention
+				if ret == "" {
+					ret = "forever"
+				}
+				fmt.Fprintf(w, "altered topic %s: retention %s, retention bytes %d\n", t.Name, ret, t.RetentionBytes)
+			})
+		},
+	}
+	alter.Flags().DurationVar(&alterRetention, "retention", 0, "delete messages older than this (0: keep)")
+	alter.Flags().Int64Var(&alterBytes, "retention-bytes", 0, "bound each partition's size (0: unbounded)")
+	alter.Flags().IntVar(&alterPartitions, "partitions", 0, "refused: the partition count is fixed at creation (see the help)")
+	cmd.AddCommand(create, list, describe, alter, del)
 	return cmd
 }
