@@ -65,8 +65,8 @@ type producer struct {
 	parts map[tpKey]*sequences
 	// issued is set when this run of the broker gave the producer its ID
 	// and epoch, or saw the epoch begin: none of its records can be in the
-	// log from before, so its first batch to a partition is taken at any
-	// sequence.
+	// log from before, so its first batch to a partition must start at
+	// sequence 0, and needs nothing from the log.
 	issued bool
 }
 
@@ -161,6 +161,11 @@ func (ps *producers) accept(tp tpKey, id int64, epoch int16, first int32, n int,
 			return nil, 0, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d, expected %d", id, tp.topic, tp.partition, first, st.next)
 		}
 		return nil, 0, kerr.DuplicateSequenceNumber.Code, fmt.Sprintf("producer %d to %s/%d: sequence %d is older than the last %d batches (next expected %d)", id, tp.topic, tp.partition, first, recentBatches, st.next)
+	}
+	if !known && st == nil && p.issued && first != 0 {
+		// Nothing of this epoch can be in the log, and a producer numbers
+		// each partition from 0: the batches before this one are missing.
+		return nil, 0, kerr.OutOfOrderSequenceNumber.Code, fmt.Sprintf("producer %d epoch %d to %s/%d: its first batch starts at sequence %d; an epoch starts each partition at 0", id, epoch, tp.topic, tp.partition, first)
 	}
 	b = &seqBatch{first: first, count: int32(n), base: -1, done: make(chan struct{})}
 	switch {

@@ -77,6 +77,9 @@ func TestReview19WrappedSequenceZeroAfterRestartSkipsFollows(t *testing.T) {
 	tb.createTopic(ctx, "t", 1)
 	cl := tb.client()
 	pid, epoch := r19Init(t, ctx, cl)
+	cl.Close()
+	seedProducer(t, tb, pid, epoch, "t", 1<<31-7)
+	cl = tb.client()
 	if r := produceBatch(t, ctx, cl, "t", pid, epoch, 1<<31-6, "a", "b", "c"); r.ErrorCode != 0 {
 		t.Fatalf("first batch: %s", codeName(r.ErrorCode))
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/broker"
 	"github.com/ferrymq/ferry/broker/recordbatch"
 )
@@ -68,6 +69,20 @@ func produceRaw(t *testing.T, ctx context.Context, cl *kgo.Client, txnID *string
 func produceBatch(t *testing.T, ctx context.Context, cl *kgo.Client, topic string, pid int64, epoch int16, seq int32, values ...string) kmsg.ProduceResponseTopicPartition {
 	t.Helper()
 	return produceRaw(t, ctx, cl, nil, topic, 0, producerBatch(t, 0, pid, epoch, seq, false, values...))
+}
+
+// seedProducer writes the record of producer pid at sequence seq (its
+// derived message ID) to topic/0 and restarts the broker: the producer
+// then continues, unknown to the new run, from the log's history. The
+// caller makes new clients.
+func seedProducer(t *testing.T, tb *testBroker, pid int64, epoch int16, topic string, seq int64) {
+	t.Helper()
+	m := &ferry.Message{ID: broker.SequenceID(pid, epoch, topic, 0, seq), Topic: topic, PinPartition: true, Payload: []byte("seed")}
+	if err := tb.log.Append(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	tb.stop()
+	tb.start("127.0.0.1:0")
 }
 
 // An idempotent producer's retried batch is answered with the offsets it
