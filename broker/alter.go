@@ -94,13 +94,7 @@ func handleIncrementalAlterConfigs(r *request) kmsg.Response {
 				code, why = kerr.InvalidConfig.Code, fmt.Sprintf("%s: operation %s: only SET and DELETE (cleanup.policy holds one value)", c.Name, c.Op)
 			}
 		}
-		if code == 0 {
-			code, why = r.alterResource(res.ResourceType, res.ResourceName, changes, req.ValidateOnly)
-		}
-		rr.ErrorCode = code
-		if why != "" {
-			rr.ErrorMessage = kmsg.StringPtr(why)
-		}
+		rr.ErrorCode, rr.ErrorMessage = r.alter(res.ResourceType, res.ResourceName, changes, req.ValidateOnly, code, why)
 		resp.Resources = append(resp.Resources, rr)
 	}
 	return resp
@@ -131,16 +125,22 @@ func handleAlterConfigs(r *request) kmsg.Response {
 				changes = append(changes, configChange{name: name, delete: true})
 			}
 		}
-		if code == 0 {
-			code, why = r.alterResource(res.ResourceType, res.ResourceName, changes, req.ValidateOnly)
-		}
-		rr.ErrorCode = code
-		if why != "" {
-			rr.ErrorMessage = kmsg.StringPtr(why)
-		}
+		rr.ErrorCode, rr.ErrorMessage = r.alter(res.ResourceType, res.ResourceName, changes, req.ValidateOnly, code, why)
 		resp.Resources = append(resp.Resources, rr)
 	}
 	return resp
+}
+
+// alter answers one resource of an alter request: the changes are applied
+// unless reading them failed already (code, why).
+func (r *request) alter(typ kmsg.ConfigResourceType, name string, changes []configChange, validateOnly bool, code int16, why string) (int16, *string) {
+	if code == 0 {
+		code, why = r.alterResource(typ, name, changes, validateOnly)
+	}
+	if why == "" {
+		return code, nil
+	}
+	return code, kmsg.StringPtr(why)
 }
 
 // alterResource checks the principal may alter the resource and applies

@@ -71,6 +71,32 @@ func produceBatch(t *testing.T, ctx context.Context, cl *kgo.Client, topic strin
 	return produceRaw(t, ctx, cl, nil, topic, 0, producerBatch(t, 0, pid, epoch, seq, false, values...))
 }
 
+// restartedProducer starts a broker with topic t (one partition) and
+// issues an idempotent producer ID; the written values go in its first
+// batch (sequence 0, epoch 0), then the broker restarts, so that the
+// producer is unknown to the new run. It returns a client of the new run.
+func restartedProducer(t *testing.T, written ...string) (*testBroker, context.Context, *kgo.Client, int64) {
+	t.Helper()
+	tb := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	tb.createTopic(ctx, "t", 1)
+	cl := tb.client()
+	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
+	if err != nil || init.ErrorCode != 0 {
+		t.Fatalf("InitProducerId: %v %v", err, init)
+	}
+	if len(written) > 0 {
+		if r := produceBatch(t, ctx, cl, "t", init.ProducerID, 0, 0, written...); r.ErrorCode != 0 {
+			t.Fatalf("first batch: %v", kerr.ErrorForCode(r.ErrorCode))
+		}
+	}
+	cl.Close()
+	tb.stop()
+	tb.start("127.0.0.1:0")
+	return tb, ctx, tb.client(), init.ProducerID
+}
+
 // seedProducer writes the record of producer pid at sequence seq (its
 // derived message ID) to topic/0 and restarts the broker: the producer
 // then continues, unknown to the new run, from the log's history. The
@@ -134,23 +160,7 @@ func TestIdempotentProducerRetriesAndGaps(t *testing.T) {
 // duplicate, which the client counts as written: a lost record. The
 // batch right after the last one written is taken.
 func TestIdempotentProducerGapAfterRestart(t *testing.T) {
-	tb := startBroker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tb.createTopic(ctx, "t", 1)
-	cl := tb.client()
-	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
-	if err != nil || init.ErrorCode != 0 {
-		t.Fatalf("InitProducerId: %v %v", err, init)
-	}
-	pid := init.ProducerID
-	if r := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a", "b", "c"); r.ErrorCode != 0 {
-		t.Fatalf("first batch: %v", kerr.ErrorForCode(r.ErrorCode))
-	}
-	cl.Close()
-	tb.stop()
-	tb.start("127.0.0.1:0")
-	cl = tb.client()
+	tb, ctx, cl, pid := restartedProducer(t, "a", "b", "c")
 	// Sequences 3..5 were in flight when the server died; 6.. comes first.
 	if r := produceBatch(t, ctx, cl, "t", pid, 0, 6, "g", "h"); r.ErrorCode != kerr.OutOfOrderSequenceNumber.Code {
 		t.Fatalf("a batch at sequence 6 after a restart, with 3..5 never written: %v, want OUT_OF_ORDER_SEQUENCE_NUMBER", kerr.ErrorForCode(r.ErrorCode))
@@ -171,22 +181,7 @@ func TestIdempotentProducerGapAfterRestart(t *testing.T) {
 // behind it before either was answered, is refused too and writes
 // nothing; taking it would leave the gap below it.
 func TestIdempotentPipelineBehindARefusedBatch(t *testing.T) {
-	tb := startBroker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tb.createTopic(ctx, "t", 1)
-	cl := tb.client()
-	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
-	if err != nil || init.ErrorCode != 0 {
-		t.Fatalf("InitProducerId: %v %v", err, init)
-	}
-	pid := init.ProducerID
-	if r := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a", "b", "c"); r.ErrorCode != 0 {
-		t.Fatalf("first batch: %v", kerr.ErrorForCode(r.ErrorCode))
-	}
-	cl.Close()
-	tb.stop()
-	tb.start("127.0.0.1:0")
+	tb, _, _, pid := restartedProducer(t, "a", "b", "c")
 	// 3..5 died with the server; 6..7 and 8 come pipelined.
 	rc := dialRaw(t, tb.addr)
 	var buf []byte
@@ -221,20 +216,7 @@ func TestIdempotentPipelineBehindARefusedBatch(t *testing.T) {
 // (without InitProducerId): the new epoch's first batch, at sequence 0,
 // is taken. Refusing it too would loop forever, one bump after another.
 func TestIdempotentEpochBumpAfterRestartIsTaken(t *testing.T) {
-	tb := startBroker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tb.createTopic(ctx, "t", 1)
-	cl := tb.client()
-	init, err := kmsg.NewPtrInitProducerIDRequest().RequestWith(ctx, cl)
-	if err != nil || init.ErrorCode != 0 {
-		t.Fatalf("InitProducerId: %v %v", err, init)
-	}
-	pid := init.ProducerID
-	cl.Close()
-	tb.stop()
-	tb.start("127.0.0.1:0")
-	cl = tb.client()
+	_, ctx, cl, pid := restartedProducer(t)
 	// Issued before the restart; its first batch never written.
 	if r := produceBatch(t, ctx, cl, "t", pid, 0, 0, "a"); r.ErrorCode != kerr.OutOfOrderSequenceNumber.Code {
 		t.Fatalf("the first batch of an epoch issued before the restart: %v, want OUT_OF_ORDER_SEQUENCE_NUMBER (the log cannot place it)", kerr.ErrorForCode(r.ErrorCode))
