@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,7 +48,7 @@ func NewHandler(svc *Service, auth *Auth) *Handler {
 	for _, rt := range routes {
 		h.mux.HandleFunc(rt.Method+" "+Prefix+rt.Path, func(w http.ResponseWriter, r *http.Request) { h.serve(rt, w, r) })
 	}
-	h.mux.HandleFunc(Prefix+"/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+	h.mux.HandleFunc("GET "+Prefix+"/openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openAPIDocument)
 	})
@@ -64,6 +65,9 @@ func NewHandler(svc *Service, auth *Auth) *Handler {
 // noRoute is the error of a request no route takes: ErrMethodNotAllowed
 // if the path takes other methods, else ErrNotFound.
 func (h *Handler) noRoute(r *http.Request) error {
+	if !cleanPath(r.URL.Path) {
+		return fmt.Errorf("%s %s: not a clean path (an empty, \".\" or \"..\" segment), redirected and not served: %w", r.Method, r.URL.Path, ErrNotFound)
+	}
 	if allow := h.allowed(r); len(allow) > 0 {
 		return fmt.Errorf("%s %s: the path takes %s: %w", r.Method, r.URL.Path, strings.Join(allow, ", "), ErrMethodNotAllowed)
 	}
@@ -88,16 +92,35 @@ func (h *Handler) allowed(r *http.Request) []string {
 // mux's answer, and is audited as verb "unrouted": every attempt to
 // change something is on record.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, pattern := h.mux.Handler(r); !mutating(r.Method) || (pattern != "" && pattern != "/") {
+	_, pattern := h.mux.Handler(r)
+	routed := pattern != "" && pattern != "/" && cleanPath(r.URL.Path)
+	if !mutating(r.Method) || routed {
 		h.mux.ServeHTTP(w, r)
 		return
 	}
+	// No route takes it, or the mux would redirect it to a cleaned path
+	// (the route's pattern comes back with the redirect).
 	c := &call{h: h, w: w, r: r, id: requestID(r)}
 	w.Header().Set("X-Request-Id", c.id)
-	c.identify()
+	if err := c.identify(); err != nil {
+		writeError(w, c.id, err) // who may not ask is not told the routes
+		status, _ := errorCode(err)
+		h.audit(c, VerbUnrouted, status, err)
+		return
+	}
 	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 	h.mux.ServeHTTP(sw, r)
 	h.audit(c, VerbUnrouted, sw.status, h.noRoute(r))
+}
+
+// cleanPath reports whether p is already clean as the mux cleans paths
+// (no empty, "." or ".." segment), so that it is served without a redirect.
+func cleanPath(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
 }
 
 // VerbUnrouted is the audit verb of a mutating request that matched no
@@ -285,15 +308,24 @@ func (c *call) query(allowed ...string) (url.Values, error) {
 
 // intParam parses an integer query parameter (absent: 0).
 func intParam(q url.Values, name string) (int, error) {
-	s := q.Get(name)
-	if s == "" {
-		return 0, nil
+	s, err := param(q, name)
+	if s == "" || err != nil {
+		return 0, err
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil {
 		return 0, fmt.Errorf("query parameter %s=%q: want an integer: %w", name, s, ferry.ErrInvalidArgument)
 	}
 	return n, nil
+}
+
+// param returns a query parameter's value ("" if absent); one given
+// empty is an error (a script's empty variable must not mean "absent").
+func param(q url.Values, name string) (string, error) {
+	if q.Has(name) && q.Get(name) == "" {
+		return "", fmt.Errorf("query parameter %s is empty: give a value or leave it out: %w", name, ferry.ErrInvalidArgument)
+	}
+	return q.Get(name), nil
 }
 
 // pathInt parses a numeric path segment.

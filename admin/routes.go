@@ -164,7 +164,11 @@ var routes = []route{
 				return nil, err
 			}
 			partition := int32(-1) // every partition
-			if v := q.Get("partition"); v != "" {
+			v, err := param(q, "partition")
+			if err != nil {
+				return nil, err
+			}
+			if v != "" {
 				p, err := strconv.ParseInt(v, 10, 32)
 				if err != nil || p < 0 {
 					return nil, fmt.Errorf("query parameter partition=%q: want a partition number, 0 or more: %w", v, ferry.ErrInvalidArgument)
@@ -257,7 +261,10 @@ var routes = []route{
 					return nil, fmt.Errorf("query parameter %q given %d times: at most once: %w", name, len(q[name]), ferry.ErrInvalidArgument)
 				}
 			}
-			page := Page{After: q.Get("after")}
+			var page Page
+			if page.After, err = param(q, "after"); err != nil {
+				return nil, err
+			}
 			if page.Limit, err = intParam(q, "limit"); err != nil {
 				return nil, err
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -820,11 +821,9 @@ func (s *Service) DeadLetters(ctx context.Context, queue string, f Filter, page 
 	if err != nil {
 		return nil, err
 	}
-	var after position
-	if page.After != "" {
-		if after, err = parsePosition(page.After); err != nil {
-			return nil, err
-		}
+	seen, err := parseCursor(page.After)
+	if err != nil {
+		return nil, err
 	}
 	q, err := s.queue(ctx, queue)
 	if err != nil {
@@ -836,41 +835,55 @@ func (s *Service) DeadLetters(ctx context.Context, queue string, f Filter, page 
 	}
 	out := make([]DeadLetter, 0, min(n, len(entries)))
 	for _, e := range entries {
-		if page.After != "" && !after.before(positionOf(e)) {
-			continue
+		p, o := e.Record.Partition, e.Record.Offset
+		if last, ok := seen[p]; ok && o <= last {
+			continue // listed on an earlier page
 		}
 		if len(out) == n {
 			break
 		}
-		out = append(out, NewDeadLetter(e, false))
+		seen[p] = o
+		d := NewDeadLetter(e, false)
+		d.Position = seen.String()
+		out = append(out, d)
 	}
 	return out, nil
 }
 
-// position is where a dead letter's record is in its DLQ topic.
-type position struct {
-	partition int32
-	offset    uint64
-}
+// cursor is how far a DLQ list has gone in each partition of the DLQ
+// topic: the offset of the last entry listed there. An entry appended
+// later to a partition passed already still comes after it, so that
+// paging skips nothing (a list goes partition by partition).
+type cursor map[int32]uint64
 
-func positionOf(e dlq.Entry) position { return position{e.Record.Partition, e.Record.Offset} }
-
-func (p position) String() string { return fmt.Sprintf("%d:%d", p.partition, p.offset) }
-
-// before reports whether p comes before q in dead-letter order (a DLQ
-// topic is listed partition by partition).
-func (p position) before(q position) bool {
-	return p.partition < q.partition || p.partition == q.partition && p.offset < q.offset
-}
-
-func parsePosition(s string) (position, error) {
-	ps, offs, ok := strings.Cut(s, ":")
-	p, perr := strconv.ParseInt(ps, 10, 32)
-	o, oerr := strconv.ParseUint(offs, 10, 64)
-	if !ok || perr != nil || oerr != nil || p < 0 {
-		return position{}, fmt.Errorf("after %q: want an entry's position, PARTITION:OFFSET (from a list's \"position\"): %w", s, ferry.ErrInvalidArgument)
+// String is the cursor's form in a DeadLetter's position:
+// "PARTITION:OFFSET", comma-separated, by partition.
+func (c cursor) String() string {
+	var b strings.Builder
+	for i, p := range slices.Sorted(maps.Keys(c)) {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%d:%d", p, c[p])
 	}
-	return position{int32(p), o}, nil
+	return b.String()
+}
+
+func parseCursor(s string) (cursor, error) {
+	c := cursor{}
+	if s == "" {
+		return c, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		ps, offs, ok := strings.Cut(part, ":")
+		p, perr := strconv.ParseInt(ps, 10, 32)
+		o, oerr := strconv.ParseUint(offs, 10, 64)
+		if _, dup := c[int32(p)]; !ok || perr != nil || oerr != nil || p < 0 || dup {
+			return nil, fmt.Errorf("after %q: want an entry's position (PARTITION:OFFSET, comma-separated, from a list's \"position\"): %w", s, ferry.ErrInvalidArgument)
+		}
+		c[int32(p)] = o
+	}
+	return c, nil
 }
 
 // NewDeadLetter renders e for the API, with its original message if full.
@@ -878,7 +891,7 @@ func NewDeadLetter(e dlq.Entry, full bool) DeadLetter {
 	d := DeadLetter{ID: e.Original.ID.String(), State: e.State, Topic: e.Original.Topic, Partition: e.Original.Partition,
 		Offset: e.Original.Offset, Key: string(e.Original.Key), Group: e.Group, Handler: e.Handler, Attempts: e.Attempts,
 		FirstFailure: e.FirstFailure.UTC(), LastFailure: e.LastFailure.UTC(), Class: string(e.Class), Error: e.Error, Reason: e.Reason,
-		Position: positionOf(e).String()}
+		Position: fmt.Sprintf("%d:%d", e.Record.Partition, e.Record.Offset)}
 	if !e.RetryAt.IsZero() {
 		t := e.RetryAt.UTC()
 		d.RetryAt = &t

@@ -99,6 +99,10 @@ type Message struct {
 	Key       string    `json:"key,omitempty"`
 	Headers   []Header  `json:"headers,omitempty"`
 	Payload   string    `json:"payload"`
+	// NotBefore, if set, delays delivery until then (see
+	// ferry.Message.NotBefore): a browse shows the message, a consumer
+	// does not get it (nor anything after it in its partition) before.
+	NotBefore *time.Time `json:"not_before,omitempty"`
 }
 
 // NewMessage renders m for the API.
@@ -118,6 +122,10 @@ func NewMessage(m *ferry.Message) Message {
 	for _, h := range m.Headers {
 		out.Headers = append(out.Headers, Header{Key: h.Key, Value: conv(h.Value)})
 	}
+	if !m.NotBefore.IsZero() {
+		nb := m.NotBefore.UTC()
+		out.NotBefore = &nb
+	}
 	return out
 }
 
@@ -132,6 +140,9 @@ func (m Message) Decode() (*ferry.Message, error) {
 		return nil, fmt.Errorf("message encoding %q: want %s or %s: %w", m.Encoding, EncodingUTF8, EncodingBase64, ferry.ErrInvalidArgument)
 	}
 	out := &ferry.Message{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Time: m.Time}
+	if m.NotBefore != nil {
+		out.NotBefore = *m.NotBefore
+	}
 	var err error
 	if m.ID != "" {
 		if out.ID, err = ferry.ParseID(m.ID); err != nil {
@@ -280,15 +291,18 @@ type DeadLetter struct {
 	Stack   string     `json:"stack,omitempty"`
 	// Message is the original message; DLQ list leaves it out.
 	Message *Message `json:"message,omitempty"`
-	// Position is where the entry is in its DLQ topic ("PARTITION:OFFSET"
-	// of its record): the After of the next page of a list.
+	// Position is where a list stands after this entry: per partition of
+	// the DLQ topic, the offset of the last entry listed ("P:O",
+	// comma-separated), the After of the next page. Shown alone, it is
+	// the place of the entry's own record.
 	Position string `json:"position"`
 }
 
 // Page bounds a DLQ list: at most Limit entries (0: DefaultLimit, at most
-// MaxLimit) after the entry at position After (empty: from the first).
-// Positions do not move when entries are resolved, so paging through a
-// DLQ that changes meanwhile skips nothing still listed.
+// MaxLimit) after the position After (a listed entry's; empty: from the
+// first). Positions do not move when entries are resolved or appended,
+// so paging through a DLQ that changes meanwhile skips nothing still
+// listed.
 type Page struct {
 	Limit int    `json:"limit,omitempty"`
 	After string `json:"after,omitempty"`

@@ -164,7 +164,8 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, pr *printer, to
 			if errors.Is(err, ferry.ErrOffsetOutOfRange) {
 				start, _, _ := l.Bounds(topic, p)
 				if off < start {
-					next[p] = start // retention moved past us
+					next[p] = start // retention moved past us: read on from there
+					progressed = true
 					continue
 				}
 			}
@@ -214,6 +215,7 @@ var errPrintedEnough = errors.New("printed enough")
 // page up to each partition's end as it was when the partition was first
 // read; with follow, from the API's tail stream until ctx ends.
 func runRemoteConsume(ctx context.Context, api admin.API, tel *telemetry, pr *printer, topic string, only int32, from string, follow bool, max int) error {
+	now := time.Now()
 	printed := 0
 	print := func(am admin.Message) error {
 		m, err := am.Decode()
@@ -259,8 +261,15 @@ func runRemoteConsume(ctx context.Context, api admin.API, tel *telemetry, pr *pr
 			if first {
 				end = page.End
 			}
+			delayed := false
 			for _, m := range page.Messages {
 				if m.Offset >= end {
+					break
+				}
+				if m.NotBefore != nil && m.NotBefore.After(now) {
+					// Not due: a reader of the log stops the partition
+					// here (the API's browse shows it).
+					delayed = true
 					break
 				}
 				if err := print(m); err != nil {
@@ -270,9 +279,7 @@ func runRemoteConsume(ctx context.Context, api admin.API, tel *telemetry, pr *pr
 					return err
 				}
 			}
-			// An empty page before the end: a message delayed until later
-			// stops the partition here, as it does a reader of the log.
-			if len(page.Messages) == 0 || page.Next >= end {
+			if delayed || len(page.Messages) == 0 || page.Next >= end {
 				break
 			}
 			start = strconv.FormatUint(page.Next, 10)
