@@ -311,6 +311,17 @@ func (c *Client) ResetGroup(ctx context.Context, group string, r Reset) ([]Reset
 	return out, c.post(ctx, "/groups/"+esc(group)+"/reset", r, &out)
 }
 
+// DeleteGroup implements API.
+func (c *Client) DeleteGroup(ctx context.Context, group string, force bool) error {
+	var out GroupDeleted
+	q := url.Values{}
+	if force {
+		q.Set("force", "true")
+	}
+	_, err := c.request(ctx, http.MethodDelete, "/groups/"+esc(group), q, nil, &out, "")
+	return err
+}
+
 // DeadLetters implements API.
 func (c *Client) DeadLetters(ctx context.Context, queue string, f Filter, page Page) ([]DeadLetter, error) {
 	var out []DeadLetter

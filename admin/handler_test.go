@@ -654,3 +654,47 @@ func TestAuditLogNewestMatchesSince(t *testing.T) {
 		t.Errorf("no limit: %d records (%v), want the newest %d", len(recs), err, DefaultLimit)
 	}
 }
+
+// A group's deletion removes its committed offsets; refused while it has
+// a live member (unless forced, or as another verb than admin), and an
+// unknown group is not found. Audited.
+func TestDeleteGroup(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.client(t, tokenOf("root"))
+	if _, err := c.ResetGroup(ctx, "billing", Reset{Topic: "orders", To: "latest"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.b.Join(ctx, "billing", "m1", []string{"orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteGroup(ctx, "billing", false); !errors.Is(err, ErrGroupActive) || !strings.Contains(err.Error(), "m1") {
+		t.Fatalf("delete with a live member: %v", err)
+	}
+	if err := f.client(t, tokenOf("ops")).DeleteGroup(ctx, "billing", true); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("delete without the admin verb: %v", err)
+	}
+	if _, ok, _ := f.b.Committed(ctx, "billing", backend.TopicPartition{Topic: "orders"}); !ok {
+		t.Fatal("a refused delete removed the offsets")
+	}
+	s.Leave()
+	if err := c.DeleteGroup(ctx, "billing", false); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, ok, _ := f.b.Committed(ctx, "billing", backend.TopicPartition{Topic: "orders"}); ok {
+		t.Fatal("the deleted group still has a committed offset")
+	}
+	if err := c.DeleteGroup(ctx, "billing", false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a second delete: %v, want not found", err)
+	}
+	n := 0
+	for _, r := range f.audit(t) {
+		if r.Data.Method == "DELETE" && r.Data.Target == "group:billing" {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Fatalf("%d audit records of the group's deletes, want 4 (refused, forbidden, done, not found)", n)
+	}
+}

@@ -222,6 +222,31 @@ var routes = []route{
 			}
 			return c.h.svc.Group(c.r.Context(), group)
 		}},
+	{Method: "DELETE", Path: "/groups/{group}", Summary: "Delete a group's committed offsets; refused while it has live members unless force=true", Verb: VerbAdmin,
+		Query: []string{"force"}, Response: GroupDeleted{},
+		handle: func(c *call) (any, error) {
+			group := c.r.PathValue("group")
+			if err := c.need(VerbAdmin, KindGroup, group); err != nil {
+				return nil, err
+			}
+			q, err := c.query("force")
+			if err != nil {
+				return nil, err
+			}
+			force := false
+			switch v, err := param(q, "force"); {
+			case err != nil:
+				return nil, err
+			case v == "true":
+				force = true
+			case v != "" && v != "false":
+				return nil, fmt.Errorf("query parameter force=%q: want true or false: %w", v, ferry.ErrInvalidArgument)
+			}
+			if err := c.h.svc.DeleteGroup(c.r.Context(), group, force); err != nil {
+				return nil, err
+			}
+			return GroupDeleted{Group: group, Deleted: true}, nil
+		}},
 	{Method: "POST", Path: "/groups/{group}/reset", Summary: "Move a group's committed offsets; refused while it has live members unless forced", Verb: VerbReset, Body: Reset{}, Response: []ResetOffset{},
 		handle: func(c *call) (any, error) {
 			group := c.r.PathValue("group")

@@ -89,6 +89,9 @@ type API interface {
 	Groups(ctx context.Context) ([]GroupSummary, error)
 	Group(ctx context.Context, name string) (Group, error)
 	ResetGroup(ctx context.Context, group string, r Reset) ([]ResetOffset, error)
+	// DeleteGroup deletes a group's committed offsets; refused while it
+	// has live members unless force.
+	DeleteGroup(ctx context.Context, group string, force bool) error
 	// DeadLetters lists a page of the entries of the DLQ topic queue that
 	// match f, in dead-letter order.
 	DeadLetters(ctx context.Context, queue string, f Filter, page Page) ([]DeadLetter, error)
@@ -740,6 +743,35 @@ func (s *Service) Group(ctx context.Context, name string) (Group, error) {
 		}
 	}
 	return s.group(ctx, name, offs)
+}
+
+// DeleteGroup implements API.
+func (s *Service) DeleteGroup(ctx context.Context, group string, force bool) error {
+	if group == "" {
+		return fmt.Errorf("group delete: name the group: %w", ferry.ErrInvalidArgument)
+	}
+	del, ok := s.b.(backend.GroupDeleter)
+	if !ok {
+		return fmt.Errorf("deleting groups on %s: %w", s.name, ErrUnsupported)
+	}
+	adm, err := s.admin("deleting groups")
+	if err != nil {
+		return err
+	}
+	if _, err := s.Group(ctx, group); err != nil {
+		return err // not found: no offsets, no members
+	}
+	if !force {
+		members, err := adm.Members(ctx, group)
+		if err != nil {
+			return err
+		}
+		if len(members) > 0 {
+			return fmt.Errorf("group %s has %d live member(s) (%s), which would commit again: stop them, or force it: %w",
+				group, len(members), strings.Join(members, ", "), ErrGroupActive)
+		}
+	}
+	return del.DeleteGroup(ctx, group)
 }
 
 // ResetGroup implements API.

@@ -55,6 +55,12 @@ type CreateTopic struct {
 	Compact bool `json:"compact,omitempty"`
 }
 
+// GroupDeleted answers a group's deletion.
+type GroupDeleted struct {
+	Group   string `json:"group"`
+	Deleted bool   `json:"deleted"`
+}
+
 // AlterTopic is the body of a topic alteration: the fields given change,
 // the others stay. Partitions, compaction and deduplication are fixed at
 // creation.

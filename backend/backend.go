@@ -80,6 +80,16 @@ type TopicAlterer interface {
 	AlterTopic(ctx context.Context, t TopicInfo) error
 }
 
+// GroupDeleter is implemented by backends that can delete a consumer
+// group's committed offsets (a throwaway subscription's, or a group
+// retired for good).
+type GroupDeleter interface {
+	// DeleteGroup deletes every committed offset of group. Callers check
+	// that it has no live members first (Admin.Members): one would commit
+	// again. A group without offsets is no error.
+	DeleteGroup(ctx context.Context, group string) error
+}
+
 // Browser is implemented by backends that can read a partition as it is,
 // for an operator to look at: delayed messages included, in offset order,
 // without waiting for them to be due. A read at an offset before the

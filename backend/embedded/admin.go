@@ -11,6 +11,7 @@ import (
 var (
 	_ backend.Admin        = (*Backend)(nil)
 	_ backend.TopicAlterer = (*Backend)(nil)
+	_ backend.GroupDeleter = (*Backend)(nil)
 )
 
 // Topics implements backend.Admin.
@@ -42,6 +43,11 @@ func (b *Backend) AlterTopic(ctx context.Context, t backend.TopicInfo) error {
 	c := info.Config
 	c.RetentionAge, c.RetentionBytes = t.RetentionAge, t.RetentionBytes
 	return b.log.AlterTopic(ctx, t.Name, c)
+}
+
+// DeleteGroup implements backend.GroupDeleter.
+func (b *Backend) DeleteGroup(ctx context.Context, group string) error {
+	return b.log.DeleteOffsets(ctx, group, "")
 }
 
 // DeleteTopic implements backend.Admin.

@@ -12,7 +12,7 @@ import (
 )
 
 func newGroupsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "groups", Short: "Consumer groups: committed offsets and lag"}
+	cmd := &cobra.Command{Use: "groups", Short: "Consumer groups: committed offsets and lag, reset and delete"}
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List groups with their total lag",
@@ -66,6 +66,26 @@ func newGroupsCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(list, describe, newGroupsResetCmd(g))
+	var force bool
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a group's committed offsets (refused while it has live members, unless --force)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			api, closeAPI, err := g.api(cmd.Context(), cmd, true, false)
+			if err != nil {
+				return err
+			}
+			defer closeAPI()
+			if err := api.DeleteGroup(cmd.Context(), args[0], force); err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), admin.GroupDeleted{Group: args[0], Deleted: true}, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "deleted group %s\n", args[0])
+			})
+		},
+	}
+	del.Flags().BoolVar(&force, "force", false, "delete although the group has live members (they would commit again)")
+	cmd.AddCommand(list, describe, del, newGroupsResetCmd(g))
 	return cmd
 }

@@ -313,3 +313,29 @@ func TestTopicsAlter(t *testing.T) {
 		t.Fatalf("alter of the audit topic: exit %d: %s", code, out)
 	}
 }
+
+// groups delete removes a group's offsets, on the directory and through
+// the admin API; a group that is not there is an error.
+func TestGroupsDelete(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders")
+	mustRun(t, dir, "", "produce", "orders", "a", "b")
+	mustRun(t, dir, "", "consume", "orders", "-g", "billing", "-n", "1")
+	mustRun(t, dir, "", "consume", "orders", "-g", "shipping", "-n", "1")
+	if out := mustRun(t, dir, "", "groups", "delete", "billing"); !strings.Contains(out, "deleted group billing") {
+		t.Fatalf("groups delete: %s", out)
+	}
+	if out := mustRun(t, dir, "", "groups", "list"); strings.Contains(out, "billing") || !strings.Contains(out, "shipping") {
+		t.Fatalf("groups after the delete:\n%s", out)
+	}
+	if out, code := ferryRun(t, dir, "", "groups", "delete", "billing"); code == 0 || !strings.Contains(out, "billing") {
+		t.Fatalf("a second delete: exit %d: %s", code, out)
+	}
+	url := startAdmin(t, "--dir", dir)
+	if out, code := ferryExec(t, "--server", url, "groups", "delete", "shipping", "--json"); code != 0 || !strings.Contains(out, `"deleted": true`) {
+		t.Fatalf("groups delete through --server: exit %d: %s", code, out)
+	}
+	if out, code := ferryExec(t, "--server", url, "groups", "list", "--json"); code != 0 || strings.Contains(out, "shipping") {
+		t.Fatalf("groups through --server after the delete: exit %d: %s", code, out)
+	}
+}
