@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"slices"
+	"strings"
+
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -78,9 +81,40 @@ func handleDescribeGroups(r *request) kmsg.Response {
 	return resp
 }
 
-// handleListGroups lists the groups the principal may describe.
+// handleListGroups lists the groups the principal may describe: those
+// the coordinator knows and, as Kafka does, those that exist only through
+// their committed offsets (their members gone before the broker started,
+// or never any), as Empty classic groups.
 func handleListGroups(r *request) kmsg.Response {
-	resp := r.c.s.groups.List(r.version, r.body.(*kmsg.ListGroupsRequest))
+	req := r.body.(*kmsg.ListGroupsRequest)
+	resp := r.c.s.groups.List(r.version, req)
+	if resp.ErrorCode != 0 {
+		return resp
+	}
+	listed := map[string]bool{}
+	for _, g := range resp.Groups {
+		listed[g.Group] = true
+	}
+	matches := func(filter []string, v string) bool {
+		return len(filter) == 0 || slices.ContainsFunc(filter, func(f string) bool { return strings.EqualFold(f, v) })
+	}
+	if (r.version < 4 || matches(req.StatesFilter, "Empty")) && (r.version < 5 || matches(req.TypesFilter, "classic")) {
+		for g := range r.c.s.log.Groups() {
+			if listed[g] {
+				continue
+			}
+			lg := kmsg.NewListGroupsResponseGroup()
+			lg.Group = g
+			if r.version >= 4 {
+				lg.GroupState = "Empty"
+			}
+			if r.version >= 5 {
+				lg.GroupType = "classic"
+			}
+			resp.Groups = append(resp.Groups, lg)
+		}
+		slices.SortFunc(resp.Groups, func(a, b kmsg.ListGroupsResponseGroup) int { return strings.Compare(a.Group, b.Group) })
+	}
 	kept := resp.Groups[:0]
 	for _, g := range resp.Groups {
 		if r.may("group", g.Group, "describe") {

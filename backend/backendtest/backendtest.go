@@ -4,8 +4,9 @@
 // and time, consumer groups (join, leave, rebalance, resume, fencing),
 // the runtime's DLQ round trip with parked keys and redrive, atomic
 // publish-and-commit and exactly-once consume-transform-produce where
-// supported, a server outage under load, and the runtime's seeded
-// simulation (Simulate) where the harness gives it a world.
+// supported, a server outage under load, the runtime's seeded simulation
+// (Simulate) where the harness gives it a world, and the operator's
+// operations (backend.Admin) where the backend has them.
 //
 // A backend's test calls Run with a Harness:
 //
@@ -77,6 +78,7 @@ func Run(t *testing.T, h Harness) {
 		{"RuntimeExactlyOnce", testExactlyOnce},
 		{"Outage", testOutage},
 		{"Simulation", testSimulation},
+		{"Admin", testAdmin},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })

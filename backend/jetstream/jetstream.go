@@ -7,7 +7,9 @@
 // map to partitions as everywhere in ferry (ferry.PartitionForKey).
 // Message IDs go in Nats-Msg-Id, so the server's duplicate window
 // (WithDuplicateWindow, default 2 minutes) drops a retried publish.
-// Partition counts live in the KV bucket FERRY_topics.
+// Partition counts live in the KV bucket FERRY_topics. The backend
+// implements backend.Admin: topics are listed from that bucket with their
+// streams' limits, and JetStream has no compaction by key.
 //
 // Consumer groups: JetStream's durable consumers track acknowledgements
 // per message, not a committed position per partition, and have no
@@ -185,7 +187,9 @@ func (b *Backend) subject(tp backend.TopicPartition) string {
 }
 
 // EnsureTopic implements backend.Backend: the partition count is recorded
-// first (compare-and-set, so two callers agree), then the streams made.
+// first (compare-and-set, so two callers agree), then the streams that do
+// not exist made, with the backend's options; existing streams keep their
+// config (retention a topic was created with by CreateTopic, say).
 func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int) error {
 	if topic == "" || partitions < 1 || partitions > 4096 {
 		return fmt.Errorf("jetstream: topic %q with %d partitions: want a name and 1 to 4096 partitions: %w", topic, partitions, ferry.ErrInvalidArgument)
@@ -198,13 +202,27 @@ func (b *Backend) EnsureTopic(ctx context.Context, topic string, partitions int)
 	if err != nil {
 		return err
 	}
-	for p := range n {
+	return b.createStreams(ctx, topic, n, b.cfg.maxAge, 0, b.cfg.dupWindow)
+}
+
+// createStreams creates the streams of a topic's partitions that do not
+// exist. A stream that exists is left as it is, whatever its config (a
+// topic made by CreateTopic keeps its retention when EnsureTopic runs on
+// it later).
+func (b *Backend) createStreams(ctx context.Context, topic string, partitions int, maxAge time.Duration, maxBytes int64, dup time.Duration) error {
+	if maxBytes <= 0 {
+		maxBytes = -1
+	}
+	if maxAge > 0 && dup > maxAge {
+		dup = maxAge // the server refuses a duplicate window longer than the retention
+	}
+	for p := range partitions {
 		tp := backend.TopicPartition{Topic: topic, Partition: int32(p)}
-		_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		_, err := b.js.CreateStream(ctx, jetstream.StreamConfig{
 			Name: b.stream(tp), Subjects: []string{b.subject(tp)}, Storage: b.cfg.storage, Replicas: b.cfg.replicas,
-			Duplicates: b.cfg.dupWindow, MaxAge: b.cfg.maxAge, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardOld,
+			Duplicates: dup, MaxAge: maxAge, MaxBytes: maxBytes, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardOld,
 		})
-		if err != nil {
+		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return fmt.Errorf("jetstream: stream %s: %w", b.stream(tp), err)
 		}
 	}

@@ -1,0 +1,267 @@
+package backendtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/backend"
+)
+
+// eventually polls cond until it holds, failing the test with what it
+// last said once the deadline passed: for what a backend applies in the
+// background (a Kafka member joins on its client's first poll, a member
+// that left is removed by the coordinator).
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; last: %s", what, last)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testAdmin checks backend.Admin against a model of what must hold after
+// each operation: a created topic is listed with the config it was created
+// with, and EnsureTopic leaves that config alone; creating it again fails
+// with ErrTopicExists; deleting it removes it (ErrTopicNotFound for a
+// second delete, for Partitions, and a topic of the same name created
+// anew has its new partition count); a group appears in Groups with
+// exactly the offsets its session committed; Members names a session's
+// member while it runs and not after it left; SetCommitted moves the
+// offsets Committed and Groups read.
+func testAdmin(t *testing.T, h Harness) {
+	b := h.New(t)
+	adm, ok := b.(backend.Admin)
+	if !ok {
+		t.Skip("the backend does not implement backend.Admin")
+	}
+	ctx := ctxFor(t)
+	list := func() map[string]backend.TopicInfo {
+		t.Helper()
+		infos, err := adm.Topics(ctx)
+		if err != nil {
+			t.Fatalf("Topics: %v", err)
+		}
+		if !sort.SliceIsSorted(infos, func(i, j int) bool { return infos[i].Name < infos[j].Name }) {
+			t.Fatalf("Topics not sorted by name: %+v", infos)
+		}
+		out := map[string]backend.TopicInfo{}
+		for _, ti := range infos {
+			if _, dup := out[ti.Name]; dup {
+				t.Fatalf("Topics lists %s twice", ti.Name)
+			}
+			if ti.Bytes < -1 {
+				t.Fatalf("topic %s: Bytes %d", ti.Name, ti.Bytes)
+			}
+			out[ti.Name] = ti
+		}
+		return out
+	}
+	sameConfig := func(got, want backend.TopicInfo) bool {
+		return got.Name == want.Name && got.Partitions == want.Partitions && got.RetentionAge == want.RetentionAge &&
+			got.RetentionBytes == want.RetentionBytes && got.Compact == want.Compact
+	}
+
+	// Create: listed with its config.
+	const topic = "admin.events"
+	want := backend.TopicInfo{Name: topic, Partitions: 3, RetentionAge: 36 * time.Hour, RetentionBytes: 64 << 20}
+	if _, ok := list()[topic]; ok {
+		t.Fatalf("%s listed before it was created", topic)
+	}
+	if err := adm.CreateTopic(ctx, want); err != nil {
+		t.Fatalf("CreateTopic(%+v): %v", want, err)
+	}
+	got, ok := list()[topic]
+	if !ok || !sameConfig(got, want) {
+		t.Fatalf("after CreateTopic(%+v), Topics lists %+v (listed: %v)", want, got, ok)
+	}
+	if n, err := b.Partitions(ctx, topic); err != nil || n != 3 {
+		t.Fatalf("Partitions of the created topic: %d, %v", n, err)
+	}
+	if err := b.Publish(ctx, msg(topic, "k1", 0), msg(topic, "k2", 1), msg(topic, "k3", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := list()[topic]; got.Bytes == 0 {
+		t.Fatalf("topic with 3 messages stores 0 bytes, want its size or -1 (unknown): %+v", got)
+	}
+
+	// Create again: refused, the topic unchanged; EnsureTopic leaves it
+	// as it is.
+	if err := adm.CreateTopic(ctx, backend.TopicInfo{Name: topic, Partitions: 1}); !errors.Is(err, ferry.ErrTopicExists) {
+		t.Fatalf("CreateTopic of an existing topic: %v, want ErrTopicExists", err)
+	}
+	ensure(t, b, topic, 1)
+	if got := list()[topic]; !sameConfig(got, want) {
+		t.Fatalf("after a second CreateTopic and EnsureTopic, Topics lists %+v, want the config of %+v", got, want)
+	}
+
+	// Compaction: made as asked, or refused where the backend has none.
+	compact := backend.TopicInfo{Name: "admin.compact", Partitions: 1, Compact: true}
+	switch err := adm.CreateTopic(ctx, compact); {
+	case err == nil:
+		if got, ok := list()[compact.Name]; !ok || !sameConfig(got, compact) {
+			t.Fatalf("after CreateTopic(%+v), Topics lists %+v (listed: %v)", compact, got, ok)
+		}
+	case errors.Is(err, ferry.ErrInvalidArgument):
+		if _, ok := list()[compact.Name]; ok {
+			t.Fatalf("a refused CreateTopic (%v) left %s listed", err, compact.Name)
+		}
+	default:
+		t.Fatalf("CreateTopic(%+v): %v, want it made or ErrInvalidArgument", compact, err)
+	}
+
+	// Delete: gone, and a topic of the same name is a new one.
+	if err := adm.DeleteTopic(ctx, topic); err != nil {
+		t.Fatalf("DeleteTopic: %v", err)
+	}
+	if got, ok := list()[topic]; ok {
+		t.Fatalf("after DeleteTopic, Topics lists %+v", got)
+	}
+	if _, err := b.Partitions(ctx, topic); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("Partitions of a deleted topic: %v, want ErrTopicNotFound", err)
+	}
+	if err := adm.DeleteTopic(ctx, topic); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("second DeleteTopic: %v, want ErrTopicNotFound", err)
+	}
+	again := backend.TopicInfo{Name: topic, Partitions: 2}
+	if err := adm.CreateTopic(ctx, again); err != nil {
+		t.Fatalf("CreateTopic after the delete: %v", err)
+	}
+	if got, ok := list()[topic]; !ok || !sameConfig(got, again) {
+		t.Fatalf("recreated as %+v, Topics lists %+v (listed: %v)", again, got, ok)
+	}
+	if n, err := b.Partitions(ctx, topic); err != nil || n != 2 {
+		t.Fatalf("Partitions of the topic recreated with 2: %d, %v", n, err)
+	}
+	for p := range 2 {
+		if start, end, err := b.Bounds(ctx, backend.TopicPartition{Topic: topic, Partition: int32(p)}); err != nil || start != 0 || end != 0 {
+			t.Fatalf("partition %d of the recreated topic: bounds %d-%d, %v, want empty", p, start, end, err)
+		}
+	}
+	first := &ferry.Message{Topic: topic, Partition: 1, PinPartition: true, Payload: []byte("anew")}
+	if err := b.Publish(ctx, first); err != nil || first.Offset != 0 {
+		t.Fatalf("publish to the recreated topic: offset %d, %v, want 0", first.Offset, err)
+	}
+	if got := readAll(t, b, backend.TopicPartition{Topic: topic, Partition: 1}, 0); len(got) != 1 || string(got[0].Payload) != "anew" {
+		t.Fatalf("the recreated topic holds %v, want only the message published to it", got)
+	}
+
+	// Groups and Members, from a session that commits.
+	const in, group, member = "admin.in", "admin-group", "admin-member"
+	ensure(t, b, in, 3)
+	groupOffsets := func(g string) ([]backend.Offset, bool) {
+		t.Helper()
+		gs, err := adm.Groups(ctx)
+		if err != nil {
+			t.Fatalf("Groups: %v", err)
+		}
+		offs, ok := gs[g]
+		return offs, ok
+	}
+	members := func() []string {
+		t.Helper()
+		ms, err := adm.Members(ctx, group)
+		if err != nil {
+			t.Fatalf("Members: %v", err)
+		}
+		return ms
+	}
+	if offs, ok := groupOffsets(group); ok {
+		t.Fatalf("Groups lists %s before it committed: %v", group, offs)
+	}
+	if ms := members(); len(ms) != 0 {
+		t.Fatalf("Members of a group nobody joined: %v", ms)
+	}
+	s, err := b.Join(ctx, group, member, []string{in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Leave()
+	waitFor(t, s, 3)
+	eventually(t, "Members to list the session's member", func() (bool, string) {
+		ms := members()
+		return slices.Equal(ms, []string{member}), fmt.Sprint(ms)
+	})
+	committed := []backend.Offset{
+		{TopicPartition: backend.TopicPartition{Topic: in, Partition: 0}, Offset: 4},
+		{TopicPartition: backend.TopicPartition{Topic: in, Partition: 2}, Offset: 9},
+	}
+	for _, o := range committed {
+		if err := b.Commit(ctx, s, o); err != nil {
+			t.Fatalf("Commit %v: %v", o, err)
+		}
+	}
+	if offs, _ := groupOffsets(group); !slices.Equal(offs, committed) {
+		t.Fatalf("Groups[%s] = %v, want the committed %v", group, offs, committed)
+	}
+	s.Leave()
+	eventually(t, "Members to be empty once the session left", func() (bool, string) {
+		ms := members()
+		return len(ms) == 0, fmt.Sprint(ms)
+	})
+	if offs, _ := groupOffsets(group); !slices.Equal(offs, committed) {
+		t.Fatalf("after the session left, Groups[%s] = %v, want %v", group, offs, committed)
+	}
+
+	// SetCommitted: what Committed and Groups read next.
+	reset := []backend.Offset{
+		{TopicPartition: backend.TopicPartition{Topic: in, Partition: 0}, Offset: 1},
+		{TopicPartition: backend.TopicPartition{Topic: in, Partition: 1}, Offset: 0},
+		{TopicPartition: backend.TopicPartition{Topic: in, Partition: 2}, Offset: 12},
+	}
+	if err := adm.SetCommitted(ctx, group, reset...); err != nil {
+		t.Fatalf("SetCommitted: %v", err)
+	}
+	for _, o := range reset {
+		off, ok, err := b.Committed(ctx, group, o.TopicPartition)
+		if err != nil || !ok || off != o.Offset {
+			t.Fatalf("Committed %v after SetCommitted: %d %v %v", o.TopicPartition, off, ok, err)
+		}
+	}
+	if offs, _ := groupOffsets(group); !slices.Equal(offs, reset) {
+		t.Fatalf("after SetCommitted, Groups[%s] = %v, want %v", group, offs, reset)
+	}
+	// A group that only ever had offsets set is a group.
+	fresh := []backend.Offset{{TopicPartition: backend.TopicPartition{Topic: in, Partition: 1}, Offset: 7}}
+	if err := adm.SetCommitted(ctx, "admin-fresh", fresh...); err != nil {
+		t.Fatalf("SetCommitted of a new group: %v", err)
+	}
+	if offs, _ := groupOffsets("admin-fresh"); !slices.Equal(offs, fresh) {
+		t.Fatalf("Groups[admin-fresh] = %v, want %v", offs, fresh)
+	}
+	if ms := members(); len(ms) != 0 {
+		t.Fatalf("Members after a reset: %v", ms)
+	}
+	missing := backend.Offset{TopicPartition: backend.TopicPartition{Topic: "admin.missing", Partition: 0}, Offset: 1}
+	if err := adm.SetCommitted(ctx, group, missing); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("SetCommitted on a missing topic: %v, want ErrTopicNotFound", err)
+	}
+
+	// The group's members again, from a second session: it resumes where
+	// the reset put it.
+	s2, err := b.Join(context.Background(), group, member+"-2", []string{in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Leave()
+	waitFor(t, s2, 3)
+	eventually(t, "Members to list the second session's member", func() (bool, string) {
+		ms := members()
+		return slices.Equal(ms, []string{member + "-2"}), fmt.Sprint(ms)
+	})
+	if off, ok, err := b.Committed(ctx, group, reset[2].TopicPartition); err != nil || !ok || off != reset[2].Offset {
+		t.Fatalf("Committed %v with a new member: %d %v %v", reset[2].TopicPartition, off, ok, err)
+	}
+}
