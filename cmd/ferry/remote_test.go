@@ -339,3 +339,128 @@ func TestGroupsDelete(t *testing.T) {
 		t.Fatalf("groups through --server after the delete: exit %d: %s", code, out)
 	}
 }
+
+// Topics and groups are managed over NATS JetStream and Kafka as on a
+// directory (the backends implement backend.Admin): topics list, create,
+// describe and delete; groups list, describe and reset, with a group whose
+// member committed through the backend.
+func TestTopicsAndGroupsOverNATSAndKafka(t *testing.T) {
+	ctx := context.Background()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	defer ns.Shutdown()
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+
+	for _, c := range []struct {
+		name, flag, addr string
+		open             func() (backend.Backend, func())
+	}{
+		{"nats", "--nats", ns.ClientURL(), func() (backend.Backend, func()) {
+			nc, err := nats.Connect(ns.ClientURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := jetstream.New(ctx, nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b, func() { b.Close(); nc.Close() }
+		}},
+		{"kafka", "--kafka", strings.Join(kc.ListenAddrs(), ","), func() (backend.Backend, func()) {
+			b, err := kafka.New(ctx, kc.ListenAddrs())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b, func() { b.Close() }
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			run := func(args ...string) string {
+				t.Helper()
+				out, code := ferryExec(t, append([]string{c.flag, c.addr}, args...)...)
+				if code != 0 {
+					t.Fatalf("ferry %s %v: exit %d: %s", c.flag, args, code, out)
+				}
+				return out
+			}
+			topics := func() map[string]admin.Topic {
+				t.Helper()
+				var ts []admin.Topic
+				if out := run("topics", "list", "--json"); json.Unmarshal([]byte(out), &ts) != nil {
+					t.Fatalf("topics list --json: %s", out)
+				}
+				m := map[string]admin.Topic{}
+				for _, tp := range ts {
+					m[tp.Name] = tp
+				}
+				return m
+			}
+			if _, ok := topics()["x"]; ok {
+				t.Fatal("topic x listed before it was created")
+			}
+			run("topics", "create", "x", "--partitions", "2", "--retention", "36h")
+			if x, ok := topics()["x"]; !ok || x.Partitions != 2 || x.Retention != "36h0m0s" {
+				t.Fatalf("after topics create x --partitions 2 --retention 36h, topics list shows %+v (listed: %v)", x, ok)
+			}
+			if out := run("topics", "describe", "x"); !strings.Contains(out, "36h0m0s") {
+				t.Fatalf("topics describe x: %s", out)
+			}
+			if out, code := ferryExec(t, c.flag, c.addr, "topics", "create", "x", "--partitions", "2"); code == 0 || !strings.Contains(out, "exists") {
+				t.Fatalf("creating x again: exit %d: %s", code, out)
+			}
+			run("topics", "delete", "x")
+			if x, ok := topics()["x"]; ok {
+				t.Fatalf("after topics delete x, topics list shows %+v", x)
+			}
+			if out, code := ferryExec(t, c.flag, c.addr, "topics", "delete", "x"); code == 0 || !strings.Contains(out, "not found") {
+				t.Fatalf("deleting x again: exit %d: %s", code, out)
+			}
+
+			// A group whose member committed.
+			b, closeB := c.open()
+			defer closeB()
+			if err := b.EnsureTopic(ctx, "in", 2); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 5 {
+				if err := b.Publish(ctx, &ferry.Message{Topic: "in", Partition: 0, PinPartition: true, Payload: []byte{byte(i)}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s, err := b.Join(ctx, "billing", "m1", []string{"in"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Leave()
+			select {
+			case <-s.Assignments():
+			case <-time.After(30 * time.Second):
+				t.Fatal("no assignment")
+			}
+			if err := b.Commit(ctx, s, backend.Offset{TopicPartition: backend.TopicPartition{Topic: "in", Partition: 0}, Offset: 2}); err != nil {
+				t.Fatal(err)
+			}
+			s.Leave()
+			var groups []admin.GroupSummary
+			if out := run("groups", "list", "--json"); json.Unmarshal([]byte(out), &groups) != nil || len(groups) != 1 ||
+				groups[0] != (admin.GroupSummary{Group: "billing", Partitions: 1, Lag: 3}) {
+				t.Fatalf("groups list: %s, want billing with 1 partition and a lag of 3, no members", out)
+			}
+			run("groups", "reset", "billing", "--topic", "in", "--to", "latest")
+			if out := run("groups", "list", "--json"); json.Unmarshal([]byte(out), &groups) != nil || len(groups) != 1 ||
+				groups[0] != (admin.GroupSummary{Group: "billing", Partitions: 2, Lag: 0}) {
+				t.Fatalf("groups list after the reset to latest: %s, want billing on 2 partitions without lag", out)
+			}
+		})
+	}
+}
