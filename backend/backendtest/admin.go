@@ -74,6 +74,16 @@ func testAdmin(t *testing.T, h Harness) {
 			got.RetentionBytes == want.RetentionBytes && got.Compact == want.Compact
 	}
 
+	groupOffsets := func(g string) ([]backend.Offset, bool) {
+		t.Helper()
+		gs, err := adm.Groups(ctx)
+		if err != nil {
+			t.Fatalf("Groups: %v", err)
+		}
+		offs, ok := gs[g]
+		return offs, ok
+	}
+
 	// Create: listed with its config.
 	const topic = "admin.events"
 	want := backend.TopicInfo{Name: topic, Partitions: 3, RetentionAge: 36 * time.Hour, RetentionBytes: 64 << 20}
@@ -122,7 +132,12 @@ func testAdmin(t *testing.T, h Harness) {
 		t.Fatalf("CreateTopic(%+v): %v, want it made or ErrInvalidArgument", compact, err)
 	}
 
-	// Delete: gone, and a topic of the same name is a new one.
+	// Delete: gone with its groups' offsets, and a topic of the same name
+	// is a new one.
+	doomed := backend.Offset{TopicPartition: backend.TopicPartition{Topic: topic, Partition: 1}, Offset: 2}
+	if err := adm.SetCommitted(ctx, "admin-doomed", doomed); err != nil {
+		t.Fatalf("SetCommitted: %v", err)
+	}
 	if err := adm.DeleteTopic(ctx, topic); err != nil {
 		t.Fatalf("DeleteTopic: %v", err)
 	}
@@ -150,6 +165,12 @@ func testAdmin(t *testing.T, h Harness) {
 			t.Fatalf("partition %d of the recreated topic: bounds %d-%d, %v, want empty", p, start, end, err)
 		}
 	}
+	if off, ok, err := b.Committed(ctx, "admin-doomed", doomed.TopicPartition); err != nil || ok {
+		t.Fatalf("the recreated topic has the deleted one's committed offset: %d %v %v", off, ok, err)
+	}
+	if offs, _ := groupOffsets("admin-doomed"); len(offs) != 0 {
+		t.Fatalf("Groups lists the offsets of a deleted topic: %v", offs)
+	}
 	first := &ferry.Message{Topic: topic, Partition: 1, PinPartition: true, Payload: []byte("anew")}
 	if err := b.Publish(ctx, first); err != nil || first.Offset != 0 {
 		t.Fatalf("publish to the recreated topic: offset %d, %v, want 0", first.Offset, err)
@@ -161,15 +182,6 @@ func testAdmin(t *testing.T, h Harness) {
 	// Groups and Members, from a session that commits.
 	const in, group, member = "admin.in", "admin-group", "admin-member"
 	ensure(t, b, in, 3)
-	groupOffsets := func(g string) ([]backend.Offset, bool) {
-		t.Helper()
-		gs, err := adm.Groups(ctx)
-		if err != nil {
-			t.Fatalf("Groups: %v", err)
-		}
-		offs, ok := gs[g]
-		return offs, ok
-	}
 	members := func() []string {
 		t.Helper()
 		ms, err := adm.Members(ctx, group)
