@@ -26,6 +26,12 @@
 // refuses if the member's generation is stale (KIP-447). Reads are
 // read_committed: aborted outputs are never seen, and a new owner's
 // offset fetch waits for a transaction in flight.
+//
+// The backend implements backend.Admin (see admin.go) with Kafka's admin
+// requests: topics with their retention.ms, retention.bytes and
+// cleanup.policy, groups with their committed offsets, members by client
+// ID (a ferry member's name), and offset resets, which Kafka accepts only
+// while the group has no members.
 package kafka
 
 import (
