@@ -18,7 +18,11 @@ import (
 	"github.com/ferrymq/ferry/backend"
 )
 
-var _ backend.Admin = (*Backend)(nil)
+var (
+	_ backend.Admin        = (*Backend)(nil)
+	_ backend.TopicAlterer = (*Backend)(nil)
+	_ backend.GroupDeleter = (*Backend)(nil)
+)
 
 // internalTopics are Kafka's own topics, left out of Topics even where a
 // broker does not mark them internal.
@@ -229,6 +233,55 @@ func (b *Backend) DeleteTopic(ctx context.Context, topic string) error {
 		return fmt.Errorf("kafka: delete topic %q: %w", topic, err)
 	}
 	b.awaitMetadata(ctx, topic, false)
+	return nil
+}
+
+// AlterTopic implements backend.TopicAlterer with IncrementalAlterConfigs:
+// retention.ms and retention.bytes (-1 for none, as CreateTopic writes).
+func (b *Backend) AlterTopic(ctx context.Context, t backend.TopicInfo) error {
+	switch {
+	case t.RetentionAge < 0 || t.RetentionBytes < 0:
+		return fmt.Errorf("kafka: alter topic %q: retention %v, %d bytes: want 0 (unbounded) or more: %w", t.Name, t.RetentionAge, t.RetentionBytes, ferry.ErrInvalidArgument)
+	case t.RetentionAge > 0 && t.RetentionAge < time.Millisecond:
+		return fmt.Errorf("kafka: alter topic %q: retention %v: Kafka counts it in milliseconds: %w", t.Name, t.RetentionAge, ferry.ErrInvalidArgument)
+	}
+	ms, bytes := "-1", "-1"
+	if t.RetentionAge > 0 {
+		ms = strconv.FormatInt(t.RetentionAge.Milliseconds(), 10)
+	}
+	if t.RetentionBytes > 0 {
+		bytes = strconv.FormatInt(t.RetentionBytes, 10)
+	}
+	rs, err := b.adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "retention.ms", Value: &ms}, {Name: "retention.bytes", Value: &bytes}}, t.Name)
+	if err == nil {
+		var r kadm.AlterConfigsResponse
+		if r, err = rs.On(t.Name, nil); err == nil {
+			err = r.Err
+		}
+	}
+	switch {
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		return fmt.Errorf("kafka: alter topic %q: %w", t.Name, ferry.ErrTopicNotFound)
+	case err != nil:
+		return fmt.Errorf("kafka: alter topic %q: %w", t.Name, err)
+	}
+	return nil
+}
+
+// DeleteGroup implements backend.GroupDeleter with DeleteGroups: Kafka
+// deletes the group with its committed offsets. A group with members is
+// refused (NON_EMPTY_GROUP); one Kafka does not know is no error.
+func (b *Backend) DeleteGroup(ctx context.Context, group string) error {
+	rs, err := b.adm.DeleteGroups(ctx, group)
+	if err == nil {
+		err = rs[group].Err
+	}
+	switch {
+	case errors.Is(err, kerr.GroupIDNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("kafka: delete group %q: %w", group, err)
+	}
 	return nil
 }
 

@@ -461,6 +461,18 @@ func TestTopicsAndGroupsOverNATSAndKafka(t *testing.T) {
 				groups[0] != (admin.GroupSummary{Group: "billing", Partitions: 2, Lag: 0}) {
 				t.Fatalf("groups list after the reset to latest: %s, want billing on 2 partitions without lag", out)
 			}
+			// Retention changes; a group goes.
+			if c.name != "kafka" {
+				return // JetStream: backend.TopicAlterer and GroupDeleter to come
+			}
+			run("topics", "alter", "in", "--retention", "2h")
+			if in := topics()["in"]; in.Retention != "2h0m0s" || in.Partitions != 2 {
+				t.Fatalf("after topics alter in --retention 2h: %+v", in)
+			}
+			run("groups", "delete", "billing")
+			if out := run("groups", "list", "--json"); json.Unmarshal([]byte(out), &groups) != nil || len(groups) != 0 {
+				t.Fatalf("groups list after groups delete billing: %s", out)
+			}
 		})
 	}
 }
