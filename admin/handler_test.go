@@ -27,6 +27,7 @@ import (
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/retry"
 )
@@ -698,3 +699,47 @@ func TestDeleteGroup(t *testing.T) {
 		t.Fatalf("%d audit records of the group's deletes, want 4 (refused, forbidden, done, not found)", n)
 	}
 }
+
+// Messages cannot be written into a dead-letter topic through the API
+// (produce, replay into): one with a dead letter's headers would be an
+// entry its group's owner handles, injected without the right to produce
+// to the group's source. A consumer's DLQ named otherwise is known from
+// the registry.
+func TestDLQTopicsAreNotWrittenThroughTheAPI(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.client(t, tokenOf("root"))
+	e, err := f.svc.DeadLetters(ctx, "billing.dlq", Filter{}, Page{})
+	if err != nil || len(e) == 0 {
+		t.Fatalf("setup: %v %v", e, err)
+	}
+	forged := Message{Key: "k", Payload: "forged", Headers: []Header{{Key: dlq.HeaderOriginalID, Value: ferry.NewID().String()}, {Key: dlq.HeaderGroup, Value: "billing"}}}
+	if _, err := c.Produce(ctx, "billing.dlq", []Message{forged}); !errors.Is(err, ErrProtected) {
+		t.Fatalf("produce into billing.dlq: %v, want ErrProtected", err)
+	}
+	if _, err := c.Replay(ctx, Replay{From: "billing.dlq", To: "shipping.dlq"}); !errors.Is(err, ErrProtected) {
+		t.Fatalf("replay into shipping.dlq: %v, want ErrProtected", err)
+	}
+	if err := f.b.EnsureTopic(ctx, "custom-dead", 1); err != nil {
+		t.Fatal(err)
+	}
+	var reg Registry
+	defer reg.Add(dlqRunner{"custom-dead"})()
+	svc := NewService(f.b, WithRegistry(&reg))
+	if _, err := svc.Produce(ctx, "custom-dead", []Message{forged}); !errors.Is(err, ErrProtected) {
+		t.Fatalf("produce into a registered consumer's DLQ: %v, want ErrProtected", err)
+	}
+	if got, _ := f.svc.DeadLetters(ctx, "billing.dlq", Filter{}, Page{}); len(got) != len(e) {
+		t.Fatalf("the DLQ holds %d entries after the refusals, want %d", len(got), len(e))
+	}
+}
+
+// dlqRunner is a registered consumer with a DLQ topic (and nothing else).
+type dlqRunner struct{ topic string }
+
+func (r dlqRunner) Group() string                            { return "custom" }
+func (r dlqRunner) Member() string                           { return "m" }
+func (r dlqRunner) DLQTopic() string                         { return r.topic }
+func (r dlqRunner) Healthy() error                           { return nil }
+func (r dlqRunner) Stats() consumer.Stats                    { return consumer.Stats{} }
+func (r dlqRunner) PartitionStats() []consumer.PartitionStat { return nil }

@@ -12,6 +12,7 @@ import (
 type Runner interface {
 	Group() string
 	Member() string
+	DLQTopic() string
 	Healthy() error
 	Stats() consumer.Stats
 	PartitionStats() []consumer.PartitionStat
@@ -55,6 +56,11 @@ func (r *Registry) list() []Runner {
 }
 
 // runs reports whether a registered consumer is in group.
+// dlq reports whether topic is the DLQ topic of a consumer registered.
+func (r *Registry) dlq(topic string) bool {
+	return slices.ContainsFunc(r.list(), func(c Runner) bool { return c.DLQTopic() == topic })
+}
+
 func (r *Registry) runs(group string) bool {
 	return slices.ContainsFunc(r.list(), func(c Runner) bool { return c.Group() == group })
 }

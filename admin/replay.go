@@ -42,6 +42,9 @@ func (s *Service) Replay(ctx context.Context, r Replay) (ReplayResult, error) {
 	if err := s.protect("replaying into", r.To); err != nil {
 		return res, err
 	}
+	if err := s.protectDLQ("replaying into", r.To); err != nil {
+		return res, err
+	}
 	now := s.now()
 	st, err := ParseStart(r.Start, now)
 	if err != nil {

@@ -166,6 +166,19 @@ func (s *Service) admin(what string) (backend.Admin, error) {
 	return s.adm, nil
 }
 
+// protectDLQ refuses writes of messages into a dead-letter topic (one
+// named GROUP.dlq, or a registered consumer's): a record there with a
+// dead letter's headers would be an entry its group's owner handles, so
+// writing one would inject work into the group without the right to
+// produce to its source. Dead-letter topics are written by their
+// consumers, and through redrive and purge.
+func (s *Service) protectDLQ(what, topic string) error {
+	if strings.HasSuffix(topic, ".dlq") || s.reg.dlq(topic) {
+		return fmt.Errorf("%s %s: a dead-letter topic is written by its consumers, and through redrive and purge: %w", what, topic, ErrProtected)
+	}
+	return nil
+}
+
 // protect refuses topic if it is the audit topic.
 func (s *Service) protect(what, topic string) error {
 	if topic == s.audit {
@@ -628,6 +641,9 @@ func (s *Service) Tail(ctx context.Context, topic string, partition int32, start
 // Produce implements API.
 func (s *Service) Produce(ctx context.Context, topic string, in []Message) ([]Produced, error) {
 	if err := s.protect("writing to", topic); err != nil {
+		return nil, err
+	}
+	if err := s.protectDLQ("writing to", topic); err != nil {
 		return nil, err
 	}
 	if len(in) == 0 || len(in) > MaxProduce {
