@@ -277,3 +277,209 @@ func testAdmin(t *testing.T, h Harness) {
 		t.Fatalf("Committed %v with a new member: %d %v %v", reset[2].TopicPartition, off, ok, err)
 	}
 }
+
+// testAdminAlterTopic checks backend.TopicAlterer where the backend has
+// it: AlterTopic changes a topic's retention, which Topics reports, and
+// nothing else (the partitions, compaction and duplicate window as
+// created, the messages still there, publish and fetch still working);
+// 0 means keep forever and unbounded; a retention shorter than the
+// duplicate window is taken (a backend may shorten the window to it, and
+// need not lengthen it again with a later, longer retention); a missing
+// topic is ErrTopicNotFound.
+func testAdminAlterTopic(t *testing.T, h Harness) {
+	b := h.New(t)
+	adm, ok := b.(backend.Admin)
+	if !ok {
+		t.Skip("the backend does not implement backend.Admin")
+	}
+	alt, ok := b.(backend.TopicAlterer)
+	if !ok {
+		t.Skip("the backend does not implement backend.TopicAlterer")
+	}
+	ctx := ctxFor(t)
+	const topic = "alter.events"
+	info := func() backend.TopicInfo {
+		t.Helper()
+		infos, err := adm.Topics(ctx)
+		if err != nil {
+			t.Fatalf("Topics: %v", err)
+		}
+		for _, ti := range infos {
+			if ti.Name == topic {
+				return ti
+			}
+		}
+		t.Fatalf("Topics does not list %s: %+v", topic, infos)
+		return backend.TopicInfo{}
+	}
+	created := backend.TopicInfo{Name: topic, Partitions: 2, RetentionAge: 36 * time.Hour, RetentionBytes: 64 << 20, DedupWindow: 10 * time.Minute}
+	if err := adm.CreateTopic(ctx, created); err != nil {
+		t.Fatalf("CreateTopic(%+v): %v", created, err)
+	}
+	dedup := info().DedupWindow // as the backend reports it (0 if it does not)
+	tp := backend.TopicPartition{Topic: topic, Partition: 1}
+	published := 0
+	publish := func() {
+		t.Helper()
+		m := &ferry.Message{ID: ferry.NewID(), Topic: topic, Partition: 1, PinPartition: true, Payload: []byte(fmt.Sprint("m", published))}
+		if err := b.Publish(ctx, m); err != nil {
+			t.Fatalf("publish after AlterTopic: %v", err)
+		}
+		published++
+		got := readAll(t, b, tp, 0)
+		if len(got) != published {
+			t.Fatalf("partition 1 holds %d messages, want the %d published", len(got), published)
+		}
+		for i, m := range got {
+			if want := fmt.Sprint("m", i); string(m.Payload) != want {
+				t.Fatalf("message %d of partition 1: %q, want %q", i, m.Payload, want)
+			}
+		}
+	}
+	publish()
+
+	steps := []struct {
+		what  string
+		alter backend.TopicInfo
+	}{
+		{"longer retention", backend.TopicInfo{Name: topic, Partitions: 2, RetentionAge: 72 * time.Hour, RetentionBytes: 128 << 20}},
+		// The other fields are ignored: partitions, compaction and
+		// duplicate window stay as created.
+		{"other fields ignored", backend.TopicInfo{Name: topic, Partitions: 7, Compact: true, DedupWindow: time.Hour, RetentionAge: 48 * time.Hour, RetentionBytes: 32 << 20}},
+		{"keep forever, unbounded", backend.TopicInfo{Name: topic, RetentionAge: 0, RetentionBytes: 0}},
+		{"retention shorter than the dedup window", backend.TopicInfo{Name: topic, RetentionAge: 5 * time.Minute, RetentionBytes: 1 << 30}},
+		{"retention longer again", backend.TopicInfo{Name: topic, RetentionAge: time.Hour}},
+	}
+	shortened := dedup
+	for _, st := range steps {
+		if err := alt.AlterTopic(ctx, st.alter); err != nil {
+			t.Fatalf("%s: AlterTopic(%+v): %v", st.what, st.alter, err)
+		}
+		got := info()
+		if got.RetentionAge != st.alter.RetentionAge || got.RetentionBytes != st.alter.RetentionBytes {
+			t.Fatalf("%s: after AlterTopic(%+v), Topics lists retention %v and %d bytes", st.what, st.alter, got.RetentionAge, got.RetentionBytes)
+		}
+		if got.Partitions != created.Partitions || got.Compact {
+			t.Fatalf("%s: after AlterTopic(%+v), Topics lists %+v, want %d partitions, not compacted", st.what, st.alter, got, created.Partitions)
+		}
+		if n, err := b.Partitions(ctx, topic); err != nil || n != created.Partitions {
+			t.Fatalf("%s: Partitions after AlterTopic: %d, %v", st.what, n, err)
+		}
+		// The window as created, or shortened to the shortest retention
+		// so far that is shorter.
+		if a := st.alter.RetentionAge; a > 0 && a < dedup && got.DedupWindow == a {
+			shortened = a
+		}
+		if got.DedupWindow != dedup && got.DedupWindow != shortened {
+			t.Fatalf("%s: after AlterTopic(%+v), dedup window %v, want %v as created (or shortened to a shorter retention)", st.what, st.alter, got.DedupWindow, dedup)
+		}
+		publish()
+	}
+
+	missing := backend.TopicInfo{Name: "alter.missing", RetentionAge: time.Hour}
+	if err := alt.AlterTopic(ctx, missing); !errors.Is(err, ferry.ErrTopicNotFound) {
+		t.Fatalf("AlterTopic of a missing topic: %v, want ErrTopicNotFound", err)
+	}
+}
+
+// testAdminDeleteGroup checks backend.GroupDeleter where the backend has
+// it: DeleteGroup removes every committed offset of the group (Committed
+// finds none, Groups no longer lists it) and leaves other groups' alone,
+// those of a group whose name starts with the deleted one's included; a
+// group without offsets is no error; the deleted group can commit anew.
+func testAdminDeleteGroup(t *testing.T, h Harness) {
+	b := h.New(t)
+	adm, ok := b.(backend.Admin)
+	if !ok {
+		t.Skip("the backend does not implement backend.Admin")
+	}
+	del, ok := b.(backend.GroupDeleter)
+	if !ok {
+		t.Skip("the backend does not implement backend.GroupDeleter")
+	}
+	ctx := ctxFor(t)
+	const in, other = "delgroup.in", "delgroup.other"
+	ensure(t, b, in, 3)
+	ensure(t, b, other, 1)
+	tp := func(topic string, p int32) backend.TopicPartition {
+		return backend.TopicPartition{Topic: topic, Partition: p}
+	}
+	const doomed = "dg"
+	offsets := map[string][]backend.Offset{
+		doomed: {{TopicPartition: tp(in, 0), Offset: 3}, {TopicPartition: tp(in, 2), Offset: 5}, {TopicPartition: tp(other, 0), Offset: 1}},
+		"dg-2": {{TopicPartition: tp(in, 0), Offset: 7}, {TopicPartition: tp(in, 2), Offset: 8}},
+		"dg.x": {{TopicPartition: tp(other, 0), Offset: 2}},
+		"kept": {{TopicPartition: tp(in, 1), Offset: 4}},
+	}
+	for g, offs := range offsets {
+		if err := adm.SetCommitted(ctx, g, offs...); err != nil {
+			t.Fatalf("SetCommitted(%s, %v): %v", g, offs, err)
+		}
+	}
+	// One offset committed by a session, as a consumer leaves it.
+	s, err := b.Join(ctx, doomed, "dg-member", []string{in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, 3)
+	if err := b.Commit(ctx, s, backend.Offset{TopicPartition: tp(in, 1), Offset: 6}); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	s.Leave()
+	if off, ok, err := b.Committed(ctx, doomed, tp(in, 1)); err != nil || !ok || off != 6 {
+		t.Fatalf("Committed after the session's commit: %d %v %v", off, ok, err)
+	}
+	eventually(t, "Members to be empty once the session left", func() (bool, string) {
+		ms, err := adm.Members(ctx, doomed)
+		return err == nil && len(ms) == 0, fmt.Sprint(ms, err)
+	})
+
+	if err := del.DeleteGroup(ctx, doomed); err != nil {
+		t.Fatalf("DeleteGroup(%s): %v", doomed, err)
+	}
+	for _, tp := range []backend.TopicPartition{tp(in, 0), tp(in, 1), tp(in, 2), tp(other, 0)} {
+		if off, ok, err := b.Committed(ctx, doomed, tp); err != nil || ok {
+			t.Fatalf("Committed %v of the deleted group: %d %v %v, want none", tp, off, ok, err)
+		}
+	}
+	groups, err := adm.Groups(ctx)
+	if err != nil {
+		t.Fatalf("Groups: %v", err)
+	}
+	if offs, ok := groups[doomed]; ok {
+		t.Fatalf("Groups lists the deleted group %s: %v", doomed, offs)
+	}
+	for g, want := range offsets {
+		if g == doomed {
+			continue
+		}
+		if got := groups[g]; !slices.Equal(got, want) {
+			t.Fatalf("after DeleteGroup(%s), Groups[%s] = %v, want %v", doomed, g, got, want)
+		}
+		for _, o := range want {
+			if off, ok, err := b.Committed(ctx, g, o.TopicPartition); err != nil || !ok || off != o.Offset {
+				t.Fatalf("after DeleteGroup(%s), Committed %v of %s: %d %v %v, want %d", doomed, o.TopicPartition, g, off, ok, err, o.Offset)
+			}
+		}
+	}
+
+	// Again, and a group that never committed: no error.
+	if err := del.DeleteGroup(ctx, doomed); err != nil {
+		t.Fatalf("second DeleteGroup(%s): %v", doomed, err)
+	}
+	if err := del.DeleteGroup(ctx, "dg-never"); err != nil {
+		t.Fatalf("DeleteGroup of a group without offsets: %v", err)
+	}
+
+	// The deleted group commits anew.
+	anew := []backend.Offset{{TopicPartition: tp(in, 2), Offset: 1}}
+	if err := adm.SetCommitted(ctx, doomed, anew...); err != nil {
+		t.Fatalf("SetCommitted after DeleteGroup: %v", err)
+	}
+	if off, ok, err := b.Committed(ctx, doomed, anew[0].TopicPartition); err != nil || !ok || off != 1 {
+		t.Fatalf("Committed after a new SetCommitted: %d %v %v", off, ok, err)
+	}
+	if offs, _ := adm.Groups(ctx); !slices.Equal(offs[doomed], anew) {
+		t.Fatalf("Groups[%s] after a new SetCommitted: %v, want %v", doomed, offs[doomed], anew)
+	}
+}

@@ -6,7 +6,8 @@
 // publish-and-commit and exactly-once consume-transform-produce where
 // supported, a server outage under load, the runtime's seeded simulation
 // (Simulate) where the harness gives it a world, and the operator's
-// operations (backend.Admin) where the backend has them.
+// operations (backend.Admin, and backend.TopicAlterer and backend.GroupDeleter)
+// where the backend has them.
 //
 // A backend's test calls Run with a Harness:
 //
@@ -79,6 +80,8 @@ func Run(t *testing.T, h Harness) {
 		{"Outage", testOutage},
 		{"Simulation", testSimulation},
 		{"Admin", testAdmin},
+		{"AdminAlterTopic", testAdminAlterTopic},
+		{"AdminDeleteGroup", testAdminDeleteGroup},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, h) })

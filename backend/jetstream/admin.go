@@ -16,7 +16,11 @@ import (
 	"github.com/ferrymq/ferry/backend"
 )
 
-var _ backend.Admin = (*Backend)(nil)
+var (
+	_ backend.Admin        = (*Backend)(nil)
+	_ backend.TopicAlterer = (*Backend)(nil)
+	_ backend.GroupDeleter = (*Backend)(nil)
+)
 
 // snapshot returns the current entries of kv's keys matching filter
 // (deleted keys left out): a watch read up to the end of its initial
@@ -162,6 +166,74 @@ func (b *Backend) DeleteTopic(ctx context.Context, topic string) error {
 	}
 	if err := b.topics.Delete(ctx, encode(topic), jetstream.LastRevision(e.Revision())); err != nil {
 		return fmt.Errorf("jetstream: delete topic %q: %w", topic, err)
+	}
+	return nil
+}
+
+// AlterTopic implements backend.TopicAlterer: every partition stream of
+// the topic gets MaxAge RetentionAge and MaxBytes RetentionBytes (0: no
+// limit), its other config kept. The topics bucket records only the
+// partition count, so it is not written. A duplicate window longer than
+// the new retention is shortened to it, as CreateTopic and EnsureTopic
+// do (the server refuses a longer one); a later, longer retention does
+// not lengthen it again (the stream keeps no record of the window it
+// had; Topics reports the window in force). A stream already changed
+// when a later one fails stays changed: altering again finishes the
+// work. ferry.ErrTopicNotFound if there is no such topic, or a partition
+// stream is missing (deleted under it, or not made yet).
+func (b *Backend) AlterTopic(ctx context.Context, t backend.TopicInfo) error {
+	if t.RetentionAge < 0 || t.RetentionBytes < 0 {
+		return fmt.Errorf("jetstream: alter topic %q: retention %v, %d bytes: want 0 or more: %w", t.Name, t.RetentionAge, t.RetentionBytes, ferry.ErrInvalidArgument)
+	}
+	b.forget(t.Name) // read the count the bucket has now
+	n, err := b.Partitions(ctx, t.Name)
+	if err != nil {
+		return err
+	}
+	maxBytes := t.RetentionBytes
+	if maxBytes <= 0 {
+		maxBytes = -1
+	}
+	for p := range n {
+		name := b.stream(backend.TopicPartition{Topic: t.Name, Partition: int32(p)})
+		st, err := b.js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("jetstream: alter topic %q: no stream %s: %w", t.Name, name, ferry.ErrTopicNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("jetstream: alter topic %q: stream %s: %w", t.Name, name, err)
+		}
+		cfg := st.CachedInfo().Config
+		dup := cfg.Duplicates
+		if t.RetentionAge > 0 && dup > t.RetentionAge {
+			dup = t.RetentionAge // the server refuses a duplicate window longer than the retention
+		}
+		cfg.MaxAge, cfg.MaxBytes, cfg.Duplicates = t.RetentionAge, maxBytes, dup
+		if _, err := b.js.UpdateStream(ctx, cfg); errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("jetstream: alter topic %q: no stream %s: %w", t.Name, name, ferry.ErrTopicNotFound)
+		} else if err != nil {
+			return fmt.Errorf("jetstream: alter topic %q: stream %s: %w", t.Name, name, err)
+		}
+	}
+	return nil
+}
+
+// DeleteGroup implements backend.GroupDeleter: the group's owner keys
+// (its committed offsets, the keys Groups reads) are deleted; its
+// members' heartbeat keys are left to their sessions. A group without
+// offsets is no error.
+func (b *Backend) DeleteGroup(ctx context.Context, group string) error {
+	if group == "" {
+		return fmt.Errorf("jetstream: delete group: no group: %w", ferry.ErrInvalidArgument)
+	}
+	owners, err := snapshot(ctx, b.groups, encode(group)+".o.*.*")
+	if err != nil {
+		return fmt.Errorf("jetstream: delete group %s: %w", group, err)
+	}
+	for _, o := range owners {
+		if err := b.groups.Delete(ctx, o.Key()); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("jetstream: delete group %s: owner key %s: %w", group, o.Key(), err)
+		}
 	}
 	return nil
 }
