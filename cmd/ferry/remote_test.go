@@ -462,9 +462,6 @@ func TestTopicsAndGroupsOverNATSAndKafka(t *testing.T) {
 				t.Fatalf("groups list after the reset to latest: %s, want billing on 2 partitions without lag", out)
 			}
 			// Retention changes; a group goes.
-			if c.name != "kafka" {
-				return // JetStream: backend.TopicAlterer and GroupDeleter to come
-			}
 			run("topics", "alter", "in", "--retention", "2h")
 			if in := topics()["in"]; in.Retention != "2h0m0s" || in.Partitions != 2 {
 				t.Fatalf("after topics alter in --retention 2h: %+v", in)
