@@ -388,6 +388,9 @@ func (b *Backend) Committed(ctx context.Context, group string, tp backend.TopicP
 	// RequireStable: while a transaction that commits this group's
 	// offsets is in flight, the fetch waits for its outcome.
 	resps, err := b.adm.FetchOffsets(kadm.RequireStable(ctx), group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		return 0, false, nil // a group that never committed (or was deleted)
+	}
 	if err != nil {
 		return 0, false, fmt.Errorf("kafka: committed offsets of %s: %w", group, err)
 	}
