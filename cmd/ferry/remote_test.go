@@ -161,9 +161,17 @@ func seedBackendDLQ(t *testing.T, b backend.Backend) {
 	}
 }
 
-// The DLQ commands work on NATS JetStream and on Kafka: directly (--nats,
-// --kafka) and through ferry admin over each (--server).
-func TestDLQOverNATSAndKafka(t *testing.T) {
+// remoteBackend is a backend the CLI reaches with a flag: its name, the
+// flag and address, and how the test opens it itself.
+type remoteBackend struct {
+	name, flag, addr string
+	open             func() (backend.Backend, func())
+}
+
+// remoteBackends starts an in-process nats-server with JetStream and a
+// kfake cluster for the test.
+func remoteBackends(t *testing.T) []remoteBackend {
+	t.Helper()
 	ctx := context.Background()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	if err != nil {
@@ -173,17 +181,13 @@ func TestDLQOverNATSAndKafka(t *testing.T) {
 	if !ns.ReadyForConnections(30 * time.Second) {
 		t.Fatal("nats-server did not start")
 	}
-	defer ns.Shutdown()
+	t.Cleanup(ns.Shutdown)
 	kc, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer kc.Close()
-
-	for _, c := range []struct {
-		name, flag, addr string
-		open             func() (backend.Backend, func())
-	}{
+	t.Cleanup(kc.Close)
+	return []remoteBackend{
 		{"nats", "--nats", ns.ClientURL(), func() (backend.Backend, func()) {
 			nc, err := nats.Connect(ns.ClientURL())
 			if err != nil {
@@ -202,7 +206,13 @@ func TestDLQOverNATSAndKafka(t *testing.T) {
 			}
 			return b, func() { b.Close() }
 		}},
-	} {
+	}
+}
+
+// The DLQ commands work on NATS JetStream and on Kafka: directly (--nats,
+// --kafka) and through ferry admin over each (--server).
+func TestDLQOverNATSAndKafka(t *testing.T) {
+	for _, c := range remoteBackends(t) {
 		t.Run(c.name, func(t *testing.T) {
 			b, closeB := c.open()
 			seedBackendDLQ(t, b)
@@ -346,44 +356,7 @@ func TestGroupsDelete(t *testing.T) {
 // member committed through the backend.
 func TestTopicsAndGroupsOverNATSAndKafka(t *testing.T) {
 	ctx := context.Background()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	defer ns.Shutdown()
-	kc, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kc.Close()
-
-	for _, c := range []struct {
-		name, flag, addr string
-		open             func() (backend.Backend, func())
-	}{
-		{"nats", "--nats", ns.ClientURL(), func() (backend.Backend, func()) {
-			nc, err := nats.Connect(ns.ClientURL())
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := jetstream.New(ctx, nc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b, func() { b.Close(); nc.Close() }
-		}},
-		{"kafka", "--kafka", strings.Join(kc.ListenAddrs(), ","), func() (backend.Backend, func()) {
-			b, err := kafka.New(ctx, kc.ListenAddrs())
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b, func() { b.Close() }
-		}},
-	} {
+	for _, c := range remoteBackends(t) {
 		t.Run(c.name, func(t *testing.T) {
 			run := func(args ...string) string {
 				t.Helper()
