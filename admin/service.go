@@ -260,16 +260,25 @@ func (s *Service) Topic(ctx context.Context, name string) (Topic, error) {
 		}
 		return s.describe(ctx, backend.TopicInfo{Name: name, Partitions: n, Bytes: -1})
 	}
-	infos, err := s.adm.Topics(ctx)
+	ti, err := s.topicInfo(ctx, s.adm, name)
 	if err != nil {
 		return Topic{}, err
 	}
+	return s.describe(ctx, ti)
+}
+
+// topicInfo returns what adm knows of a topic.
+func (s *Service) topicInfo(ctx context.Context, adm backend.Admin, name string) (backend.TopicInfo, error) {
+	infos, err := adm.Topics(ctx)
+	if err != nil {
+		return backend.TopicInfo{}, err
+	}
 	for _, ti := range infos {
 		if ti.Name == name {
-			return s.describe(ctx, ti)
+			return ti, nil
 		}
 	}
-	return Topic{}, fmt.Errorf("topic %q: %w", name, ferry.ErrTopicNotFound)
+	return backend.TopicInfo{}, fmt.Errorf("topic %q: %w", name, ferry.ErrTopicNotFound)
 }
 
 // CreateTopic implements API.
@@ -316,15 +325,13 @@ func (s *Service) AlterTopic(ctx context.Context, name string, a AlterTopic) (To
 	if !ok {
 		return Topic{}, fmt.Errorf("altering topics on %s: %w", s.name, ErrUnsupported)
 	}
-	cur, err := s.Topic(ctx, name)
+	adm, err := s.admin("altering topics") // the retention not named stays as it is
 	if err != nil {
 		return Topic{}, err
 	}
-	ti := backend.TopicInfo{Name: name, RetentionBytes: cur.RetentionBytes}
-	if cur.Retention != "" {
-		if ti.RetentionAge, err = time.ParseDuration(cur.Retention); err != nil {
-			return Topic{}, fmt.Errorf("alter topic %s: its retention %q: %w", name, cur.Retention, err)
-		}
+	ti, err := s.topicInfo(ctx, adm, name)
+	if err != nil {
+		return Topic{}, err
 	}
 	if a.Retention != nil {
 		d, err := time.ParseDuration(*a.Retention)
@@ -770,22 +777,13 @@ func (s *Service) DeleteGroup(ctx context.Context, group string, force bool) err
 	if !ok {
 		return fmt.Errorf("deleting groups on %s: %w", s.name, ErrUnsupported)
 	}
-	adm, err := s.admin("deleting groups")
+	g, err := s.Group(ctx, group) // not found: no offsets, no members
 	if err != nil {
 		return err
 	}
-	if _, err := s.Group(ctx, group); err != nil {
-		return err // not found: no offsets, no members
-	}
-	if !force {
-		members, err := adm.Members(ctx, group)
-		if err != nil {
-			return err
-		}
-		if len(members) > 0 {
-			return fmt.Errorf("group %s has %d live member(s) (%s), which would commit again: stop them, or force it: %w",
-				group, len(members), strings.Join(members, ", "), ErrGroupActive)
-		}
+	if !force && len(g.Members) > 0 {
+		return fmt.Errorf("group %s has %d live member(s) (%s), which would commit again: stop them, or force it: %w",
+			group, len(g.Members), strings.Join(g.Members, ", "), ErrGroupActive)
 	}
 	return del.DeleteGroup(ctx, group)
 }
