@@ -92,10 +92,12 @@ func (h *Handler) allowed(r *http.Request) []string {
 // mux's answer, and is audited as verb "unrouted": every attempt to
 // change something is on record.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	_, pattern := h.mux.Handler(r)
-	routed := pattern != "" && pattern != "/" && cleanPath(r.URL.Path)
-	if !mutating(r.Method) || routed {
+	if !mutating(r.Method) {
 		h.mux.ServeHTTP(w, r)
+		return
+	}
+	if _, pattern := h.mux.Handler(r); pattern != "" && pattern != "/" && cleanPath(r.URL.Path) {
+		h.mux.ServeHTTP(w, r) // routed: the route audits it
 		return
 	}
 	// No route takes it, or the mux would redirect it to a cleaned path
