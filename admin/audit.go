@@ -30,7 +30,8 @@ type AuditData struct {
 	// Actor is the token name or the client certificate's subject
 	// ("anonymous" without authentication).
 	Actor string `json:"actor"`
-	// Auth is how the actor authenticated: token, mtls or none.
+	// Auth is how the actor authenticated: token, mtls, console (a
+	// token kept in the console's session cookie) or none.
 	Auth   string `json:"auth"`
 	Verb   string `json:"verb"`
 	Method string `json:"method"`

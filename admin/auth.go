@@ -74,9 +74,24 @@ type Rule struct {
 // Principal is an authenticated caller.
 type Principal struct {
 	Name   string // token name or certificate subject; "anonymous" without Auth
-	Method string // token, mtls or none
+	Method string // token, mtls, console (a token in the console's session cookie) or none
 	rules  []Rule
 	all    bool // no Auth: everything is allowed
+	// csrf is, for a console session, the token a mutating request must
+	// carry in the CSRFHeader.
+	csrf string
+}
+
+// Verbs returns the verbs p may perform on the topic or group name, in
+// the order of Verbs.
+func (p Principal) Verbs(kind, name string) []string {
+	out := []string{}
+	for _, v := range Verbs {
+		if p.Allowed(v, kind, name) {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // Resource kinds a verb applies to.
@@ -225,12 +240,25 @@ func (a *Auth) Authenticate(r *http.Request) (Principal, error) {
 	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
+		if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+			p, err := a.token(c.Value)
+			if err != nil {
+				return Principal{}, fmt.Errorf("console session: %w (log in again at %s)", err, ConsolePath+"login")
+			}
+			p.Method, p.csrf = "console", csrfToken(c.Value)
+			return p, nil
+		}
 		return Principal{}, fmt.Errorf("no credentials: send Authorization: Bearer TOKEN (or a client certificate): %w", ErrUnauthenticated)
 	}
 	token, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || token == "" {
 		return Principal{}, fmt.Errorf("authorization header: want Bearer TOKEN: %w", ErrUnauthenticated)
 	}
+	return a.token(token)
+}
+
+// token returns the caller a bearer token stands for.
+func (a *Auth) token(token string) (Principal, error) {
 	sum := sha256.Sum256([]byte(token))
 	a.mu.Lock()
 	i, ok := a.verified[sum]

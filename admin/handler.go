@@ -30,21 +30,26 @@ const (
 	MaxProduceBody = 32 << 20
 )
 
-// Handler serves a Service as the JSON API under /api/v1. It
-// authenticates each request (Auth), checks the verb its route needs on
-// the topic or group it names, and appends every mutating request, allowed
-// or denied, to the audit topic. Mount it at "/api/" (or "/").
+// Handler serves a Service as the JSON API under /api/v1, and the web
+// console (a client of that API) under /ui/. It authenticates each
+// request (Auth), checks the verb its route needs on the topic or group
+// it names, refuses mutating requests a browser sends from another site,
+// and appends every mutating request, allowed or denied, to the audit
+// topic. Mount it at "/" (or at "/api/" for the API alone).
 type Handler struct {
 	svc  *Service
 	auth *Auth
 	log  *slog.Logger
 	mux  *http.ServeMux
+	// cop refuses mutating requests a browser sends from another site.
+	cop *http.CrossOriginProtection
 }
 
 // NewHandler returns the API over svc. A nil auth lets every request in
 // as "anonymous" with every verb: only for a loopback listener.
 func NewHandler(svc *Service, auth *Auth) *Handler {
-	h := &Handler{svc: svc, auth: auth, log: svc.log, mux: http.NewServeMux()}
+	h := &Handler{svc: svc, auth: auth, log: svc.log, mux: http.NewServeMux(), cop: http.NewCrossOriginProtection()}
+	h.mountConsole()
 	for _, rt := range routes {
 		h.mux.HandleFunc(rt.Method+" "+Prefix+rt.Path, func(w http.ResponseWriter, r *http.Request) { h.serve(rt, w, r) })
 	}
@@ -199,7 +204,7 @@ func (c *call) identify() error {
 	if err == nil {
 		c.who = who
 		c.audit.Actor, c.audit.Auth = who.Name, who.Method
-		return nil
+		return c.checkOrigin()
 	}
 	c.audit.Actor, c.audit.Auth = "unauthenticated", "none"
 	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {

@@ -31,6 +31,22 @@ var dlqQuery = append(append([]string{}, filterParams...), "limit", "after")
 var routes = []route{
 	{Method: "GET", Path: "/health", Summary: "The backend's and the running consumers' health", Response: Health{},
 		handle: func(c *call) (any, error) { return c.h.svc.Health(c.r.Context()) }},
+	{Method: "GET", Path: "/access", Summary: "What the caller may do: its name, and the verbs it holds on a topic and a group", Query: []string{"topic", "group"},
+		Response: Access{},
+		handle: func(c *call) (any, error) {
+			q, err := c.query("topic", "group")
+			if err != nil {
+				return nil, err
+			}
+			a := Access{Name: c.who.Name, Method: c.who.Method, Topic: q.Get("topic"), Group: q.Get("group"), TopicVerbs: []string{}, GroupVerbs: []string{}}
+			if a.Topic != "" {
+				a.TopicVerbs = c.who.Verbs(KindTopic, a.Topic)
+			}
+			if a.Group != "" {
+				a.GroupVerbs = c.who.Verbs(KindGroup, a.Group)
+			}
+			return a, nil
+		}},
 	{Method: "GET", Path: "/topics", Summary: "List the topics the caller may read", Verb: VerbRead, Response: []Topic{},
 		handle: func(c *call) (any, error) {
 			if _, err := c.query(); err != nil {
@@ -222,6 +238,18 @@ var routes = []route{
 			}
 			return c.h.svc.Group(c.r.Context(), group)
 		}},
+	{Method: "GET", Path: "/groups/{group}/lag", Summary: "A group's lag over time, as this process sampled it (a bounded ring; interval empty if it samples none)",
+		Verb: VerbRead, Response: LagHistory{},
+		handle: func(c *call) (any, error) {
+			group := c.r.PathValue("group")
+			if err := c.need(VerbRead, KindGroup, group); err != nil {
+				return nil, err
+			}
+			if _, err := c.query(); err != nil {
+				return nil, err
+			}
+			return c.h.svc.LagHistory(group), nil
+		}},
 	{Method: "DELETE", Path: "/groups/{group}", Summary: "Delete a group's committed offsets; refused while it has live members unless force=true", Verb: VerbAdmin,
 		Query: []string{"force"}, Response: GroupDeleted{},
 		handle: func(c *call) (any, error) {
@@ -264,6 +292,21 @@ var routes = []route{
 			}
 			out, err := c.h.svc.ResetGroup(c.r.Context(), group, r)
 			c.audit.Counts = fmt.Sprintf("reset %d partition(s) of %s to %s", len(out), r.Topic, r.To)
+			return out, err
+		}},
+	{Method: "GET", Path: "/dlq", Summary: "List the dead-letter queues the caller may read, with their unresolved entries counted by state and class",
+		Verb: VerbRead, Response: []DLQSummary{},
+		handle: func(c *call) (any, error) {
+			if _, err := c.query(); err != nil {
+				return nil, err
+			}
+			all, err := c.h.svc.DLQs(c.r.Context())
+			out := []DLQSummary{}
+			for _, d := range all {
+				if c.who.Allowed(VerbRead, KindTopic, d.Queue) {
+					out = append(out, d)
+				}
+			}
 			return out, err
 		}},
 	{Method: "GET", Path: "/dlq/{queue}/entries", Summary: "List a DLQ's entries (dead and requested unless state says), filtered", Verb: VerbRead,

@@ -117,6 +117,7 @@ type Service struct {
 	audit string
 	now   func() time.Time
 	log   *slog.Logger
+	lag   *lagHistory
 }
 
 // Opt configures a Service.
@@ -147,7 +148,8 @@ func WithBackendName(name string) Opt { return optFunc(func(s *Service) { s.name
 // NewService returns a Service over b. It does not own b: closing b is
 // the caller's.
 func NewService(b backend.Backend, opts ...Opt) *Service {
-	s := &Service{b: b, audit: DefaultAuditTopic, now: time.Now, name: fmt.Sprintf("%T", b), log: slog.Default()}
+	s := &Service{b: b, audit: DefaultAuditTopic, now: time.Now, name: fmt.Sprintf("%T", b), log: slog.Default(),
+		lag: &lagHistory{groups: map[string]*lagRing{}}}
 	s.adm, _ = b.(backend.Admin)
 	for _, o := range opts {
 		o.apply(s)
@@ -855,6 +857,50 @@ func (s *Service) queue(ctx context.Context, topic string) (*dlq.Queue, error) {
 		return nil, err
 	}
 	return dlq.Open(s.b, topic), nil
+}
+
+// DLQs returns the dead-letter queues: the topics named GROUP.dlq and the
+// registered consumers' DLQ topics, with their unresolved entries counted.
+// Counting reads each DLQ topic whole.
+func (s *Service) DLQs(ctx context.Context) ([]DLQSummary, error) {
+	adm, err := s.admin("listing DLQs")
+	if err != nil {
+		return nil, err
+	}
+	infos, err := adm.Topics(ctx)
+	if err != nil {
+		return nil, err
+	}
+	groups := map[string]string{} // DLQ topic -> group
+	for _, c := range s.reg.list() {
+		groups[c.DLQTopic()] = c.Group()
+	}
+	out := []DLQSummary{}
+	for _, ti := range infos {
+		group, ok := groups[ti.Name]
+		if !ok {
+			if group, ok = strings.CutSuffix(ti.Name, ".dlq"); !ok {
+				continue
+			}
+		}
+		entries, err := dlq.Open(s.b, ti.Name).List(ctx, dlq.Filter{})
+		if err != nil {
+			return nil, fmt.Errorf("DLQ %s: %w", ti.Name, err)
+		}
+		sum := DLQSummary{Queue: ti.Name, Group: group, Classes: map[string]int{}}
+		for _, e := range entries {
+			switch e.State {
+			case dlq.StateDead:
+				sum.Dead++
+			case dlq.StateRequested:
+				sum.Requested++
+			}
+			sum.Classes[string(e.Class)]++
+		}
+		out = append(out, sum)
+	}
+	slices.SortFunc(out, func(a, b DLQSummary) int { return strings.Compare(a.Queue, b.Queue) })
+	return out, nil
 }
 
 // DeadLetters implements API.

@@ -383,3 +383,26 @@ type Health struct {
 	Problems  []string `json:"problems"`
 	Consumers int      `json:"consumers"` // running in this process
 }
+
+// DLQSummary counts a dead-letter queue's unresolved entries.
+type DLQSummary struct {
+	Queue string `json:"queue"` // the DLQ topic
+	Group string `json:"group"` // the consumer group it belongs to
+	// Dead are entries waiting for an operator; Requested, entries a
+	// redrive asked their owner to handle and it has not yet.
+	Dead      int `json:"dead"`
+	Requested int `json:"requested"`
+	// Classes counts the unresolved entries by failure class.
+	Classes map[string]int `json:"classes"`
+}
+
+// Access is what the caller may do on a topic and a group.
+type Access struct {
+	Name   string `json:"name"`   // the caller: token name, certificate subject, or anonymous
+	Method string `json:"method"` // how it authenticated: token, mtls, console or none
+	Topic  string `json:"topic,omitempty"`
+	// TopicVerbs are the verbs granted on Topic, GroupVerbs on Group.
+	TopicVerbs []string `json:"topic_verbs"`
+	Group      string   `json:"group,omitempty"`
+	GroupVerbs []string `json:"group_verbs"`
+}

@@ -8,8 +8,10 @@
 //
 // The consumer (group billing, topic orders) appends each message it
 // handles to --handled as "KEY PAYLOAD" and fails a message whose payload
-// is "poison" permanently, so it is dead-lettered and its key parks,
-// until the file --fixed exists (the fix deployed). Messages are produced
+// is "poison" permanently (and panics on one whose payload is "panic"), so
+// it is dead-lettered and its key parks, until the file --fixed exists
+// (the fix deployed). The admin handler also serves the web console at
+// /ui/, with the group's lag sampled every --lag-every. Messages are produced
 // through the API (POST /api/v1/topics/orders/messages). SIGTERM or
 // Ctrl-C stops it.
 package main
@@ -41,17 +43,18 @@ func main() {
 	addr := flag.String("admin", "127.0.0.1:8080", "address of the admin API")
 	authFile := flag.String("auth", "", "access file of the admin API (tokens, roles); none: loopback only, everyone may do everything")
 	handled := flag.String("handled", "handled.txt", "file the handler appends KEY PAYLOAD lines to")
-	fixed := flag.String("fixed", "fixed", "while this file does not exist, a \"poison\" payload fails permanently")
+	fixed := flag.String("fixed", "fixed", "while this file does not exist, a \"poison\" payload fails permanently (and a \"panic\" one panics)")
+	lagEvery := flag.Duration("lag-every", 10*time.Second, "how often the console's lag history is sampled")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed); err != nil {
+	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed, *lagEvery); err != nil {
 		fmt.Fprintln(os.Stderr, "billing:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string) error {
+func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string, lagEvery time.Duration) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	l, err := commitlog.Open(ctx, dir)
 	if err != nil {
@@ -70,10 +73,15 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string
 	defer out.Close()
 	var mu sync.Mutex
 	handle := func(_ context.Context, m *ferry.Message) error {
-		if string(m.Payload) == "poison" {
-			if _, err := os.Stat(fixedFile); err != nil {
-				return ferry.Permanent(errors.New("cannot bill a poison order"))
+		switch string(m.Payload) {
+		case "poison", "panic":
+			if _, err := os.Stat(fixedFile); err == nil {
+				break
 			}
+			if string(m.Payload) == "panic" {
+				panic("billing: an order without a customer")
+			}
+			return ferry.Permanent(errors.New("cannot bill a poison order"))
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -102,8 +110,9 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: admin.NewHandler(admin.NewService(b, admin.WithRegistry(&reg), admin.WithLogger(logger)), auth),
-		ReadHeaderTimeout: 10 * time.Second}
+	svc := admin.NewService(b, admin.WithRegistry(&reg), admin.WithLogger(logger), admin.WithBackendName("embedded"))
+	go svc.RecordLag(ctx, lagEvery)
+	srv := &http.Server{Handler: admin.NewHandler(svc, auth), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
 
@@ -114,7 +123,7 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string
 	case err := <-runErr:
 		return err
 	}
-	fmt.Printf("admin API on http://%s\n", ln.Addr())
+	fmt.Printf("admin API on http://%s\nconsole on http://%s/ui/\n", ln.Addr(), ln.Addr())
 	if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,61 +56,9 @@ func TestOperatorRedrivesWhileTheServiceRuns(t *testing.T) {
 	ferryBin := build(t, "../../cmd/ferry", bins, "ferry")
 	serviceBin := build(t, ".", bins, "billing")
 
-	opsToken, viewerToken := "ops-token-0123456789abcdef", "viewer-token-0123456789abcdef"
-	hash := func(tok string) string {
-		h, err := admin.HashToken(tok)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return h
-	}
-	cfg := admin.AuthConfig{
-		Tokens: []admin.TokenConfig{{Name: "ops", Hash: hash(opsToken), Roles: []string{"operator"}}, {Name: "viewer", Hash: hash(viewerToken), Roles: []string{"viewer"}}},
-		Roles: map[string][]admin.Rule{
-			"operator": {{Verbs: []string{"read", "produce", "redrive"}, Topics: []string{"*"}, Groups: []string{"*"}}},
-			"viewer":   {{Verbs: []string{"read"}, Topics: []string{"*"}, Groups: []string{"*"}}},
-		},
-	}
-	authFile := filepath.Join(tmp, "access.json")
-	raw, _ := json.Marshal(cfg)
-	if err := os.WriteFile(authFile, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	handled, fixed := filepath.Join(tmp, "handled.txt"), filepath.Join(tmp, "fixed")
-
-	svc := exec.Command(serviceBin, "--dir", filepath.Join(tmp, "data"), "--admin", "127.0.0.1:0", "--auth", authFile, "--handled", handled, "--fixed", fixed)
-	svc.Stderr = os.Stderr
-	stdout, err := svc.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	gone := make(chan struct{})
-	go func() { exited <- svc.Wait(); close(gone) }()
-	t.Cleanup(func() {
-		svc.Process.Kill()
-		<-gone
-	})
-	urlc := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if u, ok := strings.CutPrefix(sc.Text(), "admin API on "); ok {
-				urlc <- u
-			}
-		}
-	}()
-	var url string
-	select {
-	case url = <-urlc:
-	case err := <-exited:
-		t.Fatalf("the service exited before serving: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("the service did not print its admin address")
-	}
+	authFile, opsToken, viewerToken := writeAccess(t, tmp)
+	svc := startService(t, serviceBin, tmp, authFile)
+	url, handled, fixed := svc.url, svc.handled, svc.fixed
 
 	// ferry runs the CLI in its own process, as an operator would.
 	ferry := func(token string, args ...string) (string, int) {
@@ -225,13 +171,5 @@ func TestOperatorRedrivesWhileTheServiceRuns(t *testing.T) {
 		t.Fatalf("audit records %q, want %q", got, want)
 	}
 
-	svc.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("the service on SIGTERM: %v", err)
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatal("the service did not stop on SIGTERM")
-	}
+	svc.stop(t)
 }
