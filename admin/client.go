@@ -299,6 +299,12 @@ func (c *Client) Groups(ctx context.Context) ([]GroupSummary, error) {
 	return out, c.get(ctx, "/groups", nil, &out)
 }
 
+// DLQs implements API.
+func (c *Client) DLQs(ctx context.Context) ([]DLQSummary, error) {
+	var out []DLQSummary
+	return out, c.get(ctx, "/dlq", nil, &out)
+}
+
 // Group implements API.
 func (c *Client) Group(ctx context.Context, name string) (Group, error) {
 	var out Group

@@ -7,9 +7,14 @@ import (
 	"time"
 )
 
-// MaxLagSamples bounds the lag history kept per group: at the default
-// interval of RecordLag's callers (10 s), an hour.
-const MaxLagSamples = 360
+// Lag history bounds.
+const (
+	// DefaultLagInterval is how often ferry's own servers sample lag.
+	DefaultLagInterval = 10 * time.Second
+	// MaxLagSamples bounds the lag history kept per group: at
+	// DefaultLagInterval, an hour.
+	MaxLagSamples = 360
+)
 
 // LagHistory is a group's lag over time, as RecordLag sampled it.
 type LagHistory struct {

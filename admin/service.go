@@ -92,6 +92,9 @@ type API interface {
 	// DeleteGroup deletes a group's committed offsets; refused while it
 	// has live members unless force.
 	DeleteGroup(ctx context.Context, group string, force bool) error
+	// DLQs lists the dead-letter queues with their unresolved entries
+	// counted.
+	DLQs(ctx context.Context) ([]DLQSummary, error)
 	// DeadLetters lists a page of the entries of the DLQ topic queue that
 	// match f, in dead-letter order.
 	DeadLetters(ctx context.Context, queue string, f Filter, page Page) ([]DeadLetter, error)

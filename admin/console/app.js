@@ -124,10 +124,13 @@ function confirmDialog(title, text, action) {
 
 // ---- pages ----
 
+// table renders rows under the column heads; a column's head aligns as
+// its cells do (numbers to the right).
 function table(head, rows, empty) {
   if (!rows.length) return el("p", { class: "muted" }, empty);
+  const first = rows[0].children;
   return el("div", { class: "scroll" }, el("table", {},
-    el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col", class: /^#|count|lag|messages|offset|partitions|dead|requested|start|end|attempts|size/i.test(h) ? "num" : null }, h)))),
+    el("thead", {}, el("tr", {}, head.map((h, i) => el("th", { scope: "col", class: first[i]?.classList.contains("num") ? "num" : null }, h)))),
     el("tbody", {}, rows)));
 }
 

@@ -129,7 +129,13 @@ ferry.audit (ferry audit lists it).
 Without --auth every caller may do everything, so it listens only on a
 loopback address unless --insecure; a public address also needs TLS
 (--admin-tls-cert, --admin-tls-key; --admin-client-ca accepts client
-certificates). It prints "admin API on URL" once it listens.`,
+certificates). It prints "admin API on URL" once it listens.
+
+The web console is served at URL/ui/: topics and a message browser, groups
+with their lag over time (sampled every 10s), dead letters with redrive
+and purge, and the audit log. Log in with a token of the access file; the
+console keeps it in an HTTP-only cookie, and its changes carry a CSRF
+token.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if g.remote.server != "" {
@@ -149,7 +155,8 @@ certificates). It prints "admin API on URL" once it listens.`,
 			defer closeAPI()
 			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			svc := api.(*admin.Service)
-			fmt.Fprintf(cmd.OutOrStdout(), "admin API on %s (over %s)\n", url, g.remote.where(g))
+			fmt.Fprintf(cmd.OutOrStdout(), "admin API on %s (over %s)\nconsole on %s%s\n", url, g.remote.where(g), url, admin.ConsolePath)
+			go svc.RecordLag(ctx, admin.DefaultLagInterval)
 			return serveAdmin(ctx, ln, admin.NewHandler(svc, auth), logger)
 		},
 	}

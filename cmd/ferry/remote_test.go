@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -444,5 +446,40 @@ func TestTopicsAndGroupsOverNATSAndKafka(t *testing.T) {
 				t.Fatalf("groups list after groups delete billing: %s", out)
 			}
 		})
+	}
+}
+
+// ferry admin serves the web console beside the API, and samples the lag
+// it charts.
+func TestAdminServesTheConsole(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders", "--partitions", "1")
+	url := startAdmin(t, "--dir", dir)
+	for path, want := range map[string]string{"/ui/": "<title>ferry console</title>", "/ui/app.js": "a client of the admin API"} {
+		resp, err := http.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Fatalf("GET %s: %s %.200s", path, resp.Status, body)
+		}
+	}
+	// The sampler starts beside the listener: wait for it.
+	var h admin.LagHistory
+	for deadline := time.Now().Add(60 * time.Second); h.Interval != admin.DefaultLagInterval.String(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("lag history %+v: want it sampled every %v", h, admin.DefaultLagInterval)
+		}
+		resp, err := http.Get(url + "/api/v1/groups/billing/lag")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&h)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 }

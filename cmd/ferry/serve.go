@@ -142,10 +142,12 @@ It prints "serving DIR on ADDR" once it listens (and "admin API on URL").`,
 					return err
 				}
 				admB = embedded.New(l)
-				h := admin.NewHandler(admin.NewService(admB, admin.WithBackendName("embedded"), admin.WithLogger(logger)), auth)
+				svc := admin.NewService(admB, admin.WithBackendName("embedded"), admin.WithLogger(logger))
+				go svc.RecordLag(ctx, admin.DefaultLagInterval)
+				h := admin.NewHandler(svc, auth)
 				<-adminDone
 				go func() { adminDone <- serveAdmin(ctx, aln, h, logger) }()
-				adminLine = fmt.Sprintf("admin API on %s\n", url)
+				adminLine = fmt.Sprintf("admin API on %s\nconsole on %s%s\n", url, url, admin.ConsolePath)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving %s on %s\n%s%s", l.Dir(), ln.Addr(), metricsLine, adminLine)
 			serveErr := make(chan error, 1)
