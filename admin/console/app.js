@@ -245,12 +245,18 @@ async function topicPage(main, name, params) {
       show(await api(`/topics/${enc(name)}/partitions/${part.value}/messages?${q}`), append);
     } catch (err) { put(out, problem(err)); }
   };
-  tailBtn.addEventListener("click", () => {
+  tailBtn.addEventListener("click", async () => {
     if (tail) { stopTail(); tailBtn.textContent = "Live tail"; return; }
+    // From the end as it is now: whatever comes after the click shows,
+    // however long the stream takes to open.
+    let from;
+    try {
+      from = (await api("/topics/" + enc(name))).bounds.find((b) => String(b.partition) === part.value).end;
+    } catch (err) { put(out, problem(err)); return; }
     body.replaceChildren();
-    put(out, el("p", { class: "note", id: "tail-state" }, `Following partition ${part.value} from the end…`),
+    put(out, el("p", { class: "note", id: "tail-state" }, `Following partition ${part.value} from offset ${from}…`),
       el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, ["Offset", "Time", "Key", "Payload", "Headers", ""].map((h) => el("th", { scope: "col" }, h)))), body)));
-    tail = new EventSource(`${API}/topics/${enc(name)}/tail?start=latest&partition=${part.value}`);
+    tail = new EventSource(`${API}/topics/${enc(name)}/tail?start=${from}&partition=${part.value}`);
     shown = [];
     tail.addEventListener("message", (ev) => {
       const m = JSON.parse(ev.data);

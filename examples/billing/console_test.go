@@ -215,6 +215,13 @@ func TestConsoleInABrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-offset="%d"] button`, order.Offset))))
 	ops.waitText("tr.detail:not([hidden]) pre.payload", "\"order\": 1042,\n  \"amount\"")
 	ops.shot("topic")
+	// The live tail shows a message produced after it started.
+	ops.do("start the live tail", chromedp.Click(chromedp.ID("tail")))
+	ops.waitText("#tail", "Stop tail")
+	ops.waitText("#tail-state", "Following partition")
+	live := produce("customer-7", "a message produced while the tail runs")
+	ops.waitText(fmt.Sprintf(`tr[data-offset="%d"]`, live.Offset), "while the tail runs")
+	ops.do("stop the live tail", chromedp.Click(chromedp.ID("tail")))
 
 	// The poison message: a panic, with its error and stack.
 	ops.open("#/dlq/billing.dlq")
