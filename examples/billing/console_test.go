@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"github.com/ferrymq/ferry/admin"
@@ -312,6 +314,20 @@ func TestConsoleInABrowser(t *testing.T) {
 	ops.waitText(`tr[data-verb="redrive"]`, "redriven 3 of 3")
 	ops.waitText(`tr[data-verb="login"]`, "viewer (console)")
 	ops.shot("audit")
+	// In dark mode the page is dark (and stays readable: docs/console).
+	ops.do("prefer dark", chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+			Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}})
+		return err
+	}))
+	if bg := eval[string](ops, `getComputedStyle(document.body).backgroundColor`); bg != "rgb(13, 17, 23)" {
+		t.Fatalf("in dark mode the page's background is %s", bg)
+	}
+	ops.shot("audit-dark")
+	ops.do("prefer light again", chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{})
+		return err
+	}))
 
 	// Logging out ends the session.
 	ops.do("log out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
