@@ -234,18 +234,25 @@ func (a *Auth) Authenticate(r *http.Request) (Principal, error) {
 				return Principal{Name: subject, Method: "mtls", rules: a.rules(c.Roles)}, nil
 			}
 		}
-		if r.Header.Get("Authorization") == "" {
+		if r.Header.Get("Authorization") == "" && len(sessionCookies(r)) == 0 {
 			return Principal{}, fmt.Errorf("client certificate %q is not in the access file: %w", subject, ErrUnauthenticated)
 		}
 	}
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
-			p, err := a.token(c.Value)
+		switch cs := sessionCookies(r); {
+		case len(cs) > 1:
+			// Cookies are not kept apart by port: another site on this
+			// host may have set one of them, for a narrower path, to make
+			// the console act as someone else.
+			return Principal{}, fmt.Errorf("console session: %d %s cookies sent, want one (another site on this host may have set one; log in again at %s): %w",
+				len(cs), SessionCookie, ConsolePath+"login", ErrUnauthenticated)
+		case len(cs) == 1:
+			p, err := a.token(cs[0].Value)
 			if err != nil {
 				return Principal{}, fmt.Errorf("console session: %w (log in again at %s)", err, ConsolePath+"login")
 			}
-			p.Method, p.csrf = "console", csrfToken(c.Value)
+			p.Method, p.csrf = "console", csrfToken(cs[0].Value)
 			return p, nil
 		}
 		return Principal{}, fmt.Errorf("no credentials: send Authorization: Bearer TOKEN (or a client certificate): %w", ErrUnauthenticated)
@@ -280,6 +287,17 @@ func (a *Auth) token(token string) (Principal, error) {
 	}
 	t := a.cfg.Tokens[i]
 	return Principal{Name: t.Name, Method: "token", rules: a.rules(t.Roles)}, nil
+}
+
+// sessionCookies returns the console session cookies r carries.
+func sessionCookies(r *http.Request) []*http.Cookie {
+	var out []*http.Cookie
+	for _, c := range r.CookiesNamed(SessionCookie) {
+		if c.Value != "" {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // rules gathers the rules of roles.

@@ -160,6 +160,11 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 	c := &call{h: h, w: w, r: r, id: requestID(r)}
 	w.Header().Set("X-Request-Id", c.id)
 	err := c.identify()
+	if cerr := h.cop.Check(r); errors.Is(err, ErrUnauthenticated) && cerr != nil {
+		// A page of another site cannot end the session either (its
+		// request comes without the same-site cookie, so unauthenticated).
+		err = fmt.Errorf("a logout posted from another site: refused: %v: %w", cerr, ErrForbidden)
+	}
 	if err != nil && !errors.Is(err, ErrUnauthenticated) {
 		h.audit(c, VerbLogout, http.StatusForbidden, err)
 		writeError(w, c.id, err)

@@ -337,3 +337,23 @@ func TestLagHistoryIsABoundedRingSampledEachInterval(t *testing.T) {
 		}
 	})
 }
+
+// TestConsoleRefusesTwoSessionCookies: cookies are not kept apart by
+// port, so a page of another port of this host can set a second session
+// cookie (with the attacker's token, for a narrower path) to make the
+// console act as the attacker. A request carrying two is refused.
+func TestConsoleRefusesTwoSessionCookies(t *testing.T) {
+	f := newFixture(t)
+	req, _ := http.NewRequest("GET", f.srv.URL+Prefix+"/topics", nil)
+	req.AddCookie(&http.Cookie{Name: SessionCookie, Value: tokenOf("reader")})
+	req.AddCookie(&http.Cookie{Name: SessionCookie, Value: tokenOf("ops")})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "2 ferry_session cookies sent, want one") {
+		t.Fatalf("two session cookies: %s %s", resp.Status, body)
+	}
+}

@@ -80,6 +80,9 @@ func (s *Service) RecordLag(ctx context.Context, every time.Duration) error {
 	if every <= 0 {
 		return fmt.Errorf("lag sampling interval %v: want more than 0", every)
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	s.lag.mu.Lock()
 	if s.lag.every != 0 {
 		s.lag.mu.Unlock()
@@ -88,8 +91,11 @@ func (s *Service) RecordLag(ctx context.Context, every time.Duration) error {
 	s.lag.every = every
 	s.lag.mu.Unlock()
 	defer func() {
+		// What it sampled goes with it: a later RecordLag, at another
+		// interval maybe, starts a history of its own.
 		s.lag.mu.Lock()
 		s.lag.every = 0
+		clear(s.lag.groups)
 		s.lag.mu.Unlock()
 	}()
 	t := time.NewTicker(every)
@@ -106,7 +112,9 @@ func (s *Service) RecordLag(ctx context.Context, every time.Duration) error {
 	}
 }
 
-// sampleLag adds one sample to each group's history.
+// sampleLag adds one sample to each group's history. A group whose lag
+// cannot be read misses this sample (its history keeps the ones before);
+// the first such error is returned.
 func (s *Service) sampleLag(ctx context.Context) error {
 	adm, err := s.admin("sampling lag")
 	if err != nil {
@@ -118,10 +126,19 @@ func (s *Service) sampleLag(ctx context.Context) error {
 	}
 	now := s.now()
 	samples := map[string]LagSample{}
+	var failed map[string]bool
+	var first error
 	for name, offs := range groups {
 		g, err := s.group(ctx, name, offs)
 		if err != nil {
-			return err
+			if first == nil {
+				first = fmt.Errorf("group %s: %w", name, err)
+			}
+			if failed == nil {
+				failed = map[string]bool{}
+			}
+			failed[name] = true
+			continue
 		}
 		smp := LagSample{Time: now, Partitions: make([]PartitionLag, 0, len(g.Partitions))}
 		for _, p := range g.Partitions {
@@ -133,8 +150,8 @@ func (s *Service) sampleLag(ctx context.Context) error {
 	s.lag.mu.Lock()
 	defer s.lag.mu.Unlock()
 	for name := range s.lag.groups {
-		if _, ok := samples[name]; !ok {
-			delete(s.lag.groups, name)
+		if _, ok := samples[name]; !ok && !failed[name] {
+			delete(s.lag.groups, name) // the group is gone
 		}
 	}
 	for name, smp := range samples {
@@ -145,11 +162,12 @@ func (s *Service) sampleLag(ctx context.Context) error {
 		}
 		r.add(smp)
 	}
-	return nil
+	return first
 }
 
 // LagHistory returns the lag RecordLag sampled for group (no samples if
-// it does not run, or has not seen the group).
+// it does not run, or has not seen the group): the samples of the
+// RecordLag running now, which forgets them when it ends.
 func (s *Service) LagHistory(group string) LagHistory {
 	s.lag.mu.Lock()
 	defer s.lag.mu.Unlock()

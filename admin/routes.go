@@ -38,7 +38,13 @@ var routes = []route{
 			if err != nil {
 				return nil, err
 			}
-			a := Access{Name: c.who.Name, Method: c.who.Method, Topic: q.Get("topic"), Group: q.Get("group"), TopicVerbs: []string{}, GroupVerbs: []string{}}
+			a := Access{Name: c.who.Name, Method: c.who.Method, TopicVerbs: []string{}, GroupVerbs: []string{}}
+			if a.Topic, err = param(q, "topic"); err != nil {
+				return nil, err
+			}
+			if a.Group, err = param(q, "group"); err != nil {
+				return nil, err
+			}
 			if a.Topic != "" {
 				a.TopicVerbs = c.who.Verbs(KindTopic, a.Topic)
 			}
@@ -300,14 +306,8 @@ var routes = []route{
 			if _, err := c.query(); err != nil {
 				return nil, err
 			}
-			all, err := c.h.svc.DLQs(c.r.Context())
-			out := []DLQSummary{}
-			for _, d := range all {
-				if c.who.Allowed(VerbRead, KindTopic, d.Queue) {
-					out = append(out, d)
-				}
-			}
-			return out, err
+			// Only the queues the caller may read are read at all.
+			return c.h.svc.dlqs(c.r.Context(), func(q string) bool { return c.who.Allowed(VerbRead, KindTopic, q) })
 		}},
 	{Method: "GET", Path: "/dlq/{queue}/entries", Summary: "List a DLQ's entries (dead and requested unless state says), filtered", Verb: VerbRead,
 		Query: dlqQuery, Response: []DeadLetter{},

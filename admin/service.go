@@ -866,6 +866,11 @@ func (s *Service) queue(ctx context.Context, topic string) (*dlq.Queue, error) {
 // registered consumers' DLQ topics, with their unresolved entries counted.
 // Counting reads each DLQ topic whole.
 func (s *Service) DLQs(ctx context.Context) ([]DLQSummary, error) {
+	return s.dlqs(ctx, func(string) bool { return true })
+}
+
+// dlqs is DLQs of the queues allowed says: the others are not read.
+func (s *Service) dlqs(ctx context.Context, allowed func(queue string) bool) ([]DLQSummary, error) {
 	adm, err := s.admin("listing DLQs")
 	if err != nil {
 		return nil, err
@@ -885,6 +890,9 @@ func (s *Service) DLQs(ctx context.Context) ([]DLQSummary, error) {
 			if group, ok = strings.CutSuffix(ti.Name, ".dlq"); !ok {
 				continue
 			}
+		}
+		if !allowed(ti.Name) {
+			continue
 		}
 		entries, err := dlq.Open(s.b, ti.Name).List(ctx, dlq.Filter{})
 		if err != nil {

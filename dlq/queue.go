@@ -372,6 +372,9 @@ func (q *Queue) Purge(ctx context.Context, f Filter) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Redriven and purged are final: a filter of those states purges
+	// nothing.
+	entries = slices.DeleteFunc(entries, func(e Entry) bool { return !unresolved(e.State) })
 	for i, e := range entries {
 		if err := q.b.Publish(ctx, Marker(q.topic, e.Group, e.Indexed(), StatePurged, nil)); err != nil {
 			return i, fmt.Errorf("dlq: purge %s: %w", e.Original.ID, err)

@@ -263,7 +263,13 @@ async function topicPage(main, name, params) {
       shown.push(m);
       body.append(...messageRows(m, form.value));
     });
-    tail.addEventListener("error", () => { document.getElementById("tail-state")?.replaceChildren("The tail stopped (the stream ended or failed)."); });
+    tail.addEventListener("error", () => {
+      // No reconnect: EventSource would start again from the same offset
+      // and show messages twice.
+      stopTail();
+      tailBtn.textContent = "Live tail";
+      document.getElementById("tail-state")?.replaceChildren("The tail stopped (the stream ended or failed): start it again to go on.");
+    });
     tailBtn.textContent = "Stop tail";
   });
   put(main, 
@@ -330,9 +336,10 @@ function lagChart(hist) {
 }
 
 async function groupPage(main, name) {
+  // The DLQ summary reads whole DLQ topics: once per visit, not per refresh.
+  const mine = (await api("/dlq")).filter((d) => d.group === name);
   const draw = async () => {
-    const [g, hist, dlqs] = await Promise.all([api("/groups/" + enc(name)), api(`/groups/${enc(name)}/lag`), api("/dlq")]);
-    const mine = dlqs.filter((d) => d.group === name);
+    const [g, hist] = await Promise.all([api("/groups/" + enc(name)), api(`/groups/${enc(name)}/lag`)]);
     const total = g.partitions.reduce((n, p) => n + p.lag, 0);
     put(main, 
       el("p", { class: "crumbs" }, link("#/", "Overview"), " / group"),
@@ -389,8 +396,8 @@ function dlqActions(queue, acc, what, filter, after) {
     if (!n.filter) return;
     const ok = await confirmDialog(verb === "redrive" ? "Redrive" : "Purge",
       verb === "redrive"
-        ? `Redrive ${n.label} of ${queue}? Each key's entries go back to the consumer that owns its partition, and are handled in their original order before the key's newer messages.`
-        : `Purge ${n.label} of ${queue}? They will no longer list or redrive, and keys parked behind them move on.`,
+        ? `Redrive ${n.redrive} of ${queue}? Each key's entries go back to the consumer that owns its partition, and are handled in their original order before the key's newer messages.`
+        : `Purge ${n.purge} of ${queue}? They will no longer list or redrive, and keys parked behind them move on.`,
       verb === "redrive" ? "Redrive" : "Purge");
     if (!ok) { put(status, el("p", { class: "note" }, "Cancelled: nothing changed.")); return; }
     const bar = el("progress", { max: 1, value: 0, "aria-label": `${verb} progress` });
@@ -402,8 +409,11 @@ function dlqActions(queue, acc, what, filter, after) {
           if (name === "progress") { bar.max = Math.max(1, v.total); bar.value = v.done; }
           if (name === "result") res = v;
         });
+        // A stream cut before its result (a proxy, the server going) is
+        // no success: the redrive may or may not have been asked for.
+        if (!res) throw new Error("the redrive's answer ended without its result: look at the DLQ and the audit log before trying again");
         bar.value = bar.max;
-        status.append(el("p", { id: "op-result", role: "status" }, `Redrive requested for ${res?.entries ?? 0} entr${res?.entries === 1 ? "y" : "ies"}: their owner handles them in order.`));
+        status.append(el("p", { id: "op-result", role: "status" }, `Redrive requested for ${res.entries} entr${res.entries === 1 ? "y" : "ies"}: their owner handles them in order.`));
       } else {
         const res = await post(`/dlq/${enc(queue)}/purge`, { filter: n.filter });
         bar.value = 1;
@@ -457,10 +467,16 @@ async function dlqPage(main, queue, params) {
   const scope = el("select", { id: "scope", name: "scope" }, el("option", { value: "selected" }, "the selected entries"),
     el("option", { value: "filter" }, "every entry the filter matches"));
   const what = () => {
-    if (scope.value === "filter") return { filter, label: "every entry the filter matches" + (Object.keys(filter).length ? ` (${new URLSearchParams(filter)})` : " (the whole queue)") };
+    if (scope.value === "filter") {
+      const label = "every entry the filter matches" + (Object.keys(filter).length ? ` (${new URLSearchParams(filter)})` : " (the whole queue)");
+      return { filter, redrive: label + ", with the rest of their keys", purge: label };
+    }
     const ids = selected();
     if (!ids.length) { document.getElementById("op-status").replaceChildren(el("p", { class: "problem", role: "alert" }, "Select entries first, or choose every entry the filter matches.")); return {}; }
-    return { filter: { ...filter, ids }, label: `${ids.length} selected entr${ids.length === 1 ? "y" : "ies"} (and the rest of their keys)` };
+    const n = `${ids.length} selected entr${ids.length === 1 ? "y" : "ies"}`;
+    // A redrive takes whole keys (it cannot leave a key's earlier entry
+    // behind); a purge takes only what it names.
+    return { filter: { ...filter, ids }, redrive: `${n} and the other entries of their keys`, purge: `only the ${n}` };
   };
   const last = entries[entries.length - 1];
   put(main, 
@@ -507,7 +523,8 @@ async function entryPage(main, queue, id) {
     el("div", { class: "actions" }, el("label", { for: "e-form" }, "Payload as"), form),
     payload,
     el("h2", {}, "Act on this entry"),
-    dlqActions(queue, acc, () => ({ filter: { ids: [e.id] }, label: `the entry of key ${e.key || "(no key)"} (and the key's later entries)` }), {},
+    dlqActions(queue, acc, () => ({ filter: { ids: [e.id] }, redrive: `this entry and the other entries of key ${e.key || "(no key)"}`,
+      purge: "only this entry" }), {},
       () => setTimeout(() => route(), 300)));
 }
 
