@@ -132,6 +132,32 @@ func (b *browser) login(token string) {
 		chromedp.WaitVisible(chromedp.ID("health-status")))
 }
 
+// checkAccessible fails the test if a control of the page has no name a
+// screen reader can say (a label, aria-label or text), if an image has
+// no text, or if the page has no h1: what a keyboard and screen-reader
+// user needs first.
+func (b *browser) checkAccessible(page string) {
+	b.t.Helper()
+	bad := eval[[]string](b, `(() => {
+		const out = [];
+		for (const e of document.querySelectorAll("input, select, textarea")) {
+			if (e.type === "hidden") continue;
+			if (!(e.labels && e.labels.length) && !e.getAttribute("aria-label")) out.push(e.outerHTML.slice(0, 120));
+		}
+		for (const e of document.querySelectorAll("button, a[href]")) {
+			if (!(e.textContent.trim() || e.getAttribute("aria-label"))) out.push(e.outerHTML.slice(0, 120));
+		}
+		for (const e of document.querySelectorAll("svg[role=img], img")) {
+			if (!(e.getAttribute("aria-label") || e.getAttribute("alt"))) out.push(e.outerHTML.slice(0, 120));
+		}
+		if (!document.querySelector("h1")) out.push("no h1");
+		return out;
+	})()`)
+	if len(bad) > 0 {
+		b.t.Errorf("%s: unnamed for a screen reader: %q", page, bad)
+	}
+}
+
 // shot saves a screenshot of the page as NAME.png in $FERRY_SCREENSHOTS,
 // if it is set (scripts/console-screenshots sets it to docs/console).
 func (b *browser) shot(name string) {
@@ -204,6 +230,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	ops.waitText("#dlq-total", "3")
 	ops.waitText("main", "billing.dlq")
 	ops.shot("overview")
+	ops.checkAccessible("overview")
 	if got := eval[string](ops, `document.cookie`); strings.Contains(got, admin.SessionCookie) {
 		t.Fatalf("the page's script reads the session cookie (%q): it must be HTTP-only", got)
 	}
@@ -217,6 +244,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-offset="%d"] button`, order.Offset))))
 	ops.waitText("tr.detail:not([hidden]) pre.payload", "\"order\": 1042,\n  \"amount\"")
 	ops.shot("topic")
+	ops.checkAccessible("topic")
 	// The live tail shows a message produced after it started.
 	ops.do("start the live tail", chromedp.Click(chromedp.ID("tail")))
 	ops.waitText("#tail", "Stop tail")
@@ -229,11 +257,13 @@ func TestConsoleInABrowser(t *testing.T) {
 	ops.open("#/dlq/billing.dlq")
 	ops.waitText("main table", "panic")
 	ops.shot("dlq")
+	ops.checkAccessible("dlq")
 	ops.do("open the panic's entry", chromedp.Click(chromedp.CSS(`td.mono a`)), chromedp.WaitVisible(chromedp.ID("e-stack")))
 	ops.waitText("#e-class", "panic")
 	ops.waitText("#e-error", "an order without a customer")
 	ops.waitText("#e-stack", "main.run")
 	ops.shot("entry")
+	ops.checkAccessible("entry")
 
 	// A viewer sees the entries, and no working redrive.
 	viewer := newBrowser(t, svc.url)
@@ -307,6 +337,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	ops.waitText("main", "healthy")
 	ops.do("the lag chart", chromedp.WaitVisible(chromedp.CSS("svg#lag-chart polyline")))
 	ops.shot("group")
+	ops.checkAccessible("group")
 
 	// The audit page holds the redrive, made through the console.
 	ops.open("#/audit")
@@ -314,6 +345,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	ops.waitText(`tr[data-verb="redrive"]`, "redriven 3 of 3")
 	ops.waitText(`tr[data-verb="login"]`, "viewer (console)")
 	ops.shot("audit")
+	ops.checkAccessible("audit")
 	// In dark mode the page is dark (and stays readable: docs/console).
 	ops.do("prefer dark", chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 		_, err := cdp.Call(ctx, t, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
