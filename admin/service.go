@@ -676,12 +676,19 @@ func (s *Service) Produce(ctx context.Context, topic string, in []Message) ([]Pr
 		}
 		msgs = append(msgs, fm)
 	}
-	if err := s.b.Publish(ctx, msgs...); err != nil {
+	var dup []bool
+	var err error
+	if dp, ok := s.b.(backend.DedupPublisher); ok {
+		dup, err = dp.PublishDedup(ctx, msgs...)
+	} else {
+		err = s.b.Publish(ctx, msgs...)
+	}
+	if err != nil {
 		return nil, err
 	}
 	out := make([]Produced, 0, len(msgs))
-	for _, m := range msgs {
-		out = append(out, Produced{ID: m.ID.String(), Partition: m.Partition, Offset: m.Offset})
+	for i, m := range msgs {
+		out = append(out, Produced{ID: m.ID.String(), Partition: m.Partition, Offset: m.Offset, Duplicate: i < len(dup) && dup[i]})
 	}
 	return out, nil
 }

@@ -197,6 +197,11 @@ type Produced struct {
 	ID        string `json:"id"`
 	Partition int32  `json:"partition"`
 	Offset    uint64 `json:"offset"`
+	// Duplicate says the message's ID was in the topic's deduplication
+	// window: it was not written again, and Partition and Offset are the
+	// original's. Only backends that say so report it
+	// (backend.DedupPublisher: the embedded log, JetStream).
+	Duplicate bool `json:"duplicate,omitempty"`
 }
 
 // GroupSummary is one line of the group list.

@@ -7,6 +7,7 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"time"
 
@@ -39,7 +40,10 @@ type Backend interface {
 	// Partitions returns a topic's partition count.
 	Partitions(ctx context.Context, topic string) (int, error)
 	// Publish appends messages; when it returns nil they are durable as
-	// the backend promises. It sets Partition and Offset.
+	// the backend promises. It sets Partition and Offset. A message whose
+	// ID is in the topic's deduplication window (the embedded log,
+	// JetStream) is not written again and is no error: its Partition and
+	// Offset are the original's, and DedupPublisher says which were.
 	Publish(ctx context.Context, msgs ...*ferry.Message) error
 	// Fetch returns messages of a partition from offset, waiting until at
 	// least one is available or ctx ends.
@@ -60,6 +64,39 @@ type Backend interface {
 	Join(ctx context.Context, group, member string, topics []string) (Session, error)
 	// Close releases the backend.
 	Close() error
+}
+
+// DedupPublisher is implemented by backends that deduplicate messages by
+// ID within a window (the embedded log and JetStream; Kafka has no such
+// window): PublishDedup is Publish, and reports for each message whether
+// it was a duplicate, not written again, its Partition and Offset being
+// the original's.
+type DedupPublisher interface {
+	PublishDedup(ctx context.Context, msgs ...*ferry.Message) (duplicate []bool, err error)
+}
+
+// EnsureTopicConfig creates the topic t describes, with its retention,
+// compaction and deduplication window (TopicInfo.DedupWindow: 0 for the
+// backend's default, negative for none where the backend allows it), if
+// it does not exist; an existing topic is left as it is. It needs Admin
+// unless t asks for partitions alone (then it is EnsureTopic).
+func EnsureTopicConfig(ctx context.Context, b Backend, t TopicInfo) error {
+	adm, ok := b.(Admin)
+	if !ok {
+		if t.RetentionAge != 0 || t.RetentionBytes != 0 || t.Compact || t.DedupWindow != 0 {
+			return fmt.Errorf("topic %s: %T cannot create a topic with retention, compaction or a dedup window of its own: %w", t.Name, b, ferry.ErrInvalidArgument)
+		}
+		return b.EnsureTopic(ctx, t.Name, t.Partitions)
+	}
+	if _, err := b.Partitions(ctx, t.Name); err == nil {
+		return nil
+	} else if !errors.Is(err, ferry.ErrTopicNotFound) {
+		return err
+	}
+	if err := adm.CreateTopic(ctx, t); err != nil && !errors.Is(err, ferry.ErrTopicExists) {
+		return err
+	}
+	return nil
 }
 
 // Retention is implemented by backends that can create a topic whose

@@ -38,6 +38,9 @@ type Batch struct {
 	// their topic's deduplication window. They were not written again; their
 	// Partition and Offset are those of the original.
 	Duplicates int
+	// Duplicate is set by the log when Duplicates > 0: which Messages
+	// were duplicates (by index; nil when none was).
+	Duplicate []bool
 	// Follows, when set (by the caller), makes the append conditional on
 	// what the log holds: the batch is written only if a message with one
 	// of these IDs is in the deduplication window of the first message's
@@ -243,7 +246,7 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 	if total > l.cfg.maxBatchBytes {
 		return nil, fmt.Errorf("commitlog: batch of %d messages and %d offsets encodes to at most %d bytes: the limit is %d (WithMaxBatchBytes): %w", len(b.Messages), len(b.Offsets), total, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
 	}
-	b.Duplicates, b.written = 0, false
+	b.Duplicates, b.Duplicate, b.written = 0, nil, false
 	r.size = total
 	if l.cfg.observer != nil {
 		r.start = time.Now()
@@ -566,12 +569,16 @@ func (l *Log) processGroup(g []*request) {
 			t := l.topics[o.Topic]
 			offsets = append(offsets, controlOp{op: opCommitOffset, group: r.batch.Group, topicID: t.id, partition: uint32(o.Partition), offset: o.Offset})
 		}
-		for _, m := range r.batch.Messages {
+		for i, m := range r.batch.Messages {
 			t := l.topics[m.Topic]
 			if t.dedup != nil {
 				if h, dup := t.dedup.lookup(m.ID, now); dup {
 					m.Partition, m.Offset = h.partition, h.offset
 					r.batch.Duplicates++
+					if r.batch.Duplicate == nil {
+						r.batch.Duplicate = make([]bool, len(r.batch.Messages))
+					}
+					r.batch.Duplicate[i] = true
 					continue
 				}
 			}

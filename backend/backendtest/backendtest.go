@@ -51,6 +51,11 @@ type Harness struct {
 	// removes its own retries). The Dedup test is skipped with this
 	// reason, which the backend's documentation must state too.
 	NoIDDedup string
+	// NoDedupReport declares that the backend drops a publish whose ID it
+	// stored before but cannot tell the publisher which were dropped
+	// (Kafka against ferry serve: the protocol has no such answer), so it
+	// does not implement backend.DedupPublisher; the reason is the skip's.
+	NoDedupReport string
 	// Simulation, if set, is the world in which the Simulation test runs
 	// Simulate's seeded scenarios (skipped without it).
 	Simulation *SimWorld
@@ -343,6 +348,55 @@ func testDedup(t *testing.T, h Harness) {
 	}
 	if retry.Offset != first.Offset {
 		t.Fatalf("retried publish acknowledged at %d, first at %d", retry.Offset, first.Offset)
+	}
+
+	// A backend that deduplicates says which messages were duplicates.
+	if h.NoDedupReport != "" {
+		t.Skip(h.NoDedupReport)
+	}
+	dp, ok := b.(backend.DedupPublisher)
+	if !ok {
+		t.Fatalf("%T deduplicates by ID but does not say which publishes were duplicates (backend.DedupPublisher)", b)
+	}
+	again := &ferry.Message{ID: first.ID, Topic: "dd", Key: []byte("k"), Payload: first.Payload}
+	fresh := msg("dd", "k", 3)
+	dup, err := dp.PublishDedup(ctx, again, fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dup) != 2 || !dup[0] || dup[1] || again.Offset != first.Offset || again.Partition != first.Partition {
+		t.Fatalf("PublishDedup of a duplicate and a new message: %v, the duplicate at %d/%d (the original at %d/%d)",
+			dup, again.Partition, again.Offset, first.Partition, first.Offset)
+	}
+	if msgs := readAll(t, b, tp, 0); len(msgs) != 3 || msgs[2].ID != fresh.ID {
+		t.Fatalf("after PublishDedup the partition holds %d messages, want 3 ending with the new one", len(msgs))
+	}
+	if dup, err := dp.PublishDedup(ctx, msg("dd", "k", 4)); err != nil || len(dup) != 1 || dup[0] {
+		t.Fatalf("PublishDedup of a new message: %v, %v", dup, err)
+	}
+
+	// A topic created with its own window remembers IDs that long.
+	if _, ok := b.(backend.Admin); !ok {
+		return
+	}
+	if err := backend.EnsureTopicConfig(ctx, b, backend.TopicInfo{Name: "dd-own", Partitions: 1, DedupWindow: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := b.(backend.Admin).Topics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ti := range infos {
+		if ti.Name == "dd-own" && ti.DedupWindow != time.Hour {
+			t.Fatalf("topic created with a dedup window of 1h has %v", ti.DedupWindow)
+		}
+	}
+	// An existing topic is left as it is.
+	if err := backend.EnsureTopicConfig(ctx, b, backend.TopicInfo{Name: "dd-own", Partitions: 3}); err != nil {
+		t.Fatalf("EnsureTopicConfig of an existing topic: %v", err)
+	}
+	if n, err := b.Partitions(ctx, "dd-own"); err != nil || n != 1 {
+		t.Fatalf("EnsureTopicConfig changed an existing topic: %d partitions, %v", n, err)
 	}
 }
 

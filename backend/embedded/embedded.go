@@ -97,6 +97,18 @@ func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
 	return b.log.Append(ctx, msgs...)
 }
 
+// PublishDedup implements backend.DedupPublisher.
+func (b *Backend) PublishDedup(ctx context.Context, msgs ...*ferry.Message) ([]bool, error) {
+	batch := &commitlog.Batch{Messages: msgs}
+	if err := b.log.Commit(ctx, batch); err != nil {
+		return nil, err
+	}
+	if batch.Duplicate == nil {
+		return make([]bool, len(msgs)), nil
+	}
+	return batch.Duplicate, nil
+}
+
 // Fetch implements backend.Backend.
 func (b *Backend) Fetch(ctx context.Context, tp backend.TopicPartition, offset uint64, max int) (backend.Fetched, error) {
 	res, err := b.log.Fetch(ctx, tp.Topic, tp.Partition, offset, commitlog.ReadOpts{MaxMessages: max})

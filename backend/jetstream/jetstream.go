@@ -272,15 +272,29 @@ type wireHeader struct {
 // and each one's acknowledgement awaited; a message whose ID the server
 // saw within its duplicate window is acknowledged with its first offset.
 func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
+	_, err := b.publish(ctx, msgs, nil)
+	return err
+}
+
+// PublishDedup implements backend.DedupPublisher: the stream's duplicate
+// window (WithDuplicateWindow) drops a message whose ID it holds, and its
+// acknowledgement names the original's sequence.
+func (b *Backend) PublishDedup(ctx context.Context, msgs ...*ferry.Message) ([]bool, error) {
+	dup := make([]bool, len(msgs))
+	return b.publish(ctx, msgs, dup)
+}
+
+// publish publishes msgs, noting in dup (if set) which were duplicates.
+func (b *Backend) publish(ctx context.Context, msgs []*ferry.Message, dup []bool) ([]bool, error) {
 	futures := make([]jetstream.PubAckFuture, len(msgs))
 	for i, m := range msgs {
 		n, err := b.Partitions(ctx, m.Topic)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if m.PinPartition {
 			if m.Partition < 0 || int(m.Partition) >= n {
-				return fmt.Errorf("jetstream: topic %q has %d partitions, message pinned to %d: %w", m.Topic, n, m.Partition, ferry.ErrInvalidArgument)
+				return nil, fmt.Errorf("jetstream: topic %q has %d partitions, message pinned to %d: %w", m.Topic, n, m.Partition, ferry.ErrInvalidArgument)
 			}
 		} else {
 			m.Partition = ferry.PartitionForKey(m.Key, n)
@@ -293,23 +307,26 @@ func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
 		}
 		nm, err := b.toNATS(m)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if futures[i], err = b.js.PublishMsgAsync(nm, jetstream.WithMsgID(m.ID.String())); err != nil {
-			return fmt.Errorf("jetstream: publish to %s: %w", nm.Subject, err)
+			return nil, fmt.Errorf("jetstream: publish to %s: %w", nm.Subject, err)
 		}
 	}
 	for i, f := range futures {
 		select {
 		case ack := <-f.Ok():
 			msgs[i].Offset = ack.Sequence - 1
+			if dup != nil {
+				dup[i] = ack.Duplicate
+			}
 		case err := <-f.Err():
-			return fmt.Errorf("jetstream: publish %s: %w", msgs[i].ID, err)
+			return nil, fmt.Errorf("jetstream: publish %s: %w", msgs[i].ID, err)
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
-	return nil
+	return dup, nil
 }
 
 func (b *Backend) toNATS(m *ferry.Message) (*nats.Msg, error) {

@@ -211,10 +211,14 @@ func runProduce(cmd *cobra.Command, g *globals, topic string, args []string, o p
 				wire[i] = admin.NewMessage(m)
 			}
 			out, err := api.Produce(ctx, topic, wire)
+			b := &commitlog.Batch{Messages: msgs}
 			for i := range min(len(out), len(msgs)) {
 				msgs[i].Partition, msgs[i].Offset = out[i].Partition, out[i].Offset
+				if out[i].Duplicate {
+					b.Duplicates++
+				}
 			}
-			done(&commitlog.Batch{Messages: msgs}, err)
+			done(b, err)
 		}
 	} else {
 		l, err := g.open(cmd.Context(), true)

@@ -483,3 +483,33 @@ func TestAdminServesTheConsole(t *testing.T) {
 		}
 	}
 }
+
+// A message produced again with the same --id through the admin API is a
+// duplicate, and the output says so, as it does on the directory.
+func TestProduceDuplicateThroughTheAdminAPI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "orders", "--partitions", "2")
+	url := startAdmin(t, "--dir", dir)
+	id := "0190d5c2-7f5e-7a1b-9c3d-4e5f60718293"
+	produce := func() produced {
+		t.Helper()
+		out, code := ferryExec(t, "--server", url, "produce", "--json", "orders", "--id", id, "-k", "k", "once")
+		var p produced
+		if code != 0 || json.Unmarshal([]byte(out), &p) != nil {
+			t.Fatalf("produce through the API: exit %d\n%s", code, out)
+		}
+		return p
+	}
+	first, again := produce(), produce()
+	if first.Produced != 1 || first.Duplicates != 0 || first.Messages[0].Duplicate {
+		t.Fatalf("first produce with --id: %+v", first)
+	}
+	if again.Produced != 0 || again.Duplicates != 1 || !again.Messages[0].Duplicate || again.Messages[0].Offset != first.Messages[0].Offset ||
+		again.Messages[0].Partition != first.Messages[0].Partition {
+		t.Fatalf("second produce of the same --id through the API: %+v (want a duplicate at the original's place %+v)", again, first.Messages[0])
+	}
+	out, code := ferryExec(t, "--server", url, "produce", "orders", "--id", id, "-k", "k", "once")
+	if code != 0 || !strings.Contains(out, "1 duplicate(s)") {
+		t.Fatalf("text output of a duplicate: exit %d\n%s", code, out)
+	}
+}
