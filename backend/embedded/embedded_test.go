@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/vfs"
@@ -155,5 +156,31 @@ func TestUnreadGrantTakenBackIsFree(t *testing.T) {
 	theirs := next(t, c)
 	if len(mine)+len(theirs) != 4 {
 		t.Fatalf("a runs %v, c runs %v: %d of 4 partitions have a running owner", mine, theirs, len(mine)+len(theirs))
+	}
+}
+
+// A topic created with a negative dedup window keeps none: the same ID
+// published twice is written twice, and PublishDedup says neither was a
+// duplicate.
+func TestEnsureTopicConfigWithoutDedup(t *testing.T) {
+	ctx := context.Background()
+	l, err := commitlog.Open(ctx, "/d", commitlog.WithFS(vfs.NewMemFS()), commitlog.WithDurability(commitlog.DurabilityNone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	b := New(l)
+	if err := backend.EnsureTopicConfig(ctx, b, backend.TopicInfo{Name: "nodedup", Partitions: 1, DedupWindow: -1}); err != nil {
+		t.Fatal(err)
+	}
+	id := ferry.NewID()
+	for i := range 2 {
+		dup, err := b.PublishDedup(ctx, &ferry.Message{ID: id, Topic: "nodedup", Payload: []byte("x")})
+		if err != nil || dup[0] {
+			t.Fatalf("publish %d: duplicate %v, %v", i, dup, err)
+		}
+	}
+	if _, end, _ := b.Bounds(ctx, backend.TopicPartition{Topic: "nodedup"}); end != 2 {
+		t.Fatalf("the partition holds %d messages, want 2", end)
 	}
 }
