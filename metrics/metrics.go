@@ -2,7 +2,8 @@
 // log's group commits, fsyncs and append latency; a consumer's lifecycle
 // events (handled, retried, dead-lettered, scheduled, released) with
 // handler latency; its buffers, parked keys, breaker state and lag per
-// partition; dead-letter queue depth by class; and the outbox relay's
+// partition, and whether it is healthy; dead-letter queue depth by class;
+// whether the embedded log accepts writes; and the outbox relay's
 // throughput and lag. Everything registers on the registry the caller
 // passes (never the global one), and labels are bounded: group, topic,
 // partition, class — never a message ID or key.
@@ -10,6 +11,7 @@
 //	reg := prometheus.NewRegistry()
 //	m, _ := metrics.New(reg)
 //	log, _ := commitlog.Open(ctx, dir, commitlog.WithObserver(m))
+//	m.WatchLog(log)
 //	c, _ := consumer.New(b, "billing", topics, h, consumer.WithObserver(m.ConsumerObserver("billing")))
 //	m.WatchConsumer("billing", c, b)
 //	http.ListenAndServe(addr, metrics.Handler(reg, metrics.Check("log", log.Healthy), metrics.Check("billing", c.Healthy)))
@@ -17,6 +19,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -25,10 +28,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
 	"github.com/ferrymq/ferry/outbox"
+	"github.com/ferrymq/ferry/retry"
 )
 
 // Metrics holds ferry's collectors on one registry. It implements
@@ -57,6 +63,8 @@ type Metrics struct {
 	brokerLatency  *prometheus.HistogramVec
 	brokerConns    prometheus.Gauge
 	brokerBytes    *prometheus.CounterVec
+
+	log atomic.Pointer[commitlog.Log] // the log WatchLog watches, or nil
 }
 
 // latencyBuckets spans 50µs to 10s.
@@ -111,7 +119,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Bytes read from and written to Kafka clients (direction in, out)."}, []string{"direction"}),
 	}
 	for _, c := range []prometheus.Collector{m.brokerRequests, m.brokerErrors, m.brokerLatency, m.brokerConns, m.brokerBytes, m.groupCommits, m.appended, m.messagesLogged, m.appendLatency, m.fsyncLatency, m.commitWrite,
-		m.groupMessages, m.groupBytes, m.events, m.retries, m.deadLetters, m.handleLatency, m.relayed, m.relayFailures, m.relayLag} {
+		m.groupMessages, m.groupBytes, m.events, m.retries, m.deadLetters, m.handleLatency, m.relayed, m.relayFailures, m.relayLag, logCollector{m}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register: %w", err)
 		}
@@ -129,6 +137,37 @@ func (m *Metrics) GroupCommit(appends, messages, bytes int, write, fsync time.Du
 	if fsync > 0 {
 		m.fsyncLatency.Observe(fsync.Seconds())
 	}
+}
+
+// WatchLog exports the health of the embedded log l on every scrape:
+// ferry_log_healthy is 1 while l accepts writes and 0 once l.Healthy
+// reports an error: the log failed (after an I/O error, such as a full
+// disk, it refuses writes until it is reopened) or was closed. A later
+// call replaces l, for a process that reopens its log; before the first,
+// ferry_log_healthy is not exported.
+func (m *Metrics) WatchLog(l *commitlog.Log) { m.log.Store(l) }
+
+var descLogHealthy = prometheus.NewDesc("ferry_log_healthy", "Whether the embedded log accepts writes: 1 yes, 0 it has failed (an I/O error; it refuses writes until reopened) or is closed.", nil, nil)
+
+// logCollector exports ferry_log_healthy for the log WatchLog watches.
+type logCollector struct{ m *Metrics }
+
+func (lc logCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descLogHealthy }
+
+func (lc logCollector) Collect(ch chan<- prometheus.Metric) {
+	l := lc.m.log.Load()
+	if l == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descLogHealthy, prometheus.GaugeValue, healthValue(l.Healthy()))
+}
+
+// healthValue is 1 for a nil error from a health check, 0 for any other.
+func healthValue(err error) float64 {
+	if err != nil {
+		return 0
+	}
+	return 1
 }
 
 // Appended implements commitlog.Observer.
@@ -220,9 +259,10 @@ const scrapeTimeout = 5 * time.Second
 
 // WatchConsumer exports a running consumer's state on every scrape: its
 // in-flight, buffered, waiting and pending messages, parked keys and
-// messages, breaker state (0 closed, 1 half-open, 2 open) and, per
-// assigned partition, its lag (the partition's end minus the committed
-// offset, read from b).
+// messages, breaker state (0 closed, 1 half-open, 2 open), health (1 when
+// c.Healthy reports none of its errors: running, heartbeating, breaker not
+// open; else 0) and, per assigned partition, its lag (the partition's end
+// minus the committed offset, read from b).
 func (m *Metrics) WatchConsumer(group string, c *consumer.Consumer, b backend.Backend) error {
 	return m.reg.Register(&consumerCollector{group: group, c: c, b: b})
 }
@@ -234,6 +274,7 @@ var (
 	descParkedKeys     = prometheus.NewDesc("ferry_consumer_parked_keys", "Keys parked behind a dead letter or scheduled retry.", []string{"group"}, nil)
 	descParkedMessages = prometheus.NewDesc("ferry_consumer_parked_messages", "Messages in the DLQ behind parked keys.", []string{"group"}, nil)
 	descBreaker        = prometheus.NewDesc("ferry_consumer_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", []string{"group"}, nil)
+	descHealthy        = prometheus.NewDesc("ferry_consumer_healthy", "Whether the consumer is healthy: 1 running with a live group membership and its breaker not open, 0 otherwise (its Healthy error).", []string{"group"}, nil)
 	descLag            = prometheus.NewDesc("ferry_consumer_lag_messages", "Messages between the committed offset and the end of a partition.", []string{"group", "topic", "partition"}, nil)
 	descCommitted      = prometheus.NewDesc("ferry_consumer_committed_offset", "Committed offset of an assigned partition.", []string{"group", "topic", "partition"}, nil)
 )
@@ -245,7 +286,7 @@ type consumerCollector struct {
 }
 
 func (cc *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descBuffered, descWaiting, descParkedKeys, descParkedMessages, descBreaker, descLag, descCommitted} {
+	for _, d := range []*prometheus.Desc{descInFlight, descBuffered, descWaiting, descParkedKeys, descParkedMessages, descBreaker, descHealthy, descLag, descCommitted} {
 		ch <- d
 	}
 }
@@ -263,6 +304,7 @@ func (cc *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 	if st.Breaker != "" {
 		gauge(descBreaker, map[string]int{"closed": 0, "half-open": 1, "open": 2}[st.Breaker], cc.group)
 	}
+	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, healthValue(cc.c.Healthy()), cc.group)
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	for _, p := range cc.c.PartitionStats() {
@@ -275,13 +317,21 @@ func (cc *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // WatchDLQ exports the dead entries of a dead-letter queue by class
-// (ferry_dlq_entries{dlq,class}). Reading a DLQ scans its topic, so a
+// (ferry_dlq_entries{dlq,class}). Every class a dead letter can have is
+// exported, 0 where the queue holds none, so that an alert sees a queue
+// that was empty grow (a series that appears with its first entry has no
+// earlier value to compare with); a queue whose topic does not exist yet
+// (nothing was dead-lettered) is empty. Reading a DLQ scans its topic, so a
 // scrape reuses the last count for up to refresh.
 func (m *Metrics) WatchDLQ(name string, q *dlq.Queue, refresh time.Duration) error {
 	return m.reg.Register(&dlqCollector{name: name, q: q, refresh: refresh})
 }
 
 var descDLQ = prometheus.NewDesc("ferry_dlq_entries", "Dead entries (not redriven, not purged) in a dead-letter queue, by class.", []string{"dlq", "class"}, nil)
+
+// dlqClasses are the classes of dead letters ferry writes: each is
+// exported for a watched queue even while it has no entry of that class.
+var dlqClasses = []retry.Class{retry.ClassTransient, retry.ClassPermanent, retry.ClassDecode, retry.ClassTimeout, retry.ClassPanic, dlq.ClassParked, dlq.ClassScheduled}
 
 type dlqCollector struct {
 	name    string
@@ -302,8 +352,14 @@ func (dc *dlqCollector) Collect(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 		entries, err := dc.q.List(ctx, dlq.Filter{})
 		cancel()
+		if errors.Is(err, ferry.ErrTopicNotFound) {
+			entries, err = nil, nil // nothing was ever dead-lettered: empty
+		}
 		if err == nil {
-			dc.counts, dc.at = map[string]int{}, time.Now()
+			dc.counts, dc.at = make(map[string]int, len(dlqClasses)), time.Now()
+			for _, class := range dlqClasses {
+				dc.counts[string(class)] = 0
+			}
 			for _, e := range entries {
 				dc.counts[string(e.Class)]++
 			}

@@ -24,6 +24,7 @@ import (
 	"github.com/ferrymq/ferry/metrics"
 	"github.com/ferrymq/ferry/outbox"
 	"github.com/ferrymq/ferry/retry"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // scrape GETs /metrics and parses it.
@@ -244,5 +245,169 @@ func TestNewRefusesBadRegistries(t *testing.T) {
 	}
 	if _, err := metrics.New(reg); err == nil || !strings.Contains(err.Error(), "register") {
 		t.Fatalf("second registration: %v", err)
+	}
+}
+
+// ferry_log_healthy follows the watched log's Healthy: absent before
+// WatchLog, 1 while the log accepts writes, 0 once a failed fsync has
+// made it refuse them, and 1 again for the log a reopen watches instead.
+func TestLogHealthy(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(metrics.Handler(reg))
+	defer srv.Close()
+	if got := sum(scrape(t, srv.URL), "ferry_log_healthy", nil); got != -1 {
+		t.Fatalf("ferry_log_healthy = %v before any log is watched, want it absent", got)
+	}
+	mem := vfs.NewMemFS()
+	ffs := vfs.NewFaultFS(mem)
+	l, err := commitlog.Open(ctx, "/log", commitlog.WithFS(ffs), commitlog.WithObserver(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.CreateTopic(ctx, "t", commitlog.TopicConfig{Partitions: 1}); err != nil {
+		t.Fatal(err)
+	}
+	m.WatchLog(l)
+	if err := l.Append(ctx, &ferry.Message{Topic: "t", Payload: []byte("ok")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := sum(scrape(t, srv.URL), "ferry_log_healthy", nil); got != 1 {
+		t.Fatalf("ferry_log_healthy = %v while the log writes, want 1", got)
+	}
+	ffs.SetInjector(func(op vfs.Op, _ string, _ int64) error {
+		if op == vfs.OpSync {
+			return vfs.EIO
+		}
+		return nil
+	})
+	if err := l.Append(ctx, &ferry.Message{Topic: "t", Payload: []byte("lost")}); err == nil {
+		t.Fatal("an append whose fsync failed was acknowledged")
+	}
+	if l.Healthy() == nil {
+		t.Fatal("the log is healthy after a failed fsync")
+	}
+	if got := sum(scrape(t, srv.URL), "ferry_log_healthy", nil); got != 0 {
+		t.Fatalf("ferry_log_healthy = %v after the log failed, want 0", got)
+	}
+	l.Close()
+	ffs.SetInjector(nil)
+	l2, err := commitlog.Open(ctx, "/log", commitlog.WithFS(ffs), commitlog.WithObserver(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	m.WatchLog(l2)
+	if got := sum(scrape(t, srv.URL), "ferry_log_healthy", nil); got != 1 {
+		t.Fatalf("ferry_log_healthy = %v for the reopened log, want 1", got)
+	}
+}
+
+// ferry_consumer_healthy follows the consumer's Healthy: 1 while it runs,
+// 0 while its breaker is open (beside ferry_consumer_breaker_state 2), 1
+// again once the breaker closes, and 0 after Run returns.
+func TestConsumerHealthy(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := memlog.Backend(t, commitlog.WithObserver(m))
+	if err := b.EnsureTopic(ctx, "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	var handled atomic.Int64
+	handler := func(ctx context.Context, msg *ferry.Message) error {
+		if down.Load() {
+			return errors.New("dependency down")
+		}
+		handled.Add(1)
+		return nil
+	}
+	c, err := consumer.New(b, "g", []string{"in"}, handler,
+		consumer.WithRetryPolicy(retry.Policy{InitialBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}),
+		consumer.WithCircuitBreaker(consumer.BreakerSettings{ConsecutiveFailures: 2, OpenFor: 50 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WatchConsumer("g", c, b); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(metrics.Handler(reg))
+	defer srv.Close()
+	gauge := func(name string) float64 { return sum(scrape(t, srv.URL), name, map[string]string{"group": "g"}) }
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	if got := gauge("ferry_consumer_healthy"); got != 0 {
+		t.Fatalf("ferry_consumer_healthy = %v before Run, want 0", got)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(rctx) }()
+	<-c.Ready()
+	waitFor("healthy 1 while running", func() bool { return gauge("ferry_consumer_healthy") == 1 })
+
+	down.Store(true)
+	if err := b.Publish(ctx, &ferry.Message{Topic: "in", Key: []byte("k")}); err != nil {
+		t.Fatal(err)
+	}
+	// The breaker opens and half-opens (a probe fails) in turn while the
+	// dependency is down: wait for a scrape that sees it open.
+	waitFor("a scrape with the breaker open", func() bool {
+		fams := scrape(t, srv.URL)
+		open := sum(fams, "ferry_consumer_breaker_state", map[string]string{"group": "g"}) == 2
+		if open && sum(fams, "ferry_consumer_healthy", map[string]string{"group": "g"}) != 0 {
+			t.Fatal("ferry_consumer_healthy is 1 in a scrape where the breaker is open")
+		}
+		return open
+	})
+	down.Store(false)
+	waitFor("the message handled", func() bool { return handled.Load() == 1 })
+	waitFor("breaker closed and healthy again", func() bool {
+		fams := scrape(t, srv.URL)
+		return sum(fams, "ferry_consumer_breaker_state", map[string]string{"group": "g"}) == 0 &&
+			sum(fams, "ferry_consumer_healthy", map[string]string{"group": "g"}) == 1
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := gauge("ferry_consumer_healthy"); got != 0 {
+		t.Fatalf("ferry_consumer_healthy = %v after Run returned, want 0", got)
+	}
+}
+
+// A watched DLQ exports every class, 0 while it holds none of it: a queue
+// that was empty has a value to grow from.
+func TestDLQEntriesZeroWhenEmpty(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := memlog.Backend(t)
+	if err := m.WatchDLQ("g.dlq", dlq.Open(b, "g.dlq"), 0); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(metrics.Handler(reg))
+	defer srv.Close()
+	fams := scrape(t, srv.URL)
+	for _, class := range []string{"transient", "permanent", "decode", "timeout", "panic", "parked", "scheduled"} {
+		if got := sum(fams, "ferry_dlq_entries", map[string]string{"dlq": "g.dlq", "class": class}); got != 0 {
+			t.Errorf("ferry_dlq_entries{class=%q} of an empty DLQ = %v, want 0", class, got)
+		}
 	}
 }
