@@ -298,7 +298,7 @@ func runGroupConsume(ctx context.Context, g *globals, tel *telemetry, pr *printe
 	if err != nil {
 		return err
 	}
-	defer tel.check("log", l.Healthy)()
+	defer tel.watchLog(l)()
 	defer l.Close()
 	t, err := l.Topic(topic)
 	if err != nil {

@@ -98,6 +98,7 @@ It prints "serving DIR on ADDR" once it listens (and "admin API on URL").`,
 			if err != nil {
 				return err
 			}
+			m.WatchLog(l)
 			opts := []broker.Opt{broker.WithLogger(logger), broker.WithAutoCreateTopics(autoCreate), broker.WithObserver(m)}
 			metricsLine := ""
 			if metricsAddr != "" {

@@ -367,7 +367,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{`ferry_broker_requests_total{api="Produce"} 1`, "ferry_broker_connections", `ferry_broker_bytes_total{direction="in"}`, "ferry_log_group_commits_total"} {
+	for _, want := range []string{`ferry_broker_requests_total{api="Produce"} 1`, "ferry_broker_connections", `ferry_broker_bytes_total{direction="in"}`, "ferry_log_group_commits_total", "ferry_log_healthy 1"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -94,6 +94,15 @@ func (t *telemetry) logOpts() []commitlog.Opt {
 	return []commitlog.Opt{commitlog.WithObserver(t.m)}
 }
 
+// watchLog exports a log's health (ferry_log_healthy and /healthz).
+func (t *telemetry) watchLog(l *commitlog.Log) func() {
+	if t == nil {
+		return func() {}
+	}
+	t.m.WatchLog(l)
+	return t.check("log", l.Healthy)
+}
+
 // observe wraps a consumer's observer so its events are counted too.
 func (t *telemetry) observe(group string, fn func(consumer.Event)) func(consumer.Event) {
 	if t == nil {
