@@ -10,10 +10,14 @@
 // handles to --handled as "KEY PAYLOAD" and fails a message whose payload
 // is "poison" permanently (and panics on one whose payload is "panic"), so
 // it is dead-lettered and its key parks, until the file --fixed exists
-// (the fix deployed). The admin handler also serves the web console at
-// /ui/, with the group's lag sampled every --lag-every. Messages are produced
-// through the API (POST /api/v1/topics/orders/messages). SIGTERM or
-// Ctrl-C stops it.
+// (the fix deployed); a message whose payload is "timeout" fails its first
+// attempt as the payment provider would, and is retried. The handler runs
+// behind a circuit breaker. The admin handler also serves the web console
+// at /ui/, with the group's lag sampled every --lag-every. Messages are
+// produced through the API (POST /api/v1/topics/orders/messages). With
+// --metrics ADDR it serves Prometheus metrics on /metrics (the log, the
+// consumer, its DLQ billing.dlq) and health on /healthz. SIGTERM or Ctrl-C
+// stops it.
 package main
 
 import (
@@ -30,11 +34,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/admin"
 	"github.com/ferrymq/ferry/backend/embedded"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
+	"github.com/ferrymq/ferry/dlq"
+	"github.com/ferrymq/ferry/metrics"
 	"github.com/ferrymq/ferry/retry"
 )
 
@@ -45,22 +53,31 @@ func main() {
 	handled := flag.String("handled", "handled.txt", "file the handler appends KEY PAYLOAD lines to")
 	fixed := flag.String("fixed", "fixed", "while this file does not exist, a \"poison\" payload fails permanently (and a \"panic\" one panics)")
 	lagEvery := flag.Duration("lag-every", 10*time.Second, "how often the console's lag history is sampled")
+	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on /metrics and health on /healthz at this address (host:port); none: no metrics")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed, *lagEvery); err != nil {
+	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed, *metricsAddr, *lagEvery); err != nil {
 		fmt.Fprintln(os.Stderr, "billing:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string, lagEvery time.Duration) error {
+func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile, metricsAddr string, lagEvery time.Duration) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	l, err := commitlog.Open(ctx, dir)
+	// The metrics go on a registry of the service's own (ferry never
+	// registers on the global one).
+	promReg := prometheus.NewRegistry()
+	m, err := metrics.New(promReg)
+	if err != nil {
+		return err
+	}
+	l, err := commitlog.Open(ctx, dir, commitlog.WithObserver(m))
 	if err != nil {
 		return err
 	}
 	defer l.Close()
+	m.WatchLog(l)
 	b := embedded.New(l)
 	defer b.Close()
 	if err := b.EnsureTopic(ctx, "orders", 3); err != nil {
@@ -72,7 +89,7 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string
 	}
 	defer out.Close()
 	var mu sync.Mutex
-	handle := func(_ context.Context, m *ferry.Message) error {
+	handle := func(ctx context.Context, m *ferry.Message) error {
 		switch string(m.Payload) {
 		case "poison", "panic":
 			if _, err := os.Stat(fixedFile); err == nil {
@@ -82,6 +99,10 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string
 				panic("billing: an order without a customer")
 			}
 			return ferry.Permanent(errors.New("cannot bill a poison order"))
+		case "timeout":
+			if consumer.Attempt(ctx) == 1 {
+				return errors.New("payment provider timed out")
+			}
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -91,9 +112,28 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile string
 		return out.Sync()
 	}
 	c, err := consumer.New(b, "billing", []string{"orders"}, handle, consumer.WithLogger(logger),
-		consumer.WithRetryPolicy(retry.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}))
+		consumer.WithRetryPolicy(retry.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}),
+		consumer.WithCircuitBreaker(consumer.BreakerSettings{}),
+		consumer.WithObserver(m.ConsumerObserver("billing")))
 	if err != nil {
 		return err
+	}
+	if metricsAddr != "" {
+		if err := m.WatchConsumer("billing", c, b); err != nil {
+			return err
+		}
+		if err := m.WatchDLQ("billing.dlq", dlq.Open(b, "billing.dlq"), 5*time.Second); err != nil {
+			return err
+		}
+		mln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics %s: %w", metricsAddr, err)
+		}
+		ms := &http.Server{Handler: metrics.Handler(promReg, metrics.Check("log", l.Healthy), metrics.Check("billing", c.Healthy)),
+			ReadHeaderTimeout: 10 * time.Second}
+		go ms.Serve(mln)
+		defer ms.Close()
+		fmt.Printf("metrics on http://%s/metrics\n", mln.Addr())
 	}
 
 	// The admin API: one Service over the backend, the consumer
