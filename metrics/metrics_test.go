@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/admin"
 	"github.com/ferrymq/ferry/commitlog"
 	"github.com/ferrymq/ferry/consumer"
 	"github.com/ferrymq/ferry/dlq"
@@ -391,7 +392,8 @@ func TestConsumerHealthy(t *testing.T) {
 }
 
 // A watched DLQ exports every class, 0 while it holds none of it: a queue
-// that was empty has a value to grow from.
+// that was empty has a value to grow from. The classes are those the admin
+// API filters DLQ entries by: every class a dead letter can have.
 func TestDLQEntriesZeroWhenEmpty(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m, err := metrics.New(reg)
@@ -405,9 +407,33 @@ func TestDLQEntriesZeroWhenEmpty(t *testing.T) {
 	srv := httptest.NewServer(metrics.Handler(reg))
 	defer srv.Close()
 	fams := scrape(t, srv.URL)
-	for _, class := range []string{"transient", "permanent", "decode", "timeout", "panic", "parked", "scheduled"} {
-		if got := sum(fams, "ferry_dlq_entries", map[string]string{"dlq": "g.dlq", "class": class}); got != 0 {
+	for _, class := range admin.Classes {
+		want := map[string]string{"dlq": "g.dlq", "class": class}
+		if n := samples(fams, "ferry_dlq_entries", want); n != 1 {
+			t.Errorf("ferry_dlq_entries{class=%q} of an empty DLQ: %d samples, want 1", class, n)
+		} else if got := sum(fams, "ferry_dlq_entries", want); got != 0 {
 			t.Errorf("ferry_dlq_entries{class=%q} of an empty DLQ = %v, want 0", class, got)
 		}
 	}
+}
+
+// samples counts the samples of a family whose labels include want.
+func samples(fams map[string]*dto.MetricFamily, name string, want map[string]string) int {
+	n := 0
+	if f := fams[name]; f != nil {
+	next:
+		for _, m := range f.Metric {
+			labels := map[string]string{}
+			for _, l := range m.Label {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue next
+				}
+			}
+			n++
+		}
+	}
+	return n
 }
