@@ -11,8 +11,11 @@
 // is "poison" permanently (and panics on one whose payload is "panic"), so
 // it is dead-lettered and its key parks, until the file --fixed exists
 // (the fix deployed); a message whose payload is "timeout" fails its first
-// attempt as the payment provider would, and is retried. The handler runs
-// behind a circuit breaker. The admin handler also serves the web console
+// attempt as the payment provider would, and is retried. Its calls to the
+// payments dependency fail while the file --down exists (an outage: a
+// retryable error, so the circuit breaker around the handler opens and
+// handling pauses), and never return while the file --hang exists (a call
+// made without a deadline: it waits until the service stops). The admin handler also serves the web console
 // at /ui/, with the group's lag sampled every --lag-every. Messages are
 // produced through the API (POST /api/v1/topics/orders/messages). With
 // --metrics ADDR it serves Prometheus metrics on /metrics (the log, the
@@ -52,18 +55,20 @@ func main() {
 	authFile := flag.String("auth", "", "access file of the admin API (tokens, roles); none: loopback only, everyone may do everything")
 	handled := flag.String("handled", "handled.txt", "file the handler appends KEY PAYLOAD lines to")
 	fixed := flag.String("fixed", "fixed", "while this file does not exist, a \"poison\" payload fails permanently (and a \"panic\" one panics)")
+	down := flag.String("down", "down", "while this file exists, the payments dependency is down: every call fails (retryably)")
+	hang := flag.String("hang", "hang", "while this file exists, calls to the payments dependency never return (until the service stops)")
 	lagEvery := flag.Duration("lag-every", 10*time.Second, "how often the console's lag history is sampled")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on /metrics and health on /healthz at this address (host:port); none: no metrics")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed, *metricsAddr, *lagEvery); err != nil {
+	if err := run(ctx, *dir, *addr, *authFile, *handled, *fixed, *down, *hang, *metricsAddr, *lagEvery); err != nil {
 		fmt.Fprintln(os.Stderr, "billing:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile, metricsAddr string, lagEvery time.Duration) error {
+func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile, downFile, hangFile, metricsAddr string, lagEvery time.Duration) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// The metrics go on a registry of the service's own (ferry never
 	// registers on the global one).
@@ -89,10 +94,11 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile, metri
 	}
 	defer out.Close()
 	var mu sync.Mutex
+	exists := func(name string) bool { _, err := os.Stat(name); return err == nil }
 	handle := func(ctx context.Context, m *ferry.Message) error {
 		switch string(m.Payload) {
 		case "poison", "panic":
-			if _, err := os.Stat(fixedFile); err == nil {
+			if exists(fixedFile) {
 				break
 			}
 			if string(m.Payload) == "panic" {
@@ -104,6 +110,14 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile, metri
 				return errors.New("payment provider timed out")
 			}
 		}
+		// The call to the payments dependency.
+		if exists(hangFile) {
+			<-ctx.Done() // no deadline: only the consumer stopping ends it
+			return ctx.Err()
+		}
+		if exists(downFile) {
+			return errors.New("payments: connection refused") // retryable
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if _, err := fmt.Fprintf(out, "%s %s\n", m.Key, m.Payload); err != nil {
@@ -113,7 +127,8 @@ func run(ctx context.Context, dir, addr, authFile, handledFile, fixedFile, metri
 	}
 	c, err := consumer.New(b, "billing", []string{"orders"}, handle, consumer.WithLogger(logger),
 		consumer.WithRetryPolicy(retry.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond}),
-		consumer.WithCircuitBreaker(consumer.BreakerSettings{}),
+		// While payments is down, handling pauses instead of dead-lettering.
+		consumer.WithCircuitBreaker(consumer.BreakerSettings{OpenFor: time.Second}),
 		consumer.WithObserver(m.ConsumerObserver("billing")))
 	if err != nil {
 		return err
