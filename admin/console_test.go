@@ -15,6 +15,9 @@ import (
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/backend"
+	"github.com/ferrymq/ferry/backend/embedded"
+	"github.com/ferrymq/ferry/commitlog"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // consoleClient is a browser's view of the console: a cookie jar, and the
@@ -355,5 +358,40 @@ func TestConsoleRefusesTwoSessionCookies(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "2 ferry_session cookies sent, want one") {
 		t.Fatalf("two session cookies: %s %s", resp.Status, body)
+	}
+}
+
+// TestHealthIsDegradedWhenTheLogFailed: after a failed fsync the log
+// refuses every append until reopened; the API's health (and so the
+// console's overview) says so, with the log's error.
+func TestHealthIsDegradedWhenTheLogFailed(t *testing.T) {
+	ctx := context.Background()
+	ffs := vfs.NewFaultFS(vfs.NewMemFS())
+	l, err := commitlog.Open(ctx, "/log", commitlog.WithFS(ffs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	b := embedded.New(l)
+	defer b.Close()
+	if err := b.EnsureTopic(ctx, "t", 1); err != nil {
+		t.Fatal(err)
+	}
+	svc := NewService(b)
+	if h, err := svc.Health(ctx); err != nil || h.Status != "ok" {
+		t.Fatalf("health of a working log: %+v, %v", h, err)
+	}
+	ffs.SetInjector(func(op vfs.Op, _ string, _ int64) error {
+		if op == vfs.OpSync {
+			return vfs.EIO
+		}
+		return nil
+	})
+	if err := b.Publish(ctx, &ferry.Message{Topic: "t", Payload: []byte("lost")}); err == nil {
+		t.Fatal("an append whose fsync failed was acknowledged")
+	}
+	h, err := svc.Health(ctx)
+	if err != nil || h.Status != "degraded" || len(h.Problems) == 0 || !strings.Contains(h.Problems[0], "backend: ") {
+		t.Fatalf("health after the log failed: %+v, %v", h, err)
 	}
 }

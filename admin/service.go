@@ -195,6 +195,11 @@ func (s *Service) protect(what, topic string) error {
 // Health implements API.
 func (s *Service) Health(ctx context.Context) (Health, error) {
 	h := Health{Status: "ok", Backend: s.name, Problems: []string{}}
+	if hc, ok := s.b.(backend.HealthChecker); ok {
+		if err := hc.Healthy(); err != nil {
+			h.Problems = append(h.Problems, "backend: "+err.Error())
+		}
+	}
 	if s.adm != nil {
 		if _, err := s.adm.Topics(ctx); err != nil {
 			h.Problems = append(h.Problems, "backend: "+err.Error())

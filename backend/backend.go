@@ -99,6 +99,13 @@ func EnsureTopicConfig(ctx context.Context, b Backend, t TopicInfo) error {
 	return nil
 }
 
+// HealthChecker is implemented by backends that know when they can no
+// longer work (the embedded log after a failed write or fsync): Healthy
+// returns why, or nil.
+type HealthChecker interface {
+	Healthy() error
+}
+
 // Retention is implemented by backends that can create a topic whose
 // messages are dropped once older than a given age.
 type Retention interface {

@@ -97,6 +97,10 @@ func (b *Backend) Publish(ctx context.Context, msgs ...*ferry.Message) error {
 	return b.log.Append(ctx, msgs...)
 }
 
+// Healthy implements backend.HealthChecker: the log's state (it stops
+// accepting appends after a write or fsync failed, until reopened).
+func (b *Backend) Healthy() error { return b.log.Healthy() }
+
 // PublishDedup implements backend.DedupPublisher.
 func (b *Backend) PublishDedup(ctx context.Context, msgs ...*ferry.Message) ([]bool, error) {
 	batch := &commitlog.Batch{Messages: msgs}
