@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
 
 	"github.com/ferrymq/ferry"
 )
@@ -137,7 +138,19 @@ type Auth struct {
 
 	mu       sync.Mutex
 	verified map[[32]byte]int // sha256 of a token that matched -> index in cfg.Tokens
+	// unknown bounds the bcrypt comparisons of tokens not verified yet,
+	// which a caller trying tokens (or a login form hammered) would
+	// otherwise turn into CPU without end.
+	unknown *rate.Limiter
 }
+
+// Bounds of the verification of tokens not seen before: on average
+// unknownPerSecond a second, unknownBurst at once. A token once verified
+// is checked by its SHA-256 and costs nothing.
+const (
+	unknownPerSecond = 2
+	unknownBurst     = 20
+)
 
 // LoadAuth reads an access configuration file (see AuthConfig).
 func LoadAuth(file string) (*Auth, error) {
@@ -208,7 +221,7 @@ func NewAuth(cfg AuthConfig) (*Auth, error) {
 			return nil, err
 		}
 	}
-	return &Auth{cfg: cfg, verified: map[[32]byte]int{}}, nil
+	return &Auth{cfg: cfg, verified: map[[32]byte]int{}, unknown: rate.NewLimiter(unknownPerSecond, unknownBurst)}, nil
 }
 
 // HashToken returns the bcrypt hash of a token, for the access file.
@@ -271,6 +284,9 @@ func (a *Auth) token(token string) (Principal, error) {
 	i, ok := a.verified[sum]
 	a.mu.Unlock()
 	if !ok {
+		if !a.unknown.Allow() {
+			return Principal{}, ErrTooManyAttempts
+		}
 		i = -1
 		for j, t := range a.cfg.Tokens {
 			if bcrypt.CompareHashAndPassword([]byte(t.Hash), []byte(token)) == nil {

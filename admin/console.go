@@ -103,6 +103,9 @@ func consoleHeaders(w http.ResponseWriter) {
 
 func (h *Handler) renderLogin(w http.ResponseWriter, status int, problem string) {
 	consoleHeaders(w)
+	if status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
@@ -144,7 +147,8 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	}
 	who, err := h.auth.token(token)
 	if err != nil {
-		fail(http.StatusUnauthorized, err)
+		status, _ := errorCode(err) // 401, or 429 when too many were tried
+		fail(status, err)
 		return
 	}
 	c.audit.Actor, c.audit.Auth = who.Name, "console"

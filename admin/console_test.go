@@ -3,6 +3,8 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -393,5 +395,38 @@ func TestHealthIsDegradedWhenTheLogFailed(t *testing.T) {
 	h, err := svc.Health(ctx)
 	if err != nil || h.Status != "degraded" || len(h.Problems) == 0 || !strings.Contains(h.Problems[0], "backend: ") {
 		t.Fatalf("health after the log failed: %+v, %v", h, err)
+	}
+}
+
+// TestUnknownTokensAreRateLimited: every token not verified before costs
+// a bcrypt comparison with each token of the access file, so trying
+// tokens is bounded (429, Retry-After) while a token verified before
+// still gets in at once.
+func TestUnknownTokensAreRateLimited(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.client(t, tokenOf("reader")).Topics(ctx); err != nil {
+		t.Fatal(err)
+	}
+	limited := 0
+	for i := range 2 * unknownBurst {
+		_, err := f.client(t, fmt.Sprintf("guess-%d-0123456789abcdef", i)).Topics(ctx)
+		var ae *APIError
+		switch {
+		case errors.Is(err, ErrTooManyAttempts) && errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests:
+			limited++
+		case !errors.Is(err, ErrUnauthenticated):
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if limited < unknownBurst/2 {
+		t.Fatalf("%d of %d guesses in a burst were limited, want most beyond the first %d", limited, 2*unknownBurst, unknownBurst)
+	}
+	if _, err := f.client(t, tokenOf("reader")).Topics(ctx); err != nil {
+		t.Fatalf("a token verified before, during the limit: %v", err)
+	}
+	resp := newConsoleClient(t, f.srv.URL).login("guess-login-0123456789abcdef")
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a login during the limit: %s %v", resp.Status, resp.Header)
 	}
 }

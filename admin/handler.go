@@ -408,6 +408,7 @@ var errorCodes = []struct {
 	code   string
 	also   error // a second sentinel the code stands for (nil: none)
 }{
+	{ErrTooManyAttempts, http.StatusTooManyRequests, "too_many_attempts", ErrUnauthenticated},
 	{ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated", nil},
 	{ErrForbidden, http.StatusForbidden, "forbidden", nil},
 	{ErrProtected, http.StatusForbidden, "protected", nil},
@@ -441,8 +442,11 @@ func errorBody(err error, id string) ErrorBody {
 
 func writeError(w http.ResponseWriter, id string, err error) {
 	status, _ := errorCode(err)
-	if status == http.StatusUnauthorized {
+	switch status {
+	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
+	case http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, status, errorBody(err, id))
 }

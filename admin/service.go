@@ -30,6 +30,10 @@ var (
 	ErrProtected = errors.New("admin: the audit topic is written only by the audit log")
 	// ErrUnauthenticated: no credentials, or wrong ones.
 	ErrUnauthenticated = errors.New("admin: unauthenticated")
+	// ErrTooManyAttempts: too many tokens that matched none were tried
+	// lately (each costs a bcrypt comparison with every token of the
+	// access file); wait a second. It comes with ErrUnauthenticated.
+	ErrTooManyAttempts = fmt.Errorf("admin: too many failed authentications, try again in a second: %w", ErrUnauthenticated)
 	// ErrForbidden: the caller's roles do not grant the verb.
 	ErrForbidden = errors.New("admin: forbidden")
 	// ErrNoDLQ: the DLQ topic does not exist (yet): nothing was
