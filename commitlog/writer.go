@@ -114,6 +114,20 @@ type bucket struct {
 	msgs []*ferry.Message
 }
 
+// MessageError is the refusal of one message of a batch: Index is its
+// position in Batch.Messages (Append's arguments), Err why. Nothing of the
+// batch was written.
+type MessageError struct {
+	Index int
+	Err   error
+}
+
+// Error implements error.
+func (e *MessageError) Error() string { return fmt.Sprintf("commitlog: message %d: %v", e.Index, e.Err) }
+
+// Unwrap returns why the message was refused.
+func (e *MessageError) Unwrap() error { return e.Err }
+
 // Append writes messages atomically (see Commit).
 func (l *Log) Append(ctx context.Context, msgs ...*ferry.Message) error {
 	return l.Commit(ctx, &Batch{Messages: msgs})
@@ -209,17 +223,17 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 	total := 0
 	for i, m := range b.Messages {
 		if m == nil {
-			return nil, fmt.Errorf("commitlog: message %d is nil: %w", i, ferry.ErrInvalidArgument)
+			return nil, &MessageError{Index: i, Err: fmt.Errorf("nil: %w", ferry.ErrInvalidArgument)}
 		}
 		if err := ValidateTopicName(m.Topic); err != nil {
-			return nil, fmt.Errorf("commitlog: message %d: %w", i, err)
+			return nil, &MessageError{Index: i, Err: err}
 		}
 		n := len(m.Key) + len(m.Payload)
 		for _, h := range m.Headers {
 			n += len(h.Key) + len(h.Value)
 		}
 		if n > l.cfg.maxMessageBytes {
-			return nil, fmt.Errorf("commitlog: message %d to %q is %d bytes (key, payload and headers): the limit is %d: %w", i, m.Topic, n, l.cfg.maxMessageBytes, ferry.ErrInvalidArgument)
+			return nil, &MessageError{Index: i, Err: fmt.Errorf("%d bytes to %q (key, payload and headers): the limit is %d: %w", n, m.Topic, l.cfg.maxMessageBytes, ferry.ErrInvalidArgument)}
 		}
 		total += recordSize(m)
 		if m.ID.IsZero() {
@@ -670,16 +684,16 @@ func (l *Log) route(r *request) error {
 	for i, m := range b.Messages {
 		t := l.topics[m.Topic]
 		if t == nil {
-			return fmt.Errorf("commitlog: message %d: topic %q: %w", i, m.Topic, ferry.ErrTopicNotFound)
+			return &MessageError{Index: i, Err: fmt.Errorf("topic %q: %w", m.Topic, ferry.ErrTopicNotFound)}
 		}
 		if t.config.Compact && len(m.Key) == 0 {
 			// Compaction keeps the latest message of each key: keyless
 			// messages would all count as one key and all but the last
 			// would vanish. Kafka refuses them too.
-			return fmt.Errorf("commitlog: message %d: topic %q is compacted, so every message needs a key (the latest message of each key is kept): %w", i, m.Topic, ferry.ErrInvalidArgument)
+			return &MessageError{Index: i, Err: fmt.Errorf("topic %q is compacted, so every message needs a key (the latest message of each key is kept): %w", m.Topic, ferry.ErrInvalidArgument)}
 		}
 		if m.PinPartition && (m.Partition < 0 || int(m.Partition) >= len(t.parts)) {
-			return fmt.Errorf("commitlog: message %d: partition %d of topic %q, which has partitions 0 to %d: %w", i, m.Partition, m.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)
+			return &MessageError{Index: i, Err: fmt.Errorf("partition %d of topic %q, which has partitions 0 to %d: %w", m.Partition, m.Topic, len(t.parts)-1, ferry.ErrInvalidArgument)}
 		}
 	}
 	for i, o := range b.Offsets {

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 
@@ -58,15 +59,29 @@ func run(ctx context.Context, args []string) int {
 }
 
 // sayOnce renders err for a person: the packages' prefixes that wrapping
-// repeats ("ferry: commitlog: ...: ferry: topic not found") are dropped,
-// as "ferry:" is printed once before the message.
+// repeats ("ferry: commitlog: ...: ferry: topic not found") are dropped
+// where they start the message or one of its wrapped parts (never inside
+// a name such as "billing.dlq: "), as "ferry:" is printed once before it;
+// so is the "invalid argument" a message that says what was wrong ends in.
 func sayOnce(err error) string {
 	msg := err.Error()
-	for _, prefix := range []string{"ferry: ", "commitlog: ", "embedded: ", "dlq: ", "admin: "} {
-		msg = strings.ReplaceAll(msg, prefix, "")
+	for {
+		short := packagePrefix.ReplaceAllString(msg, "$1")
+		if short == msg {
+			break
+		}
+		msg = short
 	}
-	return msg
+	return sentinelTail.ReplaceAllString(msg, "$1$2")
 }
+
+// sentinelTail is an "invalid argument" beside what says what was wrong:
+// at the end, before a parenthesis, or between two parts.
+var sentinelTail = regexp.MustCompile(`(.): invalid argument($| \(|:)`)
+
+// packagePrefix is a package's prefix at the start of a message or of a
+// wrapped part of it.
+var packagePrefix = regexp.MustCompile(`(^|: )(?:ferry|commitlog|embedded|dlq|admin): `)
 
 // usageError marks errors in how the command was called.
 type usageError struct{ error }

@@ -493,7 +493,7 @@ func (p *producer) stream(ctx context.Context, frames <-chan []byte, max int) er
 			defer wg.Done()
 			defer func() { <-slots }()
 			if err != nil {
-				fail(at, fmt.Errorf("message %d: %w", at+1, err))
+				fail(at, inputError(at, len(msgs), err))
 				return
 			}
 			p.done(b)
@@ -504,9 +504,24 @@ func (p *producer) stream(ctx context.Context, frames <-chan []byte, max int) er
 	}
 	wg.Wait()
 	if firstErr != nil {
-		return fmt.Errorf("%w (%d message(s) before it were produced)", firstErr, len(p.produced))
+		if len(p.produced) == 0 {
+			return fmt.Errorf("%w (nothing was produced)", firstErr)
+		}
+		return fmt.Errorf("%w (%d message(s) were produced before it)", firstErr, len(p.produced))
 	}
 	return nil
+}
+
+// inputError says which message of the input (counting from 1) a batch
+// of n from the input's at-th failed at, naming it once.
+func inputError(at, n int, err error) error {
+	if me, ok := errors.AsType[*commitlog.MessageError](err); ok {
+		return fmt.Errorf("message %d of the input: %w", at+me.Index+1, me.Err)
+	}
+	if n == 1 {
+		return fmt.Errorf("message %d of the input: %w", at+1, err)
+	}
+	return fmt.Errorf("messages %d to %d of the input: %w", at+1, at+n, err)
 }
 
 // print reports where the messages went.
