@@ -123,7 +123,9 @@ type MessageError struct {
 }
 
 // Error implements error.
-func (e *MessageError) Error() string { return fmt.Sprintf("commitlog: message %d: %v", e.Index, e.Err) }
+func (e *MessageError) Error() string {
+	return fmt.Sprintf("commitlog: message %d: %v", e.Index, e.Err)
+}
 
 // Unwrap returns why the message was refused.
 func (e *MessageError) Unwrap() error { return e.Err }

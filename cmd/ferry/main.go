@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime"
 	"runtime/debug"
-	"regexp"
 	"strings"
 	"text/tabwriter"
 
