@@ -250,7 +250,10 @@ func (s *Service) describe(ctx context.Context, ti backend.TopicInfo) (Topic, er
 	if ti.RetentionAge > 0 {
 		t.Retention = ti.RetentionAge.String()
 	}
-	if ti.DedupWindow != 0 {
+	switch {
+	case ti.DedupWindow < 0:
+		t.DedupWindow = "none"
+	case ti.DedupWindow > 0:
 		t.DedupWindow = ti.DedupWindow.String()
 	}
 	for p := range ti.Partitions {

@@ -26,7 +26,7 @@ type Topic struct {
 	// Compact keeps only each key's latest message.
 	Compact bool `json:"compact,omitempty"`
 	// DedupWindow is how long message IDs are remembered ("": the
-	// backend's default).
+	// backend's default; "none": not at all).
 	DedupWindow string `json:"dedup_window,omitempty"`
 	// Messages counts the messages retained (ends minus starts).
 	Messages uint64 `json:"messages"`

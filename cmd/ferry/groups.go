@@ -80,6 +80,10 @@ func newGroupsCmd(g *globals) *cobra.Command {
 			if err := api.DeleteGroup(cmd.Context(), args[0], force); err != nil {
 				return err
 			}
+			if _, err := api.Topic(cmd.Context(), args[0]+".dlq"); err == nil {
+				// Its dead letters are an operator's to look at first.
+				fmt.Fprintf(cmd.ErrOrStderr(), "ferry: its DLQ topic %s.dlq is left as it is: ferry dlq list -g %s; ferry topics delete %s.dlq\n", args[0], args[0], args[0])
+			}
 			return g.print(cmd.OutOrStdout(), admin.GroupDeleted{Group: args[0], Deleted: true}, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "deleted group %s\n", args[0])
 			})

@@ -94,3 +94,31 @@ func TestEveryCommandsJSONReadsInJQ(t *testing.T) {
 		}
 	}
 }
+
+// What a user is told is what works: the way to grow a topic runs as
+// given, an empty --from is refused (it would copy everything), and
+// deleting a group says its DLQ topic is left.
+func TestAdviceRunsAsGiven(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "a", "--partitions", "2")
+	mustRun(t, dir, "", "produce", "a", "-k", "k1", "x", "y")
+	out, code := ferryRun(t, dir, "", "topics", "alter", "a", "--partitions", "4")
+	advice := "ferry topics create NEW --partitions 4 && ferry replay a --from earliest --to NEW"
+	if code != exitBadInput || !strings.Contains(out, advice) {
+		t.Fatalf("topics alter --partitions: exit %d\n%s", code, out)
+	}
+	// The advice, run (with NEW named), grows the topic.
+	mustRun(t, dir, "", "topics", "create", "a4", "--partitions", "4")
+	mustRun(t, dir, "", "replay", "a", "--from", "earliest", "--to", "a4")
+	if n := strings.Count(mustRun(t, dir, "", "consume", "a4"), "\n"); n != 2 {
+		t.Fatalf("the grown topic holds %d lines, want 2", n)
+	}
+	if out, code := ferryRun(t, dir, "", "replay", "a", "--from", "", "--to", "b"); code != exitBadInput || !strings.Contains(out, "--from is empty") {
+		t.Fatalf("replay --from '': exit %d\n%s", code, out)
+	}
+	mustRun(t, dir, "", "topics", "create", "billing.dlq")
+	mustRun(t, dir, "", "groups", "reset", "billing", "--topic", "a", "--to", "earliest")
+	if out := mustRun(t, dir, "", "groups", "delete", "billing"); !strings.Contains(out, "its DLQ topic billing.dlq is left as it is") {
+		t.Fatalf("groups delete says nothing of the DLQ:\n%s", out)
+	}
+}

@@ -301,7 +301,7 @@ func TestTopicsAlter(t *testing.T) {
 		args []string
 		says string
 	}{
-		{[]string{"topics", "alter", "orders", "--partitions", "4"}, "ferry replay orders --to NEW"},
+		{[]string{"topics", "alter", "orders", "--partitions", "4"}, "ferry replay orders --from earliest --to NEW"},
 		{[]string{"topics", "alter", "orders"}, "--retention or --retention-bytes"},
 		{[]string{"topics", "alter", "orders", "--retention-bytes", "-1"}, "want 0 (unbounded) or more"},
 		{[]string{"topics", "alter", "nope", "--retention", "1h"}, `"nope"`},

@@ -88,6 +88,11 @@ With --json it prints {"from","to","created","copied","already_there"}.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			now := time.Now()
+			if from == "" {
+				// ParseStart takes "" as earliest; a script's empty
+				// variable must not copy a whole topic.
+				return usageError{fmt.Errorf("--from is empty: give where to start (%s)", admin.StartForms)}
+			}
 			if _, err := parseFrom("--from", from, now); err != nil {
 				return err
 			}

@@ -142,7 +142,7 @@ create one with more partitions and replay into it (ferry replay).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f := cmd.Flags()
 			if f.Changed("partitions") {
-				return usageError{fmt.Errorf("--partitions %d: a topic's partition count is fixed at creation (keys map to partitions by it, so a change would break each key's order); create a topic with %d partitions and replay into it: ferry replay %s --to NEW", alterPartitions, alterPartitions, args[0])}
+				return usageError{fmt.Errorf("--partitions %d: a topic's partition count is fixed at creation (keys map to partitions by it, so a change would break each key's order); create one with %d partitions and replay into it: ferry topics create NEW --partitions %d && ferry replay %s --from earliest --to NEW", alterPartitions, alterPartitions, alterPartitions, args[0])}
 			}
 			var a admin.AlterTopic
 			if f.Changed("retention") {
