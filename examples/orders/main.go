@@ -159,8 +159,10 @@ func run(ctx context.Context, pool *pgxpool.Pool, dir string, orders int, out io
 		applied.Add(1)
 		return nil
 	})
+	// consume runs a group over what the topic holds, and returns once
+	// it has caught up (every message handled, or dead-lettered).
 	consume := func(group string, h consumer.Handler, want int64, counter *atomic.Int64) error {
-		cctx, cancel := context.WithCancel(runCtx)
+		cctx, cancel := context.WithTimeout(runCtx, time.Minute)
 		defer cancel()
 		c, err := consumer.New(b, group, []string{topic}, h,
 			consumer.WithLogger(quiet), consumer.WithConcurrency(8),
@@ -168,18 +170,11 @@ func run(ctx context.Context, pool *pgxpool.Pool, dir string, orders int, out io
 		if err != nil {
 			return err
 		}
-		done := make(chan error, 1)
-		go func() { done <- c.Run(cctx) }()
-		deadline := time.Now().Add(time.Minute)
-		for counter.Load() < want && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		cancel()
-		if err := <-done; err != nil {
-			return err
+		if err := c.RunUntilCaughtUp(cctx); err != nil {
+			return fmt.Errorf("group %s: %w", group, err)
 		}
 		if got := counter.Load(); got < want {
-			return fmt.Errorf("group %s handled %d of %d messages in a minute", group, got, want)
+			return fmt.Errorf("group %s caught up having handled %d of %d messages", group, got, want)
 		}
 		return nil
 	}
