@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,7 +40,7 @@ type demoCheck struct {
 	held      bool
 }
 
-func newDemoCmd() *cobra.Command {
+func newDemoCmd(g *globals) *cobra.Command {
 	var dir, metricsAddr string
 	var keep bool
 	cmd := &cobra.Command{
@@ -61,7 +62,8 @@ the evidence that it held:
   - an oversize message and a bad topic name must be refused without
     changing anything.
 
-It exits 1 if any guarantee was violated.`,
+It exits 1 if any guarantee was violated. With --json the progress goes to
+stderr and stdout is the table as [{"guarantee","held","evidence"}].`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
@@ -74,16 +76,28 @@ It exits 1 if any guarantee was violated.`,
 				}
 				dir = tmp
 			}
-			tel, err := startTelemetry(metricsAddr, cmd.OutOrStdout())
+			progress := cmd.OutOrStdout()
+			if g.json {
+				progress = cmd.ErrOrStderr()
+			}
+			tel, err := startTelemetry(metricsAddr, progress)
 			if err != nil {
 				return err
 			}
 			defer tel.close()
-			checks, err := runDemo(cmd.Context(), cmd.OutOrStdout(), dir, tel)
+			checks, err := runDemo(cmd.Context(), progress, dir, tel)
 			if err != nil {
 				return err
 			}
-			failed := printChecks(cmd.OutOrStdout(), checks)
+			var failed int
+			if g.json {
+				failed, err = printChecksJSON(cmd.OutOrStdout(), checks)
+				if err != nil {
+					return err
+				}
+			} else {
+				failed = printChecks(cmd.OutOrStdout(), checks)
+			}
 			if failed > 0 {
 				return fmt.Errorf("%d guarantee(s) violated", failed)
 			}
@@ -94,6 +108,26 @@ It exits 1 if any guarantee was violated.`,
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (host:port) while the demo runs")
 	return cmd
+}
+
+// demoResult is one row of the demo's table, as --json prints it.
+type demoResult struct {
+	Guarantee string `json:"guarantee"`
+	Held      bool   `json:"held"`
+	Evidence  string `json:"evidence"`
+}
+
+func printChecksJSON(w io.Writer, checks []demoCheck) (failed int, err error) {
+	out := make([]demoResult, 0, len(checks))
+	for _, c := range checks {
+		if !c.held {
+			failed++
+		}
+		out = append(out, demoResult{Guarantee: c.guarantee, Held: c.held, Evidence: c.evidence})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return failed, enc.Encode(out)
 }
 
 func printChecks(w io.Writer, checks []demoCheck) (failed int) {

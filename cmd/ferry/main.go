@@ -109,7 +109,7 @@ Exit codes:
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	g := addGlobals(root)
-	root.AddCommand(newDemoCmd(), newDemoChildCmd(), newVersionCmd(g), newTopicsCmd(g), newProduceCmd(g),
+	root.AddCommand(newDemoCmd(g), newDemoChildCmd(), newVersionCmd(g), newTopicsCmd(g), newProduceCmd(g),
 		newConsumeCmd(g, "consume", false, "earliest"), newConsumeCmd(g, "tail", true, "latest"), newGroupsCmd(g), newDLQCmd(g), newReplayCmd(g), newVerifyCmd(g), newServeCmd(g),
 		newAdminCmd(g), newAuditCmd(g))
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {

@@ -76,6 +76,7 @@ func TestEveryCommandsJSONReadsInJQ(t *testing.T) {
 		{[]string{"audit"}, `type == "array"`},
 		{[]string{"groups", "delete", "billing"}, `.deleted == true`},
 		{[]string{"topics", "delete", "orders-copy"}, `.deleted == true`},
+		{[]string{"demo"}, `length >= 10 and all(.held)`},
 	}
 	for _, c := range cases {
 		// stdout alone, as a pipe into jq reads it (notes go to stderr).
