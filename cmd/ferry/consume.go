@@ -34,6 +34,10 @@ With --server (a ferry admin API), --nats or --kafka it reads through the
 admin API or the backend instead, with the same output; --group is for a
 data directory only.
 
+A partition's messages come in offset order, and a message not due yet (a
+--delay or --not-before) stops its partition there, as it stops its
+consumers: consume says so on stderr, with the --from that reads past it.
+
 ` + outputHelp
 
 const tailLong = `tail prints the messages appended to a topic from now on (all partitions,
@@ -92,6 +96,9 @@ func newConsumeCmd(g *globals, name string, follow bool, from string) *cobra.Com
 			}
 			out.json = g.json
 			pr, err := newPrinter(cmd.OutOrStdout(), out)
+			if pr != nil {
+				pr.notes = cmd.ErrOrStderr()
+			}
 			if err != nil {
 				return err
 			}
@@ -193,6 +200,14 @@ func runConsume(ctx context.Context, g *globals, tel *telemetry, pr *printer, to
 			continue
 		}
 		if !follow {
+			for p, off := range next {
+				if _, end, err := l.Bounds(topic, p); err == nil && off < end {
+					res, err := l.Read(topic, p, off, commitlog.ReadOpts{MaxMessages: 1, IncludeDelayed: true})
+					if err == nil && len(res.Messages) > 0 && !res.Messages[0].NotBefore.IsZero() {
+						pr.noteDelayed(topic, p, off, res.Messages[0].NotBefore)
+					}
+				}
+			}
 			return l.Close()
 		}
 		l.Close()
@@ -269,6 +284,7 @@ func runRemoteConsume(ctx context.Context, api admin.API, tel *telemetry, pr *pr
 				if m.NotBefore != nil && m.NotBefore.After(now) {
 					// Not due: a reader of the log stops the partition
 					// here (the API's browse shows it).
+					pr.noteDelayed(topic, p, m.Offset, *m.NotBefore)
 					delayed = true
 					break
 				}

@@ -545,3 +545,21 @@ func TestVersionJSON(t *testing.T) {
 	}
 	_ = os.Remove(bin)
 }
+
+// A consume that stops at a message not due yet says so, and how to read
+// past it, on the directory and through the admin API alike.
+func TestConsumeSaysWhereADelayedMessageStopsIt(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	mustRun(t, dir, "", "topics", "create", "t")
+	mustRun(t, dir, "", "produce", "t", "a", "b")
+	mustRun(t, dir, "", "produce", "t", "--delay", "1h", "later")
+	mustRun(t, dir, "", "produce", "t", "c")
+	want := "t partition 0 stops at offset 2: a message not due until "
+	if out := mustRun(t, dir, "", "consume", "t"); !strings.Contains(out, want) || !strings.Contains(out, "--partition 0 --from 3 reads past it") || strings.Contains(out, "\tc") {
+		t.Fatalf("consume past a delayed message:\n%s", out)
+	}
+	url := startAdmin(t, "--dir", dir)
+	if out, code := ferryExec(t, "--server", url, "consume", "t"); code != 0 || !strings.Contains(out, want) {
+		t.Fatalf("consume through the API past a delayed message: exit %d\n%s", code, out)
+	}
+}

@@ -33,10 +33,22 @@ type outputOpts struct {
 // printer writes consumed messages in one of the output forms.
 type printer struct {
 	w        io.Writer
+	notes    io.Writer // where noteDelayed writes (nil: nowhere)
 	json     bool
 	verbose  bool
 	format   []formatPart // nil: not --format
 	encoding string
+}
+
+// noteDelayed says that partition p of topic stops at off, a message not
+// due until when, and how to read past it: a reader of the log does not
+// see past a message not due (nor do consumers).
+func (pr *printer) noteDelayed(topic string, p int32, off uint64, when time.Time) {
+	if pr.notes == nil {
+		return
+	}
+	fmt.Fprintf(pr.notes, "ferry: %s partition %d stops at offset %d: a message not due until %s (consumers wait for it too); --partition %d --from %d reads past it\n",
+		topic, p, off, when.UTC().Format(time.RFC3339), p, off+1)
 }
 
 // newPrinter checks the output flags and returns a printer for them.
