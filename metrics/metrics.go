@@ -264,29 +264,35 @@ const scrapeTimeout = 5 * time.Second
 // open; else 0) and, per assigned partition, its lag (the partition's end
 // minus the committed offset, read from b).
 func (m *Metrics) WatchConsumer(group string, c *consumer.Consumer, b backend.Backend) error {
-	return m.reg.Register(&consumerCollector{group: group, c: c, b: b})
+	// The group is a constant label of the collector's own descriptions,
+	// so that consumers of several groups register side by side.
+	g := prometheus.Labels{"group": group}
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, g)
+	}
+	return m.reg.Register(&consumerCollector{c: c, b: b,
+		inFlight:       desc("ferry_consumer_in_flight", "Handler calls running or waiting to retry."),
+		buffered:       desc("ferry_consumer_buffered", "Messages fetched and not yet finished."),
+		waiting:        desc("ferry_consumer_waiting", "Messages waiting behind their key's message in flight."),
+		parkedKeys:     desc("ferry_consumer_parked_keys", "Keys parked behind a dead letter or scheduled retry."),
+		parkedMessages: desc("ferry_consumer_parked_messages", "Messages in the DLQ behind parked keys."),
+		breaker:        desc("ferry_consumer_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+		healthy: desc("ferry_consumer_healthy", "Whether the consumer is healthy: 1 running with a live group membership and its breaker not open, "+
+			"0 otherwise (its Healthy error)."),
+		lag:       desc("ferry_consumer_lag_messages", "Messages between the committed offset and the end of a partition.", "topic", "partition"),
+		committed: desc("ferry_consumer_committed_offset", "Committed offset of an assigned partition.", "topic", "partition"),
+	})
 }
 
-var (
-	descInFlight       = prometheus.NewDesc("ferry_consumer_in_flight", "Handler calls running or waiting to retry.", []string{"group"}, nil)
-	descBuffered       = prometheus.NewDesc("ferry_consumer_buffered", "Messages fetched and not yet finished.", []string{"group"}, nil)
-	descWaiting        = prometheus.NewDesc("ferry_consumer_waiting", "Messages waiting behind their key's message in flight.", []string{"group"}, nil)
-	descParkedKeys     = prometheus.NewDesc("ferry_consumer_parked_keys", "Keys parked behind a dead letter or scheduled retry.", []string{"group"}, nil)
-	descParkedMessages = prometheus.NewDesc("ferry_consumer_parked_messages", "Messages in the DLQ behind parked keys.", []string{"group"}, nil)
-	descBreaker        = prometheus.NewDesc("ferry_consumer_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", []string{"group"}, nil)
-	descHealthy        = prometheus.NewDesc("ferry_consumer_healthy", "Whether the consumer is healthy: 1 running with a live group membership and its breaker not open, 0 otherwise (its Healthy error).", []string{"group"}, nil)
-	descLag            = prometheus.NewDesc("ferry_consumer_lag_messages", "Messages between the committed offset and the end of a partition.", []string{"group", "topic", "partition"}, nil)
-	descCommitted      = prometheus.NewDesc("ferry_consumer_committed_offset", "Committed offset of an assigned partition.", []string{"group", "topic", "partition"}, nil)
-)
-
 type consumerCollector struct {
-	group string
-	c     *consumer.Consumer
-	b     backend.Backend
+	c *consumer.Consumer
+	b backend.Backend
+	// The descriptions of its metrics, with its group as a label.
+	inFlight, buffered, waiting, parkedKeys, parkedMessages, breaker, healthy, lag, committed *prometheus.Desc
 }
 
 func (cc *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descBuffered, descWaiting, descParkedKeys, descParkedMessages, descBreaker, descHealthy, descLag, descCommitted} {
+	for _, d := range []*prometheus.Desc{cc.inFlight, cc.buffered, cc.waiting, cc.parkedKeys, cc.parkedMessages, cc.breaker, cc.healthy, cc.lag, cc.committed} {
 		ch <- d
 	}
 }
@@ -296,22 +302,22 @@ func (cc *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v int, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
 	}
-	gauge(descInFlight, st.InFlight, cc.group)
-	gauge(descBuffered, st.Buffered, cc.group)
-	gauge(descWaiting, st.Waiting, cc.group)
-	gauge(descParkedKeys, st.ParkedKeys, cc.group)
-	gauge(descParkedMessages, st.ParkedMessages, cc.group)
+	gauge(cc.inFlight, st.InFlight)
+	gauge(cc.buffered, st.Buffered)
+	gauge(cc.waiting, st.Waiting)
+	gauge(cc.parkedKeys, st.ParkedKeys)
+	gauge(cc.parkedMessages, st.ParkedMessages)
 	if st.Breaker != "" {
-		gauge(descBreaker, map[string]int{"closed": 0, "half-open": 1, "open": 2}[st.Breaker], cc.group)
+		gauge(cc.breaker, map[string]int{"closed": 0, "half-open": 1, "open": 2}[st.Breaker])
 	}
-	ch <- prometheus.MustNewConstMetric(descHealthy, prometheus.GaugeValue, healthValue(cc.c.Healthy()), cc.group)
+	ch <- prometheus.MustNewConstMetric(cc.healthy, prometheus.GaugeValue, healthValue(cc.c.Healthy()))
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	for _, p := range cc.c.PartitionStats() {
 		part := strconv.Itoa(int(p.Partition))
-		gauge(descCommitted, int(p.Committed), cc.group, p.Topic, part)
+		gauge(cc.committed, int(p.Committed), p.Topic, part)
 		if _, end, err := cc.b.Bounds(ctx, p.TopicPartition); err == nil && end >= p.Committed {
-			gauge(descLag, int(end-p.Committed), cc.group, p.Topic, part)
+			gauge(cc.lag, int(end-p.Committed), p.Topic, part)
 		}
 	}
 }
@@ -324,10 +330,12 @@ func (cc *consumerCollector) Collect(ch chan<- prometheus.Metric) {
 // (nothing was dead-lettered) is empty. Reading a DLQ scans its topic, so a
 // scrape reuses the last count for up to refresh.
 func (m *Metrics) WatchDLQ(name string, q *dlq.Queue, refresh time.Duration) error {
-	return m.reg.Register(&dlqCollector{name: name, q: q, refresh: refresh})
+	// The queue's name is a constant label, so that queues register side
+	// by side.
+	return m.reg.Register(&dlqCollector{name: name, q: q, refresh: refresh,
+		desc: prometheus.NewDesc("ferry_dlq_entries", "Dead entries (not redriven, not purged) in a dead-letter queue, by class.",
+			[]string{"class"}, prometheus.Labels{"dlq": name})})
 }
-
-var descDLQ = prometheus.NewDesc("ferry_dlq_entries", "Dead entries (not redriven, not purged) in a dead-letter queue, by class.", []string{"dlq", "class"}, nil)
 
 // dlqClasses are the classes of dead letters ferry writes: each is
 // exported for a watched queue even while it has no entry of that class.
@@ -337,13 +345,14 @@ type dlqCollector struct {
 	name    string
 	q       *dlq.Queue
 	refresh time.Duration
+	desc    *prometheus.Desc
 
 	mu     sync.Mutex
 	at     time.Time
 	counts map[string]int
 }
 
-func (dc *dlqCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descDLQ }
+func (dc *dlqCollector) Describe(ch chan<- *prometheus.Desc) { ch <- dc.desc }
 
 func (dc *dlqCollector) Collect(ch chan<- prometheus.Metric) {
 	dc.mu.Lock()
@@ -366,7 +375,7 @@ func (dc *dlqCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for class, n := range dc.counts {
-		ch <- prometheus.MustNewConstMetric(descDLQ, prometheus.GaugeValue, float64(n), dc.name, class)
+		ch <- prometheus.MustNewConstMetric(dc.desc, prometheus.GaugeValue, float64(n), class)
 	}
 }
 

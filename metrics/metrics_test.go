@@ -437,3 +437,41 @@ func samples(fams map[string]*dto.MetricFamily, name string, want map[string]str
 	}
 	return n
 }
+
+// A process running consumers of two groups, each with its DLQ, exports
+// the gauges of both: watching the second is no duplicate registration.
+func TestTwoGroupsOnOneRegistry(t *testing.T) {
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	m, err := metrics.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := memlog.Backend(t)
+	if err := b.EnsureTopic(ctx, "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{"billing", "shipping"} {
+		c, err := consumer.New(b, g, []string{"in"}, func(context.Context, *ferry.Message) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.WatchConsumer(g, c, b); err != nil {
+			t.Fatalf("watch the consumer of %s: %v", g, err)
+		}
+		if err := m.WatchDLQ(g+".dlq", dlq.Open(b, g+".dlq"), 0); err != nil {
+			t.Fatalf("watch %s.dlq: %v", g, err)
+		}
+	}
+	srv := httptest.NewServer(metrics.Handler(reg))
+	defer srv.Close()
+	fams := scrape(t, srv.URL)
+	for _, g := range []string{"billing", "shipping"} {
+		if got := sum(fams, "ferry_consumer_healthy", map[string]string{"group": g}); got != 0 {
+			t.Errorf("ferry_consumer_healthy{group=%q} = %v, want 0 (not running)", g, got)
+		}
+		if got := sum(fams, "ferry_dlq_entries", map[string]string{"dlq": g + ".dlq", "class": "permanent"}); got != 0 {
+			t.Errorf("ferry_dlq_entries{dlq=%q} = %v, want 0", g+".dlq", got)
+		}
+	}
+}
