@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ferrymq/ferry"
@@ -162,4 +164,59 @@ func TestPurgeReleasesParkedKeys(t *testing.T) {
 			t.Errorf("key %s handled as %s, want %s", k, got, want)
 		}
 	}
+}
+
+// A message replayed from the uncommitted window is not parked behind a
+// dead letter of its key that is newer than it. A partition's owner
+// handled k/0 and dead-lettered k/1 while x/0 (another key, earlier in the
+// partition) held the watermark; stopped gracefully, it committed x/0's
+// offset, so the next owner fetched k/0 again. k/0 was finished before
+// k/1's dead letter was written (one lane runs the key in order), yet the
+// worker parked it behind k/1: a DLQ entry of a message already handled,
+// behind a newer message of its key, so the redrive handled k/0 again after
+// k/1. TestCheckerUnderFaultsAndRebalances flaked on such entries: every
+// message was handled, so it stopped its consumers while the settle jobs
+// still had these trailing copies to hand, and they stayed requested.
+func TestReplayOlderThanItsKeysDeadLetterIsNotParked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, q := setupIn(t)
+		s := newScript()
+		releaseX := s.hold("x/0") // holds the watermark at x/0's offset
+		s.set(s.poison, true, "k/1")
+		_, stopA := startConsumer(t, b, s.handle)
+		publish(t, b, "x/0", "k/0", "k/1")
+		waitDead(t, q, 1) // k/0 handled, then k/1 dead-lettered: k parked
+		stopA()           // x/0 abandoned: the committed offset stays at 0
+		releaseX()
+		ctx := context.Background()
+		if off, ok := b.(*embedded.Backend).Log().CommittedOffset("g", "in", 0); ok && off != 0 {
+			t.Fatalf("setup: committed offset %d, want x/0's (0)", off)
+		}
+		startConsumer(t, b, s.handle) // replays x/0, k/0 and k/1 (known: skipped)
+		waitFor(t, "the replay of x/0", func() bool { return slices.Contains(s.handled(), "x/0") })
+		synctest.Wait()
+		es, err := q.List(ctx, dlq.Filter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(payloads(es)); got != "[k/1:dead]" {
+			t.Errorf("DLQ after the replay holds %s, want only [k/1:dead]: k/0 was handled before k/1 was dead-lettered", got)
+		}
+		s.set(s.poison, false, "k/1")
+		redriveKey(t, q, "k")
+		waitFor(t, "k/1 handled", func() bool { return slices.Contains(s.handled(), "k/1") })
+		synctest.Wait()
+		var ks []string
+		for _, p := range s.handled() {
+			if k, _, _ := cutKey(p); k == "k" {
+				ks = append(ks, p)
+			}
+		}
+		if !slices.IsSorted(ks) {
+			t.Errorf("key k handled as %v: a copy of an older message came after a newer one", ks)
+		}
+		if es, _ := q.List(ctx, dlq.Filter{}); len(es) != 0 {
+			t.Errorf("unresolved entries left after the redrive: %v", payloads(es))
+		}
+	})
 }
