@@ -31,9 +31,13 @@ func (w *worker) pk() dlq.PartitionKey {
 	return dlq.PartitionKey{Group: w.c.group, Topic: w.tp.Topic, Partition: w.tp.Partition}
 }
 
-// isParked reports whether m's key waits behind an unresolved entry.
+// isParked reports whether m's key waits behind an unresolved entry of an
+// earlier message. A replay of m from the uncommitted window (the previous
+// owner handled it, then dead-lettered a later message of its key) is not:
+// it is handled again, in its place, rather than appended to the DLQ behind
+// its key's newer messages (see dlq.Index.HasAtOrBefore).
 func (w *worker) isParked(m *ferry.Message) bool {
-	return m.Key != nil && w.c.index.Has(w.pk(), m.Key)
+	return m.Key != nil && w.c.index.HasAtOrBefore(w.pk(), m.Key, m.Offset)
 }
 
 // reserveParkOrWait makes sure e's key may park — it is parked already,

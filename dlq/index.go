@@ -537,6 +537,29 @@ func (x *Index) Has(pk PartitionKey, key []byte) bool {
 	return p != nil && len(p.keys[string(key)]) > 0
 }
 
+// HasAtOrBefore reports whether key has an unresolved entry in pk of a
+// message at or before offset in its partition: whether a message of key
+// at offset is parked behind an earlier dead letter. Entries of later
+// messages only do not park it: a key's messages run in order in one lane,
+// so a message older than every unresolved entry of its key was finished
+// before they were written (it is replayed from the uncommitted window
+// after a rebalance or restart), and parking it would put a copy of it
+// behind newer messages of its key.
+func (x *Index) HasAtOrBefore(pk PartitionKey, key []byte, offset uint64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	p := x.parts[pk]
+	if p == nil {
+		return false
+	}
+	for _, e := range p.keys[string(key)] {
+		if e.Offset <= offset {
+			return true
+		}
+	}
+	return false
+}
+
 // Head returns key's first unresolved entry in pk (a nil key: the first
 // without a key), if there is one.
 func (x *Index) Head(pk PartitionKey, key []byte) (Indexed, bool) {
