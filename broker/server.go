@@ -174,15 +174,19 @@ func New(l *commitlog.Log, opts ...Opt) (*Server, error) {
 	return s, nil
 }
 
+// ErrServerClosed is Serve's error when the server was closed before it
+// was called (the listener is closed).
+var ErrServerClosed = errors.New("broker: server closed")
+
 // Serve accepts connections on ln until Close or ctx ends, and returns
 // nil then (the listener is closed). Serve may be called for several
-// listeners.
+// listeners; after Close it returns ErrServerClosed.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		ln.Close()
-		return fmt.Errorf("broker: serve %s: server closed", ln.Addr())
+		return fmt.Errorf("broker: serve %s: %w", ln.Addr(), ErrServerClosed)
 	}
 	s.lns[ln] = true
 	s.mu.Unlock()
