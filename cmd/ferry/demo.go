@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -89,14 +88,9 @@ stderr and stdout is the table as [{"guarantee","held","evidence"}].`,
 			if err != nil {
 				return err
 			}
-			var failed int
-			if g.json {
-				failed, err = printChecksJSON(cmd.OutOrStdout(), checks)
-				if err != nil {
-					return err
-				}
-			} else {
-				failed = printChecks(cmd.OutOrStdout(), checks)
+			failed, err := printChecks(g, cmd.OutOrStdout(), checks)
+			if err != nil {
+				return err
 			}
 			if failed > 0 {
 				return fmt.Errorf("%d guarantee(s) violated", failed)
@@ -117,32 +111,26 @@ type demoResult struct {
 	Evidence  string `json:"evidence"`
 }
 
-func printChecksJSON(w io.Writer, checks []demoCheck) (failed int, err error) {
-	out := make([]demoResult, 0, len(checks))
+// printChecks prints the demo's table (or, with --json, its rows) and
+// counts the guarantees violated.
+func printChecks(g *globals, w io.Writer, checks []demoCheck) (failed int, err error) {
+	rows := make([]demoResult, 0, len(checks))
 	for _, c := range checks {
 		if !c.held {
 			failed++
 		}
-		out = append(out, demoResult{Guarantee: c.guarantee, Held: c.held, Evidence: c.evidence})
+		rows = append(rows, demoResult{Guarantee: c.guarantee, Held: c.held, Evidence: c.evidence})
 	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return failed, enc.Encode(out)
-}
-
-func printChecks(w io.Writer, checks []demoCheck) (failed int) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nGUARANTEE\tHELD\tEVIDENCE")
-	for _, c := range checks {
-		held := "yes"
-		if !c.held {
-			held = "NO"
-			failed++
+	return failed, g.print(w, rows, func(tw *tabwriter.Writer) {
+		fmt.Fprintln(tw, "\nGUARANTEE\tHELD\tEVIDENCE")
+		for _, r := range rows {
+			held := "yes"
+			if !r.Held {
+				held = "NO"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Guarantee, held, r.Evidence)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.guarantee, held, c.evidence)
-	}
-	tw.Flush()
-	return failed
+	})
 }
 
 func runDemo(ctx context.Context, out io.Writer, dir string, tel *telemetry) ([]demoCheck, error) {
