@@ -2,6 +2,7 @@ package admin
 
 import (
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/ferrymq/ferry/consumer"
@@ -55,12 +56,18 @@ func (r *Registry) list() []Runner {
 	return slices.Clone(r.running)
 }
 
-// runs reports whether a registered consumer is in group.
-// dlq reports whether topic is the DLQ topic of a consumer registered.
-func (r *Registry) dlq(topic string) bool {
-	return slices.ContainsFunc(r.list(), func(c Runner) bool { return c.DLQTopic() == topic })
+// dlqGroup reports whether topic is a dead-letter topic, and whose: a
+// registered consumer's DLQ topic, or one named GROUP.dlq.
+func (r *Registry) dlqGroup(topic string) (group string, ok bool) {
+	for _, c := range r.list() {
+		if c.DLQTopic() == topic {
+			return c.Group(), true
+		}
+	}
+	return strings.CutSuffix(topic, ".dlq")
 }
 
+// runs reports whether a registered consumer is in group.
 func (r *Registry) runs(group string) bool {
 	return slices.ContainsFunc(r.list(), func(c Runner) bool { return c.Group() == group })
 }

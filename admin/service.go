@@ -182,7 +182,7 @@ func (s *Service) admin(what string) (backend.Admin, error) {
 // produce to its source. Dead-letter topics are written by their
 // consumers, and through redrive and purge.
 func (s *Service) protectDLQ(what, topic string) error {
-	if strings.HasSuffix(topic, ".dlq") || s.reg.dlq(topic) {
+	if _, ok := s.reg.dlqGroup(topic); ok {
 		return fmt.Errorf("%s %s: a dead-letter topic is written by its consumers, and through redrive and purge: %w", what, topic, ErrProtected)
 	}
 	return nil
@@ -898,19 +898,10 @@ func (s *Service) dlqs(ctx context.Context, allowed func(queue string) bool) ([]
 	if err != nil {
 		return nil, err
 	}
-	groups := map[string]string{} // DLQ topic -> group
-	for _, c := range s.reg.list() {
-		groups[c.DLQTopic()] = c.Group()
-	}
 	out := []DLQSummary{}
 	for _, ti := range infos {
-		group, ok := groups[ti.Name]
-		if !ok {
-			if group, ok = strings.CutSuffix(ti.Name, ".dlq"); !ok {
-				continue
-			}
-		}
-		if !allowed(ti.Name) {
+		group, ok := s.reg.dlqGroup(ti.Name)
+		if !ok || !allowed(ti.Name) {
 			continue
 		}
 		entries, err := dlq.Open(s.b, ti.Name).List(ctx, dlq.Filter{})
