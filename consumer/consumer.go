@@ -445,15 +445,20 @@ func (c *Consumer) run(ctx context.Context, untilCaughtUp bool) error {
 			c.last = Stats{ParkedKeys: st.ParkedKeys, ParkedMessages: st.ParkedMessages}
 			c.mu.Unlock()
 		}()
+		// Each partition is released as soon as its worker stopped: a
+		// revocation may be waiting for it, and on Kafka the member's
+		// other commits wait for that revocation to end (franz-go holds
+		// its transactions meanwhile), so a partition kept until Leave
+		// would hold up the stop of the rest for good.
 		var wg sync.WaitGroup
 		for tp, w := range workers {
 			wg.Add(1)
-			go func() { defer wg.Done(); w.stop() }()
+			go func() { defer wg.Done(); w.stop(); s.Release(tp) }()
 			delete(workers, tp)
 			c.setWorker(tp, nil)
 		}
 		for range stopping {
-			<-stopped
+			s.Release(<-stopped)
 		}
 		wg.Wait()
 	}

@@ -158,10 +158,15 @@ func TestDurableRetrySurvivesRestart(t *testing.T) {
 		entries, _ = q.List(context.Background(), dlq.Filter{})
 		return len(entries) == 0
 	})
+	// The DLQ reads empty a moment before the worker's index followed the
+	// last marker and announced the key released: wait for the event.
 	kinds := map[EventKind]int{}
-	for len(events.Events()) > 0 {
-		kinds[(<-events.Events()).Kind]++
-	}
+	waitFor(t, "the key's release", func() bool {
+		for len(events.Events()) > 0 {
+			kinds[(<-events.Events()).Kind]++
+		}
+		return kinds[EventReleased] > 0
+	})
 	// Redriven events: the due retry, plus any of the key's entries the
 	// blocker's copy found still dead (the redrive marks them one by one).
 	if kinds[EventScheduled] != 1 || kinds[EventRedriven] < 1 || kinds[EventReleased] != 1 {

@@ -41,10 +41,14 @@ type session struct {
 	mu       sync.Mutex
 	owned    map[backend.TopicPartition]bool // commits allowed
 	revoking map[backend.TopicPartition]bool // told to let go, not released yet
-	released chan backend.TopicPartition
-	leaving  bool
-	gone     bool
-	lease    time.Time // when the last heartbeat the coordinator took was sent, plus the span (see leaseLoop)
+	// revokeSig is closed (and replaced) when a revocation marked its
+	// partitions revoking: a plain commit waiting for offsetLoop then
+	// looks again whether it must go out at once (see queue).
+	revokeSig chan struct{}
+	released  chan backend.TopicPartition
+	leaving   bool
+	gone      bool
+	lease     time.Time // when the last heartbeat the coordinator took was sent, plus the span (see leaseLoop)
 	// landed is the furthest offset of each partition this session
 	// committed: no later write of the session sends one below it.
 	landed map[backend.TopicPartition]int64
@@ -64,7 +68,7 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 	}
 	s := &session{b: b, group: group, member: member, assign: make(chan []backend.TopicPartition, 1),
 		offsets: make(chan *offsetReq), quit: make(chan struct{}), loopDone: make(chan struct{}),
-		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, landed: map[backend.TopicPartition]int64{}, released: make(chan backend.TopicPartition, 1024)}
+		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, revokeSig: make(chan struct{}), landed: map[backend.TopicPartition]int64{}, released: make(chan backend.TopicPartition, 1024)}
 	txn, err := kgo.NewGroupTransactSession(append([]kgo.Opt{
 		kgo.SeedBrokers(b.seeds...),
 		kgo.ClientID(member),
@@ -184,6 +188,8 @@ func (s *session) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[stri
 			waiting[tp] = true
 		}
 	}
+	close(s.revokeSig)
+	s.revokeSig = make(chan struct{})
 	s.deliverLocked()
 	s.mu.Unlock()
 	// No deadline of its own: franz-go heartbeats while this waits, and
@@ -363,7 +369,8 @@ func (s *session) Leave() {
 // Commit implements backend.Backend. Commit each partition on its own, as
 // the runtime does: a commit that names a partition not being revoked
 // waits for the member's transaction in progress, which cannot end while
-// a revocation waits for a partition's release.
+// a revocation waits for a partition's release (a commit waiting so for
+// a partition that starts being revoked goes out at once: see queue).
 //
 // A member's commits and transactions
 // are written in turn by one goroutine (offsetLoop), so the group's
@@ -515,19 +522,50 @@ func (b *Backend) PublishAndCommit(ctx context.Context, s backend.Session, msgs 
 // queue hands r to offsetLoop and waits for its outcome or ctx. If ctx
 // ends before offsetLoop took r, nothing was sent; after, the outcome is
 // unknown to the caller (offsetLoop goes on with it).
+//
+// A plain commit one of whose partitions starts being revoked meanwhile
+// is sent at once instead, like the commit of a partition that was
+// revoking already. Waiting on would deadlock: the revocation callback
+// holds franz-go's transact-session lock until the partition is released,
+// offsetLoop's next End waits for that lock, and the partition's worker
+// (perhaps this very caller, or a consumer stopping its partitions
+// together) waits for this commit before it releases the partition. If
+// offsetLoop took the request already, it runs it later as well: by then
+// landed covers it, or the partition is no longer the member's.
 func (s *session) queue(ctx context.Context, r *offsetReq) error {
-	select {
-	case s.offsets <- r:
-	case <-s.quit:
-		return fmt.Errorf("kafka: member %s left: %w", s.member, ferry.ErrClosed)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-r.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("kafka: offsets of %s: outcome unknown: %w", s.member, ctx.Err())
+	taken := false
+	for {
+		s.mu.Lock()
+		sig, revoking := s.revokeSig, false
+		for _, o := range r.offsets {
+			revoking = revoking || (r.plain && s.revoking[o.TopicPartition])
+		}
+		s.mu.Unlock()
+		if revoking {
+			return s.commitPlain(ctx, r.offsets)
+		}
+		if !r.plain {
+			sig = nil // a transaction aborts anyway: it waits for its outcome
+		}
+		if !taken {
+			select {
+			case s.offsets <- r:
+				taken = true
+			case <-sig:
+			case <-s.quit:
+				return fmt.Errorf("kafka: member %s left: %w", s.member, ferry.ErrClosed)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		select {
+		case err := <-r.done:
+			return err
+		case <-sig:
+		case <-ctx.Done():
+			return fmt.Errorf("kafka: offsets of %s: outcome unknown: %w", s.member, ctx.Err())
+		}
 	}
 }
 
