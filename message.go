@@ -1,6 +1,7 @@
 package ferry
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,35 @@ type ID [16]byte
 // random source fails, which the uuid package treats as fatal as well.
 func NewID() ID {
 	return ID(uuid.Must(uuid.NewV7()))
+}
+
+// NewIDs fills ids with fresh UUIDv7s, like as many calls of NewID, for
+// a fraction of their cost: one reading of the clock and one read of the
+// random source serve them all (a writer naming a batch of a hundred
+// messages spent a fifth of its time in NewID). Within the call they
+// sort in the order of ids: the 12 bits after the millisecond count on
+// from the sub-millisecond time, as NewID's do; 62 random bits keep them
+// unique.
+func NewIDs(ids []ID) {
+	const perRead = 64
+	var random [8 * perRead]byte
+	nano := time.Now().UnixNano()
+	ms := nano / int64(time.Millisecond)
+	v := uint64(ms)<<12 | uint64(nano-ms*int64(time.Millisecond))>>8
+	for len(ids) > 0 {
+		n := min(len(ids), perRead)
+		rand.Read(random[:8*n]) // never fails: crypto/rand crashes the program first
+		for i := range ids[:n] {
+			id := &ids[i]
+			t, seq := v>>12, v&0xfff
+			id[0], id[1], id[2], id[3], id[4], id[5] = byte(t>>40), byte(t>>32), byte(t>>24), byte(t>>16), byte(t>>8), byte(t)
+			id[6], id[7] = 0x70|byte(seq>>8), byte(seq)
+			copy(id[8:], random[8*i:8*i+8])
+			id[8] = id[8]&0x3f | 0x80 // the RFC 9562 variant
+			v++
+		}
+		ids = ids[n:]
+	}
 }
 
 // ParseID parses the canonical textual form of an ID.

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ferrymq/ferry"
 )
 
 // indexEntry locates records of one partition. Either it is a run of
@@ -181,101 +180,6 @@ func newTopic(id uint32, name string, c TopicConfig) *topic {
 		t.dedup = newDedupWindow(c.DedupWindow, c.DedupMaxIDs)
 	}
 	return t
-}
-
-// dedupWindow remembers recently appended message IDs of a topic, bounded
-// by age and count. It is rebuilt from the log on recovery, so there is no
-// separate state to lose.
-//
-// IDs live in two generations, each a map with a Bloom filter in front:
-// inserts go to the current one; when it holds max IDs it becomes the
-// previous one and the previous one is dropped whole. So the window
-// remembers at least the last max IDs (at most 2×max), and never deletes
-// a single entry: deleting from a large map was the writer's biggest cost
-// (a cache miss per append). Age is checked per hit, and a generation
-// whose newest ID is older than the window is dropped.
-type dedupWindow struct {
-	window    time.Duration
-	max       int
-	cur, prev dedupGen
-}
-
-// dedupGen is one generation of IDs.
-type dedupGen struct {
-	ids    map[ferry.ID]dedupHit
-	filter *idFilter // nil while the generation is small (a small map is cheap to probe)
-	newest int64     // time of its newest ID
-}
-
-type dedupHit struct {
-	partition int32
-	offset    uint64
-	time      int64
-}
-
-func newDedupWindow(window time.Duration, maxIDs int) *dedupWindow {
-	return &dedupWindow{window: window, max: maxIDs, cur: dedupGen{ids: map[ferry.ID]dedupHit{}}}
-}
-
-func (g *dedupGen) find(id ferry.ID, h uint64) (dedupHit, bool) {
-	if g.ids == nil || (g.filter != nil && !g.filter.mayContain(h)) {
-		return dedupHit{}, false
-	}
-	hit, ok := g.ids[id]
-	return hit, ok
-}
-
-func (w *dedupWindow) lookup(id ferry.ID, now int64) (dedupHit, bool) {
-	cutoff := now - int64(w.window)
-	if w.prev.ids != nil && w.prev.newest < cutoff {
-		w.prev = dedupGen{}
-	}
-	h := idHash(id)
-	hit, ok := w.cur.find(id, h)
-	if !ok {
-		hit, ok = w.prev.find(id, h)
-	}
-	if !ok || hit.time < cutoff {
-		return dedupHit{}, false
-	}
-	return hit, true
-}
-
-// insert remembers a write of id at time t. The writer inserts only after
-// lookup found no live entry, and recovery inserts in log order, so the
-// write inserted last is the one a retry must resolve to: it replaces an
-// older entry of the same ID (in the current generation, or shadows one in
-// the previous: lookup asks the current first).
-func (w *dedupWindow) insert(id ferry.ID, hit dedupHit, t int64) {
-	h := idHash(id)
-	if len(w.cur.ids) >= w.max {
-		// The dropped generation's map and filter are reused: a fresh map
-		// of max IDs is megabytes of new memory to fault in, once per
-		// max appends.
-		old := w.prev
-		w.prev, w.cur = w.cur, dedupGen{ids: old.ids, filter: old.filter}
-		if w.cur.ids == nil {
-			w.cur.ids = make(map[ferry.ID]dedupHit, min(w.max, len(w.prev.ids)))
-		} else {
-			clear(w.cur.ids)
-		}
-		if w.cur.filter != nil {
-			w.cur.filter.reset()
-		}
-	}
-	g := &w.cur
-	if g.filter == nil && len(g.ids) >= filterMinCapacity {
-		g.filter = newIDFilter(w.max)
-		for old := range g.ids {
-			g.filter.add(idHash(old))
-		}
-	}
-	if g.filter != nil {
-		g.filter.add(h)
-	}
-	hit.time = t
-	g.ids[id] = hit
-	g.newest = max(g.newest, t)
 }
 
 // groupKey names one partition's committed offset within a consumer group.

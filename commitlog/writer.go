@@ -212,6 +212,31 @@ func (l *Log) CommitAsync(ctx context.Context, b *Batch, promise func(*Batch, er
 
 // prepare checks what can be checked without the writer's state, and
 // fills in IDs.
+// nameMessages gives each message without an ID a fresh one, made
+// together with the others of the batch (ferry.NewIDs).
+func nameMessages(msgs []*ferry.Message) {
+	var buf [64]ferry.ID
+	var ids []ferry.ID
+	for i, m := range msgs {
+		if !m.ID.IsZero() {
+			continue
+		}
+		if len(ids) == 0 {
+			n := 0
+			for _, later := range msgs[i:] {
+				if later.ID.IsZero() {
+					if n++; n == len(buf) {
+						break
+					}
+				}
+			}
+			ids = buf[:n]
+			ferry.NewIDs(ids)
+		}
+		m.ID, ids = ids[0], ids[1:]
+	}
+}
+
 func (l *Log) prepare(b *Batch) (*request, error) {
 	if err := l.writable(); err != nil {
 		return nil, err
@@ -238,9 +263,6 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 			return nil, &MessageError{Index: i, Err: fmt.Errorf("%d bytes to %q (key, payload and headers): the limit is %d: %w", n, m.Topic, l.cfg.maxMessageBytes, ferry.ErrInvalidArgument)}
 		}
 		total += recordSize(m)
-		if m.ID.IsZero() {
-			m.ID = ferry.NewID()
-		}
 	}
 	if len(b.Offsets) > 0 && (b.Group == "" || len(b.Group) > 255) {
 		return nil, fmt.Errorf("commitlog: offsets need a consumer group name of 1 to 255 bytes, got %q: %w", b.Group, ferry.ErrInvalidArgument)
@@ -262,6 +284,7 @@ func (l *Log) prepare(b *Batch) (*request, error) {
 	if total > l.cfg.maxBatchBytes {
 		return nil, fmt.Errorf("commitlog: batch of %d messages and %d offsets encodes to at most %d bytes: the limit is %d (WithMaxBatchBytes): %w", len(b.Messages), len(b.Offsets), total, l.cfg.maxBatchBytes, ferry.ErrInvalidArgument)
 	}
+	nameMessages(b.Messages)
 	b.Duplicates, b.Duplicate, b.written = 0, nil, false
 	r.size = total
 	if l.cfg.observer != nil {
