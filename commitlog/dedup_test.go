@@ -159,4 +159,3 @@ func BenchmarkDedupWindow(b *testing.B) {
 		}
 	}
 }
-

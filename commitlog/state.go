@@ -4,7 +4,6 @@ import (
 	"sort"
 	"sync"
 	"time"
-
 )
 
 // indexEntry locates records of one partition. Either it is a run of
