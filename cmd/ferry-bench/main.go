@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 
@@ -42,7 +43,7 @@ func main() {
 type usageError struct{ error }
 
 func newBenchCmd() *cobra.Command {
-	var plot, dir, rabbitURL, postgresDSN string
+	var plot, dir, rabbitURL, postgresDSN, cpuProfile string
 	var quick, asJSON bool
 	var only []string
 	cmd := &cobra.Command{
@@ -107,6 +108,17 @@ distribution as SVG.`,
 					return usageError{fmt.Errorf("--only: unknown scenario %q (known: %s, peers)", name, strings.Join(bench.Scenarios, ", "))}
 				}
 			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return usageError{fmt.Errorf("--cpuprofile: %w", err)}
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			o := bench.Options{Dir: dir, Quick: quick, Only: only, RabbitMQURL: rabbitURL, PostgresDSN: postgresDSN, Progress: func(s string) { fmt.Fprintf(cmd.ErrOrStderr(), "running %s...\n", s) }}
 			r, err := bench.Run(cmd.Context(), o)
 			if err != nil {
@@ -140,5 +152,6 @@ distribution as SVG.`,
 	cmd.Flags().StringVar(&rabbitURL, "rabbitmq-url", bench.DefaultRabbitMQURL, "the RabbitMQ of the rabbitmq and rabbitmq-stream scenarios")
 	cmd.Flags().StringVar(&postgresDSN, "postgres-dsn", bench.DefaultPostgresDSN, "the PostgreSQL of the river scenario (a schema is created and dropped in it)")
 	cmd.Flags().StringVar(&plot, "plot", "", "write the latency distribution to this SVG file")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof reads it)")
 	return cmd
 }
