@@ -84,12 +84,14 @@ func TestBenchQuickIsWellFormed(t *testing.T) {
 			peers++
 		}
 	}
-	if peers > 0 {
-		// ferry's reference, then one line per peer.
-		want["peer-publish"], want["peer-consume"] = 1+peers, 1+peers
+	if peers > 0 || !skipped["river"] {
+		// ferry's reference, then one line per peer (River's throughput
+		// lines are its own; it has a latency line like the others).
+		want["peer-publish"], want["peer-consume"], want["peer-latency"] = 1+peers, 1+peers, 1+peers
 	}
 	if !skipped["river"] {
 		want["river-insert"], want["river-work"], want["river-retry"] = 4, 2, 2
+		want["peer-latency"]++
 	}
 	for scenario, n := range want {
 		if systems[scenario] != n {

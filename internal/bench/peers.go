@@ -68,9 +68,10 @@ type peerRun struct {
 }
 
 // ferryRef is ferry's reference for the durable peers: the published
-// rate and the runtime's no-op consumption of what was published.
+// rate, the runtime's no-op consumption of what was published, and the
+// acknowledgement latency at the latency scenario's offered rate.
 type ferryRef struct {
-	publish, consume Result
+	publish, consume, latency Result
 }
 
 // reference returns ferry's reference, measuring it the first time, and
@@ -105,8 +106,42 @@ func (p *peerRun) reference(ctx context.Context, dir string, s sizes) (*ferryRef
 	}
 	cons := Result{Scenario: "peer-consume", System: "ferry runtime, no-op handler", Concurrency: 64, Messages: cnt, Seconds: cel.Seconds(), MsgsPerSec: rate(cnt, cel),
 		Note: "what peer-publish wrote, from the durable log on disk; 64 lanes, offsets committed every 100 ms"}
-	p.ref = &ferryRef{publish: pub, consume: cons}
-	return p.ref, []Result{pub, cons}, nil
+	ackLat, err := pacedLatency(ctx, s, "ferry AppendAsync", "yes", func(_ int, done func(error)) {
+		l.AppendAsync(ctx, func(_ *commitlog.Batch, err error) { done(err) }, &ferry.Message{Topic: "in", Payload: payload})
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ferry reference: latency: %w", err)
+	}
+	ackLat.Note = "the reference of the peer-latency lines; " + ackLat.Note
+	p.ref = &ferryRef{publish: pub, consume: cons, latency: ackLat}
+	return p.ref, []Result{pub, cons, ackLat}, nil
+}
+
+// pacedLatency measures system's acknowledgement latency at the latency
+// scenario's offered rate, one message a send, each sent at its time
+// whatever the acknowledgements before it (an open loop: a system that
+// falls behind shows it in its percentiles, and the note says so).
+func pacedLatency(ctx context.Context, s sizes, system, fsyncAck string, send func(i int, done func(error))) (Result, error) {
+	total := int(float64(s.latencyRate) * s.latencyFor.Seconds())
+	settle()
+	start := time.Now()
+	lat, sending, err := pacedSend(ctx, s.latencyRate, total, send)
+	if err != nil {
+		return Result{}, err
+	}
+	res := pacedResult(total, time.Since(start), sending, lat)
+	res.Scenario, res.System, res.FsyncAck = "peer-latency", fmt.Sprintf("%s ack at %d msg/s offered", system, s.latencyRate), fsyncAck
+	return res, nil
+}
+
+// compareLatency sets x's ratio and note against ferry's latency line
+// ref: the ratio is x's p99 over ferry's (above 1, ferry's is lower).
+func compareLatency(x *Result, ref Result) {
+	if x.P99Ms <= 0 || ref.P99Ms <= 0 {
+		return
+	}
+	x.Ratio = x.P99Ms / ref.P99Ms
+	x.Note += fmt.Sprintf("; p99 %.2fx ferry's (%.2f ms)", x.Ratio, ref.P99Ms)
 }
 
 // compare sets x's ratio and note against ferry's line ref.

@@ -93,8 +93,15 @@ func (p *peerRun) rabbitScenario(ctx context.Context, dir string, s sizes, kind 
 	compare(&pub, ref.publish)
 	out = append(out, pub)
 
+	lat, err := rabbitLatency(ctx, p.rabbitURL, queue, s, kind)
+	if err != nil {
+		return out, fmt.Errorf("rabbitmq %s: latency: %w", kind.queue, err)
+	}
+	compareLatency(&lat, ref.latency)
+	out = append(out, lat)
+
 	settle()
-	cons, err := rabbitConsume(ctx, p.rabbitURL, queue, kind, pub.Messages)
+	cons, err := rabbitConsume(ctx, p.rabbitURL, queue, kind, pub.Messages+lat.Messages)
 	if err != nil {
 		return out, fmt.Errorf("rabbitmq %s: consume: %w", kind.queue, err)
 	}
@@ -133,13 +140,7 @@ func rabbitPublish(ctx context.Context, url, queue string, d time.Duration) (Res
 		wg := waits[w]
 		waiters.Go(func() {
 			for p := range wg {
-				if ok, err := p.c.WaitContext(ctx); err != nil {
-					p.done(err)
-				} else if !ok {
-					p.done(errors.New("publish nacked by the broker"))
-				} else {
-					p.done(nil)
-				}
+				p.wait(ctx)
 			}
 		})
 	}
@@ -158,10 +159,62 @@ func rabbitPublish(ctx context.Context, url, queue string, d time.Duration) (Res
 	return res, err
 }
 
+// rabbitLatency publishes into queue at the latency scenario's offered
+// rate on one channel in confirm mode and measures each confirm. The
+// broker confirms a channel's publishes in order, so one goroutine waits
+// for them in turn.
+func rabbitLatency(ctx context.Context, url, queue string, s sizes, kind rabbitKind) (Result, error) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return Result{}, fmt.Errorf("connecting: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return Result{}, fmt.Errorf("channel: %w", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		return Result{}, fmt.Errorf("confirm mode: %w", err)
+	}
+	pending := make(chan pendingConfirm, 1<<16)
+	var waiter sync.WaitGroup
+	waiter.Go(func() {
+		for p := range pending {
+			p.wait(ctx)
+		}
+	})
+	defer waiter.Wait()
+	defer close(pending)
+	payload := make([]byte, payloadSize)
+	res, err := pacedLatency(ctx, s, kind.system+" publish", yesNo(kind.fsyncAck), func(_ int, done func(error)) {
+		c, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, ContentType: "application/octet-stream", Body: payload})
+		if err != nil {
+			done(err)
+			return
+		}
+		pending <- pendingConfirm{c, done}
+	})
+	if err == nil {
+		res.Note = "one channel with publisher confirms; " + res.Note
+	}
+	return res, err
+}
+
 // pendingConfirm is one publish waiting for its confirm.
 type pendingConfirm struct {
 	c    *amqp.DeferredConfirmation
 	done func(error)
+}
+
+// wait waits for the confirm and reports it.
+func (p pendingConfirm) wait(ctx context.Context) {
+	if ok, err := p.c.WaitContext(ctx); err != nil {
+		p.done(err)
+	} else if !ok {
+		p.done(errors.New("publish nacked by the broker"))
+	} else {
+		p.done(nil)
+	}
 }
 
 // rabbitConsumers and rabbitPrefetch shape the consumers: each on its own

@@ -153,6 +153,15 @@ func (p *peerRun) redisScenario(ctx context.Context, dir string, s sizes) ([]Res
 	compare(&pub, ref.publish)
 	out = append(out, pub)
 
+	lat1, err := pacedLatency(ctx, s, redisSystem+" XADD", "yes", func(_ int, done func(error)) {
+		go func() { done(c.XAdd(ctx, &redis.XAddArgs{Stream: stream + "-latency", Values: []any{"p", payload}}).Err()) }()
+	})
+	if err != nil {
+		return out, fmt.Errorf("redis: latency: %w", err)
+	}
+	compareLatency(&lat1, ref.latency)
+	out = append(out, lat1)
+
 	const consumers, count = 8, 256
 	settle()
 	var got atomic.Int64

@@ -167,7 +167,10 @@ func (p *peerRun) riverScenario(ctx context.Context, dir string, s sizes) ([]Res
 	if err != nil {
 		return nil, err
 	}
-	var out []Result
+	ref, out, err := p.reference(ctx, dir, s)
+	if err != nil {
+		return out, err
+	}
 	fsync := yesNo(e.fsyncAck)
 
 	// Inserts, one per call.
@@ -202,6 +205,19 @@ func (p *peerRun) riverScenario(ctx context.Context, dir string, s sizes) ([]Res
 	riverOne.percentiles(lat)
 	compare(&riverOne, ferryOne)
 	out = append(out, riverOne)
+
+	// Inserts at a fixed offered rate, each job its own transaction.
+	ackLat, err := pacedLatency(ctx, s, "river Insert", fsync, func(_ int, done func(error)) {
+		go func() {
+			_, err := ins.Insert(ctx, benchJob{I: int(seq.Add(1))}, &river.InsertOpts{Queue: "insert"})
+			done(err)
+		}()
+	})
+	if err != nil {
+		return out, fmt.Errorf("river: latency: %w", err)
+	}
+	compareLatency(&ackLat, ref.latency)
+	out = append(out, ackLat)
 
 	// Inserts in batches.
 	settle()
