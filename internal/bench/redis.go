@@ -154,7 +154,9 @@ func (p *peerRun) redisScenario(ctx context.Context, dir string, s sizes) ([]Res
 	out = append(out, pub)
 
 	lat1, err := pacedLatency(ctx, s, redisSystem+" XADD", "yes", func(_ int, done func(error)) {
-		go func() { done(c.XAdd(ctx, &redis.XAddArgs{Stream: stream + "-latency", Values: []any{"p", payload}}).Err()) }()
+		go func() {
+			done(c.XAdd(ctx, &redis.XAddArgs{Stream: stream + "-latency", Values: []any{"p", payload}}).Err())
+		}()
 	})
 	if err != nil {
 		return out, fmt.Errorf("redis: latency: %w", err)
