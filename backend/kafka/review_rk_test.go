@@ -2,6 +2,7 @@ package kafka_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime/pprof"
 	"strings"
@@ -250,4 +251,139 @@ func dumpStacks(t *testing.T) {
 	f := "/tmp/rev-kafka-stacks-" + t.Name() + ".txt"
 	os.WriteFile(f, []byte(strings.Join(keep, "\n\n")), 0o644)
 	t.Logf("goroutines written to %s", f)
+}
+
+// sessionLog signals each "new group session begun" line whose added
+// partitions name a topic.
+type sessionLog struct {
+	topic string
+	ch    chan struct{}
+}
+
+func (l *sessionLog) Level() kgo.LogLevel { return kgo.LogLevelInfo }
+func (l *sessionLog) Log(_ kgo.LogLevel, msg string, kv ...any) {
+	if msg != "new group session begun" {
+		return
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i] == "added" && strings.Contains(fmt.Sprint(kv[i+1]), l.topic) {
+			select {
+			case l.ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// Session.Assignments keeps only the latest assignment when the member
+// lags; the embedded and JetStream backends therefore free, on their own,
+// a partition granted only in an assignment the runtime never took (their
+// `known` sets). The Kafka session does not: a partition given to the
+// member and taken away again before the runtime read the assignment
+// (a consumer busy in stopAll, or briefly starved) is waited for in
+// onRevoked until Leave, holding franz-go's transact-session lock and
+// the whole group's rebalance. Together with the first test this is
+// the same hole from the other side: Release is only ever called for a
+// partition the runtime ran, after it started being revoked.
+func TestReviewRKRevocationWaitsForAPartitionTheRuntimeNeverSaw(t *testing.T) {
+	revokeUnseen(t, false)
+}
+
+// Control: the same with the runtime reading the assignment that gave y
+// back; it releases y when told to let it go, and c gets it (passes).
+func TestReviewRKRevocationOfASeenPartitionControl(t *testing.T) { revokeUnseen(t, true) }
+
+func revokeUnseen(t *testing.T, seen bool) {
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	logs := &sessionLog{topic: "ly", ch: make(chan struct{}, 1)}
+	be, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second), kafka.WithClientOptions(kgo.WithLogger(logs)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	others, err := kafka.New(ctx, c.seeds(), kafka.WithSessionTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { others.Close() })
+	for _, topic := range []string{"lx", "ly"} {
+		if err := be.EnsureTopic(ctx, topic, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x := backend.TopicPartition{Topic: "lx"}
+	y := backend.TopicPartition{Topic: "ly"}
+	a, err := be.Join(ctx, "lg", "a", []string{"lx", "ly"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Leave)
+	waitAssigned(t, a, 2, 30*time.Second) // the runtime runs x and y
+	<-logs.ch                             // (the first session's line)
+
+	// b (y only) joins: a lets y go, the runtime releases it.
+	bm, err := others.Join(ctx, "lg", "b", []string{"ly"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitAssigned(t, a, 1, 30*time.Second); got[0] != x {
+		t.Fatalf("a kept %v, want %v", got, x)
+	}
+	a.Release(y)
+	waitAssigned(t, bm, 1, 30*time.Second)
+
+	// b leaves: y comes back to a. The runtime is busy and does not read
+	// this assignment.
+	bm.Leave()
+	select {
+	case <-logs.ch:
+	case <-time.After(30 * time.Second):
+		t.Fatal("y never came back to a")
+	}
+	time.Sleep(300 * time.Millisecond) // onAssigned delivers [x y]
+	if seen {
+		if got := nextAssigned(t, a, 10*time.Second); !hasPartition(got, y) {
+			t.Fatalf("a's assignment %v lacks y", got)
+		}
+	}
+
+	// c (y only) joins before the runtime looked: y is revoked again.
+	cm, err := others.Join(ctx, "lg", "c", []string{"ly"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cm.Leave)
+	// The runtime now reads the latest assignment: x, which it runs
+	// already. It has nothing to stop and nothing to release.
+	var latest []backend.TopicPartition
+	deadline := time.After(30 * time.Second)
+	for latest == nil || hasPartition(latest, y) {
+		select {
+		case latest = <-a.Assignments():
+		case <-deadline:
+			t.Fatalf("a's assignment still names y: %v", latest)
+		}
+	}
+	t.Logf("a's latest assignment: %v (seen y: %v)", latest, seen)
+	if seen {
+		a.Release(y) // the runtime stopped y's worker
+	}
+	cdeadline := time.After(20 * time.Second)
+	for {
+		select {
+		case got := <-cm.Assignments():
+			if hasPartition(got, y) {
+				t.Logf("c was given %v", got)
+				return
+			}
+			continue
+		case <-cdeadline:
+		}
+		break
+	}
+	{
+		t.Fatalf("c has not been given %v 20s after it joined: a's onRevoked waits for a Release of a partition the runtime was never told about (Assignments kept only the latest assignment), and holds the rebalance until a leaves", y)
+	}
 }
