@@ -46,7 +46,15 @@ type session struct {
 	// looks again whether it must go out at once (see queue).
 	revokeSig chan struct{}
 	released  chan backend.TopicPartition
+	// sent is the last assignment put in assign; known holds the
+	// partitions of assignments the runtime took and has not released
+	// since: the ones it may be running, whose revocation waits for their
+	// release (see deliverLocked).
+	sent      []backend.TopicPartition
+	credited  bool // sent's partitions were added to known (it was taken)
+	known     map[backend.TopicPartition]bool
 	leaving   bool
+	leaveDone chan struct{} // closed when Leave returned
 	gone      bool
 	lease     time.Time // when the last heartbeat the coordinator took was sent, plus the span (see leaseLoop)
 	// landed is the furthest offset of each partition this session
@@ -68,7 +76,7 @@ func (b *Backend) Join(ctx context.Context, group, member string, topics []strin
 	}
 	s := &session{b: b, group: group, member: member, assign: make(chan []backend.TopicPartition, 1),
 		offsets: make(chan *offsetReq), quit: make(chan struct{}), loopDone: make(chan struct{}),
-		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, revokeSig: make(chan struct{}), landed: map[backend.TopicPartition]int64{}, released: make(chan backend.TopicPartition, 1024)}
+		owned: map[backend.TopicPartition]bool{}, revoking: map[backend.TopicPartition]bool{}, revokeSig: make(chan struct{}), known: map[backend.TopicPartition]bool{}, leaveDone: make(chan struct{}), landed: map[backend.TopicPartition]int64{}, released: make(chan backend.TopicPartition, 1024)}
 	txn, err := kgo.NewGroupTransactSession(append([]kgo.Opt{
 		kgo.SeedBrokers(b.seeds...),
 		kgo.ClientID(member),
@@ -138,7 +146,9 @@ func flatten(m map[string][]int32) []backend.TopicPartition {
 }
 
 // deliverLocked tells the runtime its partitions: owned ones not being
-// revoked.
+// revoked. Only the latest assignment is kept: one the runtime did not
+// take is replaced, and a partition only it named was never seen by the
+// runtime, so nothing waits for its release.
 func (s *session) deliverLocked() {
 	if s.gone {
 		return
@@ -151,10 +161,25 @@ func (s *session) deliverLocked() {
 	}
 	backend.SortPartitions(mine)
 	select {
-	case <-s.assign:
+	case <-s.assign: // not taken: the runtime knows no more than before
 	default:
+		s.creditTakenLocked()
 	}
+	s.sent, s.credited = mine, false
 	s.assign <- mine
+}
+
+// creditTakenLocked adds the partitions of the last assignment to known
+// if the runtime took it (and they were not added before: a partition
+// released since must not come back).
+func (s *session) creditTakenLocked() {
+	if s.credited || len(s.assign) > 0 {
+		return
+	}
+	for _, tp := range s.sent {
+		s.known[tp] = true
+	}
+	s.credited = true
 }
 
 func (s *session) onAssigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
@@ -181,16 +206,25 @@ func (s *session) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[stri
 		s.mu.Unlock()
 		return
 	}
-	waiting := map[backend.TopicPartition]bool{}
 	for _, tp := range tps {
 		if s.owned[tp] {
 			s.revoking[tp] = true
-			waiting[tp] = true
 		}
 	}
 	close(s.revokeSig)
 	s.revokeSig = make(chan struct{})
 	s.deliverLocked()
+	// The wait is for the partitions the runtime may be running: not one
+	// it never saw, nor one it released already (a consumer stopping
+	// lets each partition go as its worker stops). Waiting for those
+	// would hold franz-go's lock, and every transaction of the member,
+	// until Leave.
+	waiting := map[backend.TopicPartition]bool{}
+	for _, tp := range tps {
+		if s.revoking[tp] && s.known[tp] {
+			waiting[tp] = true
+		}
+	}
 	s.mu.Unlock()
 	// No deadline of its own: franz-go heartbeats while this waits, and
 	// the broker moves the partitions only after the member rejoined
@@ -212,6 +246,7 @@ func (s *session) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[stri
 	for _, tp := range tps {
 		delete(s.owned, tp)
 		delete(s.revoking, tp)
+		delete(s.known, tp)
 	}
 	s.mu.Unlock()
 	s.rearm()
@@ -239,6 +274,7 @@ func (s *session) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int
 	for _, tp := range flatten(lost) {
 		delete(s.owned, tp)
 		delete(s.revoking, tp)
+		delete(s.known, tp)
 	}
 	s.deliverLocked()
 	s.rearm()
@@ -248,10 +284,13 @@ func (s *session) Group() string                                { return s.group
 func (s *session) Member() string                               { return s.member }
 func (s *session) Assignments() <-chan []backend.TopicPartition { return s.assign }
 
-// Release implements backend.Session.
+// Release implements backend.Session. The partition stays the member's
+// until a revocation takes it, which then does not wait for it.
 func (s *session) Release(tp backend.TopicPartition) {
 	s.mu.Lock()
 	revoking := s.revoking[tp]
+	s.creditTakenLocked() // taken before it was released
+	delete(s.known, tp)
 	s.mu.Unlock()
 	if revoking {
 		select {
@@ -335,12 +374,14 @@ func (s *session) leaseLoop() {
 // Leave implements backend.Session: the member leaves the group at once.
 func (s *session) Leave() {
 	s.mu.Lock()
-	if s.gone {
+	if s.leaving {
 		s.mu.Unlock()
+		<-s.leaveDone // a Leave of another goroutine's
 		return
 	}
 	s.leaving = true
 	s.mu.Unlock()
+	defer close(s.leaveDone)
 	close(s.quit)
 	// A transaction still running (its caller gave up waiting) ends
 	// first: closing the client under it would leave it open on the

@@ -153,8 +153,8 @@ func TestReviewRKStoppingExactlyOnceConsumerHangsOnRevocationAfterRelease(t *tes
 	}
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- cons.Run(rctx) }()
+	done, finished := make(chan error, 1), make(chan struct{})
+	go func() { done <- cons.Run(rctx); close(finished) }()
 	t.Cleanup(func() {
 		// Unwind a hang: Leave ends the revocation's wait.
 		b.mu.Lock()
@@ -164,7 +164,7 @@ func TestReviewRKStoppingExactlyOnceConsumerHangsOnRevocationAfterRelease(t *tes
 			s.Leave()
 		}
 		select {
-		case <-done:
+		case <-finished:
 		case <-time.After(30 * time.Second):
 		}
 	})
@@ -355,20 +355,31 @@ func revokeUnseen(t *testing.T, seen bool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cm.Leave)
-	// The runtime now reads the latest assignment: x, which it runs
-	// already. It has nothing to stop and nothing to release.
-	var latest []backend.TopicPartition
-	deadline := time.After(30 * time.Second)
-	for latest == nil || hasPartition(latest, y) {
-		select {
-		case latest = <-a.Assignments():
-		case <-deadline:
-			t.Fatalf("a's assignment still names y: %v", latest)
-		}
-	}
-	t.Logf("a's latest assignment: %v (seen y: %v)", latest, seen)
 	if seen {
-		a.Release(y) // the runtime stopped y's worker
+		// The runtime reads its assignments, which soon no longer name
+		// y, stops y's worker and releases it.
+		var latest []backend.TopicPartition
+		deadline := time.After(30 * time.Second)
+		for latest == nil || hasPartition(latest, y) {
+			select {
+			case latest = <-a.Assignments():
+			case <-deadline:
+				t.Fatalf("a's assignment still names y: %v", latest)
+			}
+		}
+		t.Logf("a's latest assignment: %v", latest)
+		a.Release(y)
+	}
+	// Unseen: the runtime is still busy and reads nothing; a must not
+	// wait for it to release a partition it was never told about (had
+	// it read an assignment naming y, it would be running y, and the
+	// wait would be right). It reads its latest assignment afterwards.
+	if !seen {
+		defer func() {
+			if got := nextAssigned(t, a, 10*time.Second); hasPartition(got, y) {
+				t.Errorf("a's latest assignment %v still names y", got)
+			}
+		}()
 	}
 	cdeadline := time.After(20 * time.Second)
 	for {
