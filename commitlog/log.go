@@ -75,6 +75,15 @@ type Log struct {
 	wbuf       []byte   // writer
 	scratch    writerScratch
 
+	// The pipelined group commit (see pipeline.go); nil channels when
+	// the durability is not DurabilityAlways.
+	syncJobs chan syncJob    // writer to syncer
+	syncDone chan syncResult // syncer to writer
+	pipe     []inflight      // writer: groups written, waiting for an fsync, in write order
+	writeSeq uint64          // writer: groups written so far
+	syncing  bool            // writer: an fsync is in flight
+	freeBufs [][]byte        // writer: buffers of groups acknowledged
+
 	// The checkpoint chain (see checkpoint): the position of its newest
 	// checkpoint (writer), the consumer offsets committed since (under
 	// mu), and what the compactor weighs (atomics).
@@ -149,6 +158,10 @@ func Open(ctx context.Context, dir string, opts ...Opt) (*Log, error) {
 	l.cleanerDone = make(chan struct{})
 	l.ckKick = make(chan struct{}, 1)
 	l.ckDone = make(chan struct{})
+	if c.durability == DurabilityAlways {
+		l.syncJobs, l.syncDone = make(chan syncJob), make(chan syncResult, 1)
+		go l.syncLoop()
+	}
 	go l.run()
 	go l.runCleaner()
 	go l.runCheckpointCompactor()

@@ -63,6 +63,7 @@ type cfg struct {
 	queueDepth      int
 	queueBytes      int64
 	maxGroupBytes   int
+	maxInflight     int // groups written and waiting for an fsync (DurabilityAlways)
 	now             func() time.Time
 	logger          *slog.Logger
 	observer        Observer
@@ -85,6 +86,7 @@ func defaultCfg() cfg {
 		queueDepth:      4096,
 		queueBytes:      64 << 20,
 		maxGroupBytes:   4 << 20,
+		maxInflight:     maxInflightGroups,
 		now:             time.Now,
 		logger:          slog.New(slog.DiscardHandler),
 		cleanInterval:   time.Minute,
@@ -177,6 +179,10 @@ func WithMaxQueueBytes(n int64) Opt { return optFunc(func(c *cfg) { c.queueBytes
 // WithMaxGroupBytes bounds how many bytes one group commit writes before
 // it fsyncs (default 4 MiB).
 func WithMaxGroupBytes(n int) Opt { return optFunc(func(c *cfg) { c.maxGroupBytes = n }) }
+
+// withMaxInflight bounds the groups in the pipeline (tests: 1 holds the
+// writer in each group's fsync, as before the pipeline).
+func withMaxInflight(n int) Opt { return optFunc(func(c *cfg) { c.maxInflight = n }) }
 
 // WithClock sets the clock used for message times, retention, delayed
 // delivery and deduplication windows (default time.Now).

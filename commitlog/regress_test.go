@@ -160,7 +160,8 @@ func TestRegress1UnsyncedBytesTrustedByRecovery(t *testing.T) {
 func TestRegress2OversizeBatchChangesState(t *testing.T) {
 	ctx := context.Background()
 	ffs := vfs.NewFaultFS(vfs.NewMemFS())
-	l := openTest(t, ffs, append([]Opt{WithCleanInterval(24 * time.Hour)}, smallSegments...)...)
+	// One group in flight: the writer waits in each group's fsync.
+	l := openTest(t, ffs, append([]Opt{WithCleanInterval(24 * time.Hour), withMaxInflight(1)}, smallSegments...)...)
 	defer l.Close()
 	mustCreate(t, l, "t", TopicConfig{})
 	if err := l.Append(ctx, msg("t", "", "first")); err != nil {
@@ -548,7 +549,7 @@ func TestRegress8aCarriedRequestDroppedOnClose(t *testing.T) {
 	ctx := context.Background()
 	for iter := 0; iter < 24; iter++ {
 		ffs := vfs.NewFaultFS(vfs.NewMemFS())
-		l := openTest(t, ffs, WithCleanInterval(24*time.Hour))
+		l := openTest(t, ffs, WithCleanInterval(24*time.Hour), withMaxInflight(1)) // the writer waits in each fsync
 		mustCreate(t, l, "t", TopicConfig{})
 		entered, release := rgBlockNextSync(ffs)
 		errs := make(chan error, 3)
@@ -1008,7 +1009,7 @@ func (c *doneAtSecondLook) Err() error {
 func TestRegressAsyncPromiseOnce(t *testing.T) {
 	ctx := context.Background()
 	ffs := vfs.NewFaultFS(vfs.NewMemFS())
-	l := openTest(t, ffs, WithQueueDepth(1), WithCleanInterval(24*time.Hour))
+	l := openTest(t, ffs, WithQueueDepth(1), WithCleanInterval(24*time.Hour), withMaxInflight(1)) // the writer waits in each fsync
 	defer l.Close()
 	mustCreate(t, l, "t", TopicConfig{})
 	entered, release := rgBlockNextSync(ffs)

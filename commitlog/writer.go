@@ -420,6 +420,9 @@ func (l *Log) tryEnqueue(r *request) (queued bool, err error) {
 // run is the writer goroutine.
 func (l *Log) run() {
 	defer close(l.stopped)
+	if l.pipelined() {
+		defer close(l.syncJobs)
+	}
 	var tick <-chan time.Time
 	if l.cfg.durability == DurabilityInterval {
 		t := time.NewTicker(l.cfg.syncInterval)
@@ -428,10 +431,19 @@ func (l *Log) run() {
 	}
 	l.scratch.byPart = map[*partition]*bucket{}
 	for {
+		l.takeSynced()
+		for len(l.pipe) >= l.cfg.maxInflight {
+			l.synced(<-l.syncDone)
+		}
 		first := l.takeCarry()
 		if first == nil {
 			select {
 			case first = <-l.reqs:
+			case r := <-l.syncDone:
+				if l.synced(r) > 1 {
+					runtime.Gosched()
+				}
+				continue
 			case <-tick:
 				if l.dirty && l.failedErr() == nil {
 					if err := l.syncActive(); err != nil {
@@ -441,6 +453,9 @@ func (l *Log) run() {
 				continue
 			case <-l.stop:
 				l.drainOnStop()
+				if l.pipelined() {
+					l.drainPipe()
+				}
 				return
 			}
 		}
@@ -526,6 +541,9 @@ func (l *Log) collect(first *request) []*request {
 
 func (l *Log) process(g []*request) {
 	l.scratch.group = g
+	if g[0].batch == nil && l.pipelined() {
+		l.drainPipe() // it runs with nothing in flight
+	}
 	if err := l.failedErr(); err != nil {
 		respond(g, err)
 		return
@@ -643,10 +661,18 @@ func (l *Log) processGroup(g []*request) {
 		return
 	}
 	if len(sc.buckets) == 0 && len(offsets) == 0 {
-		respond(g, nil) // every message was a duplicate
+		// Every message was a duplicate, perhaps of one still in flight.
+		if l.pipelined() {
+			l.awaitInflight(g)
+		} else {
+			respond(g, nil)
+		}
 		return
 	}
 	buf := l.wbuf[:0]
+	if l.pipelined() {
+		buf = l.takeBuf()
+	}
 	buf = append(buf, make([]byte, batchHeaderSize)...)
 	nsect := 0
 	for _, bk := range sc.buckets {
@@ -658,8 +684,14 @@ func (l *Log) processGroup(g []*request) {
 		nsect++
 	}
 	putBatchHeader(buf, 0, nsect, now)
-	l.wbuf = buf
-	if obs := l.cfg.observer; obs != nil {
+	if l.pipelined() {
+		msgs := 0
+		for _, bk := range sc.buckets {
+			msgs += len(bk.msgs)
+		}
+		l.writeGroup(g, buf, live, msgs)
+	} else if l.wbuf = buf; l.cfg.observer != nil {
+		obs := l.cfg.observer
 		l.lastFsync = 0
 		t0 := time.Now()
 		err := l.writeBatch(buf)
