@@ -72,17 +72,25 @@ func (w *worker) reserveParkOrWait(e *entry, then func() outcome) bool {
 	return false
 }
 
-// roomLocked reports whether key may park now.
+// roomLocked reports whether key may park now: the keys parked in the
+// index and those reserved, a key that is both (its dead letter indexed,
+// its reservation not yet ended) counted once.
 func (w *worker) roomLocked(key []byte) bool {
-	if w.reserved[string(key)] || w.c.index.Has(w.pk(), key) {
+	pk := w.pk()
+	if w.reserved[string(key)] || w.c.index.Has(pk, key) {
 		return true
 	}
-	keys, _ := w.c.index.Parked(w.pk())
-	return keys+len(w.reserved) < w.c.cfg.maxParkedKeys
+	keys, _ := w.c.index.Parked(pk)
+	for k := range w.reserved {
+		if !w.c.index.Has(pk, []byte(k)) {
+			keys++
+		}
+	}
+	return keys < w.c.cfg.maxParkedKeys
 }
 
 // unreserve ends key's reservation: its dead letter is in the index (or
-// was not written).
+// was not written, which leaves room for a waiting key).
 func (w *worker) unreserve(key []byte) {
 	if key == nil {
 		return
@@ -90,6 +98,7 @@ func (w *worker) unreserve(key []byte) {
 	w.mu.Lock()
 	delete(w.reserved, string(key))
 	w.mu.Unlock()
+	w.resumeWaiting()
 }
 
 // resumeWaiting restarts, oldest first, the entries waiting for room to

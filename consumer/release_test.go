@@ -118,3 +118,33 @@ func TestStoppingConsumerReleasesARevokedPartitionBeforeLeaving(t *testing.T) {
 	}
 	t.Fatalf("member a stopped with partition %d revoked and stopping, and left without releasing it (released before Leave: %v)", revoked, b.released["a"])
 }
+
+// A key whose dead letter is in the index while its reservation has not
+// ended yet counts once against the parked-key bound. Counted twice, it
+// left keys waiting for room that was there, and nothing woke them when
+// the reservation ended (TestParkedKeysBounded failed about 1 run in 20
+// under a CPU hog).
+func TestParkedKeyIndexedAndReservedCountsOnce(t *testing.T) {
+	b := newBackend(t)
+	if err := b.EnsureTopic(context.Background(), "in", 1); err != nil {
+		t.Fatal(err)
+	}
+	rec := &handling{}
+	handler, _ := poisonUntilFixed(rec)
+	c, _ := startConsumer(t, b, handler, WithMaxParkedKeys(2))
+	publish(t, b, "b/0", "free/0")
+	waitFor(t, "b parked and counted", func() bool { return c.Stats().ParkedKeys == 1 && rec.handled("free/0") })
+	c.mu.Lock()
+	w := c.workers[backend.TopicPartition{Topic: "in"}]
+	c.mu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.reserved["b"] = true // b's reservation, not ended yet
+	if !w.roomLocked([]byte("a")) {
+		t.Fatal("with one key parked (and reserved) of a bound of 2, key a finds no room to park")
+	}
+	w.reserved["c"] = true
+	if w.roomLocked([]byte("a")) {
+		t.Fatal("with b parked and c reserved, a bound of 2 leaves room for a")
+	}
+}
