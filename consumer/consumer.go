@@ -499,6 +499,20 @@ func (c *Consumer) run(ctx context.Context, untilCaughtUp bool) error {
 				return err
 			}
 			c.lastBeat.Store(time.Now().UnixNano())
+			// A worker whose commit was refused as fenced stopped
+			// itself. The member may keep the partition all the same (a
+			// commit that met a rebalance the member came out of with
+			// its partitions): then it runs again from the committed
+			// offset once it stopped; if the partition moved, the next
+			// assignment says so and it is released instead.
+			for tp, w := range workers {
+				if w.isFenced() {
+					delete(workers, tp)
+					c.setWorker(tp, nil)
+					stopping[tp] = true
+					go func() { w.stop(); stopped <- tp }()
+				}
+			}
 		case tp := <-stopped:
 			delete(stopping, tp)
 			if want[tp] {

@@ -346,6 +346,14 @@ func (w *worker) watermarkLocked() uint64 {
 	return w.next
 }
 
+// isFenced reports whether a commit of the worker was refused as fenced
+// (it stopped itself then).
+func (w *worker) isFenced() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fenced
+}
+
 func (w *worker) commitLoop() {
 	defer w.wg.Done()
 	select {
