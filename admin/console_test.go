@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -404,6 +405,14 @@ func TestHealthIsDegradedWhenTheLogFailed(t *testing.T) {
 // still gets in at once.
 func TestUnknownTokensAreRateLimited(t *testing.T) {
 	f := newFixture(t)
+	// The limiter's clock stands still, so the burst is the bound: on a
+	// loaded machine (bcrypt under -race) 40 guesses took 11 s, long
+	// enough to refill the limiter mid-burst.
+	a := fixtureAuth(t)
+	frozen := time.Now()
+	a.now = func() time.Time { return frozen }
+	f.srv = httptest.NewServer(NewHandler(f.svc, a))
+	t.Cleanup(f.srv.Close)
 	ctx := context.Background()
 	if _, err := f.client(t, tokenOf("reader")).Topics(ctx); err != nil {
 		t.Fatal(err)
