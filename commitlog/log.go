@@ -77,12 +77,13 @@ type Log struct {
 
 	// The pipelined group commit (see pipeline.go); nil channels when
 	// the durability is not DurabilityAlways.
-	syncJobs chan syncJob    // writer to syncer
-	syncDone chan syncResult // syncer to writer
-	pipe     []inflight      // writer: groups written, waiting for an fsync, in write order
-	writeSeq uint64          // writer: groups written so far
-	syncing  bool            // writer: an fsync is in flight
-	freeBufs [][]byte        // writer: buffers of groups acknowledged
+	syncJobs   chan syncJob    // writer to flusher
+	syncDone   chan syncResult // flusher to writer
+	pipe       []inflight      // writer: groups written, waiting for an fsync, in write order
+	writeSeq   uint64          // writer: groups handed to the flusher so far
+	flushedSeq uint64          // writer: the last of them written and fsynced
+	syncing    bool            // writer: an fsync is in flight
+	freeBufs   [][]byte        // writer: buffers of groups acknowledged
 
 	// The checkpoint chain (see checkpoint): the position of its newest
 	// checkpoint (writer), the consumer offsets committed since (under

@@ -9,57 +9,87 @@ import (
 	"github.com/ferrymq/ferry/vfs"
 )
 
-// The pipelined group commit (DurabilityAlways). The writer writes a
-// group and hands the fsync to the syncer goroutine, then goes on to
-// collect, encode and write the next group while the disk works; a group
-// is applied (made visible) and acknowledged once an fsync that began
-// after its write returned. One fsync is in flight at a time, and it
-// covers every group written before it began, so under load each fsync
-// takes what was written while the previous one ran: the disk is kept
-// busy, and the writer's CPU work (encoding, CRCs, the dedup window) runs
-// beside it instead of between fsyncs.
+// The pipelined group commit (DurabilityAlways). The writer encodes a
+// group and hands it to the flusher goroutine, which writes it and fsyncs
+// it; meanwhile the writer collects and encodes the next group, so its CPU
+// work (routing, the dedup window, encoding, CRCs) runs beside the disk's
+// instead of between fsyncs. A group is applied (made visible) and
+// acknowledged once its fsync returned.
 //
-// The writer still owns every piece of state: the syncer only calls Sync
-// on the file it is given and reports back. Anything that is not a group
-// of appends (a control batch, a roll, a checkpoint, an explicit sync, a
+// What reaches the disk is what it was without the pipeline: one batch
+// written, then fsynced, then the next. Never two batches between two
+// fsyncs: a power loss could then keep the later one and tear the earlier,
+// which recovery must refuse as corruption (a bad batch followed by a
+// valid write) rather than cut as a torn tail.
+//
+// The writer owns every piece of state: it assigns a group's position and
+// plans its zeros ahead when it encodes it; the flusher only writes what
+// it is given, in order, and reports back. Anything that is not a group of
+// appends (a control batch, a roll, a checkpoint, an explicit sync, a
 // cleaner's batch, Close) first drains the pipeline, so it runs with
 // nothing in flight, as it did before.
 
-// maxInflightGroups is the default bound of the groups written and
-// waiting for an fsync (and so of the buffers held for them).
-const maxInflightGroups = 4
+// maxInflightGroups is the default bound of the groups encoded and not
+// yet durable: one being written and fsynced, one ready behind it. When
+// both are taken, requests wait in the queue, and the next group collects
+// all of them.
+const maxInflightGroups = 2
 
-// inflight is a group written to the active segment and not yet fsynced.
-// A group with no bytes (every message a duplicate of one in flight)
-// waits for the fsync of what it duplicates.
+// inflight is a group encoded and not yet durable. A group with no bytes
+// (every message a duplicate of one in flight) waits for the fsync of
+// what it duplicates.
 type inflight struct {
 	g          []*request
 	seq        uint64 // the write it waits for (see Log.writeSeq)
 	seg, pos   uint32
 	buf        []byte // nil for a group with nothing to write
+	zeroFrom   int64  // zeros to write ahead first, [zeroFrom, zeroTo) (see zeroAhead)
+	zeroTo     int64
 	live, msgs int
-	t0         time.Time // when its write began (with an Observer)
+	t0         time.Time // when it was handed on (with an Observer)
 }
 
-// syncJob asks the syncer to fsync f, which holds every write up to upTo.
+// syncJob asks the flusher to write a group at pos of f and fsync f.
 type syncJob struct {
-	f    vfs.File
-	upTo uint64
+	f                vfs.File
+	path             string
+	seq              uint64
+	buf              []byte
+	pos              int64
+	zeroFrom, zeroTo int64
 }
 
-// syncResult is the syncer's report of a syncJob.
+// syncResult is the flusher's report of a syncJob.
 type syncResult struct {
-	upTo uint64
+	seq  uint64
 	err  error
-	took time.Duration
+	took time.Duration // the fsync's
 }
 
-// syncLoop is the syncer.
+// syncLoop is the flusher.
 func (l *Log) syncLoop() {
+	var zeros []byte
 	for j := range l.syncJobs {
-		t0 := time.Now()
-		err := j.f.Sync()
-		l.syncDone <- syncResult{upTo: j.upTo, err: err, took: time.Since(t0)}
+		r := syncResult{seq: j.seq}
+		if j.zeroTo > j.zeroFrom {
+			if zeros == nil {
+				zeros = make([]byte, zeroBlock)
+			}
+			r.err = writeZeros(j.f, j.path, zeros, j.zeroFrom, j.zeroTo, j.pos)
+		}
+		if r.err == nil {
+			if _, err := j.f.Write(j.buf); err != nil {
+				r.err = fmt.Errorf("write %s at %d: %w", j.path, j.pos, err)
+			}
+		}
+		if r.err == nil {
+			t0 := time.Now()
+			if err := j.f.Sync(); err != nil {
+				r.err = fmt.Errorf("fsync %s: %w", j.path, err)
+			}
+			r.took = time.Since(t0)
+		}
+		l.syncDone <- r
 	}
 }
 
@@ -78,27 +108,32 @@ func (l *Log) takeBuf() []byte {
 
 // putBuf keeps b for a later group, unless one huge batch grew it.
 func (l *Log) putBuf(b []byte) {
-	if b != nil && cap(b) <= 2*l.cfg.maxGroupBytes && len(l.freeBufs) <= l.cfg.maxInflight {
+	if b != nil && cap(b) <= 2*l.cfg.maxGroupBytes && len(l.freeBufs) < l.cfg.maxInflight {
 		l.freeBufs = append(l.freeBufs, b)
 	}
 }
 
-// writeGroup writes the encoded group g and queues it for the syncer; it
-// is acknowledged in synced. buf is the pipeline's from now on.
+// writeGroup gives the encoded group g its place in the active segment
+// and queues it for the flusher; it is acknowledged in synced. buf is the
+// pipeline's from now on.
 func (l *Log) writeGroup(g []*request, buf []byte, live, msgs int) {
 	if int64(len(buf)) > l.cfg.segmentBytes-batchHeaderSize {
 		// See writeBatch.
-		respond(g, l.fail(fmt.Errorf("commitlog: bug: group of %d bytes exceeds the segment size %d", len(buf), l.cfg.segmentBytes)))
+		l.refuseInOrder(g, l.fail(fmt.Errorf("commitlog: bug: group of %d bytes exceeds the segment size %d", len(buf), l.cfg.segmentBytes)))
+		l.putBuf(buf)
 		return
 	}
 	if l.activeSize > 0 && l.activeSize+int64(len(buf)) > l.cfg.segmentBytes {
 		l.drainPipe()
-		if err := l.failedErr(); err != nil {
-			respond(g, err)
-			return
+		err := l.failedErr()
+		if err == nil {
+			if err = l.roll(); err != nil {
+				err = l.fail(err)
+			}
 		}
-		if err := l.roll(); err != nil {
-			respond(g, l.fail(err))
+		if err != nil {
+			respond(g, err) // nothing is in flight now
+			l.putBuf(buf)
 			return
 		}
 	}
@@ -107,24 +142,31 @@ func (l *Log) writeGroup(g []*request, buf []byte, live, msgs int) {
 		t0 = time.Now()
 	}
 	pos := l.activeSize
-	if err := l.zeroAhead(len(buf)); err != nil {
-		respond(g, l.fail(err))
-		return
-	}
-	if _, err := l.active.f.Write(buf); err != nil {
-		respond(g, l.fail(fmt.Errorf("write %s at %d: %w", l.active.path, pos, err)))
-		return
-	}
+	zeroFrom, zeroTo := l.planZeroAhead(len(buf))
 	l.activeSize += int64(len(buf))
 	l.dirty = true
 	l.writeSeq++
-	l.pipe = append(l.pipe, inflight{g: slices.Clone(g), seq: l.writeSeq, seg: l.active.id, pos: uint32(pos), buf: buf, live: live, msgs: msgs, t0: t0})
+	l.pipe = append(l.pipe, inflight{g: slices.Clone(g), seq: l.writeSeq, seg: l.active.id, pos: uint32(pos), buf: buf,
+		zeroFrom: zeroFrom, zeroTo: zeroTo, live: live, msgs: msgs, t0: t0})
 	l.kickSync()
 }
 
-// awaitInflight queues g, whose messages were all duplicates, to be
-// acknowledged once what it duplicates is durable: at once if nothing is
-// in flight.
+// refuseInOrder answers every request of g with err (unless it has an
+// error of its own) after the groups in flight, so that promises are
+// called in append order.
+func (l *Log) refuseInOrder(g []*request, err error) {
+	for _, r := range g {
+		if r.err == nil {
+			r.err = err
+		}
+	}
+	l.awaitInflight(g)
+}
+
+// awaitInflight queues g, whose messages were all duplicates (or whose
+// requests were all refused), to be answered once the groups in flight
+// are: at once if none is. A duplicate's original may be among them, and
+// promises are called in append order.
 func (l *Log) awaitInflight(g []*request) {
 	if len(l.pipe) == 0 && !l.syncing {
 		respond(g, nil)
@@ -134,13 +176,18 @@ func (l *Log) awaitInflight(g []*request) {
 	l.kickSync()
 }
 
-// kickSync starts an fsync of what was written if none is in flight.
+// kickSync hands the flusher the next group to write, if it is idle.
 func (l *Log) kickSync() {
-	if l.syncing || len(l.pipe) == 0 {
+	if l.syncing {
 		return
 	}
-	l.syncing = true
-	l.syncJobs <- syncJob{f: l.active.f, upTo: l.writeSeq}
+	for _, e := range l.pipe {
+		if e.seq > l.flushedSeq && e.buf != nil {
+			l.syncing = true
+			l.syncJobs <- syncJob{f: l.active.f, path: l.active.path, seq: e.seq, buf: e.buf, pos: int64(e.pos), zeroFrom: e.zeroFrom, zeroTo: e.zeroTo}
+			return
+		}
+	}
 }
 
 // synced takes the syncer's report: the groups its fsync covered are
@@ -154,7 +201,7 @@ func (l *Log) synced(r syncResult) int {
 	}
 	failed := l.failedErr()
 	if r.err != nil {
-		failed = l.fail(fmt.Errorf("fsync %s: %w", l.active.path, r.err))
+		failed = l.fail(r.err)
 	}
 	if failed != nil {
 		// Nothing more is acknowledged: what the fsync covered may be
@@ -168,12 +215,13 @@ func (l *Log) synced(r syncResult) int {
 		l.pipe = l.pipe[:0]
 		return 0
 	}
-	if r.upTo == l.writeSeq {
+	l.flushedSeq = r.seq
+	if r.seq == l.writeSeq {
 		l.dirty = false
 	}
 	n, acked := 0, 0
 	for _, e := range l.pipe {
-		if e.seq > r.upTo {
+		if e.seq > r.seq {
 			break
 		}
 		acked += waiters(e.g)
@@ -214,10 +262,21 @@ func (l *Log) complete(e inflight, fsync time.Duration) {
 	l.putBuf(e.buf)
 }
 
-// drainPipe waits until every group written is durable and acknowledged.
+// drainPipe waits until every group handed on is durable and
+// acknowledged.
 func (l *Log) drainPipe() {
 	for len(l.pipe) > 0 || l.syncing {
 		l.kickSync()
+		if !l.syncing {
+			// Entries with nothing left to flush: cannot happen.
+			err := l.fail(fmt.Errorf("commitlog: bug: %d groups in the pipeline and none to write", len(l.pipe)))
+			for _, e := range l.pipe {
+				respond(e.g, err)
+			}
+			clear(l.pipe)
+			l.pipe = l.pipe[:0]
+			return
+		}
 		l.synced(<-l.syncDone)
 	}
 }

@@ -2,28 +2,33 @@ package commitlog
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 
 	"github.com/ferrymq/ferry"
 	"github.com/ferrymq/ferry/vfs"
 )
 
 // syncGates holds segment fsyncs, each until its gate is opened, once
-// armed; it also signals each segment write made while armed.
+// armed; it counts the segment writes made while armed, and records a
+// violation if two writes come with no fsync between them.
 type syncGates struct {
-	armed   atomic.Bool
-	mu      sync.Mutex
-	entered []chan struct{} // closed when the i-th held fsync began
-	gates   []chan struct{} // the i-th held fsync waits for this
-	syncs   int
-	writes  chan struct{} // one value per segment write while armed
+	armed     atomic.Bool
+	mu        sync.Mutex
+	entered   []chan struct{} // closed when the i-th held fsync began
+	gates     []chan struct{} // the i-th held fsync waits for this
+	syncs     int
+	writes    int
+	unsynced  int // writes since the last fsync
+	violation string
 }
 
 func holdSyncs(ffs *vfs.FaultFS, n int) *syncGates {
-	s := &syncGates{writes: make(chan struct{}, 64)}
+	s := &syncGates{}
 	for range n {
 		s.entered = append(s.entered, make(chan struct{}))
 		s.gates = append(s.gates, make(chan struct{}))
@@ -32,22 +37,34 @@ func holdSyncs(ffs *vfs.FaultFS, n int) *syncGates {
 		if !s.armed.Load() || !strings.HasSuffix(path, segSuffix) {
 			return nil
 		}
+		s.mu.Lock()
 		switch op {
 		case vfs.OpWrite:
-			s.writes <- struct{}{}
+			s.writes++
+			if s.unsynced++; s.unsynced > 1 && s.violation == "" {
+				s.violation = fmt.Sprintf("write %d followed another with no fsync between them", s.writes)
+			}
 		case vfs.OpSync:
-			s.mu.Lock()
 			i := s.syncs
 			s.syncs++
-			s.mu.Unlock()
+			s.unsynced = 0
 			if i < len(s.gates) {
+				s.mu.Unlock()
 				close(s.entered[i])
 				<-s.gates[i]
+				return nil
 			}
 		}
+		s.mu.Unlock()
 		return nil
 	})
 	return s
+}
+
+func (s *syncGates) counts() (writes, syncs int, violation string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writes, s.syncs, s.violation
 }
 
 // ack records one AppendAsync's outcome.
@@ -72,47 +89,79 @@ func (a *ack) acked() bool {
 	}
 }
 
-// The writer writes the next group while the previous one's fsync runs,
-// and acknowledges and shows a group only after an fsync that began after
-// its write: never with the fsync in flight when it was written.
-func TestPipelineAcknowledgesAGroupOnlyAfterAnFsyncBegunAfterItsWrite(t *testing.T) {
+// The writer encodes the next group while the last one's fsync runs, and
+// writes it only after that fsync returned (one batch between two
+// fsyncs, as without the pipeline); it acknowledges and shows a group
+// only after its own fsync. synctest.Wait lets the log's goroutines run
+// until each is blocked, so every check sees the writer as far as it can
+// go.
+func TestPipelineWritesAGroupOnlyAfterTheLastOnesFsync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ffs := vfs.NewFaultFS(vfs.NewMemFS())
+		l := openTest(t, ffs, WithZeroAhead(false)) // each segment write is a group's
+		defer l.Close()
+		mustCreate(t, l, "t", TopicConfig{})
+		g := holdSyncs(ffs, 2)
+		g.armed.Store(true)
+		a := appendAsync(l, msg("t", "", "a"))
+		<-g.entered[0] // a's fsync, held
+		b := appendAsync(l, msg("t", "", "b"))
+		synctest.Wait()
+		if w, _, v := g.counts(); w != 1 || v != "" {
+			t.Fatalf("%d segment writes while the first group's fsync runs (%s), want 1: a second batch written before the first is durable", w, v)
+		}
+		if a.acked() || b.acked() {
+			t.Fatal("acknowledged before any fsync returned")
+		}
+		if _, hw, _ := l.Bounds("t", 0); hw != 0 {
+			t.Fatalf("high watermark %d before any fsync returned, want 0", hw)
+		}
+		close(g.gates[0])
+		<-g.entered[1] // b written, its fsync held
+		synctest.Wait()
+		if !a.acked() || a.err != nil || b.acked() {
+			t.Fatalf("after the first fsync: a acknowledged %v (%v), b acknowledged %v; want a and not b", a.acked(), a.err, b.acked())
+		}
+		if _, hw, _ := l.Bounds("t", 0); hw != 1 {
+			t.Fatalf("high watermark %d with a durable and b not, want 1", hw)
+		}
+		close(g.gates[1])
+		<-b.done
+		if b.err != nil || b.b.Messages[0].Offset != 1 {
+			t.Fatalf("b: %v at offset %d, want offset 1", b.err, b.b.Messages[0].Offset)
+		}
+		if _, hw, _ := l.Bounds("t", 0); hw != 2 {
+			t.Fatalf("high watermark %d, want 2", hw)
+		}
+		if _, _, v := g.counts(); v != "" {
+			t.Fatal(v)
+		}
+	})
+}
+
+// Many appenders at once: whatever the pipeline does, the disk sees one
+// write, then an fsync, then the next write.
+func TestPipelineNeverWritesTwoBatchesBetweenFsyncs(t *testing.T) {
 	ffs := vfs.NewFaultFS(vfs.NewMemFS())
-	l := openTest(t, ffs, WithZeroAhead(false)) // each segment write is a group's
+	l := openTest(t, ffs, WithZeroAhead(false))
 	defer l.Close()
-	mustCreate(t, l, "t", TopicConfig{})
-	g := holdSyncs(ffs, 2)
+	mustCreate(t, l, "t", TopicConfig{Partitions: 4})
+	g := holdSyncs(ffs, 0)
 	g.armed.Store(true)
-	a := appendAsync(l, msg("t", "", "a"))
-	<-g.writes
-	<-g.entered[0] // a's fsync, held
-	b := appendAsync(l, msg("t", "", "b"))
-	<-g.writes // b written while a's fsync runs: the pipeline
-	if a.acked() || b.acked() {
-		t.Fatal("acknowledged before any fsync returned")
+	var wg sync.WaitGroup
+	for p := range 16 {
+		wg.Go(func() {
+			for i := range 50 {
+				if err := l.Append(context.Background(), msg("t", fmt.Sprint(p), fmt.Sprint(i))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
 	}
-	if _, hw, _ := l.Bounds("t", 0); hw != 0 {
-		t.Fatalf("high watermark %d before any fsync returned, want 0", hw)
-	}
-	close(g.gates[0])
-	select {
-	case <-b.done:
-		t.Fatalf("b acknowledged by the fsync that began before its write (err %v)", b.err)
-	case <-g.entered[1]: // b's own fsync, held
-	}
-	<-a.done
-	if a.err != nil || b.acked() {
-		t.Fatalf("after the first fsync: a %v, b acknowledged %v; want a acknowledged and b not", a.err, b.acked())
-	}
-	if _, hw, _ := l.Bounds("t", 0); hw != 1 {
-		t.Fatalf("high watermark %d with a durable and b not, want 1", hw)
-	}
-	close(g.gates[1])
-	<-b.done
-	if b.err != nil || b.b.Messages[0].Offset != 1 {
-		t.Fatalf("b: %v at offset %d, want offset 1", b.err, b.b.Messages[0].Offset)
-	}
-	if _, hw, _ := l.Bounds("t", 0); hw != 2 {
-		t.Fatalf("high watermark %d, want 2", hw)
+	wg.Wait()
+	if w, s, v := g.counts(); v != "" || w == 0 || s < w {
+		t.Fatalf("%d writes, %d fsyncs: %s", w, s, v)
 	}
 }
 
@@ -121,33 +170,31 @@ func TestPipelineAcknowledgesAGroupOnlyAfterAnFsyncBegunAfterItsWrite(t *testing
 // an acknowledgement before it would let a crash lose what was
 // acknowledged.
 func TestPipelineDuplicateOfAMessageInFlightWaitsForItsFsync(t *testing.T) {
-	ffs := vfs.NewFaultFS(vfs.NewMemFS())
-	// Each segment write is a group's, and each append a group of its own.
-	l := openTest(t, ffs, WithZeroAhead(false), WithMaxGroupBytes(4096))
-	defer l.Close()
-	mustCreate(t, l, "t", TopicConfig{})
-	g := holdSyncs(ffs, 1)
-	g.armed.Store(true)
-	big := strings.Repeat("x", 4096) // a group's worth
-	first := msg("t", "", big)
-	first.ID = ferry.NewID()
-	a := appendAsync(l, first)
-	<-g.entered[0]
-	retry := appendAsync(l, rgCopy(first))
-	c := appendAsync(l, msg("t", "", big))
-	<-g.writes // a
-	<-g.writes // c, queued after the retry: the writer has handled the retry
-	if retry.acked() {
-		t.Fatalf("the retry of a message in flight was acknowledged before its fsync (err %v)", retry.err)
-	}
-	close(g.gates[0])
-	for _, x := range []*ack{a, retry, c} {
-		<-x.done
-		if x.err != nil {
-			t.Fatal(x.err)
+	synctest.Test(t, func(t *testing.T) {
+		ffs := vfs.NewFaultFS(vfs.NewMemFS())
+		l := openTest(t, ffs, WithZeroAhead(false))
+		defer l.Close()
+		mustCreate(t, l, "t", TopicConfig{})
+		g := holdSyncs(ffs, 1)
+		g.armed.Store(true)
+		first := msg("t", "", "x")
+		first.ID = ferry.NewID()
+		a := appendAsync(l, first)
+		<-g.entered[0]
+		retry := appendAsync(l, rgCopy(first))
+		synctest.Wait() // the writer has handled the retry
+		if retry.acked() {
+			t.Fatalf("the retry of a message in flight was acknowledged before its fsync (err %v)", retry.err)
 		}
-	}
-	if retry.b.Duplicates != 1 || retry.b.Messages[0].Offset != a.b.Messages[0].Offset {
-		t.Fatalf("the retry: %d duplicates at offset %d, want 1 at %d", retry.b.Duplicates, retry.b.Messages[0].Offset, a.b.Messages[0].Offset)
-	}
+		close(g.gates[0])
+		for _, x := range []*ack{a, retry} {
+			<-x.done
+			if x.err != nil {
+				t.Fatal(x.err)
+			}
+		}
+		if retry.b.Duplicates != 1 || retry.b.Messages[0].Offset != a.b.Messages[0].Offset {
+			t.Fatalf("the retry: %d duplicates at offset %d, want 1 at %d", retry.b.Duplicates, retry.b.Messages[0].Offset, a.b.Messages[0].Offset)
+		}
+	})
 }

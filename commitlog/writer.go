@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/ferrymq/ferry"
+	"github.com/ferrymq/ferry/vfs"
 )
 
 // Offset is a consumer group's committed position in one partition: the
@@ -657,7 +658,11 @@ func (l *Log) processGroup(g []*request) {
 		r.batch.written = true
 	}
 	if live == 0 {
-		respond(g, nil)
+		if l.pipelined() {
+			l.awaitInflight(g) // refusals too are answered in append order
+		} else {
+			respond(g, nil)
+		}
 		return
 	}
 	if len(sc.buckets) == 0 && len(offsets) == 0 {
@@ -906,36 +911,53 @@ const (
 // the segment's tail, which recovery cuts (Recovery.ZeroTailBytes), as do
 // a roll and Close (trimZeroed), so only the active segment ever has one.
 func (l *Log) zeroAhead(n int) error {
-	if l.cfg.noZeroAhead || l.cfg.durability != DurabilityAlways || n > zeroAheadMaxGroup {
+	from, to := l.planZeroAhead(n)
+	if to <= from {
 		return nil
-	}
-	end := l.activeSize + int64(n)
-	if end <= l.zeroedTo {
-		return nil
-	}
-	from := max(l.zeroedTo, l.activeSize) // the end of the file
-	to := min(from+zeroAheadBytes, l.cfg.segmentBytes)
-	if to < end {
-		return nil // the segment is about to roll
 	}
 	if l.zeros == nil {
 		l.zeros = make([]byte, zeroBlock)
 	}
-	if _, err := l.active.f.Seek(from, io.SeekStart); err != nil {
-		return fmt.Errorf("seek %s to %d: %w", l.active.path, from, err)
+	return writeZeros(l.active.f, l.active.path, l.zeros, from, to, l.activeSize)
+}
+
+// planZeroAhead decides the zeros to write ahead of a group of n bytes
+// about to be written at the active segment's end: [from, to), empty if
+// none. It counts them as written (zeroedTo).
+func (l *Log) planZeroAhead(n int) (from, to int64) {
+	if l.cfg.noZeroAhead || l.cfg.durability != DurabilityAlways || n > zeroAheadMaxGroup {
+		return 0, 0
 	}
-	for at := from; at < to; {
-		k := min(int64(len(l.zeros)), to-at)
-		if _, err := l.active.f.Write(l.zeros[:k]); err != nil {
-			return fmt.Errorf("write zeros ahead in %s at %d: %w", l.active.path, at, err)
-		}
-		at += k
+	end := l.activeSize + int64(n)
+	if end <= l.zeroedTo {
+		return 0, 0
 	}
-	if _, err := l.active.f.Seek(l.activeSize, io.SeekStart); err != nil {
-		return fmt.Errorf("seek %s to %d: %w", l.active.path, l.activeSize, err)
+	from = max(l.zeroedTo, l.activeSize) // the end of the file
+	to = min(from+zeroAheadBytes, l.cfg.segmentBytes)
+	if to < end {
+		return 0, 0 // the segment is about to roll
 	}
 	l.zeroedTo = to
 	l.dirty = true
+	return from, to
+}
+
+// writeZeros writes zeros over [from, to) of f and leaves its offset at
+// back, where the next write goes.
+func writeZeros(f vfs.File, path string, zeros []byte, from, to, back int64) error {
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return fmt.Errorf("seek %s to %d: %w", path, from, err)
+	}
+	for at := from; at < to; {
+		k := min(int64(len(zeros)), to-at)
+		if _, err := f.Write(zeros[:k]); err != nil {
+			return fmt.Errorf("write zeros ahead in %s at %d: %w", path, at, err)
+		}
+		at += k
+	}
+	if _, err := f.Seek(back, io.SeekStart); err != nil {
+		return fmt.Errorf("seek %s to %d: %w", path, back, err)
+	}
 	return nil
 }
 
