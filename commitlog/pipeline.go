@@ -35,6 +35,11 @@ import (
 // all of them.
 const maxInflightGroups = 2
 
+// pipelineAheadBytes is the smallest group encoded while the fsync of the
+// last runs: a smaller one (a few synchronous callers) waits for that
+// fsync and collects the callers it acknowledges (see Log.run).
+const pipelineAheadBytes = 64 << 10
+
 // inflight is a group encoded and not yet durable. A group with no bytes
 // (every message a duplicate of one in flight) waits for the fsync of
 // what it duplicates.

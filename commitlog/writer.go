@@ -461,6 +461,16 @@ func (l *Log) run() {
 			}
 		}
 		g := l.collect(first)
+		if l.pipelined() && l.syncing && g[0].batch != nil && l.scratch.carry == nil && groupBytes(g) < pipelineAheadBytes {
+			// A small group while an fsync runs: synchronous callers
+			// that fsync is about to acknowledge would append again just
+			// after it was encoded, and wait for a group more. It waits
+			// for the fsync instead, lets them run, and takes them in.
+			if l.synced(<-l.syncDone) > 1 {
+				runtime.Gosched()
+			}
+			g = l.collectMore(g)
+		}
 		l.process(g)
 		if waiters(g) > 1 {
 			// The callers just acknowledged are runnable on this P; most
@@ -522,8 +532,26 @@ func (l *Log) collect(first *request) []*request {
 	if first.batch == nil {
 		return g
 	}
-	size, msgs := first.size, len(first.batch.Messages)
-	for size < l.cfg.maxGroupBytes {
+	return l.collectMore(g)
+}
+
+// groupBytes is the encoded size bound of the appends of g.
+func groupBytes(g []*request) int {
+	n := 0
+	for _, r := range g {
+		n += r.size
+	}
+	return n
+}
+
+// collectMore adds to the group of appends g whatever else is queued, up
+// to the group size limit.
+func (l *Log) collectMore(g []*request) []*request {
+	size, msgs := 0, 0
+	for _, r := range g {
+		size, msgs = size+r.size, msgs+len(r.batch.Messages)
+	}
+	for size < l.cfg.maxGroupBytes && l.scratch.carry == nil {
 		select {
 		case r := <-l.reqs:
 			if r.batch == nil || msgs+len(r.batch.Messages) > maxMessagesInGroup {
