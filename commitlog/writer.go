@@ -211,8 +211,6 @@ func (l *Log) CommitAsync(ctx context.Context, b *Batch, promise func(*Batch, er
 	}
 }
 
-// prepare checks what can be checked without the writer's state, and
-// fills in IDs.
 // nameMessages gives each message without an ID a fresh one, made
 // together with the others of the batch (ferry.NewIDs).
 func nameMessages(msgs []*ferry.Message) {
@@ -238,6 +236,9 @@ func nameMessages(msgs []*ferry.Message) {
 	}
 }
 
+// prepare checks what can be checked without the writer's state, and
+// fills in IDs (only once the batch passed: a refused one is left as it
+// was).
 func (l *Log) prepare(b *Batch) (*request, error) {
 	if err := l.writable(); err != nil {
 		return nil, err
