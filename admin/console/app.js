@@ -4,6 +4,7 @@
 const API = "/api/v1";
 let session = null; // GET /ui/session
 let refresh = null; // the current page's refresh timer
+let routeGen = 0; // counts route() calls: a page drawn for an older one is stale
 let tail = null; // the current page's live tail (EventSource)
 
 // el builds an element: el("td", {class: "num"}, "42", child, ...).
@@ -336,10 +337,14 @@ function lagChart(hist) {
 }
 
 async function groupPage(main, name) {
+  // Another page may be opened while this one waits for the server: it
+  // must then neither draw over that page nor leave its refresh running.
+  const gen = routeGen;
   // The DLQ summary reads whole DLQ topics: once per visit, not per refresh.
   const mine = (await api("/dlq")).filter((d) => d.group === name);
   const draw = async () => {
     const [g, hist] = await Promise.all([api("/groups/" + enc(name)), api(`/groups/${enc(name)}/lag`)]);
+    if (gen !== routeGen) return;
     const total = g.partitions.reduce((n, p) => n + p.lag, 0);
     put(main, 
       el("p", { class: "crumbs" }, link("#/", "Overview"), " / group"),
@@ -366,6 +371,7 @@ async function groupPage(main, name) {
       "None: this process runs no member of the group."));
   };
   await draw();
+  if (gen !== routeGen) return;
   refresh = setInterval(() => draw().catch(() => {}), 5000);
 }
 
@@ -561,6 +567,7 @@ async function auditPage(main, params) {
 function stopTail() { if (tail) { tail.close(); tail = null; } }
 
 async function route() {
+  routeGen++;
   clearInterval(refresh);
   refresh = null;
   stopTail();
