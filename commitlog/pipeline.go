@@ -212,12 +212,7 @@ func (l *Log) synced(r syncResult) int {
 		// Nothing more is acknowledged: what the fsync covered may be
 		// durable, and reopening decides (an error does not say the
 		// append was not written, as with any failed write).
-		for _, e := range l.pipe {
-			respond(e.g, failed)
-			l.putBuf(e.buf)
-		}
-		clear(l.pipe)
-		l.pipe = l.pipe[:0]
+		l.refusePipe(failed)
 		return 0
 	}
 	l.flushedSeq = r.seq
@@ -253,18 +248,21 @@ func (l *Log) complete(e inflight, fsync time.Duration) {
 			// See writeBatch.
 			err = l.fail(fmt.Errorf("apply batch at segment %d:%d: %w", e.seg, e.pos, err))
 		}
-		if obs := l.cfg.observer; obs != nil {
-			done := time.Now()
-			obs.GroupCommit(e.live, e.msgs, len(e.buf), done.Sub(e.t0), fsync)
-			for _, r := range e.g {
-				if r.err == nil && err == nil {
-					obs.Appended(done.Sub(r.start))
-				}
-			}
-		}
+		l.observeCommit(e.g, e.live, e.msgs, len(e.buf), e.t0, fsync, err)
 	}
 	respond(e.g, err)
 	l.putBuf(e.buf)
+}
+
+// refusePipe answers every group in the pipeline with err, in order, and
+// empties it.
+func (l *Log) refusePipe(err error) {
+	for _, e := range l.pipe {
+		respond(e.g, err)
+		l.putBuf(e.buf)
+	}
+	clear(l.pipe)
+	l.pipe = l.pipe[:0]
 }
 
 // drainPipe waits until every group handed on is durable and
@@ -274,12 +272,7 @@ func (l *Log) drainPipe() {
 		l.kickSync()
 		if !l.syncing {
 			// Entries with nothing left to flush: cannot happen.
-			err := l.fail(fmt.Errorf("commitlog: bug: %d groups in the pipeline and none to write", len(l.pipe)))
-			for _, e := range l.pipe {
-				respond(e.g, err)
-			}
-			clear(l.pipe)
-			l.pipe = l.pipe[:0]
+			l.refusePipe(l.fail(fmt.Errorf("commitlog: bug: %d groups in the pipeline and none to write", len(l.pipe))))
 			return
 		}
 		l.synced(<-l.syncDone)

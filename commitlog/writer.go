@@ -601,6 +601,22 @@ func (l *Log) process(g []*request) {
 	}
 }
 
+// observeCommit reports a group commit begun at t0, and the latency of
+// each of its appends, to the Observer (if any). err is the group's.
+func (l *Log) observeCommit(g []*request, live, msgs, bytes int, t0 time.Time, fsync time.Duration, err error) {
+	obs := l.cfg.observer
+	if obs == nil {
+		return
+	}
+	done := time.Now()
+	obs.GroupCommit(live, msgs, bytes, done.Sub(t0), fsync)
+	for _, r := range g {
+		if r.err == nil && err == nil {
+			obs.Appended(done.Sub(r.start))
+		}
+	}
+}
+
 func respond(g []*request, err error) {
 	for _, r := range g {
 		if r.err == nil {
@@ -718,28 +734,17 @@ func (l *Log) processGroup(g []*request) {
 		nsect++
 	}
 	putBatchHeader(buf, 0, nsect, now)
+	msgs := 0
+	for _, bk := range sc.buckets {
+		msgs += len(bk.msgs)
+	}
 	if l.pipelined() {
-		msgs := 0
-		for _, bk := range sc.buckets {
-			msgs += len(bk.msgs)
-		}
 		l.writeGroup(g, buf, live, msgs)
 	} else if l.wbuf = buf; l.cfg.observer != nil {
-		obs := l.cfg.observer
 		l.lastFsync = 0
 		t0 := time.Now()
 		err := l.writeBatch(buf)
-		done := time.Now()
-		msgs := 0
-		for _, bk := range sc.buckets {
-			msgs += len(bk.msgs)
-		}
-		obs.GroupCommit(live, msgs, len(buf), done.Sub(t0), time.Duration(l.lastFsync))
-		for _, r := range g {
-			if r.err == nil && err == nil {
-				obs.Appended(done.Sub(r.start))
-			}
-		}
+		l.observeCommit(g, live, msgs, len(buf), t0, time.Duration(l.lastFsync), err)
 		respond(g, err)
 	} else {
 		respond(g, l.writeBatch(buf))
