@@ -25,12 +25,7 @@ import (
 // before it, as for any other (in append order).
 func TestPipelinePromisesInAppendOrder(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ffs := vfs.NewFaultFS(vfs.NewMemFS())
-		l := openTest(t, ffs, WithZeroAhead(false))
-		defer l.Close()
-		mustCreate(t, l, "t", TopicConfig{})
-		g := holdSyncs(ffs, 1)
-		g.armed.Store(true)
+		l, g := heldLog(t, 1, TopicConfig{})
 		var order []string
 		var mu sync.Mutex
 		rec := func(name string) func(*Batch, error) {
@@ -42,7 +37,9 @@ func TestPipelinePromisesInAppendOrder(t *testing.T) {
 		}
 		l.AppendAsync(context.Background(), rec("first"), msg("t", "", "a"))
 		<-g.entered[0] // first's fsync is running
-		l.AppendAsync(context.Background(), rec("second"), msg("no-such-topic", "", "b"))
+		// A group's worth: a smaller one would wait for the fsync in
+		// flight before it is even looked at (see pipelineAheadBytes).
+		l.AppendAsync(context.Background(), rec("second"), msg("no-such-topic", "", strings.Repeat("b", pipelineAheadBytes)))
 		synctest.Wait()
 		close(g.gates[0])
 		if err := l.Sync(context.Background()); err != nil {

@@ -61,6 +61,20 @@ func holdSyncs(ffs *vfs.FaultFS, n int) *syncGates {
 	return s
 }
 
+// heldLog opens a log on a FaultFS with topic "t" of config c, its next
+// gates segment fsyncs held (holdSyncs, armed) and no zeros written ahead
+// (each segment write is a group's). It is closed when the test ends.
+func heldLog(t *testing.T, gates int, c TopicConfig) (*Log, *syncGates) {
+	t.Helper()
+	ffs := vfs.NewFaultFS(vfs.NewMemFS())
+	l := openTest(t, ffs, WithZeroAhead(false))
+	t.Cleanup(func() { l.Close() })
+	mustCreate(t, l, "t", c)
+	g := holdSyncs(ffs, gates)
+	g.armed.Store(true)
+	return l, g
+}
+
 func (s *syncGates) counts() (writes, syncs int, violation string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -97,15 +111,12 @@ func (a *ack) acked() bool {
 // go.
 func TestPipelineWritesAGroupOnlyAfterTheLastOnesFsync(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ffs := vfs.NewFaultFS(vfs.NewMemFS())
-		l := openTest(t, ffs, WithZeroAhead(false)) // each segment write is a group's
-		defer l.Close()
-		mustCreate(t, l, "t", TopicConfig{})
-		g := holdSyncs(ffs, 2)
-		g.armed.Store(true)
+		l, g := heldLog(t, 2, TopicConfig{})
 		a := appendAsync(l, msg("t", "", "a"))
 		<-g.entered[0] // a's fsync, held
-		b := appendAsync(l, msg("t", "", "b"))
+		// A group's worth, so that it is encoded while a's fsync runs
+		// (a smaller one waits for that fsync first: pipelineAheadBytes).
+		b := appendAsync(l, msg("t", "", strings.Repeat("b", pipelineAheadBytes)))
 		synctest.Wait()
 		if w, _, v := g.counts(); w != 1 || v != "" {
 			t.Fatalf("%d segment writes while the first group's fsync runs (%s), want 1: a second batch written before the first is durable", w, v)
@@ -142,12 +153,7 @@ func TestPipelineWritesAGroupOnlyAfterTheLastOnesFsync(t *testing.T) {
 // Many appenders at once: whatever the pipeline does, the disk sees one
 // write, then an fsync, then the next write.
 func TestPipelineNeverWritesTwoBatchesBetweenFsyncs(t *testing.T) {
-	ffs := vfs.NewFaultFS(vfs.NewMemFS())
-	l := openTest(t, ffs, WithZeroAhead(false))
-	defer l.Close()
-	mustCreate(t, l, "t", TopicConfig{Partitions: 4})
-	g := holdSyncs(ffs, 0)
-	g.armed.Store(true)
+	l, g := heldLog(t, 0, TopicConfig{Partitions: 4})
 	var wg sync.WaitGroup
 	for p := range 16 {
 		wg.Go(func() {
@@ -171,13 +177,10 @@ func TestPipelineNeverWritesTwoBatchesBetweenFsyncs(t *testing.T) {
 // acknowledged.
 func TestPipelineDuplicateOfAMessageInFlightWaitsForItsFsync(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ffs := vfs.NewFaultFS(vfs.NewMemFS())
-		l := openTest(t, ffs, WithZeroAhead(false))
-		defer l.Close()
-		mustCreate(t, l, "t", TopicConfig{})
-		g := holdSyncs(ffs, 1)
-		g.armed.Store(true)
-		first := msg("t", "", "x")
+		l, g := heldLog(t, 1, TopicConfig{})
+		// A group's worth: a smaller retry would wait for the fsync in
+		// flight before it is even looked at (see pipelineAheadBytes).
+		first := msg("t", "", strings.Repeat("x", pipelineAheadBytes))
 		first.ID = ferry.NewID()
 		a := appendAsync(l, first)
 		<-g.entered[0]
